@@ -1,0 +1,45 @@
+# Two entry points, both self-contained on a fresh machine:
+#   make train   set up (venv, package, data) and train configs/default.py on the real data
+#   make test    set up and run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+WORKDIR ?= runs/default
+CONFIG ?= configs/default.py
+IDX_DIR ?= /usr/share/datasets/fashion-mnist
+DATA_DIR ?= $(HOME)/tensorflow_datasets
+PYTEST_ARGS ?=
+
+.PHONY: setup data train test clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+# The real Fashion-MNIST IDX files. tfds cannot download here, so we take Debian's package
+# when apt is available and the files are missing; elsewhere tfds' own download still works.
+data:
+	@if [ ! -f $(IDX_DIR)/train-images-idx3-ubyte.gz ] && [ -z "$$FMNIST_IDX_DIR" ]; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    echo "Installing Debian package dataset-fashion-mnist (the real IDX files)"; \
+	    apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+	      (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist); \
+	  else \
+	    echo "No local IDX files; fmnist_jax will fall back to tfds' download."; \
+	  fi; \
+	fi
+
+train: setup data
+	$(PY) -m fmnist_jax.main --config $(CONFIG) --workdir $(WORKDIR)
+
+test: setup data
+	$(PY) -m fmnist_jax.dataset --prepare --data_dir $(DATA_DIR) || echo "Real data not prepared: real-data tests will be skipped."
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests; rc=$$?; \
+	  if [ $$rc = 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+clean:
+	rm -rf $(VENV) build *.egg-info

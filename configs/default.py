@@ -1,0 +1,52 @@
+"""The seed recipe: the Keras tutorial's CNN, Adam 1e-3, batch 128, 15 epochs, with dropout.
+
+Every run field is here; variants (`configs/*.py`) import this and change a few. Override on the
+command line: `--config.batch_size=512 --config.num_epochs=3`.
+"""
+
+import ml_collections
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+
+  # --- Data -----------------------------------------------------------------------------------
+  config.data_dir = ""           # tfds data dir; "" -> $TFDS_DATA_DIR or ~/tensorflow_datasets
+  config.idx_dir = ""            # local IDX files; "" -> $FMNIST_IDX_DIR or Debian's package
+  config.validation_size = 5000  # last N training images held out for model selection (0: none)
+  # "device": whole split on the accelerator, on-device shuffling (fastest for this dataset);
+  # "tfds": tf.data streaming (shuffle, batch, prefetch), per-process split, the general path.
+  config.input_mode = "device"
+
+  # --- Model ----------------------------------------------------------------------------------
+  config.conv_features = (32, 64, 128)
+  config.dense_features = 128
+  config.num_classes = 10
+  config.dropout_rates = (0.25, 0.4, 0.3)  # after pool1, after pool2, after dense1
+  config.dtype = "float32"                 # compute dtype: float32 | bfloat16 | float16
+
+  # --- Optimisation ---------------------------------------------------------------------------
+  config.optimizer = "adam"      # adam | adamw | sgd (with momentum)
+  config.learning_rate = 1e-3    # peak learning rate
+  config.schedule = "constant"   # constant | cosine | warmup_cosine
+  config.warmup_epochs = 0.0     # for warmup_cosine
+  config.weight_decay = 0.0      # adamw only
+  config.momentum = 0.9          # sgd only
+  config.batch_size = 128        # global: split over all devices of all processes
+  config.num_epochs = 15
+  config.num_train_steps = -1    # > 0 stops after this many steps; -1: the epochs decide
+  config.seed = 0                # parameters, dropout and the data order all derive from it
+
+  # --- Parallelism and speed ------------------------------------------------------------------
+  config.parallelism = "jit"     # jit (jit over a device Mesh, NamedSharding) | pmap
+  config.steps_per_call = 1      # train steps fused into one compiled call (lax.scan)
+  config.eval_batch_size = 1000  # global; the last batch is padded and masked
+
+  # --- Logging and checkpoints ----------------------------------------------------------------
+  config.log_every_steps = 100
+  config.checkpoint_every_steps = 1000  # and at every epoch end and at the end of training
+  config.keep_checkpoints = 2           # the latest N ...
+  config.keep_best_checkpoints = 1      # ... plus the best N by validation accuracy
+  config.async_checkpointing = True
+
+  return config

@@ -1,0 +1,64 @@
+"""Config checks, run before any data is read or anything is compiled."""
+
+from __future__ import annotations
+
+from fmnist_jax import dataset
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "warmup_cosine")
+PARALLELISM = ("jit", "pmap")
+INPUT_MODES = ("device", "tfds")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+  """A config value a user must change; the message lists every problem found."""
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate_config(config) -> None:
+  problems = []
+
+  def check(ok, message):
+    if not ok:
+      problems.append(message)
+
+  for field, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
+                         ("parallelism", PARALLELISM), ("input_mode", INPUT_MODES),
+                         ("dtype", DTYPES)):
+    value = config.get(field)
+    check(value in choices, f"{field}={value!r} is not one of {', '.join(choices)}.")
+  for field in ("batch_size", "eval_batch_size", "steps_per_call", "log_every_steps",
+                "checkpoint_every_steps", "keep_checkpoints", "dense_features", "num_classes"):
+    value = config.get(field)
+    check(_is_int(value) and value > 0, f"{field}={value!r} must be a positive integer.")
+  for field in ("keep_best_checkpoints", "validation_size", "seed"):
+    value = config.get(field)
+    check(_is_int(value) and value >= 0, f"{field}={value!r} must be an integer >= 0.")
+  check(config.learning_rate > 0, f"learning_rate={config.learning_rate!r} must be > 0.")
+  check(config.weight_decay >= 0, f"weight_decay={config.weight_decay!r} must be >= 0.")
+  check(0 <= config.momentum < 1, f"momentum={config.momentum!r} must be in [0, 1).")
+  check(config.warmup_epochs >= 0, f"warmup_epochs={config.warmup_epochs!r} must be >= 0.")
+  steps = config.num_train_steps
+  check(_is_int(steps) and (steps == -1 or steps > 0),
+        f"num_train_steps={steps!r} must be -1 (the epochs decide) or a positive integer.")
+  check(_is_int(config.num_epochs) and (config.num_epochs > 0 or steps > 0),
+        f"num_epochs={config.num_epochs!r} must be a positive integer "
+        "(or set num_train_steps > 0).")
+  rates = tuple(config.dropout_rates)
+  check(len(rates) == 3 and all(0 <= r < 1 for r in rates),
+        f"dropout_rates={rates!r} must be three rates, each in [0, 1).")
+  features = tuple(config.conv_features)
+  check(len(features) == 3 and all(_is_int(f) and f > 0 for f in features),
+        f"conv_features={features!r} must be three positive integers.")
+  if _is_int(config.validation_size) and _is_int(config.batch_size):
+    train_size = dataset.NUM_TRAIN - config.validation_size
+    check(train_size >= config.batch_size,
+          f"validation_size={config.validation_size} leaves {train_size} training images, "
+          f"fewer than one batch of {config.batch_size}: lower validation_size "
+          f"(at most {dataset.NUM_TRAIN - config.batch_size}).")
+  if problems:
+    raise ConfigError("Invalid config:\n  - " + "\n  - ".join(problems))

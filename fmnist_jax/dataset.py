@@ -1,0 +1,267 @@
+"""Getting Fashion-MNIST: tfds when prepared, else an offline build from local IDX files.
+
+Order (DESIGN.md): already prepared in `data_dir` -> build from local IDX files (`idx_dir`,
+`$FMNIST_IDX_DIR`, or Debian's `dataset-fashion-mnist`) -> tfds' own download.
+
+The offline build reuses tfds' own `FashionMNIST` builder (same name, version, features and
+parsing code); only the download step is replaced by verified local files. tfds writes into a
+temporary directory and renames it when complete, so a failed build never looks prepared.
+
+Also usable without TensorFlow: `read_idx_split` reads the raw IDX files with numpy alone
+(the GPU machine that runs `benchmarks/` has no TensorFlow).
+
+Command line: `python -m fmnist_jax.dataset --prepare [--data_dir D] [--idx_dir I]`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Mapping
+
+import numpy as np
+
+DATASET_NAME = "fashion_mnist"
+CLASS_NAMES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+NUM_TRAIN, NUM_TEST = 60_000, 10_000
+DEBIAN_IDX_DIR = "/usr/share/datasets/fashion-mnist"
+
+# The four IDX files, keyed the way tfds' MNIST builder names them. SHA-256 of the *decompressed*
+# contents: Debian recompressed the .gz files, so tfds' checksums of the originals do not apply.
+IDX_FILES = {
+    "train_data": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_data": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+IDX_SHA256 = {
+    "train_data": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train_labels": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "test_data": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "test_labels": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+_IDX_MAGIC = {3: 2051, 1: 2049}  # number of dimensions -> magic number
+
+
+class DataError(RuntimeError):
+  """Missing, corrupt or unusable data; the message says what to do."""
+
+
+def default_data_dir(data_dir: str = "") -> str:
+  """The tfds data directory: the config's, else $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
+  if data_dir:
+    return os.path.expanduser(data_dir)
+  return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+
+
+def find_idx_dir(idx_dir: str = "") -> pathlib.Path | None:
+  """The first directory holding the four IDX files (.gz or raw), or None."""
+  candidates = [idx_dir, os.environ.get("FMNIST_IDX_DIR", ""), DEBIAN_IDX_DIR]
+  for i, candidate in enumerate(c for c in candidates if c):
+    path = pathlib.Path(candidate).expanduser()
+    if all(_idx_path(path, name) for name in IDX_FILES.values()):
+      return path
+    if i == 0 and idx_dir:  # An explicitly configured directory must be complete.
+      missing = [n for n in IDX_FILES.values() if not _idx_path(path, n)]
+      raise DataError(
+          f"idx_dir={idx_dir!r} lacks {', '.join(missing)} (looked for the name with and "
+          "without .gz). Point config.idx_dir at a directory with all four Fashion-MNIST IDX "
+          "files, or set it to '' to use $FMNIST_IDX_DIR or " + DEBIAN_IDX_DIR + ".")
+  return None
+
+
+def _idx_path(directory: pathlib.Path, name: str) -> pathlib.Path | None:
+  for candidate in (directory / (name + ".gz"), directory / name):
+    if candidate.is_file():
+      return candidate
+  return None
+
+
+def _read_bytes(path: pathlib.Path) -> bytes:
+  try:
+    if path.suffix == ".gz":
+      with gzip.open(path, "rb") as f:
+        return f.read()
+    return path.read_bytes()
+  except (OSError, EOFError, gzip.BadGzipFile) as e:
+    raise DataError(f"Cannot read {path}: {e}. The file is damaged or truncated; replace it "
+                    "(e.g. `apt-get install --reinstall dataset-fashion-mnist`).") from e
+
+
+def parse_idx(raw: bytes, path, expected_count: int | None = None) -> np.ndarray:
+  """Parses IDX bytes (images: N x 28 x 28, labels: N), checking the header against the size."""
+  if len(raw) < 8:
+    raise DataError(f"{path} is too short to be an IDX file ({len(raw)} bytes).")
+  magic = int.from_bytes(raw[0:4], "big")
+  ndim = magic & 0xFF
+  if ndim not in _IDX_MAGIC or magic != _IDX_MAGIC[ndim]:
+    raise DataError(f"{path} is not a uint8 IDX file (magic number {magic:#010x}, expected "
+                    "0x00000803 for images or 0x00000801 for labels).")
+  header = 4 + 4 * ndim
+  shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+  if len(raw) != header + int(np.prod(shape)):
+    raise DataError(f"{path} holds {len(raw) - header} data bytes but its header announces "
+                    f"shape {shape}: the file is truncated or corrupt; replace it.")
+  if expected_count is not None and shape[0] != expected_count:
+    raise DataError(f"{path} has {shape[0]} examples, expected {expected_count}.")
+  return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def verify_idx_files(idx_dir: pathlib.Path,
+                     checksums: Mapping[str, str] | None = None) -> dict[str, bytes]:
+  """Reads the four files, checks each decompressed SHA-256; returns key -> raw bytes."""
+  checksums = IDX_SHA256 if checksums is None else checksums
+  contents = {}
+  for key, name in IDX_FILES.items():
+    path = _idx_path(idx_dir, name)
+    if path is None:
+      raise DataError(f"{idx_dir} has no {name}(.gz).")
+    raw = _read_bytes(path)
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != checksums[key]:
+      raise DataError(
+          f"{path} does not match Fashion-MNIST: SHA-256 of its decompressed contents is "
+          f"{digest}, expected {checksums[key]}. The file is corrupt or is another dataset; "
+          "replace it (e.g. `apt-get install --reinstall dataset-fashion-mnist`).")
+    contents[key] = raw
+  return contents
+
+
+def read_idx_split(split: str, idx_dir: str = "",
+                   checksums: Mapping[str, str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """(images uint8 [N,28,28,1], labels int32 [N]) for 'train' or 'test', from IDX files, no TF."""
+  directory = find_idx_dir(idx_dir)
+  if directory is None:
+    raise DataError("No Fashion-MNIST IDX files found: set config.idx_dir or $FMNIST_IDX_DIR, "
+                    "or install Debian's dataset-fashion-mnist.")
+  raw = verify_idx_files(directory, checksums)
+  images = parse_idx(raw[f"{split}_data"], directory / IDX_FILES[f"{split}_data"])
+  labels = parse_idx(raw[f"{split}_labels"], directory / IDX_FILES[f"{split}_labels"])
+  return images[..., None], labels.astype(np.int32)
+
+
+# ---------------------------------------------------------------------------------------------
+# tfds
+# ---------------------------------------------------------------------------------------------
+
+class _LocalFiles:
+  """Stands in for tfds' DownloadManager: hands the builder already verified local files."""
+
+  def __init__(self, paths: Mapping[str, str]):
+    self._paths = dict(paths)
+
+  def download_and_extract(self, url_or_urls):
+    return {key: self._paths[key] for key in url_or_urls}
+
+
+def _local_builder(data_dir: str, local_paths: Mapping[str, str]):
+  import tensorflow_datasets as tfds
+  from tensorflow_datasets.image_classification import mnist
+
+  with tfds.core.registered.skip_registration():
+
+    class LocalFashionMNIST(mnist.FashionMNIST):
+      """tfds' FashionMNIST (same name, version, features), fed from local files."""
+      name = DATASET_NAME
+
+      def _split_generators(self, dl_manager):
+        del dl_manager
+        return super()._split_generators(_LocalFiles(local_paths))
+
+  return LocalFashionMNIST(data_dir=data_dir)
+
+
+def _check_idx_consistency(contents: Mapping[str, bytes], idx_dir) -> None:
+  for split, count in (("train", NUM_TRAIN), ("test", NUM_TEST)):
+    for kind in ("data", "labels"):
+      parse_idx(contents[f"{split}_{kind}"], pathlib.Path(idx_dir) / IDX_FILES[f"{split}_{kind}"],
+                count)
+
+
+def build_from_idx(data_dir: str, idx_dir: pathlib.Path,
+                   checksums: Mapping[str, str] | None = None) -> None:
+  """Verifies local IDX files and prepares tfds' fashion_mnist from them in `data_dir`."""
+  contents = verify_idx_files(idx_dir, checksums)
+  _check_idx_consistency(contents, idx_dir)
+  with tempfile.TemporaryDirectory(prefix="fmnist_idx_") as tmp:
+    paths = {}
+    for key, raw in contents.items():  # tfds' parser reads decompressed files.
+      paths[key] = os.path.join(tmp, IDX_FILES[key])
+      with open(paths[key], "wb") as f:
+        f.write(raw)
+    _local_builder(data_dir, paths).download_and_prepare()
+
+
+def is_prepared(data_dir: str) -> bool:
+  import tensorflow_datasets as tfds
+  return tfds.builder(DATASET_NAME, data_dir=data_dir).is_prepared()
+
+
+def prepare(data_dir: str = "", idx_dir: str = "",
+            checksums: Mapping[str, str] | None = None) -> str:
+  """Makes sure tfds has fashion_mnist in data_dir; returns the data_dir used."""
+  data_dir = default_data_dir(data_dir)
+  with _hidden_gpus():
+    if is_prepared(data_dir):
+      return data_dir
+    local = find_idx_dir(idx_dir)
+    if local is not None:
+      build_from_idx(data_dir, local, checksums)
+      return data_dir
+    import tensorflow_datasets as tfds
+    try:
+      tfds.builder(DATASET_NAME, data_dir=data_dir).download_and_prepare()
+    except Exception as e:  # Any download failure: say what the offline options are.
+      raise DataError(
+          f"fashion_mnist is not prepared in {data_dir}, no local IDX files were found, and "
+          f"tfds' download failed ({type(e).__name__}: {str(e)[:200]}). Offline, install "
+          "Debian's dataset-fashion-mnist (`make data`), or set config.idx_dir / "
+          "$FMNIST_IDX_DIR to a directory with the four IDX files.") from e
+  return data_dir
+
+
+@contextlib.contextmanager
+def _hidden_gpus():
+  """TensorFlow must not grab the accelerator's memory from JAX."""
+  import tensorflow as tf
+  with contextlib.suppress(RuntimeError):  # Already initialised: the setting stands.
+    tf.config.set_visible_devices([], "GPU")
+  yield
+
+
+def load_arrays(data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """A whole tfds split (e.g. 'train[:55000]') as (images uint8 [N,28,28,1], labels int32)."""
+  import tensorflow_datasets as tfds
+  with _hidden_gpus():
+    ds = tfds.load(DATASET_NAME, split=split, data_dir=data_dir, batch_size=-1,
+                   download=False)
+    arrays = tfds.as_numpy(ds)
+  return arrays["image"], arrays["label"].astype(np.int32)
+
+
+def main(argv=None):
+  import argparse
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--prepare", action="store_true", help="prepare tfds' fashion_mnist")
+  parser.add_argument("--data_dir", default="")
+  parser.add_argument("--idx_dir", default="")
+  args = parser.parse_args(argv)
+  if not args.prepare:
+    parser.error("nothing to do: pass --prepare")
+  try:
+    data_dir = prepare(args.data_dir, args.idx_dir)
+  except DataError as e:
+    raise SystemExit(f"error: {e}") from None
+  print(f"fashion_mnist is prepared in {data_dir}")
+
+
+if __name__ == "__main__":
+  main()

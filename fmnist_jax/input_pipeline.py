@@ -1,0 +1,136 @@
+"""Batches for training and evaluation.
+
+Training, two modes with the same semantics (drop the last partial batch; the order of an
+epoch is a pure function of (seed, epoch), so a resumed run sees exactly the same batches):
+
+- "tfds":   tf.data over tfds' split for this process (`tfds.even_splits`): cache -> shuffle
+            (seeded per epoch) -> batch -> prefetch; each batch is handed to the devices.
+- "device": the whole split lives on the devices (47 MB of uint8); each epoch is a permutation
+            and each step a gather on device. No host work per step beyond a few indices.
+
+Each train batch has a leading `steps` axis: (steps_per_call, batch, ...) so several steps can
+run inside one compiled call. Images stay uint8 until the step calls `normalize` on device.
+
+Evaluation: the whole split, padded to full batches with a `mask`, so every example counts
+exactly once on any number of devices or processes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fmnist_jax import dataset
+from fmnist_jax.parallel import Parallelism
+
+INPUT_MODES = ("device", "tfds")
+
+
+def normalize(images):
+  """uint8 [0, 255] -> float32 [0, 1], on device."""
+  return images.astype(jnp.float32) / 255.0
+
+
+def split_names(validation_size: int) -> dict[str, str]:
+  """tfds split strings: the validation split is the last `validation_size` training images."""
+  names = {"train": f"train[:{dataset.NUM_TRAIN - validation_size}]", "test": "test"}
+  if validation_size:
+    names["val"] = f"train[{dataset.NUM_TRAIN - validation_size}:]"
+  return names
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+  return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def epoch_order(seed: int, epoch: int, num_examples: int, steps: int, batch_size: int):
+  """The example indices of every batch of an epoch: (steps, batch_size)."""
+  order = np.random.default_rng(epoch_seed(seed, epoch)).permutation(num_examples)
+  return order[:steps * batch_size].reshape(steps, batch_size)
+
+
+class DeviceTrainData:
+  """The training split resident on the devices; one gather per compiled call."""
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray, par: Parallelism,
+               batch_size: int, seed: int):
+    self.par, self.batch_size, self.seed = par, batch_size, seed
+    self.num_examples = len(images)
+    self.steps_per_epoch = self.num_examples // batch_size
+    self.data = par.replicate({"image": images, "label": labels})
+
+    def gather(data, index):
+      return jax.tree.map(lambda x: par.batch_layout(x[index], batch_axis=1), data)
+    self._gather = jax.jit(gather)
+
+  def batches(self, epoch: int, first_step: int, steps_per_call: int) -> Iterator:
+    order = epoch_order(self.seed, epoch, self.num_examples, self.steps_per_epoch,
+                        self.batch_size)
+    for start in range(first_step, self.steps_per_epoch, steps_per_call):
+      index = self.par.replicate(order[start:start + steps_per_call])
+      yield self._gather(self.data, index)
+
+
+class TfdsTrainData:
+  """tf.data streaming over this process's part of the training split."""
+
+  def __init__(self, data_dir: str, split: str, par: Parallelism, batch_size: int, seed: int):
+    import tensorflow_datasets as tfds
+    self.par, self.seed = par, seed
+    self.local_batch_size = par.local_batch_size(batch_size)
+    process_splits = tfds.even_splits(split, n=jax.process_count())
+    builder = tfds.builder(dataset.DATASET_NAME, data_dir=data_dir)
+    # Every process must run the same number of steps: the smallest shard decides.
+    sizes = [builder.info.splits[s].num_examples for s in process_splits]
+    self.num_examples = sizes[jax.process_index()]
+    self.steps_per_epoch = min(sizes) // self.local_batch_size
+    ds = builder.as_dataset(split=process_splits[jax.process_index()], shuffle_files=False)
+    self._base = ds.map(lambda x: (x["image"], x["label"])).cache()
+
+  def batches(self, epoch: int, first_step: int, steps_per_call: int) -> Iterator:
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+    ds = self._base.shuffle(self.num_examples, seed=epoch_seed(self.seed, epoch),
+                            reshuffle_each_iteration=False)
+    ds = ds.batch(self.local_batch_size, drop_remainder=True).take(self.steps_per_epoch)
+    ds = ds.skip(first_step).batch(steps_per_call).prefetch(tf.data.AUTOTUNE)
+    for images, labels in tfds.as_numpy(ds):
+      yield self.par.shard({"image": images, "label": labels.astype(np.int32)}, batch_axis=1)
+
+
+def eval_batches(images: np.ndarray, labels: np.ndarray, par: Parallelism,
+                 batch_size: int) -> list[dict]:
+  """A whole split as padded global batches with a mask; every process holds the whole split."""
+  count = len(images)
+  num_batches = max(1, math.ceil(count / batch_size))
+  pad = num_batches * batch_size - count
+  mask = np.concatenate([np.ones(count, np.float32), np.zeros(pad, np.float32)])
+  images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
+  labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
+  local = par.local_batch_size(batch_size)
+  start = jax.process_index() * local
+  batches = []
+  for b in range(num_batches):
+    rows = slice(b * batch_size + start, b * batch_size + start + local)
+    batches.append(par.shard({"image": images[rows], "label": labels[rows], "mask": mask[rows]}))
+  return batches
+
+
+def load_splits(config) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """train/val/test as in-memory arrays (tfds, prepared offline if needed)."""
+  data_dir = dataset.prepare(config.data_dir, config.idx_dir)
+  return {name: dataset.load_arrays(data_dir, split)
+          for name, split in split_names(config.validation_size).items()}
+
+
+def create_train_data(config, par: Parallelism, splits):
+  if config.input_mode == "device":
+    images, labels = splits["train"]
+    return DeviceTrainData(images, labels, par, config.batch_size, config.seed)
+  data_dir = dataset.default_data_dir(config.data_dir)
+  return TfdsTrainData(data_dir, split_names(config.validation_size)["train"], par,
+                       config.batch_size, config.seed)

@@ -1,0 +1,54 @@
+"""Entry point: `python -m fmnist_jax.main --config configs/default.py --workdir DIR`.
+
+Multi-process (several hosts, or several processes on one): pass --coordinator_address,
+--num_processes and --process_id, or --distributed to let jax detect them (TPU pods, SLURM,
+Open MPI). Override config fields with `--config.batch_size=512`.
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the report.")
+config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+flags.DEFINE_bool("distributed", False,
+                  "Call jax.distributed.initialize() with auto-detection (TPU pod, SLURM, ...).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
+flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def initialize_distributed():
+  explicit = FLAGS.coordinator_address is not None
+  if not (explicit or FLAGS.distributed):
+    return
+  import jax
+  if explicit:
+    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+  else:
+    jax.distributed.initialize()
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  initialize_distributed()
+  import jax
+  from fmnist_jax import checkpointing, configuration, dataset, train
+  logging.info("JAX process %d/%d, %d local devices: %s", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.local_devices())
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (configuration.ConfigError, dataset.DataError, OSError) as e:
+    logging.error("%s", e)
+    sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,133 @@
+"""The only module that knows `jit` over a Mesh from `pmap`.
+
+Both modes wrap the *same* step functions from train.py and look the same from outside:
+
+- the train state is a global, replicated array tree (so checkpoints hold plain global arrays
+  and restore on any device count);
+- batches are global arrays sharded along the batch axis over all devices of all processes,
+  built from each process's local part (`shard`);
+- `compile_train` / `compile_eval` return callables `(state, batch) -> (state, metrics)` and
+  `(params, batch) -> metrics` with metrics already summed over devices.
+
+jit: `jax.jit` with `NamedSharding`s; XLA's partitioner inserts the gradient all-reduce, and the
+dropout mask of the global batch does not depend on the device count (partitionable threefry).
+pmap: `jax.pmap` with the state unmapped (`in_axes=None`, `out_axes=None`), the batch mapped
+over a device axis, `lax.pmean` of gradients and `lax.psum` of metrics inside the step (the step
+gets `axis_name`), and a per-device dropout key.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+AXIS = "data"
+MODES = ("jit", "pmap")
+
+
+class Parallelism:
+  """Device mesh + how batches are laid out + how steps are compiled, for one mode."""
+
+  def __init__(self, mode: str = "jit", devices=None):
+    if mode not in MODES:
+      raise ValueError(f"parallelism={mode!r} is not one of {MODES}.")
+    self.mode = mode
+    self.devices = list(devices if devices is not None else jax.devices())
+    self.mesh = Mesh(np.array(self.devices), (AXIS,))
+    self.num_devices = len(self.devices)
+    self.local_devices = [d for d in self.devices if d.process_index == jax.process_index()]
+    self.num_local_devices = len(self.local_devices)
+    self.num_processes = len({d.process_index for d in self.devices})
+    self.replicated = NamedSharding(self.mesh, P())
+
+  def __repr__(self):
+    return (f"Parallelism({self.mode}, {self.num_devices} devices, "
+            f"{self.num_processes} processes)")
+
+  # --- checks -----------------------------------------------------------------------------
+
+  def check_batch_size(self, batch_size: int, name: str = "batch_size") -> None:
+    if batch_size % self.num_devices:
+      raise ValueError(
+          f"{name} {batch_size} is not divisible by the {self.num_devices} devices "
+          f"({self.num_processes} process(es)). Choose a multiple of {self.num_devices}, "
+          f"e.g. --config.{name}={max(1, round(batch_size / self.num_devices)) * self.num_devices}.")
+
+  def local_batch_size(self, global_batch_size: int) -> int:
+    return global_batch_size // self.num_processes
+
+  # --- placement --------------------------------------------------------------------------
+
+  def replicate(self, tree):
+    """Host values (the same on every process) -> global arrays replicated on every device."""
+    def put(x):
+      x = np.asarray(x)
+      return jax.make_array_from_callback(x.shape, self.replicated, lambda index: x[index])
+    return jax.tree.map(put, tree)
+
+  def _batch_spec(self, batch_axis: int) -> P:
+    if self.mode == "pmap":  # the device axis is inserted before the batch axis
+      return P(*([None] * batch_axis), AXIS)
+    return P(*([None] * batch_axis), AXIS)
+
+  def shard(self, local_tree, batch_axis: int = 0):
+    """This process's part of a global batch (host arrays) -> global arrays for the step.
+
+    jit: the batch axis is sharded over the devices. pmap: the batch axis is split into
+    (devices, per-device batch) and the new device axis is sharded.
+    """
+    sharding = NamedSharding(self.mesh, self._batch_spec(batch_axis))
+
+    def put(x):
+      x = np.asarray(x)
+      if self.mode == "pmap":
+        shape = x.shape
+        x = x.reshape(shape[:batch_axis] + (self.num_local_devices, -1) + shape[batch_axis + 1:])
+      return jax.make_array_from_process_local_data(sharding, x)
+    return jax.tree.map(put, local_tree)
+
+  def batch_layout(self, x, batch_axis: int = 0):
+    """Inside jit: a global batch array -> the step's layout, with its sharding constraint."""
+    if self.mode == "pmap":
+      shape = x.shape
+      x = x.reshape(shape[:batch_axis] + (self.num_devices, -1) + shape[batch_axis + 1:])
+    return jax.lax.with_sharding_constraint(
+        x, NamedSharding(self.mesh, self._batch_spec(batch_axis)))
+
+  def to_host(self, tree):
+    """Replicated (or fully addressable) global arrays -> numpy, on every process."""
+    def get(x):
+      if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        if x.sharding.is_fully_replicated:
+          return np.asarray(x.addressable_data(0))
+        from jax.experimental import multihost_utils
+        return multihost_utils.process_allgather(x, tiled=True)
+      return np.asarray(x)
+    return jax.tree.map(get, tree)
+
+  # --- compilation ------------------------------------------------------------------------
+
+  def compile_train(self, step_fn: Callable[..., Any], batch_axis: int = 1):
+    """step_fn(state, batch, *, axis_name) -> (state, metrics); state donated."""
+    if self.mode == "pmap":
+      return jax.pmap(functools.partial(step_fn, axis_name=AXIS), axis_name=AXIS,
+                      in_axes=(None, batch_axis), out_axes=(None, None), donate_argnums=0,
+                      devices=self.devices)
+    batch_sharding = NamedSharding(self.mesh, self._batch_spec(batch_axis))
+    return jax.jit(functools.partial(step_fn, axis_name=None),
+                   in_shardings=(self.replicated, batch_sharding),
+                   out_shardings=(self.replicated, self.replicated), donate_argnums=0)
+
+  def compile_eval(self, eval_fn: Callable[..., Any], batch_axis: int = 0):
+    """eval_fn(params, batch, *, axis_name) -> summed metrics."""
+    if self.mode == "pmap":
+      return jax.pmap(functools.partial(eval_fn, axis_name=AXIS), axis_name=AXIS,
+                      in_axes=(None, batch_axis), out_axes=None, devices=self.devices)
+    batch_sharding = NamedSharding(self.mesh, self._batch_spec(batch_axis))
+    return jax.jit(functools.partial(eval_fn, axis_name=None),
+                   in_shardings=(self.replicated, batch_sharding),
+                   out_shardings=self.replicated)
