@@ -5,8 +5,11 @@ Multi-process (several hosts, or several processes on one): pass --coordinator_a
 Open MPI). Override config fields with `--config.batch_size=512`.
 """
 
+import logging as std_logging
 import os
 import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -34,10 +37,17 @@ def initialize_distributed():
     jax.distributed.initialize()
 
 
+class _QuietLibraries(std_logging.Filter):
+  """Orbax logs every save step at INFO; keep its warnings and errors only."""
+
+  def filter(self, record):
+    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   initialize_distributed()
   import jax
   from fmnist_jax import checkpointing, configuration, dataset, train

@@ -1,0 +1,83 @@
+"""Shared fixtures: synthetic Fashion-MNIST-like data, written by the tests themselves."""
+
+import gzip
+import hashlib
+import os
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from fmnist_jax import dataset  # noqa: E402
+
+
+def synthetic_arrays(count: int, seed: int = 0):
+  """Learnable images: a fixed random template per class plus noise. (uint8 [N,28,28,1], int32)."""
+  templates = np.random.default_rng(1234).integers(0, 256, (10, 28, 28, 1))
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, 10, count).astype(np.int32)
+  noise = rng.integers(-60, 60, (count, 28, 28, 1))
+  images = np.clip(templates[labels] + noise, 0, 255).astype(np.uint8)
+  return images, labels
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+  """The IDX encoding of a uint8 array (images N x 28 x 28, or labels N)."""
+  magic = 0x800 | array.ndim
+  header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+  return header + array.astype(np.uint8).tobytes()
+
+
+def write_idx_dir(directory: pathlib.Path, train_count: int, test_count: int,
+                  compress: bool = False) -> dict[str, str]:
+  """Writes the four IDX files; returns their decompressed SHA-256 checksums."""
+  directory.mkdir(parents=True, exist_ok=True)
+  train_images, train_labels = synthetic_arrays(train_count, seed=1)
+  test_images, test_labels = synthetic_arrays(test_count, seed=2)
+  arrays = {"train_data": train_images[..., 0], "train_labels": train_labels,
+            "test_data": test_images[..., 0], "test_labels": test_labels}
+  checksums = {}
+  for key, array in arrays.items():
+    raw = idx_bytes(array)
+    checksums[key] = hashlib.sha256(raw).hexdigest()
+    name = dataset.IDX_FILES[key]
+    if compress:
+      with gzip.open(directory / (name + ".gz"), "wb", compresslevel=1) as f:
+        f.write(raw)
+    else:
+      (directory / name).write_bytes(raw)
+  return checksums
+
+
+@pytest.fixture(scope="session")
+def synthetic_tfds(tmp_path_factory):
+  """A tfds data_dir holding fashion_mnist built offline from full-size synthetic IDX files."""
+  root = tmp_path_factory.mktemp("synthetic")
+  checksums = write_idx_dir(root / "idx", dataset.NUM_TRAIN, dataset.NUM_TEST)
+  data_dir = str(root / "tfds")
+  dataset.build_from_idx(data_dir, root / "idx", checksums)
+  return {"data_dir": data_dir, "idx_dir": root / "idx", "checksums": checksums}
+
+
+@pytest.fixture
+def small_splits(monkeypatch):
+  """Replaces the tfds loading with small in-memory splits (sizes not multiples of batches)."""
+  splits = {"train": synthetic_arrays(200, seed=1), "val": synthetic_arrays(40, seed=3),
+            "test": synthetic_arrays(75, seed=2)}
+  from fmnist_jax import input_pipeline
+  monkeypatch.setattr(input_pipeline, "load_splits",
+                      lambda config: {k: v for k, v in splits.items()
+                                      if k != "val" or config.validation_size})
+  return splits
+
+
+def tiny_config(**overrides):
+  sys.path.insert(0, str(ROOT))
+  from configs import tiny
+  config = tiny.get_config()
+  config.update(overrides)
+  return config

@@ -1,0 +1,51 @@
+import pytest
+
+from configs import default, no_dropout, tiny
+from fmnist_jax.configuration import ConfigError, validate_config
+
+
+@pytest.mark.parametrize("module", [default, no_dropout, tiny])
+def test_shipped_configs_are_valid(module):
+  validate_config(module.get_config())
+
+
+def test_default_is_the_seed_recipe():
+  config = default.get_config()
+  assert (config.optimizer, config.learning_rate, config.batch_size, config.num_epochs) == \
+      ("adam", 1e-3, 128, 15)
+  assert tuple(config.dropout_rates) == (0.25, 0.4, 0.3)
+  assert tuple(no_dropout.get_config().dropout_rates) == (0.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("optimizer", "adamax", "optimizer='adamax' is not one of adam, adamw, sgd"),
+    ("schedule", "linear", "schedule='linear'"),
+    ("parallelism", "pjit", "parallelism='pjit'"),
+    ("input_mode", "disk", "input_mode='disk'"),
+    ("dtype", "float64", "dtype='float64'"),
+    ("batch_size", 0, "batch_size=0 must be a positive integer"),
+    ("batch_size", -8, "batch_size=-8"),
+    ("learning_rate", 0.0, "learning_rate=0.0 must be > 0"),
+    ("learning_rate", -1e-3, "learning_rate=-0.001"),
+    ("dropout_rates", (0.25, 1.0, 0.3), "each in \\[0, 1\\)"),
+    ("dropout_rates", (0.5, 0.5), "must be three rates"),
+    ("num_epochs", 0, "num_epochs=0"),
+    ("num_train_steps", 0, "num_train_steps=0"),
+    ("validation_size", 60_000, "leaves 0 training images"),
+    ("validation_size", -1, "validation_size=-1"),
+    ("steps_per_call", 0, "steps_per_call=0"),
+    ("conv_features", (32, 0, 128), "conv_features"),
+])
+def test_bad_values_are_named_with_what_to_change(field, value, message):
+  config = default.get_config()
+  config[field] = value
+  with pytest.raises(ConfigError, match=message):
+    validate_config(config)
+
+
+def test_every_problem_is_reported_at_once():
+  config = default.get_config()
+  config.batch_size, config.optimizer = 0, "nope"
+  with pytest.raises(ConfigError) as error:
+    validate_config(config)
+  assert "batch_size=0" in str(error.value) and "optimizer='nope'" in str(error.value)

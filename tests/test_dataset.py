@@ -1,0 +1,89 @@
+import gzip
+
+import numpy as np
+import pytest
+
+from conftest import idx_bytes, synthetic_arrays, write_idx_dir
+from fmnist_jax import dataset
+
+
+def test_parse_idx_round_trip():
+  images, labels = synthetic_arrays(7)
+  parsed = dataset.parse_idx(idx_bytes(images[..., 0]), "x")
+  np.testing.assert_array_equal(parsed, images[..., 0])
+  np.testing.assert_array_equal(dataset.parse_idx(idx_bytes(labels), "y"), labels)
+
+
+def test_truncated_and_foreign_files_are_named_in_the_error():
+  raw = idx_bytes(synthetic_arrays(5)[0][..., 0])
+  with pytest.raises(dataset.DataError, match="truncated.*x.idx|x.idx.*truncated"):
+    dataset.parse_idx(raw[:-10], "x.idx")
+  with pytest.raises(dataset.DataError, match="not a uint8 IDX file"):
+    dataset.parse_idx(b"\x89PNG" + raw[4:], "x.idx")
+  with pytest.raises(dataset.DataError, match="too short"):
+    dataset.parse_idx(b"\x00\x00", "x.idx")
+
+
+def test_checksum_mismatch_names_the_file_and_what_to_do(tmp_path):
+  checksums = write_idx_dir(tmp_path, 20, 10)
+  (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(10, np.uint8)))
+  with pytest.raises(dataset.DataError, match="t10k-labels-idx1-ubyte.*SHA-256.*replace"):
+    dataset.verify_idx_files(tmp_path, checksums)
+
+
+def test_corrupt_gzip_is_a_clear_error(tmp_path):
+  checksums = write_idx_dir(tmp_path, 20, 10, compress=True)
+  path = tmp_path / "train-labels-idx1-ubyte.gz"
+  path.write_bytes(path.read_bytes()[:-8])
+  with pytest.raises(dataset.DataError, match="train-labels-idx1-ubyte.gz.*damaged or truncated"):
+    dataset.verify_idx_files(tmp_path, checksums)
+
+
+def test_explicit_idx_dir_with_missing_files_says_which(tmp_path):
+  write_idx_dir(tmp_path, 20, 10)
+  (tmp_path / "t10k-images-idx3-ubyte").unlink()
+  with pytest.raises(dataset.DataError, match="lacks t10k-images-idx3-ubyte"):
+    dataset.find_idx_dir(str(tmp_path))
+
+
+def test_read_idx_split_without_tensorflow(tmp_path):
+  checksums = write_idx_dir(tmp_path, 30, 12, compress=True)
+  images, labels = dataset.read_idx_split("test", str(tmp_path), checksums)
+  expected_images, expected_labels = synthetic_arrays(12, seed=2)
+  np.testing.assert_array_equal(images, expected_images)
+  np.testing.assert_array_equal(labels, expected_labels)
+
+
+def test_offline_build_gives_a_standard_tfds_dataset(synthetic_tfds):
+  import tensorflow_datasets as tfds
+  data_dir = synthetic_tfds["data_dir"]
+  assert dataset.is_prepared(data_dir)
+  builder = tfds.builder("fashion_mnist", data_dir=data_dir)
+  assert str(builder.info.version) == "3.0.1"
+  assert builder.info.features["label"].names[6] == "Shirt"
+  assert builder.info.splits["train"].num_examples == dataset.NUM_TRAIN
+  test = tfds.as_numpy(tfds.load("fashion_mnist", split="test", data_dir=data_dir,
+                                 batch_size=-1, download=False))
+  images, labels = synthetic_arrays(dataset.NUM_TEST, seed=2)
+  # tfds shuffles examples when it writes them; the contents are the same.
+  assert test["image"].shape == (dataset.NUM_TEST, 28, 28, 1)
+  np.testing.assert_array_equal(np.bincount(test["label"], minlength=10),
+                                np.bincount(labels, minlength=10))
+  assert int(test["image"].astype(np.int64).sum()) == int(images.astype(np.int64).sum())
+
+
+def test_prepare_reuses_a_prepared_dataset(synthetic_tfds):
+  # Prepared already: no IDX files or checksums are needed.
+  assert dataset.prepare(synthetic_tfds["data_dir"], idx_dir="") == synthetic_tfds["data_dir"]
+
+
+def test_a_failed_build_never_looks_prepared(tmp_path):
+  checksums = write_idx_dir(tmp_path / "idx", 20, 10)  # wrong counts for fashion_mnist
+  data_dir = str(tmp_path / "tfds")
+  with pytest.raises(dataset.DataError, match="has 20 examples, expected 60000"):
+    dataset.build_from_idx(data_dir, tmp_path / "idx", checksums)
+  assert not dataset.is_prepared(data_dir)
+  checksums["train_data"] = "0" * 64
+  with pytest.raises(dataset.DataError, match="SHA-256"):
+    dataset.prepare(data_dir, str(tmp_path / "idx"), checksums)
+  assert not dataset.is_prepared(data_dir)

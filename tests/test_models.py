@@ -1,0 +1,54 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import default
+from fmnist_jax import models
+
+
+def _init(model, batch=2):
+  return model.init(jax.random.PRNGKey(0), jnp.zeros((batch, 28, 28, 1)), train=False)
+
+
+def test_seed_cnn_has_241546_parameters_and_10_logits():
+  model = models.create_model(default.get_config())
+  variables = _init(model)
+  count = sum(x.size for x in jax.tree.leaves(variables["params"]))
+  assert count == 241_546
+  logits = model.apply(variables, jnp.zeros((5, 28, 28, 1)), train=False)
+  assert logits.shape == (5, 10) and logits.dtype == jnp.float32
+  shapes = {k: v["kernel"].shape for k, v in variables["params"].items()}
+  assert shapes == {"conv1": (3, 3, 1, 32), "conv2": (3, 3, 32, 64), "conv3": (3, 3, 64, 128),
+                    "dense1": (1152, 128), "logits": (128, 10)}
+
+
+def test_dropout_only_in_training_and_driven_by_the_key():
+  model = models.CNN()
+  variables = _init(model)
+  x = jax.random.uniform(jax.random.PRNGKey(1), (4, 28, 28, 1))
+  eval_a = model.apply(variables, x, train=False)
+  eval_b = model.apply(variables, x, train=False)
+  np.testing.assert_array_equal(eval_a, eval_b)
+  train = lambda seed: model.apply(variables, x, train=True,
+                                   rngs={"dropout": jax.random.PRNGKey(seed)})
+  np.testing.assert_array_equal(train(3), train(3))
+  assert not np.allclose(train(3), train(4))
+  assert not np.allclose(train(3), eval_a)
+
+
+def test_no_dropout_model_is_deterministic_in_training():
+  model = models.CNN(dropout_rates=(0.0, 0.0, 0.0))
+  variables = _init(model)
+  x = jnp.ones((2, 28, 28, 1))
+  np.testing.assert_array_equal(model.apply(variables, x, train=True),
+                                model.apply(variables, x, train=False))
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits():
+  model = models.CNN(dtype=jnp.bfloat16)
+  variables = _init(model)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
+  logits = model.apply(variables, jnp.ones((2, 28, 28, 1)), train=False)
+  assert logits.dtype == jnp.float32
+  full = models.CNN().apply(variables, jnp.ones((2, 28, 28, 1)), train=False)
+  np.testing.assert_allclose(logits, full, rtol=0.1, atol=0.1)

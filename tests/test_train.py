@@ -1,0 +1,153 @@
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import default
+from conftest import synthetic_arrays, tiny_config
+from fmnist_jax import input_pipeline, models, train
+from fmnist_jax.parallel import Parallelism
+
+
+def _state(config):
+  model = models.create_model(config)
+  tx = train.create_optimizer(config, train.create_learning_rate_fn(config, 10, 100))
+  return model, train.create_train_state(config, model, tx)
+
+
+def _batch(count, seed):
+  images, labels = synthetic_arrays(count, seed)
+  return {"image": jnp.asarray(images), "label": jnp.asarray(labels)}
+
+
+# One exact training step of the seed CNN (Adam 1e-3, dropout on), on CPU: stored numbers.
+EXACT_STEP = {
+    "loss": 2.447875738143921,
+    "correct": 1,
+    "param_abs_sum": 7146.85400390625,
+    "conv1_kernel_00": [-0.06706845760345459, -0.46053072810173035, 0.10864739865064621,
+                        -0.20721188187599182],
+    "logits_bias": [-0.0009999927133321762, -0.0009999931789934635, 0.0009999929461628199,
+                    -0.0009999932954087853],
+}
+
+
+def exact_step_numbers():
+  config = default.get_config()
+  _, state = _state(config)
+  new_state, metrics = jax.jit(train.train_step)(state, _batch(8, seed=5))
+  params = new_state.params
+  return {
+      "loss": float(metrics["loss"]) / 8,
+      "correct": int(metrics["correct"]),
+      "param_abs_sum": float(sum(jnp.abs(p).sum() for p in jax.tree.leaves(params))),
+      "conv1_kernel_00": np.asarray(params["conv1"]["kernel"][0, 0, 0, :4]).tolist(),
+      "logits_bias": np.asarray(params["logits"]["bias"][:4]).tolist(),
+  }
+
+
+def test_one_exact_training_step_matches_stored_numbers():
+  got = exact_step_numbers()
+  assert got["correct"] == EXACT_STEP["correct"]
+  np.testing.assert_allclose(got["loss"], EXACT_STEP["loss"], rtol=1e-5)
+  np.testing.assert_allclose(got["param_abs_sum"], EXACT_STEP["param_abs_sum"], rtol=1e-5)
+  np.testing.assert_allclose(got["conv1_kernel_00"], EXACT_STEP["conv1_kernel_00"],
+                             rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(got["logits_bias"], EXACT_STEP["logits_bias"], rtol=1e-5,
+                             atol=1e-7)
+
+
+def test_a_few_steps_overfit_a_tiny_batch():
+  config = tiny_config(dropout_rates=(0.0, 0.0, 0.0), learning_rate=1e-2)
+  _, state = _state(config)
+  batch = _batch(16, seed=7)
+  step = jax.jit(train.train_step)
+  losses = []
+  for _ in range(40):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics["loss"]) / 16)
+  assert losses[-1] < 0.25 * losses[0], losses
+  assert int(state.step) == 40
+
+
+def test_train_steps_scan_equals_single_steps():
+  config = tiny_config()
+  _, state = _state(config)
+  batches = jax.tree.map(lambda x: x.reshape((3, 16) + x.shape[1:]), _batch(48, seed=9))
+  fused, fused_metrics = jax.jit(train.train_steps)(state, batches)
+  single = state
+  total = 0.0
+  for i in range(3):
+    single, metrics = jax.jit(train.train_step)(single, jax.tree.map(lambda x: x[i], batches))
+    total += float(metrics["loss"])
+  assert int(fused.step) == int(single.step) == 3
+  for a, b in zip(jax.tree.leaves(fused.params), jax.tree.leaves(single.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(float(fused_metrics["loss"]), total, rtol=1e-5)
+
+
+def test_dropout_key_is_fold_in_of_the_step():
+  """Same state -> same update; the mask changes with the step number."""
+  config = tiny_config()
+  _, state = _state(config)
+  batch = _batch(16, seed=1)
+  step = jax.jit(train.train_step)
+  a, _ = step(state, batch)
+  b, _ = step(state, batch)
+  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+    np.testing.assert_array_equal(x, y)
+  c, _ = step(state.replace(step=state.step + 1), batch)
+  assert not all(np.array_equal(x, y) for x, y in
+                 zip(jax.tree.leaves(a.params), jax.tree.leaves(c.params)))
+
+
+@pytest.mark.parametrize("count,batch_size", [(37, 16), (75, 32), (5, 1000)])
+def test_eval_counts_every_example_exactly_once(count, batch_size):
+  config = tiny_config()
+  model, state = _state(config)
+  images, labels = synthetic_arrays(count, seed=4)
+  par = Parallelism("jit")
+  batches = input_pipeline.eval_batches(images, labels, par, batch_size)
+  eval_fn = par.compile_eval(functools.partial(train.eval_step, apply_fn=model.apply))
+  result = train.evaluate(eval_fn, state.params, batches, par)
+  assert result["count"] == count
+  logits = model.apply({"params": state.params}, input_pipeline.normalize(images), train=False)
+  expected_loss = float(train.cross_entropy(logits, labels).mean())
+  expected_accuracy = float(np.mean(np.argmax(logits, -1) == labels))
+  np.testing.assert_allclose(result["loss"], expected_loss, rtol=1e-5)
+  assert result["accuracy"] == pytest.approx(expected_accuracy)
+
+
+@pytest.mark.parametrize("optimizer,schedule", [("adam", "constant"), ("adamw", "cosine"),
+                                                ("sgd", "warmup_cosine")])
+def test_every_optimizer_and_schedule_builds_and_steps(optimizer, schedule):
+  config = tiny_config(optimizer=optimizer, schedule=schedule, warmup_epochs=1.0,
+                       weight_decay=1e-4)
+  _, state = _state(config)
+  new_state, metrics = jax.jit(train.train_step)(state, _batch(16, seed=2))
+  assert np.isfinite(float(metrics["loss"]))
+  assert int(new_state.step) == 1
+
+
+def test_learning_rate_schedules_at_chosen_steps():
+  config = tiny_config(learning_rate=0.1, schedule="warmup_cosine", warmup_epochs=1.0)
+  fn = train.create_learning_rate_fn(config, steps_per_epoch=10, total_steps=110)
+  assert float(fn(0)) == 0.0
+  assert float(fn(5)) == pytest.approx(0.05)
+  assert float(fn(10)) == pytest.approx(0.1)
+  assert float(fn(60)) == pytest.approx(0.05, rel=1e-4)
+  assert float(fn(110)) == pytest.approx(0.0, abs=1e-7)
+  config.schedule = "cosine"
+  fn = train.create_learning_rate_fn(config, steps_per_epoch=10, total_steps=100)
+  assert float(fn(0)) == pytest.approx(0.1) and float(fn(50)) == pytest.approx(0.05)
+
+
+def test_epoch_order_is_a_pure_function_of_seed_and_epoch():
+  a = input_pipeline.epoch_order(0, 3, 100, 6, 16)
+  np.testing.assert_array_equal(a, input_pipeline.epoch_order(0, 3, 100, 6, 16))
+  assert not np.array_equal(a, input_pipeline.epoch_order(0, 4, 100, 6, 16))
+  assert not np.array_equal(a, input_pipeline.epoch_order(1, 3, 100, 6, 16))
+  assert a.shape == (6, 16) and len(np.unique(a)) == 96
