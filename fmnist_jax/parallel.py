@@ -70,9 +70,15 @@ class Parallelism:
     return jax.tree.map(put, tree)
 
   def _batch_spec(self, batch_axis: int) -> P:
-    if self.mode == "pmap":  # the device axis is inserted before the batch axis
-      return P(*([None] * batch_axis), AXIS)
+    # jit: the batch axis is sharded; pmap: the device axis, inserted at the batch axis.
     return P(*([None] * batch_axis), AXIS)
+
+  def _global_replica(self, x):
+    """pmap's unmapped outputs are process-local arrays: view them as one global array."""
+    if self.num_processes == 1:
+      return x
+    return jax.make_array_from_single_device_arrays(
+        x.shape, self.replicated, [shard.data for shard in x.addressable_shards])
 
   def shard(self, local_tree, batch_axis: int = 0):
     """This process's part of a global batch (host arrays) -> global arrays for the step.
@@ -114,9 +120,14 @@ class Parallelism:
   def compile_train(self, step_fn: Callable[..., Any], batch_axis: int = 1):
     """step_fn(state, batch, *, axis_name) -> (state, metrics); state donated."""
     if self.mode == "pmap":
-      return jax.pmap(functools.partial(step_fn, axis_name=AXIS), axis_name=AXIS,
+      step = jax.pmap(functools.partial(step_fn, axis_name=AXIS), axis_name=AXIS,
                       in_axes=(None, batch_axis), out_axes=(None, None), donate_argnums=0,
                       devices=self.devices)
+
+      def global_step(state, batch):
+        state, metrics = step(state, batch)
+        return jax.tree.map(self._global_replica, state), metrics
+      return global_step
     batch_sharding = NamedSharding(self.mesh, self._batch_spec(batch_axis))
     return jax.jit(functools.partial(step_fn, axis_name=None),
                    in_shardings=(self.replicated, batch_sharding),

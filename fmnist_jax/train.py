@@ -131,12 +131,19 @@ def summarize(sums: dict[str, Any]) -> tuple[float, float]:
   return float(sums["loss"]) / count, float(sums["correct"]) / count
 
 
+def host_sum(par: Parallelism, metrics_list) -> dict[str, Any]:
+  """Sums per-call metrics on the host. No eager ops on global arrays: with several processes,
+  extra device computations between the compiled steps can interleave their collectives."""
+  sums = {}
+  for metrics in par.to_host(list(metrics_list)):
+    for key, value in metrics.items():
+      sums[key] = sums.get(key, 0) + np.asarray(value, np.float64)
+  return sums
+
+
 def evaluate(eval_fn, params, batches, par: Parallelism) -> dict[str, float]:
-  sums = None
-  for batch in batches:
-    metrics = eval_fn(params, batch)
-    sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
-  sums = par.to_host(sums)
+  # Blocking per batch keeps few collective programs in flight (eval batches are large).
+  sums = host_sum(par, [jax.block_until_ready(eval_fn(params, batch)) for batch in batches])
   loss, accuracy = summarize(sums)
   return {"loss": loss, "accuracy": accuracy, "count": int(sums["count"])}
 
@@ -219,7 +226,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # --- loop ---------------------------------------------------------------------------------
   step = start_step
   last_eval = {}
-  epoch_sums = None
+  epoch_metrics = []  # per-call metrics, left on the device until they are read
   timer_step, timer_start, run_start = step, time.perf_counter(), time.perf_counter()
   while step < total_steps:
     epoch, first = divmod(step, steps_per_epoch)
@@ -231,11 +238,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if num < jax.tree.leaves(batches)[0].shape[0]:
         batches = jax.tree.map(lambda x: x[:num], batches)
       state, metrics = train_fn(state, batches)
-      epoch_sums = metrics if epoch_sums is None else jax.tree.map(jnp.add, epoch_sums, metrics)
+      epoch_metrics.append(metrics)
+      if len(epoch_metrics) > 2:  # the host runs at most two calls ahead of the devices
+        jax.block_until_ready(epoch_metrics[-3])
       step += num
       steps_left_in_epoch -= num
       if step // config.log_every_steps != (step - num) // config.log_every_steps:
-        loss, accuracy = summarize(par.to_host(epoch_sums))
+        loss, accuracy = summarize(host_sum(par, epoch_metrics))
         now = time.perf_counter()
         images_per_second = (step - timer_step) * config.batch_size / (now - timer_start)
         eta = (total_steps - step) * config.batch_size / max(images_per_second, 1e-9)
@@ -250,22 +259,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         ckpt.save(step, state)
 
     # --- evaluation: after every epoch and at the end -----------------------------------------
-    train_loss, train_accuracy = summarize(par.to_host(epoch_sums))
-    epoch_sums = None
+    train_loss, train_accuracy = summarize(host_sum(par, epoch_metrics))
+    epoch_metrics = []
     scalars = {"epoch": step / steps_per_epoch, "train_loss": train_loss,
                "train_accuracy": train_accuracy}
     for name, batches in eval_sets.items():
       result = evaluate(eval_fn, state.params, batches, par)
       scalars[f"{name}_loss"], scalars[f"{name}_accuracy"] = result["loss"], result["accuracy"]
+      scalars[f"{name}_count"] = result["count"]
     scalars["elapsed_seconds"] = time.perf_counter() - run_start
     writer.write_scalars(step, scalars)
     writer.flush()
     logging.info("epoch %.2f step %d | %s", scalars["epoch"], step,
-                 " ".join(f"{k} {v:.4f}" for k, v in scalars.items() if k != "epoch"))
+                 " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                          for k, v in scalars.items() if k != "epoch"))
     ckpt.save(step, state, metrics=scalars)
     last_eval = scalars
     timer_step, timer_start = step, time.perf_counter()
 
+  # Every process logs this: processes that disagree on the parameters show it here.
+  checksum = sum(float(np.abs(x).sum()) for x in jax.tree.leaves(par.to_host(state.params)))
+  logging.info("process %d: finished at step %d, parameter checksum %.10g",
+               jax.process_index(), step, checksum)
   ckpt.close()
   writer.close()
   return last_eval

@@ -1,0 +1,67 @@
+"""Run in a subprocess with simulated devices (XLA_FLAGS=--xla_force_host_platform_device_count=8).
+
+Computes, inside one process, the same training and evaluation on 1 device and on all devices,
+under jit and pmap, and prints the numbers as JSON for tests/test_parallel.py to compare.
+"""
+
+import functools
+import json
+import sys
+
+import jax
+import numpy as np
+
+from conftest import synthetic_arrays, tiny_config
+from fmnist_jax import input_pipeline, models, train
+from fmnist_jax.parallel import Parallelism
+
+
+def train_params(mode, devices, dropout, steps=6, steps_per_call=2):
+  config = tiny_config(batch_size=32, dropout_rates=(0.3, 0.3, 0.3) if dropout else (0, 0, 0))
+  par = Parallelism(mode, devices)
+  model = models.create_model(config)
+  tx = train.create_optimizer(config, train.create_learning_rate_fn(config, 6, 6))
+  state = par.replicate(train.create_train_state(config, model, tx))
+  images, labels = synthetic_arrays(200, seed=1)
+  data = input_pipeline.DeviceTrainData(images, labels, par, config.batch_size, config.seed)
+  step_fn = par.compile_train(train.train_steps)
+  losses = []
+  for batches in data.batches(epoch=0, first_step=0, steps_per_call=steps_per_call):
+    state, metrics = step_fn(state, batches)
+    losses.append(float(par.to_host(metrics)["loss"]))
+    if int(par.to_host(state.step)) >= steps:
+      break
+  return [np.asarray(x).tolist() for x in jax.tree.leaves(par.to_host(state.params))], losses
+
+
+def eval_metrics(mode, devices, count=75, batch_size=16):
+  config = tiny_config()
+  par = Parallelism(mode, devices)
+  model = models.create_model(config)
+  state = train.create_train_state(config, model, train.create_optimizer(config, 1e-3))
+  images, labels = synthetic_arrays(count, seed=4)
+  batches = input_pipeline.eval_batches(images, labels, par, batch_size)
+  eval_fn = par.compile_eval(functools.partial(train.eval_step, apply_fn=model.apply))
+  return train.evaluate(eval_fn, par.replicate(state.params), batches, par)
+
+
+def main():
+  devices = jax.devices()
+  out = {"device_count": len(devices)}
+  out["jit1_dropout"] = train_params("jit", devices[:1], dropout=True)
+  out["jit8_dropout"] = train_params("jit", devices, dropout=True)
+  out["jit8"] = train_params("jit", devices, dropout=False)
+  out["pmap8"] = train_params("pmap", devices, dropout=False)
+  out["pmap8_dropout"] = train_params("pmap", devices, dropout=True)
+  for mode in ("jit", "pmap"):
+    out[f"eval_{mode}1"] = eval_metrics(mode, devices[:1])
+    out[f"eval_{mode}8"] = eval_metrics(mode, devices)
+  try:
+    Parallelism("jit", devices).check_batch_size(100)
+  except ValueError as e:
+    out["indivisible_error"] = str(e)
+  json.dump(out, sys.stdout)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,129 @@
+"""The whole loop: in-process on small splits, and the command line in a subprocess."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import ROOT, tiny_config
+from fmnist_jax import checkpointing, input_pipeline, models, train
+from fmnist_jax.parallel import Parallelism
+
+REQUIRED = {"step", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+            "test_loss", "test_accuracy"}
+
+
+def _metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def _final_params(workdir, config):
+  model = models.create_model(config)
+  tx = train.create_optimizer(config, train.create_learning_rate_fn(config, 1, 1))
+  state = Parallelism("jit").replicate(train.create_train_state(config, model, tx))
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), config)
+  state = ckpt.restore_latest(state)
+  ckpt.close()
+  return int(state.step), state.params
+
+
+def test_trains_and_evaluates_after_every_epoch(small_splits, tmp_path):
+  config = tiny_config(num_epochs=2)  # 200 train images / batch 16 = 12 steps per epoch
+  final = train.train_and_evaluate(config, str(tmp_path))
+  rows = _metrics(tmp_path)
+  assert [r["step"] for r in rows] == [12, 24]
+  assert [r["epoch"] for r in rows] == [1.0, 2.0]
+  assert all(REQUIRED <= set(r) for r in rows)
+  assert rows[-1]["test_count"] == 75 and rows[-1]["val_count"] == 40
+  assert final["test_accuracy"] == rows[-1]["test_accuracy"]
+  assert (tmp_path / "config.json").exists() and (tmp_path / "run_info.jsonl").exists()
+  info = json.loads((tmp_path / "run_info.jsonl").read_text().splitlines()[0])
+  assert info["platform"] == "cpu" and info["versions"]["jax"] == jax.__version__
+  assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path))
+  assert 24 in checkpointing.Checkpointer(tmp_path / "checkpoints", config).manager.all_steps()
+
+
+def test_num_train_steps_stops_mid_epoch_with_a_final_evaluation(small_splits, tmp_path):
+  config = tiny_config(num_train_steps=17, validation_size=0, steps_per_call=4)
+  train.train_and_evaluate(config, str(tmp_path))
+  rows = _metrics(tmp_path)
+  assert [r["step"] for r in rows] == [12, 17]
+  assert not any(key.startswith("val_") for key in rows[0])
+
+
+def test_resume_gives_identical_parameters(small_splits, tmp_path):
+  config = tiny_config(num_train_steps=20, checkpoint_every_steps=5)
+  train.train_and_evaluate(config, str(tmp_path / "straight"))
+  interrupted = tiny_config(num_train_steps=7, checkpoint_every_steps=5)
+  train.train_and_evaluate(interrupted, str(tmp_path / "resumed"))
+  assert _final_params(tmp_path / "resumed", config)[0] == 7
+  train.train_and_evaluate(config, str(tmp_path / "resumed"))  # same workdir: resumes at 7
+  step_a, params_a = _final_params(tmp_path / "straight", config)
+  step_b, params_b = _final_params(tmp_path / "resumed", config)
+  assert step_a == step_b == 20
+  for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  starts = [json.loads(l)["start_step"] for l in
+            (tmp_path / "resumed" / "run_info.jsonl").read_text().splitlines()]
+  assert starts == [0, 7]
+
+
+def test_tfds_streaming_order_is_reproducible_and_resumable(synthetic_tfds):
+  par = Parallelism("jit")
+  data = input_pipeline.TfdsTrainData(synthetic_tfds["data_dir"], "train[:400]", par,
+                                      batch_size=32, seed=0)
+  assert data.steps_per_epoch == 12
+  first = [np.asarray(b["label"]) for b in data.batches(epoch=0, first_step=0, steps_per_call=1)]
+  again = [np.asarray(b["label"]) for b in data.batches(epoch=0, first_step=5, steps_per_call=1)]
+  assert len(first) == 12 and first[0].shape == (1, 32)
+  np.testing.assert_array_equal(np.concatenate(first[5:]), np.concatenate(again))
+  other = [np.asarray(b["label"]) for b in data.batches(epoch=1, first_step=0, steps_per_call=4)]
+  assert [o.shape for o in other] == [(4, 32)] * 3
+  assert not np.array_equal(np.concatenate(first).ravel(), np.concatenate(other).ravel())
+
+
+def _run_main(*args, env=None):
+  return subprocess.run([sys.executable, "-m", "fmnist_jax.main", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=600,
+                        env={**os.environ, **(env or {})})
+
+
+def test_command_line_trains_on_tfds_data_in_streaming_mode(synthetic_tfds, tmp_path):
+  result = _run_main("--config", "configs/tiny.py", "--workdir", str(tmp_path),
+                     f"--config.data_dir={synthetic_tfds['data_dir']}",
+                     "--config.input_mode=tfds", "--config.num_train_steps=6")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "step 5/6" in result.stderr and "img/s" in result.stderr and "ETA" in result.stderr
+  rows = _metrics(tmp_path)
+  assert rows[-1]["step"] == 6 and rows[-1]["test_count"] == 10_000
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.batch_size=0", "batch_size=0 must be a positive integer"),
+    ("--config.optimizer=adamax", "optimizer='adamax'"),
+])
+def test_command_line_rejects_bad_config_before_touching_the_workdir(tmp_path, override,
+                                                                     message):
+  workdir = tmp_path / "run"
+  result = _run_main("--config", "configs/tiny.py", "--workdir", str(workdir), override)
+  assert result.returncode != 0
+  assert message in result.stderr
+  assert not workdir.exists()
+
+
+def test_command_line_rejects_a_workdir_that_is_a_file(tmp_path):
+  target = tmp_path / "file"
+  target.write_text("precious")
+  result = _run_main("--config", "configs/tiny.py", "--workdir", str(target))
+  assert result.returncode != 0 and "is not a directory" in result.stderr
+  assert target.read_text() == "precious"
+
+
+def test_command_line_reports_a_missing_config_file(tmp_path):
+  result = _run_main("--config", "configs/nope.py", "--workdir", str(tmp_path / "w"))
+  assert result.returncode != 0 and "nope.py" in result.stderr

@@ -1,0 +1,111 @@
+"""Multi-device (8 simulated CPU devices) and multi-process (2 local processes) training."""
+
+import json
+import re
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import ROOT, tiny_config
+from test_main import _final_params, _metrics
+
+TESTS = os.path.dirname(__file__)
+
+
+def _devices_env(count):
+  return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}",
+          "PYTHONPATH": os.pathsep.join([TESTS, str(ROOT)])}
+
+
+@pytest.fixture(scope="module")
+def eight_devices():
+  result = subprocess.run([sys.executable, os.path.join(TESTS, "multidevice_worker.py")],
+                          capture_output=True, text=True, timeout=900, env=_devices_env(8))
+  assert result.returncode == 0, result.stderr[-3000:]
+  return json.loads(result.stdout)
+
+
+def _assert_params_close(a, b, rtol=2e-5, atol=2e-6):
+  for x, y in zip(a, b):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+@pytest.mark.slow
+def test_jit_on_8_devices_equals_jit_on_1_with_dropout(eight_devices):
+  assert eight_devices["device_count"] == 8
+  params1, losses1 = eight_devices["jit1_dropout"]
+  params8, losses8 = eight_devices["jit8_dropout"]
+  _assert_params_close(params1, params8)
+  np.testing.assert_allclose(losses1, losses8, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_pmap_on_8_devices_equals_jit_on_8_without_dropout(eight_devices):
+  _assert_params_close(eight_devices["pmap8"][0], eight_devices["jit8"][0])
+  np.testing.assert_allclose(eight_devices["pmap8"][1], eight_devices["jit8"][1], rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_pmap_dropout_trains_and_differs_from_jit_masks(eight_devices):
+  params, losses = eight_devices["pmap8_dropout"]
+  assert np.all(np.isfinite(losses))
+  assert not np.allclose(np.asarray(params[0]), np.asarray(eight_devices["jit8_dropout"][0][0]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["jit", "pmap"])
+def test_eval_counts_every_example_on_1_and_8_devices(eight_devices, mode):
+  one, eight = eight_devices[f"eval_{mode}1"], eight_devices[f"eval_{mode}8"]
+  assert one["count"] == eight["count"] == 75
+  np.testing.assert_allclose(one["loss"], eight["loss"], rtol=1e-6)
+  assert one["accuracy"] == eight["accuracy"]
+
+
+@pytest.mark.slow
+def test_batch_not_divisible_by_devices_is_a_clear_error(eight_devices):
+  assert eight_devices["indivisible_error"].startswith(
+      "batch_size 100 is not divisible by the 8 devices")
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _two_processes(workdir, data_dir, *overrides):
+  port = _free_port()
+  common = [sys.executable, "-m", "fmnist_jax.main", "--config", "configs/tiny.py",
+            "--workdir", str(workdir), f"--config.data_dir={data_dir}",
+            f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", *overrides]
+  procs = [subprocess.Popen(common + [f"--process_id={i}"], cwd=ROOT, env=_devices_env(4),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  outputs = [p.communicate(timeout=900) for p in procs]
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-4000:]
+  return [err for _, err in outputs]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode,input_mode", [("jit", "device"), ("pmap", "tfds")])
+def test_two_processes_train_and_the_checkpoint_restores_on_one_device(
+    synthetic_tfds, tmp_path, mode, input_mode):
+  logs = _two_processes(tmp_path, synthetic_tfds["data_dir"], "--config.num_train_steps=6",
+                        f"--config.parallelism={mode}", f"--config.input_mode={input_mode}",
+                        "--config.checkpoint_every_steps=3")
+  assert "JAX process 1/2, 4 local devices" in logs[1]
+  assert "Parallelism(%s, 8 devices, 2 processes)" % mode in logs[0]
+  checksums = [re.search(r"parameter checksum (\S+)", log).group(1) for log in logs]
+  assert checksums[0] == checksums[1]
+  rows = _metrics(tmp_path)  # written by process 0 only: one row per evaluation
+  assert [r["step"] for r in rows] == [6] and rows[0]["test_count"] == 10_000
+  # The checkpoint holds global arrays: it restores here, in one process with one device.
+  step, params = _final_params(tmp_path, tiny_config())
+  assert step == 6 and len(jax.devices()) == 1
+  assert all(np.all(np.isfinite(np.asarray(p))) for p in jax.tree.leaves(params))
