@@ -48,5 +48,6 @@ def get_config():
   config.keep_checkpoints = 2           # the latest N ...
   config.keep_best_checkpoints = 1      # ... plus the best N by validation accuracy
   config.async_checkpointing = True
+  config.write_report = True            # WORKDIR/report/ at the end (fmnist_jax.report)
 
   return config

@@ -14,4 +14,5 @@ def get_config():
   config.log_every_steps = 5
   config.checkpoint_every_steps = 5
   config.async_checkpointing = False
+  config.write_report = False
   return config

@@ -20,7 +20,7 @@ def _saved_tree(state):
 
 class Checkpointer:
 
-  def __init__(self, directory: pathlib.Path, config):
+  def __init__(self, directory: pathlib.Path, config, read_only: bool = False):
     keep = [policies.LatestN(n=config.keep_checkpoints)]
     if config.validation_size and config.keep_best_checkpoints:
       keep.append(policies.BestN(get_metric_fn=lambda m: m["val_accuracy"],
@@ -28,7 +28,8 @@ class Checkpointer:
                                  keep_checkpoints_without_metrics=False))
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policies.AnyPreservationPolicy(keep),
-        enable_async_checkpointing=config.async_checkpointing, create=True)
+        enable_async_checkpointing=config.async_checkpointing, create=not read_only,
+        read_only=read_only)
     self.manager = ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options)
 
   def save(self, step: int, state, metrics=None) -> None:

@@ -283,4 +283,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                jax.process_index(), step, checksum)
   ckpt.close()
   writer.close()
+  if config.write_report and is_chief:
+    if jax.process_count() == 1:
+      from fmnist_jax import report  # matplotlib and scikit-learn only when needed
+      logging.info("report written to %s", report.write_report(str(workdir_path), splits))
+    else:
+      logging.info("multi-process run: write the report with "
+                   "`python -m fmnist_jax.report --workdir %s`", workdir_path)
   return last_eval

@@ -1,0 +1,88 @@
+"""Compare runs: `python -m fmnist_jax.compare DIR_A DIR_B ... [--out DIR]`.
+
+Overlays the curves of several workdirs and tabulates final / best test accuracy, test loss, and
+the train - test accuracy gap. E.g. configs/default.py vs configs/no_dropout.py is the dropout
+study.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from fmnist_jax import evaluate  # noqa: E402
+
+
+def summarize_run(rows: list[dict]) -> dict:
+  final = rows[-1]
+  best = max(rows, key=lambda r: r["test_accuracy"])
+  lowest = min(rows, key=lambda r: r["test_loss"])
+  return {"epochs": final["epoch"], "final_test_accuracy": final["test_accuracy"],
+          "best_test_accuracy": best["test_accuracy"], "final_test_loss": final["test_loss"],
+          "lowest_test_loss": lowest["test_loss"], "lowest_test_loss_epoch": lowest["epoch"],
+          "final_train_accuracy": final["train_accuracy"],
+          "train_test_gap": final["train_accuracy"] - final["test_accuracy"]}
+
+
+def compare(workdirs: list[str], out: str) -> pathlib.Path:
+  out_path = pathlib.Path(out)
+  out_path.mkdir(parents=True, exist_ok=True)
+  runs = {pathlib.Path(w).name or w: evaluate.load_metrics(pathlib.Path(w)) for w in workdirs}
+  fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(12, 4.5))
+  for i, (name, rows) in enumerate(runs.items()):
+    color = f"C{i}"
+    epochs = [r["epoch"] for r in rows]
+    ax_acc.plot(epochs, [100 * r["train_accuracy"] for r in rows], "--", color=color,
+                label=f"{name} train")
+    ax_acc.plot(epochs, [100 * r["test_accuracy"] for r in rows], "-o", ms=3, color=color,
+                label=f"{name} test")
+    ax_loss.plot(epochs, [r["train_loss"] for r in rows], "--", color=color,
+                 label=f"{name} train")
+    ax_loss.plot(epochs, [r["test_loss"] for r in rows], "-o", ms=3, color=color,
+                 label=f"{name} test")
+  ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
+  ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
+  for ax in (ax_acc, ax_loss):
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.suptitle("Runs compared (train: running average during the epoch, dropout on)")
+  fig.savefig(out_path / "compare.png", dpi=110, bbox_inches="tight")
+  plt.close(fig)
+
+  summary = {name: summarize_run(rows) for name, rows in runs.items()}
+  (out_path / "compare.json").write_text(json.dumps(summary, indent=2))
+  lines = ["| run | epochs | final test acc | best test acc | final test loss | "
+           "lowest test loss (epoch) | final train acc | train − test gap |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+  for name, s in summary.items():
+    lines.append(
+        f"| {name} | {s['epochs']:.0f} | {100 * s['final_test_accuracy']:.2f}% | "
+        f"{100 * s['best_test_accuracy']:.2f}% | {s['final_test_loss']:.4f} | "
+        f"{s['lowest_test_loss']:.4f} ({s['lowest_test_loss_epoch']:.0f}) | "
+        f"{100 * s['final_train_accuracy']:.2f}% | {100 * s['train_test_gap']:.2f} pts |")
+  (out_path / "compare.md").write_text("\n".join(
+      ["# Runs compared", "", "![curves](compare.png)", ""] + lines) + "\n")
+  print("\n".join(lines))
+  return out_path
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("workdirs", nargs="+")
+  parser.add_argument("--out", default="runs/compare")
+  args = parser.parse_args(argv)
+  try:
+    compare(args.workdirs, args.out)
+  except evaluate.ReportError as e:
+    sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,228 @@
+"""The visual report of a trained workdir: `python -m fmnist_jax.report --workdir DIR`.
+
+Writes DIR/report/: data exploration, training curves (from the run's own metrics.jsonl), test
+evaluation of the best (by validation accuracy) and last checkpoints, correct vs misclassified
+examples, `report.md` tying it together, and `metrics.json` with every number.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from fmnist_jax import evaluate, input_pipeline  # noqa: E402
+from fmnist_jax.dataset import CLASS_NAMES  # noqa: E402
+
+SHORT_NAMES = ("T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+               "Bag", "Boot")
+
+
+def _save(fig, path: pathlib.Path) -> str:
+  fig.savefig(path, dpi=110, bbox_inches="tight")
+  plt.close(fig)
+  return path.name
+
+
+# --- 1. data exploration ----------------------------------------------------------------------
+
+def plot_class_distribution(splits: dict, path: pathlib.Path) -> str:
+  fig, axes = plt.subplots(1, len(splits), figsize=(5.5 * len(splits), 4), sharey=False)
+  for ax, (name, (_, labels)) in zip(np.atleast_1d(axes), splits.items()):
+    counts = np.bincount(labels, minlength=len(CLASS_NAMES))
+    ax.bar(range(len(CLASS_NAMES)), counts, color="tab:blue")
+    ax.set_xticks(range(len(CLASS_NAMES)), CLASS_NAMES, rotation=45, ha="right")
+    ax.set_title(f"{name}: {len(labels):,} images")
+    ax.set_ylabel("images per class")
+  fig.suptitle("Class distribution")
+  return _save(fig, path)
+
+
+def plot_samples_per_class(images, labels, title: str, path: pathlib.Path,
+                           per_class: int = 8) -> str:
+  fig, axes = plt.subplots(len(CLASS_NAMES), per_class, figsize=(per_class * 0.9 + 1.6, 10.5))
+  for c, name in enumerate(CLASS_NAMES):
+    index = np.flatnonzero(labels == c)[:per_class]
+    for j in range(per_class):
+      ax = axes[c, j]
+      ax.axis("off")
+      if j < len(index):
+        ax.imshow(images[index[j], ..., 0], cmap="gray_r")
+    axes[c, 0].text(-4, 14, name, ha="right", va="center", fontsize=9)
+  fig.suptitle(title)
+  fig.subplots_adjust(left=0.16, wspace=0.05, hspace=0.08)
+  return _save(fig, path)
+
+
+# --- 2. training curves -----------------------------------------------------------------------
+
+def plot_curves(rows: list[dict], path: pathlib.Path, title: str = "Training curves") -> str:
+  fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
+  epochs = [r["epoch"] for r in rows]
+  for split, style in (("train", "-o"), ("val", "-s"), ("test", "-^")):
+    if f"{split}_accuracy" in rows[0]:
+      ax_acc.plot(epochs, [100 * r[f"{split}_accuracy"] for r in rows], style, ms=3, label=split)
+      ax_loss.plot(epochs, [r[f"{split}_loss"] for r in rows], style, ms=3, label=split)
+  ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
+  ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
+  for ax in (ax_acc, ax_loss):
+    ax.grid(alpha=0.3)
+    ax.legend()
+  fig.suptitle(title + " (train: running average with dropout on)")
+  return _save(fig, path)
+
+
+# --- 3. evaluation ----------------------------------------------------------------------------
+
+def plot_confusion(confusion: np.ndarray, title: str, path: pathlib.Path) -> str:
+  confusion = np.asarray(confusion)
+  normalized = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
+  fig, axes = plt.subplots(1, 2, figsize=(15, 6.5))
+  for ax, matrix, fmt, subtitle in ((axes[0], confusion, "d", "counts"),
+                                    (axes[1], normalized, ".2f", "row-normalised (recall)")):
+    ax.imshow(matrix, cmap="Blues")
+    threshold = matrix.max() / 2
+    for i in range(matrix.shape[0]):
+      for j in range(matrix.shape[1]):
+        ax.text(j, i, format(matrix[i, j], fmt), ha="center", va="center", fontsize=7,
+                color="white" if matrix[i, j] > threshold else "black")
+    ax.set_xticks(range(len(SHORT_NAMES)), SHORT_NAMES, rotation=45, ha="right")
+    ax.set_yticks(range(len(SHORT_NAMES)), SHORT_NAMES)
+    ax.set(xlabel="predicted class", ylabel="true class", title=subtitle)
+  fig.suptitle(title)
+  return _save(fig, path)
+
+
+def plot_examples(images, labels, result, which: str, path: pathlib.Path, count: int = 24,
+                  most_confident: bool = False) -> str:
+  predictions, confidence = result["predictions"], result["confidence"]
+  chosen = np.flatnonzero((predictions == labels) if which == "correct" else
+                          (predictions != labels))
+  if most_confident:
+    chosen = chosen[np.argsort(-confidence[chosen])]
+  chosen = chosen[:count]
+  columns = 8
+  rows = max(1, int(np.ceil(len(chosen) / columns)))
+  fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.55, rows * 1.95))
+  for ax in np.atleast_1d(axes).ravel():
+    ax.axis("off")
+  for ax, i in zip(np.atleast_1d(axes).ravel(), chosen):
+    ax.imshow(images[i, ..., 0], cmap="gray_r")
+    ax.set_title(f"true {SHORT_NAMES[labels[i]]}\npred {SHORT_NAMES[predictions[i]]} "
+                 f"{100 * confidence[i]:.0f}%", fontsize=7.5,
+                 color="tab:green" if predictions[i] == labels[i] else "tab:red")
+  title = {"correct": "Correctly classified test images",
+           "wrong": "Misclassified test images"}[which]
+  fig.suptitle(title + (" (most confident first)" if most_confident else ""))
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def _class_table(report: dict) -> list[str]:
+  lines = ["| class | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |"]
+  for name in list(CLASS_NAMES) + ["macro avg", "weighted avg"]:
+    r = report[name]
+    lines.append(f"| {name} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1-score']:.3f} "
+                 f"| {int(r['support'])} |")
+  return lines
+
+
+# --- the report -------------------------------------------------------------------------------
+
+def write_report(workdir: str, splits: dict | None = None) -> pathlib.Path:
+  """Writes WORKDIR/report/; returns its path. `splits` (name -> arrays) saves a reload."""
+  workdir = pathlib.Path(workdir)
+  config = evaluate.load_workdir_config(workdir)
+  rows = evaluate.load_metrics(workdir)
+  out = workdir / "report"
+  out.mkdir(exist_ok=True)
+  if splits is None:
+    splits = input_pipeline.load_splits(config)
+  test_images, test_labels = splits["test"]
+
+  figures = {
+      "class_distribution": plot_class_distribution(splits, out / "class_distribution.png"),
+      "samples_train": plot_samples_per_class(*splits["train"], "Training images per class",
+                                              out / "samples_train.png"),
+      "samples_test": plot_samples_per_class(test_images, test_labels, "Test images per class",
+                                             out / "samples_test.png"),
+      "curves": plot_curves(rows, out / "curves.png"),
+  }
+  numbers = {"workdir": str(workdir), "final_metrics": rows[-1], "checkpoints": {}}
+  checkpoints = ["best", "last"] if "val" in splits else ["last"]
+  results = {}
+  for which in checkpoints:
+    model, params, step = evaluate.restore_params(workdir, config, which)
+    result = evaluate.evaluate_split(model, params, test_images, test_labels)
+    results[which] = result
+    numbers["checkpoints"][which] = {"step": step, **{k: v for k, v in result.items()
+                                                      if k not in ("predictions", "confidence")}}
+    figures[f"confusion_{which}"] = plot_confusion(
+        result["confusion_matrix"], f"Test confusion matrix, {which} checkpoint (step {step})",
+        out / f"confusion_{which}.png")
+  chosen = results[checkpoints[0]]
+  figures["correct"] = plot_examples(test_images, test_labels, chosen, "correct",
+                                     out / "correct.png")
+  figures["wrong"] = plot_examples(test_images, test_labels, chosen, "wrong", out / "wrong.png")
+  figures["confidently_wrong"] = plot_examples(test_images, test_labels, chosen, "wrong",
+                                               out / "confidently_wrong.png",
+                                               most_confident=True)
+  (out / "metrics.json").write_text(json.dumps(numbers, indent=2))
+
+  md = [f"# Report: `{workdir}`", "",
+        f"{len(rows)} evaluations; final step {rows[-1]['step']}, epoch {rows[-1]['epoch']:.2f}. "
+        "All numbers are in `metrics.json`.", "",
+        "## Data", "",
+        f"![class distribution]({figures['class_distribution']})", "",
+        "Class distribution of each split: the classes are balanced.", "",
+        f"![train samples]({figures['samples_train']})", "",
+        "Training images, one row per class.", "",
+        f"![test samples]({figures['samples_test']})", "", "Test images, one row per class.", "",
+        "## Training curves", "", f"![curves]({figures['curves']})", "",
+        "Accuracy and loss per epoch, as recorded in `metrics.jsonl` during training.", "",
+        "## Test evaluation", ""]
+  md += ["| checkpoint | step | test accuracy | test loss | best classes (F1) | worst classes (F1) |",
+         "| --- | --- | --- | --- | --- | --- |"]
+  for which in checkpoints:
+    n = numbers["checkpoints"][which]
+    md.append(f"| {which} | {n['step']} | {100 * n['accuracy']:.2f}% | {n['loss']:.4f} | "
+              f"{', '.join(n['best_classes'])} | {', '.join(n['worst_classes'])} |")
+  for which in checkpoints:
+    n = numbers["checkpoints"][which]
+    md += ["", f"### {which.capitalize()} checkpoint (step {n['step']})", ""]
+    md += _class_table(n["classification_report"])
+    md += ["", "Most confused pairs (true → predicted: test images): " +
+           "; ".join(f"{t} → {p}: {c}" for t, p, c in n["most_confused_pairs"]) + ".", "",
+           f"![confusion]({figures[f'confusion_{which}']})", "",
+           "Confusion matrix on the test split: counts, and each row divided by its class size.",
+           ""]
+  md += ["## Correct vs misclassified", "",
+         f"![correct]({figures['correct']})", "",
+         f"Correctly classified test images ({checkpoints[0]} checkpoint), with confidence.", "",
+         f"![wrong]({figures['wrong']})", "", "Misclassified test images.", "",
+         f"![confidently wrong]({figures['confidently_wrong']})", "",
+         "The most confidently wrong test predictions.", ""]
+  (out / "report.md").write_text("\n".join(md))
+  return out
+
+
+def main(argv=None):
+  import argparse
+  parser = argparse.ArgumentParser(description="Write the visual report of a trained workdir.")
+  parser.add_argument("--workdir", required=True)
+  args = parser.parse_args(argv)
+  try:
+    out = write_report(args.workdir)
+  except evaluate.ReportError as e:
+    sys.exit(f"error: {e}")
+  print(f"report written to {out}/report.md")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,71 @@
+import json
+
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from fmnist_jax import compare, evaluate, report, train
+
+
+def test_classification_report_and_confusion_matrix_match_a_hand_computed_example():
+  labels = np.array([0, 0, 1, 1, 2, 2, 2])
+  predictions = np.array([0, 1, 1, 1, 0, 2, 2])
+  names = ("a", "b", "c")
+  confusion = evaluate.confusion_matrix(labels, predictions, 3)
+  np.testing.assert_array_equal(confusion, [[1, 1, 0], [0, 2, 0], [1, 0, 2]])
+  r = evaluate.classification_report(labels, predictions, names)
+  assert r["a"]["precision"] == pytest.approx(1 / 2) and r["a"]["recall"] == pytest.approx(1 / 2)
+  assert r["b"]["precision"] == pytest.approx(2 / 3) and r["b"]["recall"] == pytest.approx(1.0)
+  assert r["c"]["precision"] == pytest.approx(1.0) and r["c"]["recall"] == pytest.approx(2 / 3)
+  assert r["b"]["f1-score"] == pytest.approx(0.8) and r["c"]["support"] == 3
+  assert r["accuracy"] == pytest.approx(5 / 7)
+  assert evaluate.most_confused_pairs(confusion, 2, names) == [("c", "a", 1), ("a", "b", 1)]
+
+
+@pytest.fixture
+def trained_workdir(small_splits, tmp_path):
+  train.train_and_evaluate(tiny_config(num_epochs=2, keep_checkpoints=1), str(tmp_path / "run"))
+  return tmp_path / "run"
+
+
+def test_report_writes_every_file(trained_workdir):
+  out = report.write_report(str(trained_workdir))
+  names = {"class_distribution.png", "samples_train.png", "samples_test.png", "curves.png",
+           "confusion_best.png", "confusion_last.png", "correct.png", "wrong.png",
+           "confidently_wrong.png", "report.md", "metrics.json"}
+  assert names <= {p.name for p in out.iterdir()}
+  assert all((out / n).stat().st_size > 1000 for n in names if n.endswith(".png"))
+  numbers = json.loads((out / "metrics.json").read_text())
+  last = numbers["checkpoints"]["last"]
+  assert last["step"] == 24 and last["count"] == 75
+  assert np.sum(last["confusion_matrix"]) == 75
+  # The last checkpoint's accuracy is the one the run itself measured at its final evaluation.
+  assert last["accuracy"] == pytest.approx(numbers["final_metrics"]["test_accuracy"])
+  text = (out / "report.md").read_text()
+  assert "Most confused pairs" in text and "![curves](curves.png)" in text
+
+
+def test_report_on_a_workdir_without_metrics_or_checkpoints_is_a_clear_error(trained_workdir):
+  (trained_workdir / "metrics.jsonl").rename(trained_workdir / "kept.jsonl")
+  with pytest.raises(evaluate.ReportError, match="no metrics.jsonl"):
+    report.write_report(str(trained_workdir))
+  (trained_workdir / "kept.jsonl").rename(trained_workdir / "metrics.jsonl")
+  (trained_workdir / "checkpoints").rename(trained_workdir / "moved")
+  with pytest.raises(evaluate.ReportError, match="no checkpoints/"):
+    report.write_report(str(trained_workdir))
+  with pytest.raises(evaluate.ReportError, match="no config.json"):
+    report.write_report(str(trained_workdir / "moved"))
+
+
+def test_compare_tabulates_runs(small_splits, tmp_path):
+  for name, rates in (("with", (0.25, 0.4, 0.3)), ("without", (0.0, 0.0, 0.0))):
+    train.train_and_evaluate(tiny_config(num_epochs=2, dropout_rates=rates),
+                             str(tmp_path / name))
+  out = compare.compare([str(tmp_path / "with"), str(tmp_path / "without")],
+                        str(tmp_path / "cmp"))
+  summary = json.loads((out / "compare.json").read_text())
+  assert set(summary) == {"with", "without"}
+  rows = [json.loads(l) for l in (tmp_path / "with" / "metrics.jsonl").read_text().splitlines()]
+  assert summary["with"]["train_test_gap"] == pytest.approx(
+      rows[-1]["train_accuracy"] - rows[-1]["test_accuracy"])
+  assert "| without |" in (out / "compare.md").read_text()
