@@ -46,7 +46,7 @@ def restore_params(workdir: pathlib.Path, config, which: str = "last"):
     raise ReportError(f"{workdir} has no checkpoints/ directory: nothing to evaluate.")
   ckpt = checkpointing.Checkpointer(directory, config, read_only=True)
   try:
-    step = ckpt.manager.best_step() if which == "best" else ckpt.manager.latest_step()
+    step = ckpt.best_step() if which == "best" else ckpt.manager.latest_step()
     if step is None:
       raise ReportError(f"{directory} holds no {which} checkpoint"
                         + (" (best needs validation metrics: validation_size > 0)."

@@ -43,6 +43,10 @@ class Parallelism:
     self.num_local_devices = len(self.local_devices)
     self.num_processes = len({d.process_index for d in self.devices})
     self.replicated = NamedSharding(self.mesh, P())
+    # XLA's CPU runtime can deadlock (all-reduce rendezvous timeouts) when several programs with
+    # cross-device collectives are in flight at once on a few cores: there, compiled steps
+    # complete before they return. Accelerators queue them safely and keep async dispatch.
+    self.synchronous = self.devices[0].platform == "cpu" and self.num_devices > 1
 
   def __repr__(self):
     return (f"Parallelism({self.mode}, {self.num_devices} devices, "
@@ -117,6 +121,11 @@ class Parallelism:
 
   # --- compilation ------------------------------------------------------------------------
 
+  def _dispatch(self, fn):
+    if not self.synchronous:
+      return fn
+    return lambda *args: jax.block_until_ready(fn(*args))
+
   def compile_train(self, step_fn: Callable[..., Any], batch_axis: int = 1):
     """step_fn(state, batch, *, axis_name) -> (state, metrics); state donated."""
     if self.mode == "pmap":
@@ -127,18 +136,20 @@ class Parallelism:
       def global_step(state, batch):
         state, metrics = step(state, batch)
         return jax.tree.map(self._global_replica, state), metrics
-      return global_step
+      return self._dispatch(global_step)
     batch_sharding = NamedSharding(self.mesh, self._batch_spec(batch_axis))
-    return jax.jit(functools.partial(step_fn, axis_name=None),
-                   in_shardings=(self.replicated, batch_sharding),
-                   out_shardings=(self.replicated, self.replicated), donate_argnums=0)
+    return self._dispatch(jax.jit(functools.partial(step_fn, axis_name=None),
+                                  in_shardings=(self.replicated, batch_sharding),
+                                  out_shardings=(self.replicated, self.replicated),
+                                  donate_argnums=0))
 
   def compile_eval(self, eval_fn: Callable[..., Any], batch_axis: int = 0):
     """eval_fn(params, batch, *, axis_name) -> summed metrics."""
     if self.mode == "pmap":
-      return jax.pmap(functools.partial(eval_fn, axis_name=AXIS), axis_name=AXIS,
-                      in_axes=(None, batch_axis), out_axes=None, devices=self.devices)
+      return self._dispatch(jax.pmap(functools.partial(eval_fn, axis_name=AXIS),
+                                     axis_name=AXIS, in_axes=(None, batch_axis), out_axes=None,
+                                     devices=self.devices))
     batch_sharding = NamedSharding(self.mesh, self._batch_spec(batch_axis))
-    return jax.jit(functools.partial(eval_fn, axis_name=None),
-                   in_shardings=(self.replicated, batch_sharding),
-                   out_shardings=self.replicated)
+    return self._dispatch(jax.jit(functools.partial(eval_fn, axis_name=None),
+                                  in_shardings=(self.replicated, batch_sharding),
+                                  out_shardings=self.replicated))

@@ -56,7 +56,7 @@ def plot_samples_per_class(images, labels, title: str, path: pathlib.Path,
         ax.imshow(images[index[j], ..., 0], cmap="gray_r")
     axes[c, 0].text(-4, 14, name, ha="right", va="center", fontsize=9)
   fig.suptitle(title)
-  fig.subplots_adjust(left=0.16, wspace=0.05, hspace=0.08)
+  fig.subplots_adjust(left=0.16, top=0.95, wspace=0.05, hspace=0.08)
   return _save(fig, path)
 
 
@@ -133,6 +133,17 @@ def _class_table(report: dict) -> list[str]:
   return lines
 
 
+def _best_step(workdir: pathlib.Path, config):
+  from fmnist_jax import checkpointing
+  if not (workdir / "checkpoints").is_dir():
+    return None
+  ckpt = checkpointing.Checkpointer(workdir / "checkpoints", config, read_only=True)
+  try:
+    return ckpt.best_step()
+  finally:
+    ckpt.close()
+
+
 # --- the report -------------------------------------------------------------------------------
 
 def write_report(workdir: str, splits: dict | None = None) -> pathlib.Path:
@@ -155,7 +166,9 @@ def write_report(workdir: str, splits: dict | None = None) -> pathlib.Path:
       "curves": plot_curves(rows, out / "curves.png"),
   }
   numbers = {"workdir": str(workdir), "final_metrics": rows[-1], "checkpoints": {}}
-  checkpoints = ["best", "last"] if "val" in splits else ["last"]
+  checkpoints = ["best", "last"]
+  if "val" not in splits or _best_step(workdir, config) is None:
+    checkpoints = ["last"]  # no validation metrics saved with any checkpoint
   results = {}
   for which in checkpoints:
     model, params, step = evaluate.restore_params(workdir, config, which)

@@ -142,8 +142,7 @@ def host_sum(par: Parallelism, metrics_list) -> dict[str, Any]:
 
 
 def evaluate(eval_fn, params, batches, par: Parallelism) -> dict[str, float]:
-  # Blocking per batch keeps few collective programs in flight (eval batches are large).
-  sums = host_sum(par, [jax.block_until_ready(eval_fn(params, batch)) for batch in batches])
+  sums = host_sum(par, [eval_fn(params, batch) for batch in batches])
   loss, accuracy = summarize(sums)
   return {"loss": loss, "accuracy": accuracy, "count": int(sums["count"])}
 

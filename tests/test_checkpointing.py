@@ -43,5 +43,6 @@ def test_keeps_the_latest_n_plus_the_best_by_validation_accuracy(tmp_path):
     ckpt.save(step, state, metrics={"val_accuracy": val_accuracy})
   ckpt.save(55, state)  # a periodic save without metrics counts towards the latest N
   ckpt.close()
-  assert sorted(checkpointing.Checkpointer(tmp_path, config).manager.all_steps()) == \
-      [20, 50, 55]
+  reopened = checkpointing.Checkpointer(tmp_path, config)
+  assert sorted(reopened.manager.all_steps()) == [20, 50, 55]
+  assert reopened.best_step() == 20
