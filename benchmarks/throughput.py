@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import os
 import pathlib
@@ -37,6 +38,8 @@ def _parse_args(argv):
   parser.add_argument("--input-modes", nargs="+", default=["device", "host"])
   parser.add_argument("--steps-per-call", type=int, nargs="+", default=[1, 10])
   parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+  parser.add_argument("--conv-impls", nargs="+", default=["xla", "im2col"],
+                      help="training convolution forms (evaluation always uses xla)")
   parser.add_argument("--train-images", type=int, default=25_600,
                       help="training images timed per repeat")
   parser.add_argument("--eval-images", type=int, default=51_200)
@@ -151,14 +154,17 @@ def main(argv=None):
           continue
         config = default.get_config()
         config.dtype, config.batch_size = dtype, batch_size
-        model = models.create_model(config)
+        model = models.create_model(config, conv_impl="xla")
         tx = train.create_optimizer(config, config.learning_rate)
         base_state = par.replicate(train.create_train_state(config, model, tx))
         common = {"batch_size": batch_size, "dtype": dtype, "parallelism": mode,
                   "devices": par.num_devices}
 
         # --- train -------------------------------------------------------------------------
-        for input_mode in args.input_modes:
+        for conv_impl, input_mode in itertools.product(args.conv_impls, args.input_modes):
+          common["conv_impl"] = conv_impl
+          conv_state = base_state.replace(
+              apply_fn=models.create_model(config, conv_impl=conv_impl).apply)
           for steps_per_call in args.steps_per_call:
             calls = max(1, args.train_images // (batch_size * steps_per_call))
             train_fn = par.compile_train(train.train_steps)
@@ -173,16 +179,16 @@ def main(argv=None):
                       "label": labels[:steps_per_call * batch_size].reshape(
                           steps_per_call, batch_size)}
               next_batch = functools.partial(par.shard, host, batch_axis=1)
-            state = jax.tree.map(lambda x: x.copy(), base_state)
+            state = jax.tree.map(lambda x: x.copy(), conv_state)
             start = time.perf_counter()
             state, metrics = train_fn(state, next_batch())
             jax.block_until_ready(metrics)
             compile_seconds = time.perf_counter() - start
-            key = ("train", dtype, batch_size, steps_per_call)
+            key = ("train", conv_impl, dtype, batch_size, steps_per_call)
             if key not in flops_cache:
               flops_cache[key] = _flops(
                   jax.jit(functools.partial(train.train_steps, axis_name=None))
-                  .lower(base_state, _batch_shapes(jax, np, (steps_per_call, batch_size)))
+                  .lower(conv_state, _batch_shapes(jax, np, (steps_per_call, batch_size)))
                   .compile())
             flops = flops_cache[key]
             for _ in range(max(1, 20 // steps_per_call)):  # warm-up
@@ -203,6 +209,7 @@ def main(argv=None):
             print(_line(results[-1]), flush=True)
 
         # --- eval --------------------------------------------------------------------------
+        common["conv_impl"] = "xla"
         eval_fn = par.compile_eval(functools.partial(train.eval_step, apply_fn=model.apply))
         batch = input_pipeline.eval_batches(images[:batch_size], labels[:batch_size], par,
                                             batch_size)[0]
@@ -261,6 +268,7 @@ def _entry(step, common, input_mode, steps_per_call, per_second, compile_seconds
 def _line(r) -> str:
   roofline = f"{r['roofline_percent']:.1f}%" if r["roofline_percent"] else "n/a"
   return (f"{r['step']:5s} {r['parallelism']:4s} {r['devices']}dev b{r['batch_size']:<5d} "
+          f"{r['conv_impl']:6s} "
           f"{r['dtype']:8s} {r['input_mode']:6s} x{r['steps_per_call']:<3d} "
           f"{r['images_per_second']:>12,.0f} img/s  roofline {roofline}  "
           f"compile {r['compile_seconds']:.1f}s")
@@ -271,12 +279,13 @@ def to_markdown(report) -> str:
            f"({report['platform']})", "",
            f"{report['time']}; jax {report['versions'].get('jax')}, flax "
            f"{report['versions'].get('flax')}; XLA_FLAGS={report['xla_flags'] or '(none)'}", "",
-           "| step | parallelism | devices | batch | dtype | input | steps/call | images/s | "
-           "% of peak | compile s |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "| step | parallelism | devices | batch | conv | dtype | input | steps/call | images/s | "
+           "% of peak | compile s |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
   for r in report["results"]:
     roofline = f"{r['roofline_percent']:.1f}" if r["roofline_percent"] else "–"
     lines.append(f"| {r['step']} | {r['parallelism']} | {r['devices']} | {r['batch_size']} | "
-                 f"{r['dtype']} | {r['input_mode']} | {r['steps_per_call']} | "
+                 f"{r['conv_impl']} | {r['dtype']} | {r['input_mode']} | {r['steps_per_call']} | "
                  f"{r['images_per_second']:,.0f} | {roofline} | {r['compile_seconds']:.1f} |")
   return "\n".join(lines) + "\n"
 

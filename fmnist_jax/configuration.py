@@ -9,6 +9,7 @@ SCHEDULES = ("constant", "cosine", "warmup_cosine")
 PARALLELISM = ("jit", "pmap")
 INPUT_MODES = ("device", "tfds")
 DTYPES = ("float32", "bfloat16", "float16")
+CONV_IMPLS = ("xla", "im2col")
 
 
 class ConfigError(ValueError):
@@ -28,7 +29,7 @@ def validate_config(config) -> None:
 
   for field, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
                          ("parallelism", PARALLELISM), ("input_mode", INPUT_MODES),
-                         ("dtype", DTYPES)):
+                         ("dtype", DTYPES), ("conv_impl", CONV_IMPLS)):
     value = config.get(field)
     check(value in choices, f"{field}={value!r} is not one of {', '.join(choices)}.")
   for field in ("batch_size", "eval_batch_size", "steps_per_call", "log_every_steps",

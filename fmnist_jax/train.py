@@ -218,8 +218,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       [metric_writers.create_default_writer(str(workdir_path), just_logging=not is_chief)] +
       ([JsonlWriter(str(workdir_path / "metrics.jsonl"))] if is_chief else []))
   train_fn = par.compile_train(train_steps)
+  eval_model = models.create_model(config, conv_impl="xla")  # same parameters, faster inference
   eval_fn = par.compile_eval(
-      lambda params, batch, axis_name: eval_step(params, batch, apply_fn=model.apply,
+      lambda params, batch, axis_name: eval_step(params, batch, apply_fn=eval_model.apply,
                                                  axis_name=axis_name))
 
   # --- loop ---------------------------------------------------------------------------------

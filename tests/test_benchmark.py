@@ -28,4 +28,5 @@ def test_throughput_benchmark_writes_valid_json(tmp_path):
     assert r["images_per_second"] > 0 and r["devices"] == 2 and r["batch_size"] == 32
     assert 0 < r["roofline_percent"] < 100
     assert r["flops_per_image"] > 1e6  # the seed CNN: ~6.5 MFLOP forward per image
+  assert {r["conv_impl"] for r in report["results"] if r["step"] == "train"} == {"xla", "im2col"}
   assert "| train | jit | 2 | 32 |" in out.with_suffix(".md").read_text()

@@ -52,3 +52,32 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
   assert logits.dtype == jnp.float32
   full = models.CNN().apply(variables, jnp.ones((2, 28, 28, 1)), train=False)
   np.testing.assert_allclose(logits, full, rtol=0.1, atol=0.1)
+
+
+def test_im2col_form_has_the_same_parameters_function_and_gradients():
+  xla = models.CNN(dropout_rates=(0.0, 0.0, 0.0))
+  fast = models.CNN(dropout_rates=(0.0, 0.0, 0.0), conv_impl="im2col")
+  params = _init(xla)["params"]
+  assert jax.tree.structure(_init(fast)["params"]) == jax.tree.structure(params)
+  assert jax.tree.map(jnp.shape, _init(fast)["params"]) == jax.tree.map(jnp.shape, params)
+  images = jax.random.uniform(jax.random.PRNGKey(2), (16, 28, 28, 1))
+  labels = jnp.arange(16) % 10
+
+  def loss(model, p):
+    logits = model.apply({"params": p}, images, train=True)
+    return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(16), labels])
+
+  np.testing.assert_allclose(fast.apply({"params": params}, images, train=False),
+                             xla.apply({"params": params}, images, train=False),
+                             rtol=1e-5, atol=1e-5)
+  grads_fast = jax.grad(lambda p: loss(fast, p))(params)
+  grads_xla = jax.grad(lambda p: loss(xla, p))(params)
+  for a, b in zip(jax.tree.leaves(grads_fast), jax.tree.leaves(grads_xla)):
+    scale = float(jnp.max(jnp.abs(b)))
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * scale)
+
+
+def test_reshape_max_pool_floors_odd_sizes_like_nn_max_pool():
+  import flax.linen as nn
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 11, 11, 3))
+  np.testing.assert_array_equal(models.max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))
