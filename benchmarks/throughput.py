@@ -184,13 +184,13 @@ def main(argv=None):
             state, metrics = train_fn(state, next_batch())
             jax.block_until_ready(metrics)
             compile_seconds = time.perf_counter() - start
-            key = ("train", conv_impl, dtype, batch_size, steps_per_call)
+            # XLA's cost analysis counts a loop body once: take one step's FLOPs, times k.
+            key = ("train", conv_impl, dtype, batch_size)
             if key not in flops_cache:
               flops_cache[key] = _flops(
                   jax.jit(functools.partial(train.train_steps, axis_name=None))
-                  .lower(conv_state, _batch_shapes(jax, np, (steps_per_call, batch_size)))
-                  .compile())
-            flops = flops_cache[key]
+                  .lower(conv_state, _batch_shapes(jax, np, (1, batch_size))).compile())
+            flops = flops_cache[key] and flops_cache[key] * steps_per_call
             for _ in range(max(1, 20 // steps_per_call)):  # warm-up
               state, metrics = train_fn(state, next_batch())
             jax.block_until_ready(metrics)
@@ -216,7 +216,7 @@ def main(argv=None):
         start = time.perf_counter()
         jax.block_until_ready(eval_fn(base_state.params, batch))
         compile_seconds = time.perf_counter() - start
-        key = ("eval", dtype, batch_size, 1)
+        key = ("eval", dtype, batch_size)
         if key not in flops_cache:
           flops_cache[key] = _flops(
               jax.jit(functools.partial(train.eval_step, apply_fn=model.apply, axis_name=None))

@@ -25,9 +25,9 @@ def get_config():
   config.dropout_rates = (0.25, 0.4, 0.3)  # after pool1, after pool2, after dense1
   config.dtype = "float32"                 # compute dtype: float32 | bfloat16 | float16
   # Training convolutions: "xla" (lax.conv) or "im2col" (matmul form with a hand-written
-  # backward; same parameters and function, faster training on CPU). Evaluation always uses
-  # "xla", the faster form for inference.
-  config.conv_impl = "xla"
+  # backward; same parameters and function, ~1.9x faster training on CPU); "auto" picks im2col
+  # on CPU and xla on GPU/TPU. Evaluation always uses "xla", the faster form for inference.
+  config.conv_impl = "auto"
 
   # --- Optimisation ---------------------------------------------------------------------------
   config.optimizer = "adam"      # adam | adamw | sgd (with momentum)
@@ -43,7 +43,7 @@ def get_config():
 
   # --- Parallelism and speed ------------------------------------------------------------------
   config.parallelism = "jit"     # jit (jit over a device Mesh, NamedSharding) | pmap
-  config.steps_per_call = 1      # train steps fused into one compiled call (lax.scan)
+  config.steps_per_call = 10     # train steps fused into one compiled call (lax.scan)
   config.eval_batch_size = 1000  # global; the last batch is padded and masked
 
   # --- Logging and checkpoints ----------------------------------------------------------------

@@ -52,7 +52,7 @@ def compare(workdirs: list[str], out: str) -> pathlib.Path:
   for ax in (ax_acc, ax_loss):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-  fig.suptitle("Runs compared (train: running average during the epoch, dropout on)")
+  fig.suptitle("Runs compared (train: running average over each epoch, in training mode)")
   fig.savefig(out_path / "compare.png", dpi=110, bbox_inches="tight")
   plt.close(fig)
 

@@ -9,7 +9,7 @@ SCHEDULES = ("constant", "cosine", "warmup_cosine")
 PARALLELISM = ("jit", "pmap")
 INPUT_MODES = ("device", "tfds")
 DTYPES = ("float32", "bfloat16", "float16")
-CONV_IMPLS = ("xla", "im2col")
+CONV_IMPLS = ("auto", "xla", "im2col")
 
 
 class ConfigError(ValueError):

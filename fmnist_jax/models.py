@@ -24,7 +24,15 @@ Conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding="VALID",
                          kernel_init=nn.initializers.glorot_uniform())
 Dense = functools.partial(nn.Dense, kernel_init=nn.initializers.glorot_uniform())
 
-CONV_IMPLS = ("xla", "im2col")
+CONV_IMPLS = ("auto", "xla", "im2col")
+
+
+def resolve_conv_impl(conv_impl: str) -> str:
+  """"auto": the form measured fastest for training on this platform (benchmarks/results/):
+  im2col on CPU; lax.conv on GPU/TPU, where XLA's convolutions are fast."""
+  if conv_impl != "auto":
+    return conv_impl
+  return "im2col" if jax.default_backend() == "cpu" else "xla"
 
 
 # --- the matmul form of a 3x3 VALID convolution (CPU fast path) ------------------------------
@@ -135,4 +143,4 @@ def create_model(config, conv_impl: str | None = None) -> CNN:
              num_classes=config.num_classes,
              dropout_rates=tuple(config.dropout_rates),
              dtype=DTYPES[config.dtype],
-             conv_impl=conv_impl or config.get("conv_impl", "xla"))
+             conv_impl=resolve_conv_impl(conv_impl or config.get("conv_impl", "auto")))

@@ -74,7 +74,7 @@ def plot_curves(rows: list[dict], path: pathlib.Path, title: str = "Training cur
   for ax in (ax_acc, ax_loss):
     ax.grid(alpha=0.3)
     ax.legend()
-  fig.suptitle(title + " (train: running average with dropout on)")
+  fig.suptitle(title + " (train: running average over each epoch, in training mode)")
   return _save(fig, path)
 
 

@@ -175,6 +175,11 @@ def _py(value):
   return value
 
 
+def _crossed(step: int, num_steps: int, every: int) -> bool:
+  """Whether the last call (num_steps steps, ending at `step`) passed a multiple of `every`."""
+  return step // every != (step - num_steps) // every
+
+
 def _format_seconds(seconds: float) -> str:
   seconds = int(seconds)
   return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else \
@@ -243,7 +248,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         jax.block_until_ready(epoch_metrics[-3])
       step += num
       steps_left_in_epoch -= num
-      if step // config.log_every_steps != (step - num) // config.log_every_steps:
+      if _crossed(step, num, config.log_every_steps):
         loss, accuracy = summarize(host_sum(par, epoch_metrics))
         now = time.perf_counter()
         images_per_second = (step - timer_step) * config.batch_size / (now - timer_start)
@@ -255,7 +260,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
       if end_of_epoch:
         break
-      if step % config.checkpoint_every_steps == 0:
+      if _crossed(step, num, config.checkpoint_every_steps):
         ckpt.save(step, state)
 
     # --- evaluation: after every epoch and at the end -----------------------------------------
