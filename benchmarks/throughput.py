@@ -37,6 +37,8 @@ def _parse_args(argv):
   parser.add_argument("--parallelism", nargs="+", default=["jit", "pmap"])
   parser.add_argument("--input-modes", nargs="+", default=["device", "host"])
   parser.add_argument("--steps-per-call", type=int, nargs="+", default=[1, 10])
+  parser.add_argument("--microbatches", type=int, nargs="+", default=[1],
+                      help="chunks per batch inside a step (config.microbatches)")
   parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
   parser.add_argument("--conv-impls", nargs="+", default=["xla", "im2col"],
                       help="training convolution forms (evaluation always uses xla)")
@@ -165,9 +167,14 @@ def main(argv=None):
           common["conv_impl"] = conv_impl
           conv_state = base_state.replace(
               apply_fn=models.create_model(config, conv_impl=conv_impl).apply)
-          for steps_per_call in args.steps_per_call:
+          for steps_per_call, microbatches in itertools.product(args.steps_per_call,
+                                                                args.microbatches):
+            if batch_size % (microbatches * par.num_devices):
+              continue
+            common["microbatches"] = microbatches
             calls = max(1, args.train_images // (batch_size * steps_per_call))
-            train_fn = par.compile_train(train.train_steps)
+            train_fn = par.compile_train(functools.partial(
+                train.train_steps, options=train.StepOptions(microbatches=microbatches)))
             if input_mode == "device":
               data = input_pipeline.DeviceTrainData(images, labels, par, batch_size, 0)
               index = par.replicate(
@@ -209,7 +216,7 @@ def main(argv=None):
             print(_line(results[-1]), flush=True)
 
         # --- eval --------------------------------------------------------------------------
-        common["conv_impl"] = "xla"
+        common["conv_impl"], common["microbatches"] = "xla", 1
         eval_fn = par.compile_eval(functools.partial(train.eval_step, apply_fn=model.apply))
         batch = input_pipeline.eval_batches(images[:batch_size], labels[:batch_size], par,
                                             batch_size)[0]
@@ -270,6 +277,7 @@ def _line(r) -> str:
   return (f"{r['step']:5s} {r['parallelism']:4s} {r['devices']}dev b{r['batch_size']:<5d} "
           f"{r['conv_impl']:6s} "
           f"{r['dtype']:8s} {r['input_mode']:6s} x{r['steps_per_call']:<3d} "
+          f"mb{r.get('microbatches', 1):<3d} "
           f"{r['images_per_second']:>12,.0f} img/s  roofline {roofline}  "
           f"compile {r['compile_seconds']:.1f}s")
 
@@ -279,14 +287,14 @@ def to_markdown(report) -> str:
            f"({report['platform']})", "",
            f"{report['time']}; jax {report['versions'].get('jax')}, flax "
            f"{report['versions'].get('flax')}; XLA_FLAGS={report['xla_flags'] or '(none)'}", "",
-           "| step | parallelism | devices | batch | conv | dtype | input | steps/call | images/s | "
-           "% of peak | compile s |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "| step | parallelism | devices | batch | conv | dtype | input | steps/call | "
+           "microbatches | images/s | % of peak | compile s |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
   for r in report["results"]:
     roofline = f"{r['roofline_percent']:.1f}" if r["roofline_percent"] else "–"
     lines.append(f"| {r['step']} | {r['parallelism']} | {r['devices']} | {r['batch_size']} | "
                  f"{r['conv_impl']} | {r['dtype']} | {r['input_mode']} | {r['steps_per_call']} | "
-                 f"{r['images_per_second']:,.0f} | {roofline} | {r['compile_seconds']:.1f} |")
+                 f"{r.get('microbatches', 1)} | {r['images_per_second']:,.0f} | {roofline} | {r['compile_seconds']:.1f} |")
   return "\n".join(lines) + "\n"
 
 

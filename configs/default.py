@@ -40,10 +40,24 @@ def get_config():
   config.num_epochs = 15
   config.num_train_steps = -1    # > 0 stops after this many steps; -1: the epochs decide
   config.seed = 0                # parameters, dropout and the data order all derive from it
+  config.label_smoothing = 0.0
+  config.ema_decay = 0.0         # > 0: evaluate (and report) an EMA of the parameters
+  # On-device augmentation of training batches (fmnist_jax/augment.py); all off in the seed.
+  config.augment_translate = 0   # random shift by up to N pixels (pad and crop)
+  config.augment_flip = False    # random horizontal flip
+  config.augment_erase_size = 0  # random erasing of an N x N square ...
+  config.augment_erase_prob = 0.0  # ... with this probability
+  # Stop once an evaluation reaches this accuracy (0: off), e.g. for time-to-accuracy.
+  config.stop_at_accuracy = 0.0
+  config.stop_metric = "val_accuracy"  # val_accuracy | test_accuracy
+  config.skip_nonfinite_updates = False  # True: drop NaN/inf updates instead of stopping
 
   # --- Parallelism and speed ------------------------------------------------------------------
   config.parallelism = "jit"     # jit (jit over a device Mesh, NamedSharding) | pmap
   config.steps_per_call = 10     # train steps fused into one compiled call (lax.scan)
+  # Chunks per batch inside a step, gradients averaged: the same update, with cache-sized
+  # chunks. 0: auto (32 images per device per chunk on CPU, the whole batch on GPU/TPU).
+  config.microbatches = 0
   config.eval_batch_size = 1000  # global; the last batch is padded and masked
 
   # --- Logging and checkpoints ----------------------------------------------------------------

@@ -2,20 +2,38 @@
 
 Saves are asynchronous (training goes on while the files are written). Checkpoints hold global,
 unreplicated arrays, so a run saved on 8 devices restores on 1 and the other way round.
+
+Damage: Orbax writes each checkpoint to a temporary directory and renames it when complete, so
+a save cut short by a kill never looks like a checkpoint. A checkpoint damaged afterwards
+(truncated or corrupted files) fails to restore: `restore_latest` then moves it, with a
+warning, to WORKDIR/checkpoints_damaged/ (nothing is deleted) and falls back to the next newest.
+A checkpoint whose parameter shapes differ from the config's is not damage but a config
+mismatch: a CheckpointError naming the shapes, and nothing is moved.
 """
 
 from __future__ import annotations
 
 import pathlib
+import shutil
+import time
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from orbax.checkpoint import checkpoint_managers as policies
 
 
+class CheckpointError(RuntimeError):
+  """A checkpoint that cannot be used with this config, or no usable checkpoint at all."""
+
+
 def _saved_tree(state):
-  return {"step": state.step, "params": state.params, "opt_state": state.opt_state,
+  tree = {"step": state.step, "params": state.params, "opt_state": state.opt_state,
           "dropout_key": state.dropout_key}
+  if state.ema_params is not None:
+    tree["ema_params"] = state.ema_params
+  return tree
 
 
 def _val_accuracy(metrics) -> float:
@@ -37,7 +55,9 @@ class Checkpointer:
         best_fn=_val_accuracy if track_best else None, best_mode="max",
         enable_async_checkpointing=config.async_checkpointing, create=not read_only,
         read_only=read_only)
-    self.manager = ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options)
+    self.directory = pathlib.Path(directory).absolute()
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_handlers=ocp.StandardCheckpointHandler())
 
   def save(self, step: int, state, metrics=None) -> None:
     if step in self.manager.all_steps():  # e.g. a periodic save that fell on an epoch end
@@ -54,15 +74,62 @@ class Checkpointer:
               if (metrics := self.manager.metrics(step)) and "val_accuracy" in metrics]
     return max(scored)[1] if scored else None
 
+  def check_compatible(self, step: int, state) -> None:
+    """CheckpointError naming every parameter whose saved shape differs from `state`'s (the
+    optimizer state mirrors the parameters, so checking these finds a model mismatch)."""
+    saved = self.manager.item_metadata(step)
+    saved = dict(saved.tree if hasattr(saved, "tree") else saved)
+    target = _saved_tree(state)
+    mismatches = [f"{key}: in one of the checkpoint and the config only"
+                  for key in ("params", "ema_params") if (key in saved) != (key in target)]
+    saved_shapes = {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf
+                    in jax.tree_util.tree_flatten_with_path(saved["params"])[0]}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(target["params"])[0]:
+      name, shape = jax.tree_util.keystr(path), tuple(np.shape(leaf))
+      saved_shape = saved_shapes.pop(name, None)
+      if saved_shape is None:
+        mismatches.append(f"params{name}: only in the config")
+      elif saved_shape != shape:
+        mismatches.append(f"params{name}: checkpoint {saved_shape}, config {shape}")
+    mismatches += [f"params{name}: only in the checkpoint" for name in saved_shapes]
+    if mismatches:
+      raise CheckpointError(
+          f"checkpoint {self.directory / str(step)} does not match this config (was it written "
+          "with other conv_features/dense_features or ema_decay?):\n  - "
+          + "\n  - ".join(mismatches[:20])
+          + "\nUse the config it was written with, or a new --workdir.")
+
   def restore(self, step: int, state):
     """Restores `step` into the structure, shapes and shardings of `state`."""
+    self.check_compatible(step, state)
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _saved_tree(state))
     restored = self.manager.restore(step, args=ocp.args.StandardRestore(target))
     return state.replace(**restored)
 
   def restore_latest(self, state):
-    step = self.manager.latest_step()
-    return state if step is None else self.restore(step, state)
+    """The newest checkpoint that restores; damaged newer ones are moved aside with a warning."""
+    while (step := self.manager.latest_step()) is not None:
+      try:
+        return self.restore(step, state)
+      except CheckpointError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except  (any failure to read = damage)
+        self._move_aside(step, e)
+    return state
+
+  def _move_aside(self, step: int, error: Exception) -> None:
+    damaged = self.directory.parent / "checkpoints_damaged"
+    destination = damaged / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+    logging.warning("checkpoint %s cannot be restored (%s: %s); moving it to %s and falling "
+                    "back to the previous one", self.directory / str(step),
+                    type(error).__name__, str(error).splitlines()[0][:300], destination)
+    if jax.process_index() == 0:
+      damaged.mkdir(exist_ok=True)
+      shutil.move(str(self.directory / str(step)), str(destination))
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f"checkpoint {step} moved aside")
+    self.manager.reload()
 
   def close(self) -> None:
     self.manager.wait_until_finished()

@@ -10,6 +10,7 @@ PARALLELISM = ("jit", "pmap")
 INPUT_MODES = ("device", "tfds")
 DTYPES = ("float32", "bfloat16", "float16")
 CONV_IMPLS = ("auto", "xla", "im2col")
+STOP_METRICS = ("val_accuracy", "test_accuracy")
 
 
 class ConfigError(ValueError):
@@ -29,20 +30,35 @@ def validate_config(config) -> None:
 
   for field, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
                          ("parallelism", PARALLELISM), ("input_mode", INPUT_MODES),
-                         ("dtype", DTYPES), ("conv_impl", CONV_IMPLS)):
+                         ("dtype", DTYPES), ("conv_impl", CONV_IMPLS),
+                         ("stop_metric", STOP_METRICS)):
     value = config.get(field)
     check(value in choices, f"{field}={value!r} is not one of {', '.join(choices)}.")
   for field in ("batch_size", "eval_batch_size", "steps_per_call", "log_every_steps",
                 "checkpoint_every_steps", "keep_checkpoints", "dense_features", "num_classes"):
     value = config.get(field)
     check(_is_int(value) and value > 0, f"{field}={value!r} must be a positive integer.")
-  for field in ("keep_best_checkpoints", "validation_size", "seed"):
+  for field in ("keep_best_checkpoints", "validation_size", "seed", "microbatches",
+                "augment_translate",
+                "augment_erase_size"):
     value = config.get(field)
     check(_is_int(value) and value >= 0, f"{field}={value!r} must be an integer >= 0.")
   check(config.learning_rate > 0, f"learning_rate={config.learning_rate!r} must be > 0.")
   check(config.weight_decay >= 0, f"weight_decay={config.weight_decay!r} must be >= 0.")
   check(0 <= config.momentum < 1, f"momentum={config.momentum!r} must be in [0, 1).")
   check(config.warmup_epochs >= 0, f"warmup_epochs={config.warmup_epochs!r} must be >= 0.")
+  for field in ("label_smoothing", "ema_decay", "augment_erase_prob"):
+    value = config.get(field)
+    check(isinstance(value, (int, float)) and 0 <= value < 1,
+          f"{field}={value!r} must be in [0, 1).")
+  check(0 <= config.stop_at_accuracy <= 1,
+        f"stop_at_accuracy={config.stop_at_accuracy!r} must be in [0, 1] (0: off).")
+  check(config.augment_translate <= 8,
+        f"augment_translate={config.augment_translate!r}: shifts of more than 8 of 28 pixels "
+        "push the garments out of the image; use 0-4.")
+  if _is_int(config.batch_size) and _is_int(config.microbatches) and config.microbatches:
+    check(config.batch_size % config.microbatches == 0,
+          f"microbatches={config.microbatches} must divide batch_size={config.batch_size}.")
   steps = config.num_train_steps
   check(_is_int(steps) and (steps == -1 or steps > 0),
         f"num_train_steps={steps!r} must be -1 (the epochs decide) or a positive integer.")

@@ -55,7 +55,11 @@ def main(argv):
                jax.process_count(), jax.local_device_count(), jax.local_devices())
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (configuration.ConfigError, dataset.DataError, OSError) as e:
+  except train.Preempted as e:
+    logging.warning("%s", e)
+    sys.exit(e.exit_code)
+  except (configuration.ConfigError, dataset.DataError, checkpointing.CheckpointError,
+          train.NonFiniteError, OSError) as e:
     logging.error("%s", e)
     sys.exit(f"error: {e}")
 

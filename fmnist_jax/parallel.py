@@ -25,6 +25,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from fmnist_jax.configuration import ConfigError
+
 AXIS = "data"
 MODES = ("jit", "pmap")
 
@@ -56,7 +58,7 @@ class Parallelism:
 
   def check_batch_size(self, batch_size: int, name: str = "batch_size") -> None:
     if batch_size % self.num_devices:
-      raise ValueError(
+      raise ConfigError(
           f"{name} {batch_size} is not divisible by the {self.num_devices} devices "
           f"({self.num_processes} process(es)). Choose a multiple of {self.num_devices}, "
           f"e.g. --config.{name}={max(1, round(batch_size / self.num_devices)) * self.num_devices}.")

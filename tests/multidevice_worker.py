@@ -17,14 +17,17 @@ from fmnist_jax.parallel import Parallelism
 
 
 def train_params(mode, devices, dropout, steps=6, steps_per_call=2):
+  """With `dropout`, also on-device augmentation: both random, both drawn for the global batch.
+  Two micro-batches per step: each chunk spans all devices."""
   config = tiny_config(batch_size=32, dropout_rates=(0.3, 0.3, 0.3) if dropout else (0, 0, 0))
+  options = train.StepOptions(microbatches=2, translate=2 if dropout else 0, flip=dropout)
   par = Parallelism(mode, devices)
   model = models.create_model(config)
   tx = train.create_optimizer(config, train.create_learning_rate_fn(config, 6, 6))
   state = par.replicate(train.create_train_state(config, model, tx))
   images, labels = synthetic_arrays(200, seed=1)
   data = input_pipeline.DeviceTrainData(images, labels, par, config.batch_size, config.seed)
-  step_fn = par.compile_train(train.train_steps)
+  step_fn = par.compile_train(functools.partial(train.train_steps, options=options))
   losses = []
   for batches in data.batches(epoch=0, first_step=0, steps_per_call=steps_per_call):
     state, metrics = step_fn(state, batches)

@@ -36,7 +36,7 @@ def _assert_params_close(a, b, rtol=2e-5, atol=2e-6):
 
 
 @pytest.mark.slow
-def test_jit_on_8_devices_equals_jit_on_1_with_dropout(eight_devices):
+def test_jit_on_8_devices_equals_jit_on_1_with_dropout_augmentation_microbatches(eight_devices):
   assert eight_devices["device_count"] == 8
   params1, losses1 = eight_devices["jit1_dropout"]
   params8, losses8 = eight_devices["jit8_dropout"]

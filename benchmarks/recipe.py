@@ -1,0 +1,108 @@
+"""Accuracy of a training recipe over several seeds: mean and std of test accuracy and loss.
+
+Runs `python -m fmnist_jax.main` once per seed (each in WORKDIR_ROOT/seed<N>), reads each run's
+result.json, and writes a JSON and a markdown row set. Runs that already finished are reused,
+so an interrupted sweep continues where it stopped.
+
+  python -m benchmarks.recipe --config configs/best.py --seeds 0 1 2 \
+      --workdir-root runs/recipe/best --json benchmarks/results/recipe_best.json
+
+Extra `--config.field=value` arguments are passed to every run (e.g. to try a variant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform as platform_lib
+import statistics
+import subprocess
+import sys
+import time
+
+
+def _parse_args(argv):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--config", required=True)
+  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  parser.add_argument("--workdir-root", required=True)
+  parser.add_argument("--json", required=True)
+  parser.add_argument("--name", help="label in the table (default: the config file's stem)")
+  return parser.parse_known_args(argv)
+
+
+def run_seed(config: str, seed: int, workdir: pathlib.Path, overrides: list[str]) -> dict:
+  result_path = workdir / "result.json"
+  if result_path.exists():
+    print(f"seed {seed}: reusing {result_path}", flush=True)
+    return json.loads(result_path.read_text())
+  command = [sys.executable, "-m", "fmnist_jax.main", f"--config={config}",
+             f"--workdir={workdir}", f"--config.seed={seed}", "--config.write_report=False",
+             *overrides]
+  print(" ".join(command), flush=True)
+  start = time.time()
+  subprocess.run(command, check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+                 stderr=subprocess.DEVNULL)
+  result = json.loads(result_path.read_text())
+  result["process_seconds"] = time.time() - start
+  result_path.write_text(json.dumps(result, indent=1) + "\n")
+  return result
+
+
+def _mean_std(values):
+  return (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(name: str, results: list[dict]) -> dict:
+  final = [r["final"] for r in results]
+  summary = {"name": name, "seeds": len(results), "epochs": final[0]["epoch"]}
+  for key in ("test_accuracy", "test_loss", "val_accuracy", "train_accuracy"):
+    if key in final[0]:
+      summary[key] = _mean_std([f[key] for f in final])
+  best = [r["best_by_val"] for r in results if r.get("best_by_val")]
+  if best:
+    summary["best_val_accuracy"] = _mean_std([b["val_accuracy"] for b in best])
+    summary["test_accuracy_at_best_val"] = _mean_std([b["test_accuracy"] for b in best])
+  summary["train_seconds"] = _mean_std([r["train_seconds"] for r in results])
+  return summary
+
+
+def to_markdown(summary: dict) -> str:
+  def pm(key, scale=100, digits=2):
+    mean, std = summary[key]
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+  return (f"| {summary['name']} | {summary['seeds']} | {summary['epochs']:.0f} | "
+          f"{pm('test_accuracy')} | {pm('test_loss', 1, 4)} | "
+          f"{pm('best_val_accuracy') if 'best_val_accuracy' in summary else '–'} | "
+          f"{pm('train_seconds', 1, 0)} |")
+
+
+HEADER = ("| recipe | seeds | epochs | test accuracy % (final) | test loss (final) | "
+          "best val accuracy % | train seconds |\n| --- | --- | --- | --- | --- | --- | --- |")
+
+
+def main(argv=None):
+  args, overrides = _parse_args(argv)
+  name = args.name or pathlib.Path(args.config).stem
+  root = pathlib.Path(args.workdir_root)
+  results = [run_seed(args.config, seed, root / f"seed{seed}", overrides)
+             for seed in args.seeds]
+  summary = summarize(name, results)
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+  from fmnist_jax import run_info
+  report = {"config": args.config, "overrides": overrides, "seeds": args.seeds,
+            "summary": summary, "runs": results, "processor": platform_lib.processor(),
+            "cpu_count": os.cpu_count(), "versions": run_info.package_versions(),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+  json_path = pathlib.Path(args.json)
+  json_path.parent.mkdir(parents=True, exist_ok=True)
+  json_path.write_text(json.dumps(report, indent=1) + "\n")
+  json_path.with_suffix(".md").write_text(HEADER + "\n" + to_markdown(summary) + "\n")
+  print(HEADER + "\n" + to_markdown(summary))
+  return report
+
+
+if __name__ == "__main__":
+  main()
