@@ -5,14 +5,16 @@ unreplicated arrays, so a run saved on 8 devices restores on 1 and the other way
 
 Damage: Orbax writes each checkpoint to a temporary directory and renames it when complete, so
 a save cut short by a kill never looks like a checkpoint. A checkpoint damaged afterwards
-(truncated or corrupted files) fails to restore: `restore_latest` then moves it, with a
-warning, to WORKDIR/checkpoints_damaged/ (nothing is deleted) and falls back to the next newest.
+(truncated or corrupted files) fails to restore: `restore_latest` falls back to the next newest
+and moves the damaged one, with a warning, to WORKDIR/checkpoints_damaged/ (nothing is deleted);
+if none restores, it stops with an error and moves nothing.
 A checkpoint whose parameter shapes differ from the config's is not damage but a config
 mismatch: a CheckpointError naming the shapes, and nothing is moved.
 """
 
 from __future__ import annotations
 
+import json
 import pathlib
 import shutil
 import time
@@ -56,6 +58,8 @@ class Checkpointer:
         enable_async_checkpointing=config.async_checkpointing, create=not read_only,
         read_only=read_only)
     self.directory = pathlib.Path(directory).absolute()
+    self.manager = None
+    self._set_aside_unreadable_metadata(read_only)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_handlers=ocp.StandardCheckpointHandler())
 
@@ -92,10 +96,15 @@ class Checkpointer:
       elif saved_shape != shape:
         mismatches.append(f"params{name}: checkpoint {saved_shape}, config {shape}")
     mismatches += [f"params{name}: only in the checkpoint" for name in saved_shapes]
+    saved_opt, target_opt = (len(jax.tree.leaves(saved.get("opt_state"))),
+                             len(jax.tree.leaves(target["opt_state"])))
+    if saved_opt != target_opt:
+      mismatches.append(f"opt_state: {saved_opt} arrays in the checkpoint, {target_opt} for this "
+                        "config's optimizer (another optimizer or skip_nonfinite_updates?)")
     if mismatches:
       raise CheckpointError(
           f"checkpoint {self.directory / str(step)} does not match this config (was it written "
-          "with other conv_features/dense_features or ema_decay?):\n  - "
+          "with other conv_features/dense_features, optimizer or ema_decay?):\n  - "
           + "\n  - ".join(mismatches[:20])
           + "\nUse the config it was written with, or a new --workdir.")
 
@@ -107,15 +116,52 @@ class Checkpointer:
     return state.replace(**restored)
 
   def restore_latest(self, state):
-    """The newest checkpoint that restores; damaged newer ones are moved aside with a warning."""
-    while (step := self.manager.latest_step()) is not None:
+    """The newest checkpoint that restores. Damaged newer ones are then moved aside, with a
+    warning; if none restores, a CheckpointError and nothing is moved."""
+    failures = []
+    for step in sorted(self.manager.all_steps(), reverse=True):
       try:
-        return self.restore(step, state)
+        restored = self.restore(step, state)
       except CheckpointError:
         raise
       except Exception as e:  # pylint: disable=broad-except  (any failure to read = damage)
-        self._move_aside(step, e)
+        failures.append((step, e))
+        continue
+      for damaged_step, error in failures:
+        self._move_aside(damaged_step, error)
+      return restored
+    if failures:
+      raise CheckpointError(
+          f"none of the checkpoints in {self.directory} can be restored (steps "
+          f"{', '.join(str(step) for step, _ in failures)}; the newest fails with "
+          f"{type(failures[0][1]).__name__}: {str(failures[0][1]).splitlines()[0][:300]}). "
+          "Nothing was changed: restore them from a copy, or use a new --workdir (or move "
+          "checkpoints/ away) to train from scratch.")
     return state
+
+  def _set_aside_unreadable_metadata(self, read_only: bool) -> None:
+    """Orbax's manager cannot even open a directory holding a checkpoint whose metadata file
+    is damaged: such checkpoints are moved aside first (unless none would be left)."""
+    if not self.directory.is_dir():
+      return
+    steps = sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
+    damaged = []
+    for step in steps:
+      step_dir = self.directory / str(step)
+      try:  # the JSON files the manager reads when it opens: metadata and saved metrics
+        for path in (step_dir / "_CHECKPOINT_METADATA", step_dir / "metrics" / "metrics"):
+          if path.is_file():
+            json.loads(path.read_text())
+      except (OSError, ValueError) as e:
+        damaged.append((step, e))
+    if damaged and (read_only or len(damaged) == len(steps)):
+      raise CheckpointError(
+          f"checkpoints {', '.join(str(s) for s, _ in damaged)} in {self.directory} have "
+          "damaged metadata" + (" and no other checkpoint is there" if not read_only else "")
+          + ". Nothing was changed: restore them from a copy, or use a new --workdir (or move "
+          "checkpoints/ away) to train from scratch.")
+    for step, error in damaged:
+      self._move_aside(step, error)
 
   def _move_aside(self, step: int, error: Exception) -> None:
     damaged = self.directory.parent / "checkpoints_damaged"
@@ -129,7 +175,8 @@ class Checkpointer:
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices(f"checkpoint {step} moved aside")
-    self.manager.reload()
+    if self.manager is not None:
+      self.manager.reload()
 
   def close(self) -> None:
     self.manager.wait_until_finished()

@@ -64,5 +64,31 @@ def main(argv):
     sys.exit(f"error: {e}")
 
 
+def check_config_file(argv) -> str | None:
+  """A one-paragraph error for a --config file that is missing or not valid Python (absl
+  would print a traceback), or None. Runs before flags are parsed and anything is imported."""
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      value = arg.split("=", 1)[1]
+    elif arg == "--config" and i + 1 < len(argv):
+      value = argv[i + 1]
+    else:
+      continue
+    path = value.split(":", 1)[0]  # ml_collections allows "file.py:arg"
+    if not os.path.isfile(path):
+      return (f"error: config file {path!r} does not exist (relative paths are taken from "
+              f"{os.getcwd()}); the shipped ones are configs/default.py, configs/best.py, "
+              "configs/no_dropout.py and configs/tiny.py.")
+    try:
+      with open(path) as f:
+        compile(f.read(), path, "exec")
+    except SyntaxError as e:
+      return (f"error: config file {path!r} has a syntax error at line {e.lineno}: {e.msg}. "
+              "A config file is Python defining get_config() -> ml_collections.ConfigDict.")
+  return None
+
+
 if __name__ == "__main__":
+  if (problem := check_config_file(sys.argv[1:])):
+    sys.exit(problem)
   app.run(main)

@@ -1,0 +1,250 @@
+"""Faults: kills, preemption, damaged or mismatched checkpoints, NaN/inf, bad input.
+
+Each case here is a row of README.md's "Faults and bad input" table.
+"""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from conftest import ROOT, synthetic_arrays, tiny_config
+from fmnist_jax import checkpointing, models, train
+from fmnist_jax.parallel import Parallelism
+
+
+def _state(config):
+  model = models.create_model(config)
+  tx = train.create_optimizer(config, train.create_learning_rate_fn(config, 1, 1))
+  return Parallelism("jit").replicate(train.create_train_state(config, model, tx))
+
+
+def _restore(workdir, config, step=None):
+  ckpt = checkpointing.Checkpointer(pathlib.Path(workdir) / "checkpoints", config,
+                                    read_only=True)
+  try:
+    state = _state(config)
+    return ckpt.restore(step, state) if step is not None else ckpt.restore_latest(state)
+  finally:
+    ckpt.close()
+
+
+def _assert_identical(a, b):
+  assert int(a.step) == int(b.step)
+  for x, y in zip(jax.tree.leaves((a.params, a.opt_state)), jax.tree.leaves((b.params, b.opt_state))):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _snapshot(directory):
+  return {str(p): (p.stat().st_size, p.stat().st_mtime_ns)
+          for p in pathlib.Path(directory).rglob("*") if p.is_file()}
+
+
+# --- kills and preemption: real subprocesses -----------------------------------------------
+
+KILL_RUN = ("--config.num_train_steps=800", "--config.checkpoint_every_steps=100",
+            "--config.steps_per_call=1", "--config.keep_checkpoints=3")
+
+
+def _main_command(workdir, data_dir, input_mode):
+  return [sys.executable, "-m", "fmnist_jax.main", "--config", "configs/tiny.py",
+          "--workdir", str(workdir), f"--config.data_dir={data_dir}",
+          f"--config.input_mode={input_mode}", *KILL_RUN]
+
+
+def _run(command):
+  result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+def _start_and_signal(command, workdir, sig):
+  """Starts a run, waits until its first periodic checkpoint exists, then sends `sig`."""
+  process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+  checkpoints = pathlib.Path(workdir) / "checkpoints"
+  deadline = time.time() + 300
+  while time.time() < deadline and process.poll() is None:
+    if checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir()):
+      break
+    time.sleep(0.05)
+  assert process.poll() is None, "the run ended before it could be interrupted"
+  process.send_signal(sig)
+  _, stderr = process.communicate(timeout=300)
+  return process.returncode, stderr
+
+
+def _tiny():
+  return tiny_config(num_train_steps=800, checkpoint_every_steps=100)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(synthetic_tfds, tmp_path_factory):
+  """The final state of an uninterrupted run, per input mode (computed once)."""
+  states = {}
+
+  def get(input_mode):
+    if input_mode not in states:
+      workdir = tmp_path_factory.mktemp(f"straight_{input_mode}")
+      _run(_main_command(workdir, synthetic_tfds["data_dir"], input_mode))
+      states[input_mode] = _restore(workdir, _tiny())
+    return states[input_mode]
+  return get
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("input_mode", ["device", "tfds"])
+def test_sigkill_mid_run_then_rerun_is_bit_identical(synthetic_tfds, tmp_path, input_mode,
+                                                     uninterrupted):
+  command = _main_command(tmp_path / "killed", synthetic_tfds["data_dir"], input_mode)
+  returncode, _ = _start_and_signal(command, tmp_path / "killed", signal.SIGKILL)
+  assert returncode == -signal.SIGKILL
+  killed_at = _restore(tmp_path / "killed", _tiny())
+  assert 0 < int(killed_at.step) < 800  # it really stopped mid-run
+  _run(command)  # the same command again: resumes and finishes
+  _assert_identical(uninterrupted(input_mode), _restore(tmp_path / "killed", _tiny()))
+  starts = [json.loads(line)["start_step"] for line in
+            (tmp_path / "killed" / "run_info.jsonl").read_text().splitlines()]
+  assert starts[0] == 0 and 0 < starts[-1] < 800
+
+
+@pytest.mark.slow
+def test_sigterm_saves_waits_and_exits_with_the_preemption_code(synthetic_tfds, tmp_path,
+                                                                uninterrupted):
+  command = _main_command(tmp_path / "run", synthetic_tfds["data_dir"], "device")
+  returncode, stderr = _start_and_signal(command, tmp_path / "run", signal.SIGTERM)
+  assert returncode == train.Preempted.exit_code, stderr[-3000:]
+  assert "preempted (SIGTERM): checkpoint saved at step" in stderr
+  step = int(stderr.split("checkpoint saved at step ")[1].split(";")[0])
+  preempted = _restore(tmp_path / "run", _tiny())
+  assert int(preempted.step) == step  # the state at the signal, not an older periodic save
+  _run(command)
+  _assert_identical(uninterrupted("device"), _restore(tmp_path / "run", _tiny()))
+
+
+# --- damaged and mismatched checkpoints (in-process, small splits) -------------------------
+
+def _corrupt(step_dir: pathlib.Path, metadata: bool = True):
+  """Truncates every file of a checkpoint (or only its array data) to half its size."""
+  files = [p for p in step_dir.rglob("*") if p.is_file() and p.stat().st_size > 16
+           and (metadata or p.parent.name == "d")]
+  for path in files:
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+  assert files
+
+
+def test_damaged_latest_checkpoint_falls_back_and_is_moved_aside(small_splits, tmp_path, caplog):
+  config = tiny_config(num_train_steps=20, checkpoint_every_steps=5)
+  train.train_and_evaluate(config, str(tmp_path / "straight"))
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  checkpoints = tmp_path / "run" / "checkpoints"
+  fallback = max(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit() and p.name != "20")
+  _corrupt(checkpoints / "20")
+  caplog.set_level("WARNING")
+  train.train_and_evaluate(config, str(tmp_path / "run"))  # falls back, trains on to 20
+  assert "checkpoint" in caplog.text and "cannot be restored" in caplog.text
+  moved = list((tmp_path / "run" / "checkpoints_damaged").iterdir())
+  assert [p.name.split("-")[0] for p in moved] == ["20"]
+  starts = [json.loads(line)["start_step"] for line in
+            (tmp_path / "run" / "run_info.jsonl").read_text().splitlines()]
+  assert starts == [0, fallback] and 0 < fallback < 20
+  _assert_identical(_restore(tmp_path / "straight", config), _restore(tmp_path / "run", config))
+
+
+@pytest.mark.parametrize("metadata,message", [(True, "have damaged metadata"),
+                                              (False, "none of the checkpoints")])
+def test_no_restorable_checkpoint_stops_and_changes_nothing(small_splits, tmp_path, metadata,
+                                                            message):
+  config = tiny_config(num_train_steps=20, checkpoint_every_steps=5)
+  train.train_and_evaluate(config, str(tmp_path))
+  for step_dir in (tmp_path / "checkpoints").iterdir():
+    if step_dir.name.isdigit():
+      _corrupt(step_dir, metadata)
+  before = _snapshot(tmp_path)
+  with pytest.raises(checkpointing.CheckpointError, match=message):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert _snapshot(tmp_path) == before
+
+
+def test_checkpoint_from_another_model_names_the_mismatched_shapes(small_splits, tmp_path):
+  train.train_and_evaluate(tiny_config(num_train_steps=5), str(tmp_path))
+  before = _snapshot(tmp_path)
+  wider = tiny_config(num_train_steps=10, conv_features=(4, 8, 16))
+  with pytest.raises(checkpointing.CheckpointError) as error:
+    train.train_and_evaluate(wider, str(tmp_path))
+  assert "params['conv3']['kernel']: checkpoint (3, 3, 8, 8), config (3, 3, 8, 16)" in \
+      str(error.value)
+  assert _snapshot(tmp_path) == before
+  with pytest.raises(checkpointing.CheckpointError, match="opt_state: .* arrays in the checkpoint"):
+    train.train_and_evaluate(tiny_config(num_train_steps=10, optimizer="sgd"), str(tmp_path))
+  assert _snapshot(tmp_path) == before
+
+
+# --- NaN / inf ------------------------------------------------------------------------------
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(small_splits,
+                                                                         tmp_path):
+  train.train_and_evaluate(tiny_config(num_train_steps=12), str(tmp_path))
+  good = _restore(tmp_path, tiny_config())
+  # An absurd learning rate blows the parameters up to inf within a few steps.
+  exploding = tiny_config(num_train_steps=24, learning_rate=1e30,
+                          checkpoint_every_steps=2, steps_per_call=1)
+  with pytest.raises(train.NonFiniteError, match=r"non-finite loss or gradient in steps \d+"):
+    train.train_and_evaluate(exploding, str(tmp_path))
+  steps = checkpointing.Checkpointer(tmp_path / "checkpoints", tiny_config(),
+                                     read_only=True).manager.all_steps()
+  restored = _restore(tmp_path, tiny_config(), step=12)
+  _assert_identical(good, restored)
+  for step in steps:  # whatever was saved after step 12 is finite
+    leaves = jax.tree.leaves(_restore(tmp_path, exploding, step=step).params)
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in leaves)
+
+
+def test_skip_nonfinite_updates_drops_the_update():
+  config = tiny_config(skip_nonfinite_updates=True, dropout_rates=(0.0, 0.0, 0.0))
+  model = models.create_model(config)
+  state = train.create_train_state(config, model, train.create_optimizer(config, 1e-3))
+  params = jax.tree.map(lambda x: x, state.params)
+  params["logits"]["bias"] = params["logits"]["bias"].at[0].set(jnp.nan)
+  state = state.replace(params=params)
+  images, labels = synthetic_arrays(16)
+  new, metrics = jax.jit(train.train_step)(state, {"image": images, "label": labels})
+  assert int(metrics["nonfinite"]) == 1 and int(metrics["count"]) == 0
+  for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # NaN == NaN here
+  assert isinstance(new.opt_state, optax.ApplyIfFiniteState)
+  assert int(new.opt_state.notfinite_count) == 1
+
+
+# --- bad input on the command line ---------------------------------------------------------
+
+def _main(*args):
+  return subprocess.run([sys.executable, "-m", "fmnist_jax.main", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_config_file_with_a_syntax_error_gets_one_paragraph(tmp_path):
+  bad = tmp_path / "bad.py"
+  bad.write_text("def get_config(:\n  pass\n")
+  result = _main("--config", str(bad), "--workdir", str(tmp_path / "w"))
+  assert result.returncode != 0
+  assert "has a syntax error at line 1" in result.stderr and "Traceback" not in result.stderr
+  assert not (tmp_path / "w").exists()
+
+
+def test_workdir_below_a_file_is_rejected(tmp_path):
+  (tmp_path / "file").write_text("precious")
+  result = _main("--config", "configs/tiny.py", "--workdir", str(tmp_path / "file" / "run"))
+  assert result.returncode != 0 and "error:" in result.stderr
+  assert "Traceback" not in result.stderr
+  assert (tmp_path / "file").read_text() == "precious"
