@@ -30,3 +30,38 @@ def test_throughput_benchmark_writes_valid_json(tmp_path):
     assert r["flops_per_image"] > 1e6  # the seed CNN: ~6.5 MFLOP forward per image
   assert {r["conv_impl"] for r in report["results"] if r["step"] == "train"} == {"xla", "im2col"}
   assert "| train | jit | 2 | 32 |" in out.with_suffix(".md").read_text()
+
+
+def _tiny_run_args(synthetic_tfds):
+  return ["--config.num_train_steps=8", "--config.steps_per_call=4",
+          f"--config.data_dir={synthetic_tfds['data_dir']}"]
+
+
+def test_recipe_benchmark_summarizes_seeds(synthetic_tfds, tmp_path):
+  out = tmp_path / "recipe.json"
+  result = subprocess.run(
+      [sys.executable, "-m", "benchmarks.recipe", "--config", "configs/tiny.py", "--seeds", "0",
+       "1", "--workdir-root", str(tmp_path / "runs"), "--json", str(out),
+       *_tiny_run_args(synthetic_tfds)],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(out.read_text())
+  finals = [r["final"]["test_accuracy"] for r in report["runs"]]
+  mean, std = report["summary"]["test_accuracy"]
+  assert len(finals) == 2 and abs(mean - sum(finals) / 2) < 1e-12 and std >= 0
+  assert report["summary"]["name"] == "tiny" and report["runs"][0]["step"] == 8
+  assert "| tiny | 2 |" in out.with_suffix(".md").read_text()
+
+
+def test_time_to_accuracy_benchmark_reports_the_target(synthetic_tfds, tmp_path):
+  out = tmp_path / "tta.json"
+  result = subprocess.run(
+      [sys.executable, "-m", "benchmarks.time_to_accuracy", "--config", "configs/tiny.py",
+       "--target", "0.01", "--workdir", str(tmp_path / "run"), "--json", str(out),
+       *_tiny_run_args(synthetic_tfds)],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(out.read_text())
+  assert report["reached"] and report["epochs_to_target"] > 0
+  assert 0 < report["compile_seconds"] < report["seconds_to_target"] <= report["process_seconds"]
+  assert report["platform"] == "cpu"

@@ -1,10 +1,10 @@
 import pytest
 
-from configs import default, no_dropout, tiny
+from configs import best, default, no_dropout, tiny
 from fmnist_jax.configuration import ConfigError, validate_config
 
 
-@pytest.mark.parametrize("module", [default, no_dropout, tiny])
+@pytest.mark.parametrize("module", [default, no_dropout, tiny, best])
 def test_shipped_configs_are_valid(module):
   validate_config(module.get_config())
 
@@ -35,12 +35,26 @@ def test_default_is_the_seed_recipe():
     ("validation_size", -1, "validation_size=-1"),
     ("steps_per_call", 0, "steps_per_call=0"),
     ("conv_features", (32, 0, 128), "conv_features"),
+    ("label_smoothing", 1.0, "label_smoothing=1.0 must be in \\[0, 1\\)"),
+    ("ema_decay", -0.1, "ema_decay=-0.1"),
+    ("augment_translate", 20, "augment_translate=20: shifts of more than 8"),
+    ("augment_erase_prob", 1.5, "augment_erase_prob=1.5"),
+    ("microbatches", 3, "microbatches=3 must divide batch_size=128"),
+    ("microbatches", -1, "microbatches=-1 must be an integer >= 0"),
+    ("stop_metric", "train_accuracy", "stop_metric='train_accuracy'"),
+    ("stop_at_accuracy", 1.5, "stop_at_accuracy=1.5 must be in \\[0, 1\\]"),
 ])
 def test_bad_values_are_named_with_what_to_change(field, value, message):
   config = default.get_config()
   config[field] = value
   with pytest.raises(ConfigError, match=message):
     validate_config(config)
+
+
+def test_best_keeps_the_seed_architecture():
+  seed, recipe = default.get_config(), best.get_config()
+  for field in ("conv_features", "dense_features", "num_classes"):
+    assert recipe[field] == seed[field]
 
 
 def test_every_problem_is_reported_at_once():
