@@ -54,7 +54,7 @@ def restore_params(workdir: pathlib.Path, config, which: str = "last"):
     state = ckpt.restore(step, state)
   finally:
     ckpt.close()
-  return model, state.params, step
+  return model, state.eval_params, step  # the EMA when the run kept one
 
 
 def predict(model, params, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:

@@ -1,10 +1,10 @@
 import pytest
 
-from configs import best, default, no_dropout, tiny
+from configs import best, default, no_dropout, tiny, wide
 from fmnist_jax.configuration import ConfigError, validate_config
 
 
-@pytest.mark.parametrize("module", [default, no_dropout, tiny, best])
+@pytest.mark.parametrize("module", [default, no_dropout, tiny, best, wide])
 def test_shipped_configs_are_valid(module):
   validate_config(module.get_config())
 
