@@ -396,7 +396,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   tx = create_optimizer(config, create_learning_rate_fn(config, steps_per_epoch, total_steps))
   state = par.replicate(create_train_state(config, model, tx))
   ckpt = checkpointing.Checkpointer(workdir_path / "checkpoints", config)
-  state = ckpt.restore_latest(state)
+  try:
+    state = ckpt.restore_latest(state)
+  except BaseException:
+    ckpt.close()  # no async machinery left behind by a refused restore
+    raise
   start_step = int(par.to_host(state.step))
   if is_chief:
     run_info.record(workdir_path, config, par, steps_per_epoch=steps_per_epoch,

@@ -65,3 +65,17 @@ def test_time_to_accuracy_benchmark_reports_the_target(synthetic_tfds, tmp_path)
   assert report["reached"] and report["epochs_to_target"] > 0
   assert 0 < report["compile_seconds"] < report["seconds_to_target"] <= report["process_seconds"]
   assert report["platform"] == "cpu"
+
+
+def test_peer_comparison_runs_both_side_by_side(tmp_path):
+  out = tmp_path / "peers.json"
+  result = subprocess.run(
+      [sys.executable, "-m", "benchmarks.peers.compare", "--json", str(out), "--rounds", "1",
+       "--batch-sizes", "32", "--train-images", "640", "--eval-images", "640"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = json.loads(out.read_text())["results"]
+  assert {(r["step"], r["batch_size"]) for r in rows} == {("train", 32), ("eval", 32)}
+  for r in rows:
+    assert r["keras_tf"] > 0 and r["fmnist_jax"] > 0
+    assert abs(r["ratio"] - r["fmnist_jax"] / r["keras_tf"]) < 1e-9
