@@ -20,7 +20,6 @@ import gzip
 import hashlib
 import os
 import pathlib
-import shutil
 import tempfile
 from typing import Mapping
 

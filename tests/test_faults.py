@@ -4,7 +4,6 @@ Each case here is a row of README.md's "Faults and bad input" table.
 """
 
 import json
-import os
 import pathlib
 import signal
 import subprocess
