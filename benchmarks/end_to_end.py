@@ -33,6 +33,7 @@ def main(argv=None):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config()
+  from fmnist_jax import evaluate, train
 
   with tempfile.TemporaryDirectory() as tmp:
     command = [sys.executable, "-m", "fmnist_jax.main", f"--config={args.config}",
@@ -40,8 +41,7 @@ def main(argv=None):
                "--config.write_report=False", *overrides]
     subprocess.run(command, check=True, stderr=subprocess.DEVNULL,
                    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    rows = [json.loads(line) for line in
-            pathlib.Path(tmp, "run", "metrics.jsonl").read_text().splitlines()]
+    rows = evaluate.load_metrics(pathlib.Path(tmp, "run"))
     info = json.loads(pathlib.Path(tmp, "run", "run_info.jsonl").read_text().splitlines()[0])
     steps_per_epoch = info["steps_per_epoch"]
     batch_size = json.loads(pathlib.Path(tmp, "run", "config.json").read_text())["batch_size"]
@@ -49,7 +49,7 @@ def main(argv=None):
     end_to_end = (len(rows) - 1) * steps_per_epoch * batch_size / seconds
 
     micro_path = pathlib.Path(tmp, "micro.json")
-    microbatches = config.microbatches or max(1, config.batch_size // 32)
+    microbatches = train.resolve_microbatches(config, 1, "cpu")  # what main picks on 1 CPU
     subprocess.run([sys.executable, "-m", "benchmarks.throughput", "--json", str(micro_path),
                     "--batch-sizes", str(batch_size), "--parallelism", config.parallelism,
                     "--input-modes", "device", "--steps-per-call", str(config.steps_per_call),

@@ -44,13 +44,13 @@ def main(argv=None):
                  stderr=subprocess.DEVNULL)
   process_seconds = time.time() - start
   result = json.loads((workdir / "result.json").read_text())
-  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   reached = result["stop_reason"] == "target_reached"
   final = result["final"]
   setup_seconds = result["end_unix_time"] - start - result["train_seconds"]
 
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-  from fmnist_jax import run_info
+  from fmnist_jax import evaluate, run_info
+  rows = evaluate.load_metrics(workdir)
   info = json.loads((workdir / "run_info.jsonl").read_text().splitlines()[0])
   report = {
       "config": args.config, "overrides": overrides, "target_test_accuracy": args.target,

@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import json
 import signal
+import threading
 import time
 from typing import Any
 
@@ -303,7 +304,6 @@ class PreemptionWatch:
   def __init__(self, manager):
     self.manager, self.calls, self.requested = manager, 0, False
     self._previous = None
-    import threading
     if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
 
