@@ -47,6 +47,9 @@ def get_config():
   config.augment_flip = False    # random horizontal flip
   config.augment_erase_size = 0  # random erasing of an N x N square ...
   config.augment_erase_prob = 0.0  # ... with this probability
+  # Test-time augmentation: evaluate (and report) the mean log-probabilities of each image and
+  # its mirror image. Same parameters, 2x the inference FLOPs; off in the seed.
+  config.eval_flip_average = False
   # Stop once an evaluation reaches this accuracy (0: off), e.g. for time-to-accuracy.
   config.stop_at_accuracy = 0.0
   config.stop_metric = "val_accuracy"  # val_accuracy | test_accuracy

@@ -57,11 +57,13 @@ def restore_params(workdir: pathlib.Path, config, which: str = "last"):
   return model, state.eval_params, step  # the EMA when the run kept one
 
 
-def predict(model, params, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-  """Class probabilities [N, 10] for uint8 images."""
+def predict(model, params, images: np.ndarray, batch_size: int = 1000, *,
+            flip_average: bool = False) -> np.ndarray:
+  """Class probabilities [N, 10] for uint8 images (the same logits as the training loop's eval)."""
   @jax.jit
   def probabilities(batch):
-    logits = model.apply({"params": params}, input_pipeline.normalize(batch), train=False)
+    logits = models.inference_logits(model.apply, params, input_pipeline.normalize(batch),
+                                     flip_average=flip_average)
     return jax.nn.softmax(logits)
   return np.concatenate([np.asarray(probabilities(images[i:i + batch_size]))
                          for i in range(0, len(images), batch_size)])
@@ -89,9 +91,10 @@ def most_confused_pairs(confusion: np.ndarray, count: int = 5, class_names=CLASS
           for i, j in zip(*np.unravel_index(order, confusion.shape))]
 
 
-def evaluate_split(model, params, images, labels, class_names=CLASS_NAMES) -> dict:
+def evaluate_split(model, params, images, labels, class_names=CLASS_NAMES, *,
+                   flip_average: bool = False) -> dict:
   """Everything the report shows about one checkpoint on one split."""
-  probabilities = predict(model, params, images)
+  probabilities = predict(model, params, images, flip_average=flip_average)
   predictions = probabilities.argmax(-1)
   confidence = probabilities.max(-1)
   loss = float(-np.mean(np.log(np.clip(probabilities[np.arange(len(labels)), labels],

@@ -172,7 +172,8 @@ def write_report(workdir: str, splits: dict | None = None) -> pathlib.Path:
   results = {}
   for which in checkpoints:
     model, params, step = evaluate.restore_params(workdir, config, which)
-    result = evaluate.evaluate_split(model, params, test_images, test_labels)
+    result = evaluate.evaluate_split(model, params, test_images, test_labels,
+                                     flip_average=config.get("eval_flip_average", False))
     results[which] = result
     numbers["checkpoints"][which] = {"step": step, **{k: v for k, v in result.items()
                                                       if k not in ("predictions", "confidence")}}

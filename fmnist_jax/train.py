@@ -205,10 +205,10 @@ def train_steps(state: TrainState, batches, *, axis_name=None, options=StepOptio
   return state, jax.tree.map(lambda m: m.sum(0), metrics)
 
 
-def eval_step(state_or_params, batch, *, apply_fn=None, axis_name=None):
+def eval_step(params, batch, *, apply_fn=None, axis_name=None, flip_average: bool = False):
   """Summed loss / correct / count over the unmasked examples of `batch`."""
-  params = state_or_params
-  logits = apply_fn({"params": params}, input_pipeline.normalize(batch["image"]), train=False)
+  logits = models.inference_logits(apply_fn, params, input_pipeline.normalize(batch["image"]),
+                                    flip_average=flip_average)
   mask = batch["mask"]
   metrics = {"loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
              "correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),
@@ -413,8 +413,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_fn = par.compile_train(functools.partial(train_steps, options=options))
   eval_model = models.create_model(config, conv_impl="xla")  # same parameters, faster inference
   eval_fn = par.compile_eval(
-      lambda params, batch, axis_name: eval_step(params, batch, apply_fn=eval_model.apply,
-                                                 axis_name=axis_name))
+      functools.partial(eval_step, apply_fn=eval_model.apply,
+                        flip_average=config.eval_flip_average))
   compile_timer, preemption = CompileTimer(), PreemptionWatch(ckpt.manager)
   try:
     last_eval = _loop(config, par, train_data, eval_sets, state, train_fn, eval_fn, ckpt,

@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from conftest import synthetic_arrays, tiny_config
-from fmnist_jax import augment, models, train
+from fmnist_jax import augment, evaluate, models, train
 
 
 def _images(count=16, seed=0):
@@ -59,6 +59,32 @@ def test_no_augmentation_is_the_identity_and_eval_never_augments():
   a = train.eval_step(state.params, batch, apply_fn=model.apply)
   b = train.eval_step(state.params, batch, apply_fn=model.apply)
   assert float(a["loss"]) == float(b["loss"])
+
+
+def test_flip_average_is_mirror_invariant_and_averages_log_probabilities():
+  config = tiny_config()
+  model = models.create_model(config)
+  params = train.create_train_state(config, model, train.create_optimizer(config, 1e-3)).params
+  images = jnp.asarray(np.random.default_rng(0).normal(size=(8, 28, 28, 1)), jnp.float32)
+  mirrored = images[:, :, ::-1, :]
+  plain = models.inference_logits(model.apply, params, images)
+  np.testing.assert_allclose(plain, model.apply({"params": params}, images, train=False))
+  averaged = models.inference_logits(model.apply, params, images, flip_average=True)
+  expected = (jax.nn.log_softmax(plain) + jax.nn.log_softmax(
+      model.apply({"params": params}, mirrored, train=False))) / 2
+  np.testing.assert_allclose(averaged, expected, rtol=1e-6)
+  # An image and its mirror get the same prediction; without averaging they do not.
+  np.testing.assert_allclose(
+      models.inference_logits(model.apply, params, mirrored, flip_average=True), averaged,
+      rtol=1e-5, atol=1e-6)
+  assert not np.allclose(models.inference_logits(model.apply, params, mirrored), plain)
+  # eval_step and the report's predict use the same averaged logits.
+  uint8_images, labels = synthetic_arrays(32)
+  batch = {"image": uint8_images, "label": labels, "mask": np.ones(32, np.float32)}
+  metrics = train.eval_step(params, batch, apply_fn=model.apply, flip_average=True)
+  probabilities = evaluate.predict(model, params, uint8_images, flip_average=True)
+  assert int(metrics["correct"]) == int(np.sum(probabilities.argmax(-1) == labels))
+  assert int(metrics["count"]) == 32
 
 
 def test_warmup_cosine_schedule_values():
