@@ -1,9 +1,12 @@
 """The benchmark runs end to end on a tiny setting and writes valid JSON (no timing asserted)."""
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 from conftest import ROOT
 
@@ -67,15 +70,26 @@ def test_time_to_accuracy_benchmark_reports_the_target(synthetic_tfds, tmp_path)
   assert report["platform"] == "cpu"
 
 
-def test_peer_comparison_runs_both_side_by_side(tmp_path):
+@pytest.mark.parametrize("peers", [
+    ["keras_tf"],
+    pytest.param(["keras_tf", "torch_eager"], marks=pytest.mark.skipif(
+        importlib.util.find_spec("torch") is None, reason="torch not installed (extra: peers)")),
+])
+def test_peer_comparison_runs_side_by_side(tmp_path, peers):
   out = tmp_path / "peers.json"
   result = subprocess.run(
       [sys.executable, "-m", "benchmarks.peers.compare", "--json", str(out), "--rounds", "1",
-       "--batch-sizes", "32", "--train-images", "640", "--eval-images", "640"],
+       "--peers", *peers, "--batch-sizes", "32", "--train-images", "640",
+       "--eval-images", "640"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
-  rows = json.loads(out.read_text())["results"]
+  report = json.loads(out.read_text())
+  rows = report["results"]
   assert {(r["step"], r["batch_size"]) for r in rows} == {("train", 32), ("eval", 32)}
   for r in rows:
-    assert r["keras_tf"] > 0 and r["fmnist_jax"] > 0
-    assert abs(r["ratio"] - r["fmnist_jax"] / r["keras_tf"]) < 1e-9
+    assert r["fmnist_jax"] > 0
+    for peer in peers:
+      assert r[peer] > 0
+      assert abs(r[f"ratio_{peer}"] - r["fmnist_jax"] / r[peer]) < 1e-9
+  assert ("torch" in report["versions"]) == ("torch_eager" in peers)
+  assert out.with_suffix(".md").read_text().count("\n") == 4

@@ -1,11 +1,14 @@
-"""fmnist_jax vs Keras (TensorFlow backend), measured side by side in one sitting.
+"""fmnist_jax vs Keras (TensorFlow backend) and PyTorch, measured side by side in one sitting.
 
-Alternates the two benchmarks, each in its own process (Keras-TF: benchmarks/peers/keras_tf.py;
-fmnist_jax: benchmarks/throughput.py with the CPU defaults: jit, device-resident data, im2col,
-10 steps per call, micro-batches of 32 images), for several rounds, and reports the median of
-each and their ratio. Needs tensorflow-cpu (already a dependency) and keras.
+Alternates the benchmarks, each in its own process (Keras-TF: benchmarks/peers/keras_tf.py;
+PyTorch eager: benchmarks/peers/torch_eager.py; fmnist_jax: benchmarks/throughput.py with the
+CPU defaults: jit, device-resident data, im2col, 10 steps per call, automatic micro-batches),
+for several rounds, and reports the median of each and fmnist_jax's ratio to each peer.
+Keras-TF needs tensorflow-cpu (already a dependency) and keras; PyTorch needs torch
+(`pip install -e '.[peers]'`).
 
-  python -m benchmarks.peers.compare --rounds 3 --json benchmarks/results/peers_cpu.json
+  python -m benchmarks.peers.compare --rounds 5 --peers keras_tf torch_eager \
+      --json benchmarks/results/peers_cpu.json
 """
 
 from __future__ import annotations
@@ -20,14 +23,28 @@ import sys
 import tempfile
 import time
 
+import ml_collections
 
-def _keras(batch_sizes, train_images, eval_images):
-  out = subprocess.run([sys.executable, "-m", "benchmarks.peers.keras_tf", "--batch-sizes",
+from fmnist_jax import train
+
+PEERS = {"keras_tf": "Keras-TF", "torch_eager": "PyTorch eager"}
+
+
+def _peer(name, batch_sizes, train_images, eval_images):
+  out = subprocess.run([sys.executable, "-m", f"benchmarks.peers.{name}", "--batch-sizes",
                         *map(str, batch_sizes), "--repeats", "1", "--train-images",
                         str(train_images), "--eval-images", str(eval_images)],
                        check=True, capture_output=True, text=True).stdout
+  report = json.loads(out.strip().splitlines()[-1])
+  versions = {k: v for k, v in report.items() if k not in ("results", "framework")}
   return {(r["step"], r["batch_size"]): r["images_per_second"]
-          for r in json.loads(out.strip().splitlines()[-1])["results"]}
+          for r in report["results"]}, versions
+
+
+def _auto_microbatches(batch_size):
+  """The default config's choice on one CPU device (config.microbatches = 0)."""
+  config = ml_collections.ConfigDict({"microbatches": 0, "batch_size": batch_size})
+  return train.resolve_microbatches(config, 1, "cpu")
 
 
 def _ours(batch_size, train_images, eval_images):
@@ -36,7 +53,8 @@ def _ours(batch_size, train_images, eval_images):
     subprocess.run([sys.executable, "-m", "benchmarks.throughput", "--json", str(path),
                     "--batch-sizes", str(batch_size), "--parallelism", "jit", "--input-modes",
                     "device", "--steps-per-call", "10", "--dtypes", "float32", "--conv-impls",
-                    "im2col", "--microbatches", str(max(1, batch_size // 32)), "--repeats", "1",
+                    "im2col", "--microbatches",
+                    str(_auto_microbatches(batch_size)), "--repeats", "1",
                     "--train-images", str(train_images), "--eval-images", str(eval_images)],
                    check=True, capture_output=True, text=True)
     report = json.loads(path.read_text())
@@ -47,38 +65,49 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--json", required=True)
   parser.add_argument("--rounds", type=int, default=3)
+  parser.add_argument("--peers", nargs="+", choices=sorted(PEERS), default=["keras_tf"])
   parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 512])
   parser.add_argument("--train-images", type=int, default=25_600)
   parser.add_argument("--eval-images", type=int, default=51_200)
   args = parser.parse_args(argv)
-  keras_runs, our_runs, report = [], [], None
+  runs = {name: [] for name in [*args.peers, "fmnist_jax"]}
+  versions, report = {}, None
   for round_ in range(args.rounds):
-    keras_runs.append(_keras(args.batch_sizes, args.train_images, args.eval_images))
+    for name in args.peers:
+      figures, versions[name] = _peer(name, args.batch_sizes, args.train_images,
+                                      args.eval_images)
+      runs[name].append(figures)
     ours = {}
     for batch_size in args.batch_sizes:
       figures, report = _ours(batch_size, args.train_images, args.eval_images)
       ours.update(figures)
-    our_runs.append(ours)
-    print(f"round {round_ + 1}: keras-tf {keras_runs[-1]}\n         fmnist_jax {ours}",
-          flush=True)
+    runs["fmnist_jax"].append(ours)
+    print(f"round {round_ + 1}: " + "; ".join(f"{name} {figures[-1]}"
+                                              for name, figures in runs.items()), flush=True)
   rows = []
-  for key in sorted(keras_runs[0]):
-    keras_median = statistics.median(run[key] for run in keras_runs)
-    our_median = statistics.median(run[key] for run in our_runs)
-    rows.append({"step": key[0], "batch_size": key[1], "keras_tf": keras_median,
-                 "fmnist_jax": our_median, "ratio": our_median / keras_median,
-                 "keras_tf_rounds": [run[key] for run in keras_runs],
-                 "fmnist_jax_rounds": [run[key] for run in our_runs]})
+  for key in sorted(runs["fmnist_jax"][0]):
+    row = {"step": key[0], "batch_size": key[1]}
+    for name, figures in runs.items():
+      row[name] = statistics.median(run[key] for run in figures)
+      row[f"{name}_rounds"] = [run[key] for run in figures]
+    for name in args.peers:
+      row[f"ratio_{name}"] = row["fmnist_jax"] / row[name]
+    rows.append(row)
   result = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rounds": args.rounds,
-            "cpu_count": os.cpu_count(), "versions": report["versions"] if report else {},
+            "cpu_count": os.cpu_count(), "peers": args.peers,
+            "versions": {**(report["versions"] if report else {}),
+                         **{k: v for peer in versions.values() for k, v in peer.items()}},
             "results": rows}
   path = pathlib.Path(args.json)
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps(result, indent=1) + "\n")
-  lines = ["| step | batch | Keras-TF images/s | fmnist_jax images/s | ratio |",
-           "| --- | --- | --- | --- | --- |"]
-  lines += [f"| {r['step']} | {r['batch_size']} | {r['keras_tf']:,.0f} | {r['fmnist_jax']:,.0f} "
-            f"| {r['ratio']:.2f}x |" for r in rows]
+  header = ["step", "batch", *(f"{PEERS[n]} images/s" for n in args.peers),
+            "fmnist_jax images/s", *(f"vs {PEERS[n]}" for n in args.peers)]
+  lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+  for r in rows:
+    cells = [r["step"], str(r["batch_size"]), *(f"{r[n]:,.0f}" for n in args.peers),
+             f"{r['fmnist_jax']:,.0f}", *(f"{r['ratio_' + n]:.2f}x" for n in args.peers)]
+    lines.append("| " + " | ".join(cells) + " |")
   path.with_suffix(".md").write_text("\n".join(lines) + "\n")
   print("\n".join(lines))
 
