@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 from sklearn import metrics as skmetrics
 
-from fmnist_jax import checkpointing, input_pipeline, models, train
+from fmnist_jax import checkpointing, input_pipeline, models, run_info, train
 from fmnist_jax.dataset import CLASS_NAMES
 from fmnist_jax.parallel import Parallelism
 
@@ -28,11 +28,12 @@ def load_workdir_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
 
 
 def load_metrics(workdir: pathlib.Path) -> list[dict]:
-  path = workdir / "metrics.jsonl"
-  if not path.exists() or not path.read_text().strip():
+  """run_info.read_metrics, with an error when the run recorded no evaluation yet."""
+  rows = run_info.read_metrics(workdir)
+  if not rows:
     raise ReportError(f"{workdir} has no metrics.jsonl (or it is empty): the run recorded no "
                       "evaluation yet. Train at least one epoch first.")
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  return rows
 
 
 def restore_params(workdir: pathlib.Path, config, which: str = "last"):

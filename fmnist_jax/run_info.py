@@ -64,3 +64,15 @@ def record(workdir: pathlib.Path, config, par, **extra) -> None:
           **device_info(), "versions": package_versions(), **extra}
   with open(workdir / "run_info.jsonl", "a") as f:
     f.write(json.dumps(info) + "\n")
+
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(workdir: pathlib.Path) -> list[dict]:
+  """The rows the training loop wrote to WORKDIR/metrics.jsonl, one per evaluation ([] if
+  none yet)."""
+  path = pathlib.Path(workdir) / METRICS_FILE
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

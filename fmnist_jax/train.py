@@ -409,7 +409,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   writer = metric_writers.MultiWriter(
       [metric_writers.create_default_writer(str(workdir_path), just_logging=not is_chief)] +
-      ([JsonlWriter(str(workdir_path / "metrics.jsonl"))] if is_chief else []))
+      ([JsonlWriter(str(workdir_path / run_info.METRICS_FILE))] if is_chief else []))
   train_fn = par.compile_train(functools.partial(train_steps, options=options))
   eval_model = models.create_model(config, conv_impl="xla")  # same parameters, faster inference
   eval_fn = par.compile_eval(
@@ -529,9 +529,7 @@ def _loop(config, par, train_data, eval_sets, state, train_fn, eval_fn, ckpt, wr
 
 def _write_result(workdir_path, **result) -> None:
   """WORKDIR/result.json: how the run ended, its last evaluation and its best by validation."""
-  with open(workdir_path / "metrics.jsonl") as f:
-    rows = [json.loads(line) for line in f if line.strip()]
-  scored = [row for row in rows if "val_accuracy" in row]
+  scored = [row for row in run_info.read_metrics(workdir_path) if "val_accuracy" in row]
   result["best_by_val"] = max(scored, key=lambda r: r["val_accuracy"]) if scored else None
   result["end_unix_time"] = time.time()
   (workdir_path / "result.json").write_text(json.dumps(result, indent=1) + "\n")
