@@ -8,6 +8,10 @@ so an interrupted sweep continues where it stopped.
       --workdir-root runs/recipe/best --json benchmarks/results/recipe_best.json
 
 Extra `--config.field=value` arguments are passed to every run (e.g. to try a variant).
+
+Each run's last checkpoint is also evaluated on val and test both ways, with and without
+flip averaging (`eval_flip_average`, test-time augmentation), whatever the config chose, so
+the table shows both.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+import numpy as np
 
 
 def _parse_args(argv):
@@ -51,6 +57,24 @@ def run_seed(config: str, seed: int, workdir: pathlib.Path, overrides: list[str]
   return result
 
 
+def evaluate_both_ways(workdir: pathlib.Path) -> dict:
+  """val/test accuracy of the last checkpoint, plain and flip-averaged: {"test": {"plain":
+  ..., "flip_average": ...}, ...}."""
+  from fmnist_jax import evaluate, input_pipeline
+  config = evaluate.load_workdir_config(workdir)
+  splits = input_pipeline.load_splits(config)
+  model, params, step = evaluate.restore_params(workdir, config, "last")
+  out = {"step": step}
+  for name in ("val", "test"):
+    if name in splits:
+      images, labels = splits[name]
+      out[name] = {
+          mode: float(np.mean(evaluate.predict(model, params, images,
+                                               flip_average=flip).argmax(-1) == labels))
+          for mode, flip in (("plain", False), ("flip_average", True))}
+  return out
+
+
 def _mean_std(values):
   return (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
 
@@ -66,6 +90,12 @@ def summarize(name: str, results: list[dict]) -> dict:
     summary["best_val_accuracy"] = _mean_std([b["val_accuracy"] for b in best])
     summary["test_accuracy_at_best_val"] = _mean_std([b["test_accuracy"] for b in best])
   summary["train_seconds"] = _mean_std([r["train_seconds"] for r in results])
+  both = [r["both_ways"] for r in results if "both_ways" in r]
+  if len(both) == len(results):
+    for name in ("val", "test"):
+      for mode in ("plain", "flip_average"):
+        if name in both[0]:
+          summary[f"{name}_accuracy_{mode}"] = _mean_std([b[name][mode] for b in both])
   return summary
 
 
@@ -75,22 +105,29 @@ def to_markdown(summary: dict) -> str:
     return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
   return (f"| {summary['name']} | {summary['seeds']} | {summary['epochs']:.0f} | "
           f"{pm('test_accuracy')} | {pm('test_loss', 1, 4)} | "
-          f"{pm('best_val_accuracy') if 'best_val_accuracy' in summary else '–'} | "
+          f"{pm('test_accuracy_flip_average') if 'test_accuracy_flip_average' in summary else '–'}"
+          f" | {pm('best_val_accuracy') if 'best_val_accuracy' in summary else '–'} | "
           f"{pm('train_seconds', 1, 0)} |")
 
 
 HEADER = ("| recipe | seeds | epochs | test accuracy % (final) | test loss (final) | "
-          "best val accuracy % | train seconds |\n| --- | --- | --- | --- | --- | --- | --- |")
+          "test accuracy %, flip-averaged | best val accuracy % | train seconds |\n"
+          "| --- | --- | --- | --- | --- | --- | --- | --- |")
 
 
 def main(argv=None):
   args, overrides = _parse_args(argv)
   name = args.name or pathlib.Path(args.config).stem
   root = pathlib.Path(args.workdir_root)
-  results = [run_seed(args.config, seed, root / f"seed{seed}", overrides)
-             for seed in args.seeds]
-  summary = summarize(name, results)
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+  results = []
+  for seed in args.seeds:
+    result = run_seed(args.config, seed, root / f"seed{seed}", overrides)
+    if "both_ways" not in result:
+      result["both_ways"] = evaluate_both_ways(root / f"seed{seed}")
+      (root / f"seed{seed}" / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+    results.append(result)
+  summary = summarize(name, results)
   from fmnist_jax import run_info
   report = {"config": args.config, "overrides": overrides, "seeds": args.seeds,
             "summary": summary, "runs": results, "processor": platform_lib.processor(),

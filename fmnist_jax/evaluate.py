@@ -38,7 +38,7 @@ def load_metrics(workdir: pathlib.Path) -> list[dict]:
 
 def restore_params(workdir: pathlib.Path, config, which: str = "last"):
   """Parameters of the latest ('last') or best-by-validation ('best') checkpoint, with its step."""
-  model = models.create_model(config)
+  model = models.create_model(config, conv_impl="xla")  # the inference form, as in training
   tx = train.create_optimizer(config, train.create_learning_rate_fn(config, 1, 1))
   state = Parallelism("jit", jax.devices()[:1]).replicate(
       train.create_train_state(config, model, tx))

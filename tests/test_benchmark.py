@@ -53,6 +53,13 @@ def test_recipe_benchmark_summarizes_seeds(synthetic_tfds, tmp_path):
   mean, std = report["summary"]["test_accuracy"]
   assert len(finals) == 2 and abs(mean - sum(finals) / 2) < 1e-12 and std >= 0
   assert report["summary"]["name"] == "tiny" and report["runs"][0]["step"] == 8
+  # The last checkpoint re-evaluated from disk gives the loop's own final test accuracy.
+  for run in report["runs"]:
+    both = run["both_ways"]
+    assert both["step"] == 8
+    assert abs(both["test"]["plain"] - run["final"]["test_accuracy"]) <= 2e-3
+    assert 0 <= both["test"]["flip_average"] <= 1
+  assert len(report["summary"]["test_accuracy_flip_average"]) == 2
   assert "| tiny | 2 |" in out.with_suffix(".md").read_text()
 
 
