@@ -1,17 +1,20 @@
 """Multi-device (8 simulated CPU devices) and multi-process (2 local processes) training."""
 
 import json
-import re
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
 import pytest
 
 from conftest import ROOT, tiny_config
+from fmnist_jax import train
 from test_main import _final_params, _metrics
 
 TESTS = os.path.dirname(__file__)
@@ -78,18 +81,52 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _two_processes(workdir, data_dir, *overrides):
+def _start_two_processes(workdir, data_dir, *overrides):
   port = _free_port()
   common = [sys.executable, "-m", "fmnist_jax.main", "--config", "configs/tiny.py",
             "--workdir", str(workdir), f"--config.data_dir={data_dir}",
             f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", *overrides]
-  procs = [subprocess.Popen(common + [f"--process_id={i}"], cwd=ROOT, env=_devices_env(4),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for i in range(2)]
+  return [subprocess.Popen(common + [f"--process_id={i}"], cwd=ROOT, env=_devices_env(4),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+          for i in range(2)]
+
+
+def _two_processes(workdir, data_dir, *overrides):
+  procs = _start_two_processes(workdir, data_dir, *overrides)
   outputs = [p.communicate(timeout=900) for p in procs]
   for p, (_, err) in zip(procs, outputs):
     assert p.returncode == 0, err[-4000:]
   return [err for _, err in outputs]
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_processes_saves_both_at_the_same_step(synthetic_tfds, tmp_path):
+  """JAX's preemption sync service: a notice to process 1 alone stops both processes at one
+  agreed step, with one checkpoint holding it; the same command then resumes from there."""
+  overrides = ["--config.num_train_steps=150", "--config.steps_per_call=1",
+               "--config.checkpoint_every_steps=10", "--config.keep_checkpoints=5"]
+  procs = _start_two_processes(tmp_path, synthetic_tfds["data_dir"], *overrides)
+  checkpoints = tmp_path / "checkpoints"
+  deadline = time.time() + 600
+  while time.time() < deadline and all(p.poll() is None for p in procs):
+    if checkpoints.is_dir() and any(d.name.isdigit() for d in checkpoints.iterdir()):
+      break
+    time.sleep(0.05)
+  assert all(p.poll() is None for p in procs), "the run ended before it could be interrupted"
+  procs[1].send_signal(signal.SIGTERM)
+  logs = [p.communicate(timeout=600)[1] for p in procs]
+  assert [p.returncode for p in procs] == [train.Preempted.exit_code] * 2, logs[0][-3000:]
+  steps = [int(re.search(r"checkpoint saved at step (\d+)", log).group(1)) for log in logs]
+  assert steps[0] == steps[1] and 0 < steps[0] < 150
+  step, _ = _final_params(tmp_path, tiny_config())
+  assert step == steps[0]  # the agreed step, not an older periodic save
+  # The same command resumes from the saved step and finishes.
+  logs = _two_processes(tmp_path, synthetic_tfds["data_dir"], *overrides[:1],
+                        *overrides[2:])
+  starts = [json.loads(line)["start_step"]
+            for line in (tmp_path / "run_info.jsonl").read_text().splitlines()]
+  assert starts == [0, steps[0]]
+  assert _metrics(tmp_path)[-1]["step"] == 150
 
 
 @pytest.mark.slow
