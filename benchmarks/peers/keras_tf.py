@@ -10,11 +10,10 @@ with fmnist_jax's own benchmark so both are measured in the same sitting.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import statistics
-import time
+
+from benchmarks.peers import median_images_per_second, parse_args
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -35,12 +34,7 @@ def seed_cnn(keras):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser()
-  parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 512])
-  parser.add_argument("--train-images", type=int, default=25_600)
-  parser.add_argument("--eval-images", type=int, default=51_200)
-  parser.add_argument("--repeats", type=int, default=3)
-  args = parser.parse_args(argv)
+  args = parse_args(argv, __doc__.splitlines()[0])
   import keras
   import numpy as np
   import tensorflow as tf
@@ -54,23 +48,17 @@ def main(argv=None):
     y = rng.integers(0, 10, args.train_images)
     model.fit(x[:20 * batch_size], y[:20 * batch_size], batch_size=batch_size, epochs=1,
               verbose=0)  # warm-up: 20 steps
-    times = []
-    for _ in range(args.repeats):
-      start = time.perf_counter()
-      model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, shuffle=False)
-      times.append(time.perf_counter() - start)
     results.append({"step": "train", "batch_size": batch_size,
-                    "images_per_second": statistics.median(args.train_images / t for t in times)})
+                    "images_per_second": median_images_per_second(
+                        lambda: model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0,
+                                          shuffle=False), args.train_images, args.repeats)})
     xe = np.concatenate([x] * max(1, args.eval_images // args.train_images))[:args.eval_images]
     ye = rng.integers(0, 10, len(xe))
     model.evaluate(xe[:10 * batch_size], ye[:10 * batch_size], batch_size=batch_size, verbose=0)
-    times = []
-    for _ in range(args.repeats):
-      start = time.perf_counter()
-      model.evaluate(xe, ye, batch_size=batch_size, verbose=0)
-      times.append(time.perf_counter() - start)
     results.append({"step": "eval", "batch_size": batch_size,
-                    "images_per_second": statistics.median(len(xe) / t for t in times)})
+                    "images_per_second": median_images_per_second(
+                        lambda: model.evaluate(xe, ye, batch_size=batch_size, verbose=0),
+                        len(xe), args.repeats)})
   print(json.dumps({"framework": "keras-tf", "keras": keras.__version__,
                     "tensorflow": tf.__version__, "results": results}))
 

@@ -11,10 +11,23 @@ Needs torch (`pip install torch`, CPU wheels: --index-url https://download.pytor
 
 from __future__ import annotations
 
-import argparse
+import ctypes
 import json
-import statistics
-import time
+
+from benchmarks.peers import median_images_per_second, parse_args
+
+
+def keep_freed_memory():
+  """glibc's malloc returns large freed blocks to the OS and maps them again on the next step,
+  which costs PyTorch eager up to 30% here (PEERS.md): keep them (what
+  MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ do), so the peer is timed at its best."""
+  try:
+    libc = ctypes.CDLL("libc.so.6")
+  except OSError:
+    return False
+  m_trim_threshold, m_mmap_threshold = -1, -3
+  return bool(libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024) and
+              libc.mallopt(m_trim_threshold, 2**30))
 
 
 def seed_cnn(nn):
@@ -28,12 +41,8 @@ def seed_cnn(nn):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser()
-  parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 512])
-  parser.add_argument("--train-images", type=int, default=25_600)
-  parser.add_argument("--eval-images", type=int, default=51_200)
-  parser.add_argument("--repeats", type=int, default=3)
-  args = parser.parse_args(argv)
+  args = parse_args(argv, __doc__.splitlines()[0])
+  tuned_malloc = keep_freed_memory()
   import torch
   from torch import nn
 
@@ -58,14 +67,9 @@ def main(argv=None):
         optimizer.step()
 
     train_pass(20)  # warm-up
-    times = []
-    for _ in range(args.repeats):
-      start = time.perf_counter()
-      train_pass(steps)
-      times.append(time.perf_counter() - start)
     results.append({"step": "train", "batch_size": batch_size,
-                    "images_per_second": statistics.median(steps * batch_size / t
-                                                           for t in times)})
+                    "images_per_second": median_images_per_second(
+                        lambda: train_pass(steps), steps * batch_size, args.repeats)})
     eval_steps = args.eval_images // batch_size
 
     def eval_pass(count):
@@ -77,16 +81,12 @@ def main(argv=None):
       return correct
 
     eval_pass(10)
-    times = []
-    for _ in range(args.repeats):
-      start = time.perf_counter()
-      eval_pass(eval_steps)
-      times.append(time.perf_counter() - start)
     results.append({"step": "eval", "batch_size": batch_size,
-                    "images_per_second": statistics.median(eval_steps * batch_size / t
-                                                           for t in times)})
+                    "images_per_second": median_images_per_second(
+                        lambda: eval_pass(eval_steps), eval_steps * batch_size, args.repeats)})
   print(json.dumps({"framework": "torch", "torch": torch.__version__,
-                    "threads": torch.get_num_threads(), "results": results}))
+                    "threads": torch.get_num_threads(), "tuned_malloc": tuned_malloc,
+                    "results": results}))
 
 
 if __name__ == "__main__":
