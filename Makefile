@@ -38,7 +38,7 @@ train: setup data
 
 test: setup data
 	$(PY) -m fmnist_jax.dataset --prepare --data_dir $(DATA_DIR) || echo "Real data not prepared: real-data tests will be skipped."
-	$(PY) -m pytest -q $(PYTEST_ARGS) tests; rc=$$?; \
+	$(PY) -m pytest -q --durations=20 $(PYTEST_ARGS) tests; rc=$$?; \
 	  if [ $$rc = 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 clean:

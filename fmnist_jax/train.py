@@ -224,10 +224,11 @@ def summarize(sums: dict[str, Any]) -> tuple[float, float]:
   return float(sums["loss"]) / count, float(sums["correct"]) / count
 
 
-def host_sum(par: Parallelism, metrics_list) -> dict[str, Any]:
-  """Sums per-call metrics on the host. No eager ops on global arrays: with several processes,
-  extra device computations between the compiled steps can interleave their collectives."""
-  sums = {}
+def host_sum(par: Parallelism, metrics_list, sums=None) -> dict[str, Any]:
+  """Sums per-call metrics on the host, onto `sums` if given. No eager ops on global arrays:
+  with several processes, extra device computations between the compiled steps can interleave
+  their collectives."""
+  sums = dict(sums or {})
   for metrics in par.to_host(list(metrics_list)):
     for key, value in metrics.items():
       sums[key] = sums.get(key, 0) + np.asarray(value, np.float64)
@@ -441,7 +442,9 @@ def _loop(config, par, train_data, eval_sets, state, train_fn, eval_fn, ckpt, wr
   step = start_step
   last_eval = {}
   skipped = 0         # non-finite steps dropped (skip_nonfinite_updates)
-  epoch_metrics = []  # per-call metrics of this epoch, left on the device until read
+  # This epoch's metrics: summed on the host up to the last log line, and the calls since,
+  # left on the device until read (summing every call at every log line would cost O(calls^2)).
+  epoch_sums, epoch_metrics = {}, []
   unchecked = []      # (first step, num steps, metrics) of calls not yet checked for NaN/inf
   stop_reason, preempt = "completed", False
   timer_step, timer_start, run_start = step, time.perf_counter(), time.perf_counter()
@@ -467,7 +470,8 @@ def _loop(config, par, train_data, eval_sets, state, train_fn, eval_fn, ckpt, wr
       step += num
       steps_left_in_epoch -= num
       if _crossed(step, num, config.log_every_steps):
-        loss, accuracy = summarize(host_sum(par, epoch_metrics))
+        epoch_sums, epoch_metrics = host_sum(par, epoch_metrics, epoch_sums), []
+        loss, accuracy = summarize(epoch_sums)
         now = time.perf_counter()
         images_per_second = (step - timer_step) * config.batch_size / (now - timer_start)
         eta = (total_steps - step) * config.batch_size / max(images_per_second, 1e-9)
@@ -489,8 +493,8 @@ def _loop(config, par, train_data, eval_sets, state, train_fn, eval_fn, ckpt, wr
     # --- evaluation: after every epoch and at the end -----------------------------------------
     check(unchecked)
     unchecked = []
-    train_loss, train_accuracy = summarize(host_sum(par, epoch_metrics))
-    epoch_metrics = []
+    train_loss, train_accuracy = summarize(host_sum(par, epoch_metrics, epoch_sums))
+    epoch_sums, epoch_metrics = {}, []
     scalars = {"epoch": step / steps_per_epoch, "train_loss": train_loss,
                "train_accuracy": train_accuracy}
     for name, batches in eval_sets.items():

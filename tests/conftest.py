@@ -1,16 +1,26 @@
 """Shared fixtures: synthetic Fashion-MNIST-like data, written by the tests themselves."""
 
+import atexit
 import gzip
 import hashlib
 import os
 import pathlib
+import shutil
 import sys
+import tempfile
 
 import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# One persistent XLA compilation cache for this session, set before jax is imported so that
+# the subprocesses (which inherit it) compile each identical step once, not once per process.
+# Fresh per session: every session still compiles everything once.
+_CACHE = tempfile.mkdtemp(prefix="fmnist_jax_xla_cache_")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 from fmnist_jax import dataset  # noqa: E402
 

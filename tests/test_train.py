@@ -121,6 +121,19 @@ def test_eval_counts_every_example_exactly_once(count, batch_size):
   assert result["accuracy"] == pytest.approx(expected_accuracy)
 
 
+def test_host_sum_accumulates_in_pieces_like_in_one_go():
+  """The loop sums each epoch's metrics piecewise, at every log line: same totals, in float64."""
+  par = Parallelism("jit")
+  calls = [{"loss": jnp.float32(0.1 * i), "correct": jnp.int32(i), "count": jnp.int32(16)}
+           for i in range(7)]
+  whole = train.host_sum(par, calls)
+  first = train.host_sum(par, calls[:3])
+  pieces = train.host_sum(par, calls[3:], first)
+  assert pieces == whole and whole["count"] == 112 and whole["correct"] == 21
+  assert first == train.host_sum(par, calls[:3])  # the running sum passed in is not changed
+  assert train.summarize(pieces) == pytest.approx((2.1 / 112, 21 / 112))
+
+
 @pytest.mark.parametrize("optimizer,schedule", [("adam", "constant"), ("adamw", "cosine"),
                                                 ("sgd", "warmup_cosine")])
 def test_every_optimizer_and_schedule_builds_and_steps(optimizer, schedule):
