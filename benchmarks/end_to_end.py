@@ -61,14 +61,15 @@ def main(argv=None):
   result = {"config": args.config, "overrides": overrides, "epochs": args.epochs,
             "end_to_end_images_per_second": end_to_end,
             "microbenchmark_images_per_second": micro_train, "ratio": end_to_end / micro_train,
-            "evaluations": rows, "versions": micro["versions"],
+            "evaluations": rows, "processor": micro["processor"], "versions": micro["versions"],
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpu_count": os.cpu_count()}
   path = pathlib.Path(args.json)
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps(result, indent=1) + "\n")
   line = (f"{args.config}: {end_to_end:,.0f} images/s end to end (epochs 2-{args.epochs}, "
           f"evaluation and checkpoints included) vs {micro_train:,.0f} in the step "
-          f"microbenchmark: {100 * end_to_end / micro_train:.0f}%")
+          f"microbenchmark: {100 * end_to_end / micro_train:.0f}% ({micro['processor']}, "
+          f"{os.cpu_count()} CPUs)")
   path.with_suffix(".md").write_text(line + "\n")
   print(line)
 

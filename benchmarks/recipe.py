@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import pathlib
-import platform as platform_lib
 import statistics
 import subprocess
 import sys
@@ -130,7 +129,7 @@ def main(argv=None):
   summary = summarize(name, results)
   from fmnist_jax import run_info
   report = {"config": args.config, "overrides": overrides, "seeds": args.seeds,
-            "summary": summary, "runs": results, "processor": platform_lib.processor(),
+            "summary": summary, "runs": results, "processor": run_info.host_cpu(),
             "cpu_count": os.cpu_count(), "versions": run_info.package_versions(),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
   json_path = pathlib.Path(args.json)

@@ -23,7 +23,6 @@ import itertools
 import json
 import os
 import pathlib
-import platform as platform_lib
 import statistics
 import sys
 import time
@@ -244,7 +243,7 @@ def main(argv=None):
         print(_line(results[-1]), flush=True)
 
   report = {"platform": info["platform"], "device_kind": info["device_kind"],
-            "device_count": info["device_count"], "processor": platform_lib.processor(),
+            "device_count": info["device_count"], "processor": run_info.host_cpu(),
             "cpu_count": os.cpu_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "cpu_matmul_flops": cpu_peak, "versions": run_info.package_versions(),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv[1:] if argv is None
@@ -284,7 +283,8 @@ def _line(r) -> str:
 
 def to_markdown(report) -> str:
   lines = [f"# Throughput: {report['device_kind']} x{report['device_count']} "
-           f"({report['platform']})", "",
+           f"({report['platform']}; host {report.get('processor')}, {report.get('cpu_count')} "
+           "CPUs)", "",
            f"{report['time']}; jax {report['versions'].get('jax')}, flax "
            f"{report['versions'].get('flax')}; XLA_FLAGS={report['xla_flags'] or '(none)'}", "",
            "| step | parallelism | devices | batch | conv | dtype | input | steps/call | "

@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import pathlib
-import platform as platform_lib
 import subprocess
 import sys
 import time
@@ -62,7 +61,7 @@ def main(argv=None):
       "process_seconds": process_seconds,
       "best_test_accuracy": max(r["test_accuracy"] for r in rows),
       "platform": info.get("platform"), "device_kind": info.get("device_kind"),
-      "device_count": info.get("device_count"), "processor": platform_lib.processor(),
+      "device_count": info.get("device_count"), "processor": run_info.host_cpu(),
       "cpu_count": os.cpu_count(), "versions": run_info.package_versions(),
       "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "evaluations": rows,
   }

@@ -27,11 +27,24 @@ def package_versions() -> dict[str, str]:
   return versions
 
 
+def host_cpu() -> str:
+  """The host CPU's model name (platform.processor() is often empty on Linux): speed figures
+  on "cpu" mean little without it."""
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
 def device_info() -> dict:
   devices = jax.devices()
   return {"platform": devices[0].platform, "device_kind": devices[0].device_kind,
           "device_count": len(devices), "local_device_count": jax.local_device_count(),
-          "process_count": jax.process_count()}
+          "process_count": jax.process_count(), "host_cpu": host_cpu(),
+          "host_cpu_count": os.cpu_count()}
 
 
 def prepare_workdir(workdir: str) -> pathlib.Path:

@@ -94,6 +94,7 @@ def main(argv=None):
       row[f"ratio_{name}"] = row["fmnist_jax"] / row[name]
     rows.append(row)
   result = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rounds": args.rounds,
+            "processor": report["processor"] if report else None,
             "cpu_count": os.cpu_count(), "peers": args.peers,
             "versions": {**(report["versions"] if report else {}),
                          **{k: v for peer in versions.values() for k, v in peer.items()}},
@@ -108,6 +109,8 @@ def main(argv=None):
     cells = [r["step"], str(r["batch_size"]), *(f"{r[n]:,.0f}" for n in args.peers),
              f"{r['fmnist_jax']:,.0f}", *(f"{r['ratio_' + n]:.2f}x" for n in args.peers)]
     lines.append("| " + " | ".join(cells) + " |")
+  lines.insert(0, f"{result['time']}, {result['processor']}, {result['cpu_count']} CPUs, "
+                  f"medians of {args.rounds} rounds\n")
   path.with_suffix(".md").write_text("\n".join(lines) + "\n")
   print("\n".join(lines))
 
