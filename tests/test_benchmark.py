@@ -35,6 +35,21 @@ def test_throughput_benchmark_writes_valid_json(tmp_path):
   assert "| train | jit | 2 | 32 |" in out.with_suffix(".md").read_text()
 
 
+def test_matmul_dtype_benchmark_writes_every_shape_and_form(tmp_path):
+  out = tmp_path / "matmul.json"
+  result = subprocess.run([sys.executable, "-m", "benchmarks.matmul_dtypes", "--json", str(out),
+                           "--calls", "2", "--repeats", "1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(out.read_text())
+  assert report["platform"] == "cpu" and report["processor"]
+  assert [r["matmul"] for r in report["results"]][:2] == ["conv1 forward", "conv2 forward"]
+  for r in report["results"]:
+    assert all(r[form] > 0 for form in
+               ("float32", "bfloat16 -> float32", "bfloat16 -> bfloat16"))
+  assert out.with_suffix(".md").read_text().count("\n| conv") == 5
+
+
 def _tiny_run_args(synthetic_tfds):
   return ["--config.num_train_steps=8", "--config.steps_per_call=4",
           f"--config.data_dir={synthetic_tfds['data_dir']}"]
