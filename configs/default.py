@@ -23,7 +23,7 @@ def get_config():
   config.dense_features = 128
   config.num_classes = 10
   config.dropout_rates = (0.25, 0.4, 0.3)  # after pool1, after pool2, after dense1
-  config.dtype = "float32"                 # compute dtype: float32 | bfloat16 | float16
+  config.dtype = "float32"                 # float32 | bfloat16 | float16 (on CPU: matmul operands)
   # Training convolutions: "xla" (lax.conv) or "im2col" (matmul form with a hand-written
   # backward; same parameters and function, ~1.9x faster training on CPU); "auto" picks im2col
   # on CPU and xla on GPU/TPU. Evaluation always uses "xla", the faster form for inference.

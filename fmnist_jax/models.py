@@ -41,6 +41,13 @@ def resolve_conv_impl(conv_impl: str) -> str:
 # the same size (../shared/reference/CPU-XLA-NOTES.md). The same convolution as a patch matrix
 # times the kernel, with a hand-written backward that reuses the patches, trains ~2x faster.
 
+def _matmul(a, b, dtype):
+  """a @ b with the operands in `dtype`, accumulated and returned in float32. bfloat16 operands
+  run on the matrix units of CPUs with AMX/AVX512-BF16 (and of GPUs/TPUs); a bfloat16 *result*
+  takes a slow path on CPU (benchmarks/matmul_dtypes.py)."""
+  return jnp.matmul(a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
+
+
 def _patches(x):
   """(B, H, W, C) -> (B, H-2, W-2, 9C): the 9 shifted views, in the kernel's (i, j, c) order."""
   height, width = x.shape[1] - 2, x.shape[2] - 2
@@ -48,24 +55,26 @@ def _patches(x):
                           for i in range(3) for j in range(3)], axis=-1)
 
 
-@jax.custom_vjp
-def conv3x3_im2col(x, kernel):
-  """VALID 3x3 convolution, no bias: x (B,H,W,C), kernel (3,3,C,F) -> (B,H-2,W-2,F)."""
-  return _patches(x) @ kernel.reshape(-1, kernel.shape[-1])
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv3x3_im2col(x, kernel, dtype=jnp.float32):
+  """VALID 3x3 convolution, no bias: x (B,H,W,C), kernel (3,3,C,F) -> (B,H-2,W-2,F), float32.
+  x and kernel are float32; `dtype` is the matmuls' operand dtype."""
+  return _conv_forward(x, kernel, dtype)[0]
 
 
-def _conv_forward(x, kernel):
-  patches = _patches(x)
-  return patches @ kernel.reshape(-1, kernel.shape[-1]), (patches, kernel)
+def _conv_forward(x, kernel, dtype):
+  patches = _patches(x.astype(dtype))
+  return _matmul(patches, kernel.reshape(-1, kernel.shape[-1]), dtype), (patches, kernel)
 
 
-def _conv_backward(residuals, dy):
+def _conv_backward(dtype, residuals, dy):
   patches, kernel = residuals
   channels, features = kernel.shape[2], kernel.shape[3]
   # Weight gradient: one matmul over every output position.
-  dkernel = jnp.einsum("bhwp,bhwf->pf", patches, dy).reshape(kernel.shape)
+  dkernel = jnp.einsum("bhwp,bhwf->pf", patches, dy.astype(dtype),
+                       preferred_element_type=jnp.float32).reshape(kernel.shape)
   # Input gradient: one matmul, then each of the 9 channel blocks shifted back into place.
-  dpatches = dy @ kernel.reshape(-1, features).T
+  dpatches = _matmul(dy, kernel.reshape(-1, features).T, dtype)
   dx = sum(jnp.pad(dpatches[..., (3 * i + j) * channels:(3 * i + j + 1) * channels],
                    ((0, 0), (i, 2 - i), (j, 2 - j), (0, 0)))
            for i in range(3) for j in range(3))
@@ -84,7 +93,8 @@ def max_pool_2x2(x):
 
 class Im2colConv(nn.Module):
   """Same parameters as `Conv` (kernel (3,3,Cin,F), bias (F,)); bias added by the caller, so
-  that a following max-pool can run first (max commutes with adding a per-channel constant)."""
+  that a following max-pool can run first (max commutes with adding a per-channel constant).
+  Input and output float32; `dtype` is the matmul operands' dtype."""
   features: int
   dtype: jnp.dtype = jnp.float32
 
@@ -93,15 +103,28 @@ class Im2colConv(nn.Module):
     kernel = self.param("kernel", nn.initializers.glorot_uniform(),
                         (3, 3, x.shape[-1], self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
-    return conv3x3_im2col(x.astype(self.dtype), kernel.astype(self.dtype)), \
-        bias.astype(self.dtype)
+    return conv3x3_im2col(x, kernel, self.dtype), bias
 
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
+def _dot_general_in(dtype):
+  """A dot_general for nn.Dense: operands in `dtype`, float32 accumulation and result."""
+  def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    del preferred_element_type
+    return jax.lax.dot_general(lhs.astype(dtype), rhs.astype(dtype), dimension_numbers,
+                               precision=precision, preferred_element_type=jnp.float32)
+  return dot_general
+
+
 class CNN(nn.Module):
-  """The seed CNN. `train=True` turns dropout on; it then needs a 'dropout' RNG."""
+  """The seed CNN. `train=True` turns dropout on; it then needs a 'dropout' RNG.
+
+  `dtype` is the compute dtype. In the "xla" form everything runs in it (Flax's usual
+  mixed precision: float32 parameters cast to `dtype`). In the "im2col" form (the CPU one) only
+  the matmul operands are in `dtype`, with float32 accumulation and float32 activations: CPUs
+  have no fast elementwise bfloat16, and their bfloat16 matmul units return float32 fast."""
   conv_features: Sequence[int] = (32, 64, 128)
   dense_features: int = 128
   num_classes: int = 10
@@ -123,16 +146,20 @@ class CNN(nn.Module):
   def __call__(self, x, *, train: bool):
     conv1, conv2, conv3 = self.conv_features
     drop1, drop2, drop3 = self.dropout_rates
-    x = x.astype(self.dtype)
+    matmul_form = self.conv_impl == "im2col" and self.dtype != jnp.float32
+    activations = jnp.float32 if self.conv_impl == "im2col" else self.dtype
+    dense = functools.partial(Dense, dtype=activations,
+                              dot_general=_dot_general_in(self.dtype) if matmul_form else None)
+    x = x.astype(activations)
     x = self._conv(x, conv1, "conv1", pool=True)
     x = nn.Dropout(drop1, deterministic=not train)(x)
     x = self._conv(x, conv2, "conv2", pool=True)
     x = nn.Dropout(drop2, deterministic=not train)(x)
     x = self._conv(x, conv3, "conv3", pool=False)
     x = x.reshape((x.shape[0], -1))
-    x = nn.relu(Dense(self.dense_features, dtype=self.dtype, name="dense1")(x))
+    x = nn.relu(dense(self.dense_features, name="dense1")(x))
     x = nn.Dropout(drop3, deterministic=not train)(x)
-    x = Dense(self.num_classes, dtype=self.dtype, name="logits")(x)
+    x = dense(self.num_classes, name="logits")(x)
     return x.astype(jnp.float32)
 
 
