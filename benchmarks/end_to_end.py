@@ -67,8 +67,8 @@ def main(argv=None):
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps(result, indent=1) + "\n")
   line = (f"{' '.join([args.config, *overrides])}: {end_to_end:,.0f} images/s end to end "
-          f"(epochs 2-{args.epochs}, evaluation and checkpoints included) vs {micro_train:,.0f} in the step "
-          f"microbenchmark: {100 * end_to_end / micro_train:.0f}% ({micro['processor']}, "
+          f"(epochs 2-{args.epochs}, evaluation and checkpoints included) vs "
+          f"{micro_train:,.0f} in the step microbenchmark: {100 * end_to_end / micro_train:.0f}% ({micro['processor']}, "
           f"{os.cpu_count()} CPUs)")
   path.with_suffix(".md").write_text(line + "\n")
   print(line)
