@@ -68,8 +68,8 @@ def main(argv=None):
   path.write_text(json.dumps(result, indent=1) + "\n")
   line = (f"{' '.join([args.config, *overrides])}: {end_to_end:,.0f} images/s end to end "
           f"(epochs 2-{args.epochs}, evaluation and checkpoints included) vs "
-          f"{micro_train:,.0f} in the step microbenchmark: {100 * end_to_end / micro_train:.0f}% ({micro['processor']}, "
-          f"{os.cpu_count()} CPUs)")
+          f"{micro_train:,.0f} in the step microbenchmark: {100 * end_to_end / micro_train:.0f}% "
+          f"({micro['processor']}, {micro['cpu_count']} CPUs)")
   path.with_suffix(".md").write_text(line + "\n")
   print(line)
 

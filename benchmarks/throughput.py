@@ -243,8 +243,8 @@ def main(argv=None):
         print(_line(results[-1]), flush=True)
 
   report = {"platform": info["platform"], "device_kind": info["device_kind"],
-            "device_count": info["device_count"], "processor": run_info.host_cpu(),
-            "cpu_count": os.cpu_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "device_count": info["device_count"], "processor": info["host_cpu"],
+            "cpu_count": info["host_cpu_count"], "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "cpu_matmul_flops": cpu_peak, "versions": run_info.package_versions(),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv[1:] if argv is None
             else argv, "results": results}
