@@ -1,24 +1,55 @@
 """Training images/s through the real entry point vs the step microbenchmark, in one sitting.
 
 Runs `python -m fmnist_jax.main` for a few epochs (input pipeline, compiled steps, progress
-logging, per-epoch evaluation of 15,000 images and asynchronous checkpoints all included) and
-takes images/s from the epochs after the first (which compiles), using each evaluation's
-`elapsed_seconds`. Then runs benchmarks/throughput.py on the same settings and reports the ratio.
+logging, per-epoch evaluation of 15,000 images and asynchronous checkpoints all included), then
+benchmarks/throughput.py on that run's own resolved config.json (same model, dtype, conv form,
+batch, steps per call, micro-batches and overrides), and reports the ratio.
+
+End-to-end images/s: over the epochs after the first (which compiles), from each evaluation's
+`elapsed_seconds`; with one epoch, over the whole run less its compile time (result.json).
 
   python -m benchmarks.end_to_end --config configs/default.py --epochs 3 \
-      --json benchmarks/results/end_to_end_cpu.json
+      --json benchmarks/results/end_to_end_cpu.json [--config.batch_size=256 ...]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import pathlib
-import subprocess
-import sys
 import tempfile
-import time
+
+
+def _end_to_end(run: pathlib.Path) -> dict:
+  from fmnist_jax import workdir
+  rows = workdir.read_metrics(run, required=True)
+  info, result = workdir.read_run_info(run)[0], workdir.read_result(run)
+  batch_size = workdir.read_config(run).batch_size
+  steps = result["step"] - result["resumed_from_step"]
+  whole = steps * batch_size / (result["train_seconds"] - result["compile_seconds"])
+  after_first = None
+  if len(rows) > 1:
+    seconds = rows[-1]["elapsed_seconds"] - rows[0]["elapsed_seconds"]
+    after_first = (rows[-1]["step"] - rows[0]["step"]) * batch_size / seconds
+  return {"end_to_end_images_per_second": after_first or whole,
+          "whole_run_images_per_second_excluding_compile": whole,
+          "epochs_after_first_images_per_second": after_first, "evaluations": rows,
+          "result": result, "steps_per_epoch": info["steps_per_epoch"],
+          "platform": info["platform"], "device_count": info["device_count"]}
+
+
+def _microbenchmark(run: pathlib.Path, tmp: str) -> dict:
+  """benchmarks.throughput on the run's own config: what main ran, one setting."""
+  from benchmarks import throughput
+  from fmnist_jax import models, steps, workdir
+  config, info = workdir.read_config(run), workdir.read_run_info(run)[0]
+  conv_impl = models.resolve_conv_impl(config.conv_impl)
+  microbatches = steps.resolve_microbatches(config, info["device_count"], info["platform"])
+  return throughput.main([
+      "--json", f"{tmp}/micro.json", "--config-json", str(run / workdir.CONFIG_FILE),
+      "--batch-sizes", str(config.batch_size), "--parallelism", config.parallelism,
+      "--input-modes", "device", "--steps-per-call", str(config.steps_per_call),
+      "--dtypes", config.dtype, "--conv-impls", conv_impl, "--microbatches",
+      str(microbatches), "--repeats", "3"])
 
 
 def main(argv=None):
@@ -27,51 +58,33 @@ def main(argv=None):
   parser.add_argument("--epochs", type=int, default=3)
   parser.add_argument("--json", required=True)
   args, overrides = parser.parse_known_args(argv)
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("cfg", args.config)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  from fmnist_jax import evaluate, train
-
+  if args.epochs < 1:
+    parser.error("--epochs must be at least 1")
+  from benchmarks import common
   with tempfile.TemporaryDirectory() as tmp:
-    command = [sys.executable, "-m", "fmnist_jax.main", f"--config={args.config}",
-               f"--workdir={tmp}/run", f"--config.num_epochs={args.epochs}",
-               "--config.write_report=False", *overrides]
-    subprocess.run(command, check=True, stderr=subprocess.DEVNULL,
-                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    rows = evaluate.load_metrics(pathlib.Path(tmp, "run"))
-    info = json.loads(pathlib.Path(tmp, "run", "run_info.jsonl").read_text().splitlines()[0])
-    steps_per_epoch = info["steps_per_epoch"]
-    batch_size = json.loads(pathlib.Path(tmp, "run", "config.json").read_text())["batch_size"]
-    seconds = rows[-1]["elapsed_seconds"] - rows[0]["elapsed_seconds"]
-    end_to_end = (len(rows) - 1) * steps_per_epoch * batch_size / seconds
-
-    micro_path = pathlib.Path(tmp, "micro.json")
-    microbatches = train.resolve_microbatches(config, 1, "cpu")  # what main picks on 1 CPU
-    subprocess.run([sys.executable, "-m", "benchmarks.throughput", "--json", str(micro_path),
-                    "--batch-sizes", str(batch_size), "--parallelism", config.parallelism,
-                    "--input-modes", "device", "--steps-per-call", str(config.steps_per_call),
-                    "--dtypes", config.dtype, "--conv-impls", "im2col", "--microbatches",
-                    str(microbatches), "--repeats", "3"],
-                   check=True, capture_output=True, text=True)
-    micro = json.loads(micro_path.read_text())
-  micro_train = next(r for r in micro["results"] if r["step"] == "train")["images_per_second"]
-  result = {"config": args.config, "overrides": overrides, "epochs": args.epochs,
-            "end_to_end_images_per_second": end_to_end,
-            "microbenchmark_images_per_second": micro_train, "ratio": end_to_end / micro_train,
-            "evaluations": rows, "processor": micro["processor"], "versions": micro["versions"],
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpu_count": os.cpu_count()}
-  path = pathlib.Path(args.json)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(result, indent=1) + "\n")
-  line = (f"{' '.join([args.config, *overrides])}: {end_to_end:,.0f} images/s end to end "
-          f"(epochs 2-{args.epochs}, evaluation and checkpoints included) vs "
-          f"{micro_train:,.0f} in the step microbenchmark: {100 * end_to_end / micro_train:.0f}% "
-          f"({micro['processor']}, {micro['cpu_count']} CPUs)")
-  path.with_suffix(".md").write_text(line + "\n")
+    run = pathlib.Path(tmp, "run")
+    common.run_main(args.config, run, [f"--config.num_epochs={args.epochs}", *overrides],
+                    log_path=pathlib.Path(args.json).with_suffix(".log"))
+    measured = _end_to_end(run)
+    micro = _microbenchmark(run, tmp)
+  micro_train = next(r for r in micro["results"] if r["step"] == "train")
+  ratio = measured["end_to_end_images_per_second"] / micro_train["images_per_second"]
+  report = {**common.machine(), "config": args.config, "overrides": overrides,
+            "epochs": args.epochs, **measured,
+            "microbenchmark_images_per_second": micro_train["images_per_second"],
+            "microbenchmark_setting": {k: v for k, v in micro_train.items() if k != "repeats"},
+            "ratio": ratio, "cpu_count": micro["cpu_count"]}
+  result = measured["result"]
+  line = (f"{' '.join([args.config, *overrides])}: "
+          f"{measured['end_to_end_images_per_second']:,.0f} images/s end to end (epochs "
+          f"{'2-' + str(args.epochs) if args.epochs > 1 else '1, less compile'}; evaluation "
+          f"and checkpoints included) vs {micro_train['images_per_second']:,.0f} in the step "
+          f"microbenchmark: {100 * ratio:.0f}%. Compile {result['compile_seconds']:.1f} s "
+          f"({result.get('compilations')} programs), {result.get('host_syncs_per_epoch', 0):.1f}"
+          f" host syncs per epoch. {common.machine_line(report)}")
+  common.write(args.json, report, line)
   print(line)
+  return report
 
 
 if __name__ == "__main__":

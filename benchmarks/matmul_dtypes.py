@@ -12,9 +12,6 @@ float32, bfloat16 -> float32 (`preferred_element_type`), and bfloat16 -> bfloat1
 from __future__ import annotations
 
 import argparse
-import json
-import pathlib
-import sys
 import time
 
 # (name, (M, K), N) for 32 images per micro-batch: patches (positions, 9*Cin) x kernel (9*Cin, F).
@@ -38,8 +35,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
   import jax
   import jax.numpy as jnp
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-  from fmnist_jax import run_info
+  from benchmarks import common
 
   rows = []
   for name, (m, k), n in SHAPES:
@@ -60,20 +56,13 @@ def main(argv=None):
     rows.append(row)
     print(f"{name:24s} " + "  ".join(f"{form} {row[form]:7.1f}" for form, _, _ in FORMS),
           flush=True)
-  info = run_info.device_info()
-  report = {"unit": "GFLOP/s, median of repeats", "platform": info["platform"],
-            "device_kind": info["device_kind"], "processor": info["host_cpu"],
-            "cpu_count": info["host_cpu_count"], "versions": run_info.package_versions(),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "results": rows}
-  path = pathlib.Path(args.json)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(report, indent=1) + "\n")
-  lines = [f"{report['time']}, {info['device_kind']} ({report['processor']}), GFLOP/s", "",
+  report = {"unit": "GFLOP/s, median of repeats", **common.machine(), "results": rows}
+  lines = [f"{common.machine_line(report)}; GFLOP/s", "",
            "| matmul | M x K x N | " + " | ".join(f for f, _, _ in FORMS) + " |",
            "|" + " --- |" * (2 + len(FORMS))]
   lines += [f"| {r['matmul']} | {r['m']} x {r['k']} x {r['n']} | " +
             " | ".join(f"{r[f]:,.0f}" for f, _, _ in FORMS) + " |" for r in rows]
-  path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+  common.write(args.json, report, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Accuracy of a training recipe over several seeds: mean and std of test accuracy and loss.
 
-Runs `python -m fmnist_jax.main` once per seed (each in WORKDIR_ROOT/seed<N>), reads each run's
-result.json, and writes a JSON and a markdown row set. Runs that already finished are reused,
-so an interrupted sweep continues where it stopped.
+Runs `python -m fmnist_jax.main` once per seed (each in WORKDIR_ROOT/seed<N>, its log in
+seed<N>.log), reads each run's result.json, and writes a JSON and a markdown row set. Runs that
+already finished are reused, so an interrupted sweep continues where it stopped. What this
+benchmark adds to a run (process seconds, the evaluation both ways) goes to seed<N>.recipe.json
+beside the run: a run's own files are never rewritten.
 
   python -m benchmarks.recipe --config configs/best.py --seeds 0 1 2 \
       --workdir-root runs/recipe/best --json benchmarks/results/recipe_best.json
@@ -18,12 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import statistics
-import subprocess
-import sys
-import time
 
 import numpy as np
 
@@ -38,29 +36,31 @@ def _parse_args(argv):
   return parser.parse_known_args(argv)
 
 
-def run_seed(config: str, seed: int, workdir: pathlib.Path, overrides: list[str]) -> dict:
-  result_path = workdir / "result.json"
-  if result_path.exists():
-    print(f"seed {seed}: reusing {result_path}", flush=True)
-    return json.loads(result_path.read_text())
-  command = [sys.executable, "-m", "fmnist_jax.main", f"--config={config}",
-             f"--workdir={workdir}", f"--config.seed={seed}", "--config.write_report=False",
-             *overrides]
-  print(" ".join(command), flush=True)
-  start = time.time()
-  subprocess.run(command, check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-                 stderr=subprocess.DEVNULL)
-  result = json.loads(result_path.read_text())
-  result["process_seconds"] = time.time() - start
-  result_path.write_text(json.dumps(result, indent=1) + "\n")
-  return result
+def run_seed(config: str, seed: int, root: pathlib.Path, overrides: list[str]) -> dict:
+  """The run's result.json plus this benchmark's additions (seed<N>.recipe.json)."""
+  from benchmarks import common
+  from fmnist_jax import workdir as workdir_lib
+  run, extra_path = root / f"seed{seed}", root / f"seed{seed}.recipe.json"
+  extra = json.loads(extra_path.read_text()) if extra_path.exists() else {}
+  result = workdir_lib.read_result(run)
+  if result is None:
+    extra = {"process_seconds": common.run_main(config, run,
+                                                [f"--config.seed={seed}", *overrides])}
+    result = workdir_lib.read_result(run)
+  else:
+    print(f"seed {seed}: reusing {run}", flush=True)
+  if "both_ways" not in extra:
+    extra["both_ways"] = evaluate_both_ways(run)
+  extra_path.write_text(json.dumps(extra, indent=1) + "\n")
+  return {**result, **extra}
 
 
 def evaluate_both_ways(workdir: pathlib.Path) -> dict:
   """val/test accuracy of the last checkpoint, plain and flip-averaged: {"test": {"plain":
   ..., "flip_average": ...}, ...}."""
-  from fmnist_jax import evaluate, input_pipeline
-  config = evaluate.load_workdir_config(workdir)
+  import numpy as np
+  from fmnist_jax import evaluate, input_pipeline, workdir as workdir_lib
+  config = workdir_lib.read_config(workdir)
   splits = input_pipeline.load_splits(config)
   model, params, step = evaluate.restore_params(workdir, config, "last")
   out = {"step": step}
@@ -116,27 +116,16 @@ HEADER = ("| recipe | seeds | epochs | test accuracy % (final) | test loss (fina
 
 def main(argv=None):
   args, overrides = _parse_args(argv)
+  from benchmarks import common
   name = args.name or pathlib.Path(args.config).stem
   root = pathlib.Path(args.workdir_root)
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-  results = []
-  for seed in args.seeds:
-    result = run_seed(args.config, seed, root / f"seed{seed}", overrides)
-    if "both_ways" not in result:
-      result["both_ways"] = evaluate_both_ways(root / f"seed{seed}")
-      (root / f"seed{seed}" / "result.json").write_text(json.dumps(result, indent=1) + "\n")
-    results.append(result)
+  results = [run_seed(args.config, seed, root, overrides) for seed in args.seeds]
   summary = summarize(name, results)
-  from fmnist_jax import run_info
-  report = {"config": args.config, "overrides": overrides, "seeds": args.seeds,
-            "summary": summary, "runs": results, "processor": run_info.host_cpu(),
-            "cpu_count": os.cpu_count(), "versions": run_info.package_versions(),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-  json_path = pathlib.Path(args.json)
-  json_path.parent.mkdir(parents=True, exist_ok=True)
-  json_path.write_text(json.dumps(report, indent=1) + "\n")
-  json_path.with_suffix(".md").write_text(HEADER + "\n" + to_markdown(summary) + "\n")
-  print(HEADER + "\n" + to_markdown(summary))
+  report = {**common.machine(), "config": args.config, "overrides": overrides,
+            "seeds": args.seeds, "summary": summary, "runs": results}
+  markdown = HEADER + "\n" + to_markdown(summary)
+  common.write(args.json, report, markdown)
+  print(markdown)
   return report
 
 

@@ -1,18 +1,20 @@
-"""Images per second of the seed CNN's train and eval steps: `python -m benchmarks.throughput`.
+"""Images per second of the train and eval steps: `python -m benchmarks.throughput`.
 
     python -m benchmarks.throughput --json benchmarks/results/cpu.json [--batch-sizes 128 512]
-        [--quick] [--cpu-devices 2]
+        [--quick] [--cpu-devices 2] [--config configs/default.py | --config-json RUN/config.json]
 
-Measures the compiled steps of fmnist_jax itself (train.train_steps / train.eval_step, compiled
-by parallel.Parallelism) on synthetic data already in memory: compile time separately, then
-warm-up steps, then timed steps; the median of `--repeats` timings. Sweeps batch size,
-parallelism (jit, pmap), input mode (device: batches gathered on device from a resident split;
-host: a numpy batch handed to the devices every call, the most a host pipeline can deliver),
-steps per compiled call (lax.scan) and compute dtype.
+Measures the compiled programs the training loop itself runs (steps.train_call and
+steps.eval_step, compiled by parallel.Parallelism) on synthetic data already in memory:
+compile time separately, then warm-up calls, then timed calls; the median of `--repeats`
+timings. Sweeps batch size, parallelism (jit, pmap), input mode (device: batches gathered on
+device from a resident split; host: a numpy batch handed to the devices every call, the most a
+host pipeline can deliver), steps per compiled call (lax.scan), micro-batches and dtype. The
+model is the config's (default: configs/default.py; a run's config.json measures that run).
 
-FLOPs per image come from XLA's cost analysis of the compiled step; the roofline percentage
-divides images/s x FLOPs/image by the device's peak (PEAK_FLOPS; the CPU's own from a measured
-float32 matmul). Imports no TensorFlow: runs where only jax/flax/optax are installed.
+FLOPs per image are counted from the layer shapes (models.flops_per_image); "% of peak" divides
+images/s x FLOPs/image by the devices' peak (hardware.PEAK_FLOPS; on CPU, a measured float32
+matmul). XLA's own count (cost analysis, which misses cuDNN's convolutions on GPU) is shown
+beside it. Imports no TensorFlow.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import functools
 import itertools
 import json
 import os
-import pathlib
 import statistics
 import sys
 import time
@@ -31,7 +32,8 @@ import time
 def _parse_args(argv):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--json", required=True, help="where to write the results (JSON)")
-  parser.add_argument("--markdown", help="markdown table path (default: JSON path with .md)")
+  parser.add_argument("--config", default="configs/default.py", help="config file (the model)")
+  parser.add_argument("--config-json", help="a run's resolved config.json instead of --config")
   parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 512])
   parser.add_argument("--parallelism", nargs="+", default=["jit", "pmap"])
   parser.add_argument("--input-modes", nargs="+", default=["device", "host"])
@@ -58,18 +60,23 @@ def _parse_args(argv):
   return args
 
 
-# Dense peak FLOP/s per device by device kind (vendor figures; bf16 uses the matrix units).
-PEAK_FLOPS = {
-    "H100": {"float32": 67e12, "bfloat16": 989e12},   # SXM; fp32 without tensor cores
-    "H200": {"float32": 67e12, "bfloat16": 989e12},
-    "A100": {"float32": 19.5e12, "bfloat16": 312e12},
-    "TPU v4": {"float32": 275e12, "bfloat16": 275e12},
-    "TPU v5 lite": {"float32": 197e12, "bfloat16": 197e12},  # v5e
-}
+def load_config(args):
+  """The benchmarked model's config: a config file, or a run's resolved config.json."""
+  import ml_collections
+  if args.config_json:
+    with open(args.config_json) as f:
+      return ml_collections.ConfigDict(json.load(f))
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("benchmarked_config", args.config)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
-def measured_cpu_peak(jax, jnp) -> float:
+def measured_cpu_peak() -> float:
   """float32 matmul FLOP/s of one CPU device: a practical peak for this machine."""
+  import jax
+  import jax.numpy as jnp
   n = 1024
   a = jnp.ones((n, n), jnp.float32)
   matmul = jax.jit(lambda x: x @ x)
@@ -84,18 +91,10 @@ def measured_cpu_peak(jax, jnp) -> float:
   return 2 * n ** 3 / best
 
 
-def device_peak(jax, jnp, device_kind: str, dtype: str) -> float | None:
-  if jax.devices()[0].platform == "cpu":
-    return None  # filled in once per run (measured)
-  for name, peaks in PEAK_FLOPS.items():
-    if name.lower() in device_kind.lower():
-      return peaks[dtype]
-  return None
-
-
-def _flops(compiled) -> float | None:
+def xla_flops(jitted, *args) -> float | None:
+  """XLA's cost-analysis FLOPs of one call, where the backend reports them."""
   try:
-    analysis = compiled.cost_analysis()
+    analysis = jitted.lower(*args).compile().cost_analysis()
     if isinstance(analysis, (list, tuple)):
       analysis = analysis[0]
     return float(analysis["flops"])
@@ -103,22 +102,88 @@ def _flops(compiled) -> float | None:
     return None
 
 
-def _batch_shapes(jax, np, leading, mask=False):
-  """Abstract global batch in the jit layout, for XLA's cost analysis."""
-  shapes = {"image": jax.ShapeDtypeStruct(leading + (28, 28, 1), np.uint8),
-            "label": jax.ShapeDtypeStruct(leading, np.int32)}
-  if mask:
-    shapes["mask"] = jax.ShapeDtypeStruct(leading, np.float32)
-  return shapes
-
-
-def _time(fn, repeats: int) -> list[float]:
-  times = []
+def _timed(call, calls: int, repeats: int, images_per_call: int) -> list[float]:
+  """Images/s of `calls` calls of `call()` (which returns arrays to wait for), per repeat."""
+  import jax
+  rates = []
   for _ in range(repeats):
     start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return times
+    for _ in range(calls):
+      out = call()
+    jax.block_until_ready(out)
+    rates.append(calls * images_per_call / (time.perf_counter() - start))
+  return rates
+
+
+def measure_train(setting: dict, config, par, data, host_batch, repeats: int, images: int):
+  """One train setting: the loop's own compiled call, fed from device or host."""
+  import jax
+  import numpy as np
+  from fmnist_jax import state as state_lib, steps
+  k, batch_size = setting["steps_per_call"], setting["batch_size"]
+  options = steps.StepOptions(microbatches=setting["microbatches"])
+  train_fn = par.compile_train(functools.partial(steps.train_call, options=options),
+                               num_extra=2)
+  state = par.replicate(state_lib.initial_state(config, conv_impl=setting["conv_impl"]))
+  sums, active = par.replicate(steps.zero_metrics()), np.int32(k)
+  if setting["input_mode"] == "device":
+    order = data.epoch_order(0, k)
+    next_batch = functools.partial(data.gather, data.data, order, 0, k)
+  else:
+    next_batch = functools.partial(par.shard, host_batch, batch_axis=1)
+  holder = {"state": state}
+
+  def call():
+    holder["state"], out = train_fn(holder["state"], next_batch(), sums, active)
+    return out
+  start = time.perf_counter()
+  jax.block_until_ready(call())
+  compile_seconds = time.perf_counter() - start
+  _timed(call, max(1, 20 // k), 1, 1)  # warm-up
+  calls = max(1, images // (batch_size * k))
+  one_step = {"image": jax.ShapeDtypeStruct((1, batch_size, 28, 28, 1), np.uint8),
+              "label": jax.ShapeDtypeStruct((1, batch_size), np.int32)}  # a loop body counts once
+  xla = xla_flops(jax.jit(functools.partial(steps.train_steps, options=options)),
+                  holder["state"], one_step)
+  return _timed(call, calls, repeats, k * batch_size), compile_seconds, xla and xla / batch_size
+
+
+def measure_eval(setting: dict, config, par, images, labels, repeats: int, count: int):
+  """The eval step (xla form) on one resident, masked batch."""
+  import jax
+  from fmnist_jax import input_pipeline, models, state as state_lib, steps
+  batch_size = setting["batch_size"]
+  model = models.create_model(config, conv_impl="xla")
+  params = par.replicate(state_lib.initial_state(config, conv_impl="xla").params)
+  eval_fn = par.compile_eval(functools.partial(steps.eval_step, apply_fn=model.apply))
+  batch = input_pipeline.eval_batches(images[:batch_size], labels[:batch_size], par,
+                                      batch_size)[0]
+  start = time.perf_counter()
+  jax.block_until_ready(eval_fn(params, batch))
+  compile_seconds = time.perf_counter() - start
+  _timed(lambda: eval_fn(params, batch), 10, 1, 1)  # warm-up
+  xla = xla_flops(jax.jit(functools.partial(steps.eval_step, apply_fn=model.apply)),
+                  params, batch)
+  return (_timed(lambda: eval_fn(params, batch), max(1, count // batch_size), repeats,
+                 batch_size), compile_seconds, xla and xla / batch_size)
+
+
+def _settings(args, num_devices):
+  """Every (dtype, parallelism, batch) group: its train settings, then its eval setting."""
+  for dtype, mode, batch_size in itertools.product(args.dtypes, args.parallelism,
+                                                   args.batch_sizes):
+    if batch_size % num_devices:
+      print(f"skip batch {batch_size}: not divisible by {num_devices} devices")
+      continue
+    common = {"batch_size": batch_size, "dtype": dtype, "parallelism": mode,
+              "devices": num_devices}
+    train = [{**common, "conv_impl": conv, "input_mode": mode_in, "steps_per_call": k,
+              "microbatches": m, "step": "train"}
+             for conv, mode_in, k, m in itertools.product(
+                 args.conv_impls, args.input_modes, args.steps_per_call, args.microbatches)
+             if batch_size % (m * num_devices) == 0]
+    yield common, train + [{**common, "conv_impl": "xla", "input_mode": "device",
+                            "steps_per_call": 1, "microbatches": 1, "step": "eval"}]
 
 
 def main(argv=None):
@@ -127,174 +192,78 @@ def main(argv=None):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={args.cpu_devices}")
   import jax
-  import jax.numpy as jnp
   import numpy as np
-
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-  from configs import default
-  from fmnist_jax import input_pipeline, models, run_info, train
+  from benchmarks import common
+  from fmnist_jax import hardware, input_pipeline, models
   from fmnist_jax.parallel import Parallelism
 
-  devices = jax.devices()
-  info = run_info.device_info()
-  cpu_peak = measured_cpu_peak(jax, jnp) if info["platform"] == "cpu" else None
+  report = {**common.machine(), "config": args.config_json or args.config}
+  cpu_peak = measured_cpu_peak() if report["platform"] == "cpu" else None
+  base = load_config(args)
   rng = np.random.default_rng(0)
-  num_examples = 8192
-  images = rng.integers(0, 256, (num_examples, 28, 28, 1), dtype=np.uint8)
-  labels = rng.integers(0, 10, num_examples).astype(np.int32)
-
+  images = rng.integers(0, 256, (8192, 28, 28, 1), dtype=np.uint8)
+  labels = rng.integers(0, 10, 8192).astype(np.int32)
+  devices = jax.devices()
   results = []
-  flops_cache = {}  # XLA's FLOPs of the jit-compiled step; the same computation under pmap
-  for dtype in args.dtypes:
-    peak = cpu_peak if cpu_peak else device_peak(jax, jnp, info["device_kind"], dtype)
-    for mode in args.parallelism:
-      par = Parallelism(mode, devices)
-      for batch_size in args.batch_sizes:
-        if batch_size % par.num_devices:
-          print(f"skip batch {batch_size}: not divisible by {par.num_devices} devices")
-          continue
-        config = default.get_config()
-        config.dtype, config.batch_size = dtype, batch_size
-        model = models.create_model(config, conv_impl="xla")
-        tx = train.create_optimizer(config, config.learning_rate)
-        base_state = par.replicate(train.create_train_state(config, model, tx))
-        common = {"batch_size": batch_size, "dtype": dtype, "parallelism": mode,
-                  "devices": par.num_devices}
-
-        # --- train -------------------------------------------------------------------------
-        for conv_impl, input_mode in itertools.product(args.conv_impls, args.input_modes):
-          common["conv_impl"] = conv_impl
-          conv_state = base_state.replace(
-              apply_fn=models.create_model(config, conv_impl=conv_impl).apply)
-          for steps_per_call, microbatches in itertools.product(args.steps_per_call,
-                                                                args.microbatches):
-            if batch_size % (microbatches * par.num_devices):
-              continue
-            common["microbatches"] = microbatches
-            calls = max(1, args.train_images // (batch_size * steps_per_call))
-            train_fn = par.compile_train(functools.partial(
-                train.train_steps, options=train.StepOptions(microbatches=microbatches)))
-            if input_mode == "device":
-              data = input_pipeline.DeviceTrainData(images, labels, par, batch_size, 0)
-              index = par.replicate(
-                  rng.integers(0, num_examples, (steps_per_call, batch_size)))
-              next_batch = functools.partial(data._gather, data.data, index)
-            else:
-              host = {"image": images[:steps_per_call * batch_size].reshape(
-                          steps_per_call, batch_size, 28, 28, 1),
-                      "label": labels[:steps_per_call * batch_size].reshape(
-                          steps_per_call, batch_size)}
-              next_batch = functools.partial(par.shard, host, batch_axis=1)
-            state = jax.tree.map(lambda x: x.copy(), conv_state)
-            start = time.perf_counter()
-            state, metrics = train_fn(state, next_batch())
-            jax.block_until_ready(metrics)
-            compile_seconds = time.perf_counter() - start
-            # XLA's cost analysis counts a loop body once: take one step's FLOPs, times k.
-            key = ("train", conv_impl, dtype, batch_size)
-            if key not in flops_cache:
-              flops_cache[key] = _flops(
-                  jax.jit(functools.partial(train.train_steps, axis_name=None))
-                  .lower(conv_state, _batch_shapes(jax, np, (1, batch_size))).compile())
-            flops = flops_cache[key] and flops_cache[key] * steps_per_call
-            for _ in range(max(1, 20 // steps_per_call)):  # warm-up
-              state, metrics = train_fn(state, next_batch())
-            jax.block_until_ready(metrics)
-
-            def run():
-              nonlocal state
-              out = None
-              for _ in range(calls):
-                state, out = train_fn(state, next_batch())
-              jax.block_until_ready(out)
-            times = _time(run, args.repeats)
-            per_second = [calls * steps_per_call * batch_size / t for t in times]
-            results.append(_entry("train", common, input_mode, steps_per_call, per_second,
-                                  compile_seconds, flops, steps_per_call * batch_size, peak,
-                                  bool(cpu_peak)))
-            print(_line(results[-1]), flush=True)
-
-        # --- eval --------------------------------------------------------------------------
-        common["conv_impl"], common["microbatches"] = "xla", 1
-        eval_fn = par.compile_eval(functools.partial(train.eval_step, apply_fn=model.apply))
-        batch = input_pipeline.eval_batches(images[:batch_size], labels[:batch_size], par,
-                                            batch_size)[0]
-        start = time.perf_counter()
-        jax.block_until_ready(eval_fn(base_state.params, batch))
-        compile_seconds = time.perf_counter() - start
-        key = ("eval", dtype, batch_size)
-        if key not in flops_cache:
-          flops_cache[key] = _flops(
-              jax.jit(functools.partial(train.eval_step, apply_fn=model.apply, axis_name=None))
-              .lower(base_state.params, _batch_shapes(jax, np, (batch_size,), mask=True))
-              .compile())
-        flops = flops_cache[key]
-        calls = max(1, args.eval_images // batch_size)
-        for _ in range(10):
-          jax.block_until_ready(eval_fn(base_state.params, batch))
-
-        def run_eval():
-          out = [eval_fn(base_state.params, batch) for _ in range(calls)]
-          jax.block_until_ready(out)
-        times = _time(run_eval, args.repeats)
-        per_second = [calls * batch_size / t for t in times]
-        results.append(_entry("eval", common, "device", 1, per_second, compile_seconds, flops,
-                              batch_size, peak, bool(cpu_peak)))
-        print(_line(results[-1]), flush=True)
-
-  report = {"platform": info["platform"], "device_kind": info["device_kind"],
-            "device_count": info["device_count"], "processor": info["host_cpu"],
-            "cpu_count": info["host_cpu_count"], "xla_flags": os.environ.get("XLA_FLAGS", ""),
-            "cpu_matmul_flops": cpu_peak, "versions": run_info.package_versions(),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv[1:] if argv is None
-            else argv, "results": results}
-  json_path = pathlib.Path(args.json)
-  json_path.parent.mkdir(parents=True, exist_ok=True)
-  json_path.write_text(json.dumps(report, indent=2))
-  markdown = pathlib.Path(args.markdown) if args.markdown else json_path.with_suffix(".md")
-  markdown.write_text(to_markdown(report))
-  print(f"wrote {json_path} and {markdown}")
+  for common_setting, settings in _settings(args, len(devices)):
+    par = Parallelism(common_setting["parallelism"], devices)
+    config = base.copy_and_resolve_references()
+    config.dtype, config.batch_size = common_setting["dtype"], common_setting["batch_size"]
+    peak = cpu_peak or (hardware.peak_flops(report["device_kind"], config.dtype) or 0) \
+        * len(devices)  # simulated CPU devices share one machine: its peak is the budget
+    for setting in settings:
+      if setting["step"] == "train":
+        data = input_pipeline.DeviceTrainData(images, labels, par, config.batch_size, 0)
+        k = setting["steps_per_call"]
+        host = {"image": images[:k * config.batch_size].reshape(k, config.batch_size, 28, 28, 1),
+                "label": labels[:k * config.batch_size].reshape(k, config.batch_size)}
+        rates, compile_s, xla = measure_train(setting, config, par, data, host, args.repeats,
+                                              args.train_images)
+      else:
+        rates, compile_s, xla = measure_eval(setting, config, par, images, labels,
+                                             args.repeats, args.eval_images)
+      flops = models.flops_per_image(config, train=setting["step"] == "train")
+      results.append(_entry(setting, rates, compile_s, flops, xla, peak))
+      print(_line(results[-1]), flush=True)
+  report.update(cpu_matmul_flops=cpu_peak, argv=sys.argv[1:] if argv is None else argv,
+                results=results)
+  markdown = common.write(args.json, report, to_markdown(report))
+  print(f"wrote {args.json} and {markdown}")
   return report
 
 
-def _entry(step, common, input_mode, steps_per_call, per_second, compile_seconds, flops,
-           images_per_call, peak, machine_peak):
-  median = statistics.median(per_second)
-  flops_per_image = flops / images_per_call if flops else None
-  # Simulated CPU devices share one machine, whose measured peak is the whole budget.
-  total_peak = peak if machine_peak else (peak or 0) * common["devices"]
-  roofline = (100 * median * flops_per_image / total_peak
-              if flops_per_image and total_peak else None)
-  return {"step": step, **common, "input_mode": input_mode, "steps_per_call": steps_per_call,
-          "images_per_second": median, "repeats": per_second,
+def _entry(setting, rates, compile_seconds, flops_per_image, xla_flops_per_image, peak):
+  median = statistics.median(rates)
+  return {**setting, "images_per_second": median, "repeats": rates,
           "compile_seconds": compile_seconds, "flops_per_image": flops_per_image,
-          "roofline_percent": roofline}
+          "xla_flops_per_image": xla_flops_per_image,
+          "roofline_percent": 100 * median * flops_per_image / peak if peak else None}
 
 
 def _line(r) -> str:
   roofline = f"{r['roofline_percent']:.1f}%" if r["roofline_percent"] else "n/a"
   return (f"{r['step']:5s} {r['parallelism']:4s} {r['devices']}dev b{r['batch_size']:<5d} "
-          f"{r['conv_impl']:6s} "
-          f"{r['dtype']:8s} {r['input_mode']:6s} x{r['steps_per_call']:<3d} "
-          f"mb{r.get('microbatches', 1):<3d} "
-          f"{r['images_per_second']:>12,.0f} img/s  roofline {roofline}  "
-          f"compile {r['compile_seconds']:.1f}s")
+          f"{r['conv_impl']:6s} {r['dtype']:8s} {r['input_mode']:6s} x{r['steps_per_call']:<3d} "
+          f"mb{r['microbatches']:<3d} {r['images_per_second']:>12,.0f} img/s  "
+          f"{roofline} of peak  compile {r['compile_seconds']:.1f}s")
 
 
 def to_markdown(report) -> str:
-  lines = [f"# Throughput: {report['device_kind']} x{report['device_count']} "
-           f"({report['platform']}; host {report.get('processor')}, {report.get('cpu_count')} "
-           "CPUs)", "",
-           f"{report['time']}; jax {report['versions'].get('jax')}, flax "
-           f"{report['versions'].get('flax')}; XLA_FLAGS={report['xla_flags'] or '(none)'}", "",
+  from benchmarks import common
+  lines = [f"# Throughput: {common.machine_line(report)}", "",
+           f"config {report['config']}; XLA_FLAGS={report['xla_flags'] or '(none)'}; FLOPs "
+           "counted from the layer shapes (XLA's own count in parentheses)", "",
            "| step | parallelism | devices | batch | conv | dtype | input | steps/call | "
-           "microbatches | images/s | % of peak | compile s |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "microbatches | images/s | MFLOP/image | % of peak | compile s |",
+           "|" + " --- |" * 13]
   for r in report["results"]:
     roofline = f"{r['roofline_percent']:.1f}" if r["roofline_percent"] else "–"
+    xla = f" ({r['xla_flops_per_image'] / 1e6:.2f})" if r["xla_flops_per_image"] else ""
     lines.append(f"| {r['step']} | {r['parallelism']} | {r['devices']} | {r['batch_size']} | "
-                 f"{r['conv_impl']} | {r['dtype']} | {r['input_mode']} | {r['steps_per_call']} | "
-                 f"{r.get('microbatches', 1)} | {r['images_per_second']:,.0f} | {roofline} | {r['compile_seconds']:.1f} |")
+                 f"{r['conv_impl']} | {r['dtype']} | {r['input_mode']} | {r['steps_per_call']} "
+                 f"| {r['microbatches']} | {r['images_per_second']:,.0f} | "
+                 f"{r['flops_per_image'] / 1e6:.2f}{xla} | {roofline} | "
+                 f"{r['compile_seconds']:.1f} |")
   return "\n".join(lines) + "\n"
 
 

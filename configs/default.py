@@ -62,6 +62,9 @@ def get_config():
   # chunks. 0: auto (32 images per device per chunk on CPU, the whole batch on GPU/TPU).
   config.microbatches = 0
   config.eval_batch_size = 1000  # global; the last batch is padded and masked
+  # JAX's persistent compilation cache: a repeated or resumed run skips XLA's compilation.
+  # "" turns it off; $JAX_COMPILATION_CACHE_DIR, when set, takes precedence.
+  config.compilation_cache_dir = "~/.cache/fmnist_jax/xla"
 
   # --- Logging and checkpoints ----------------------------------------------------------------
   config.log_every_steps = 100

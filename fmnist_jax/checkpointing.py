@@ -26,8 +26,7 @@ from absl import logging
 from orbax.checkpoint import checkpoint_managers as policies
 
 
-class CheckpointError(RuntimeError):
-  """A checkpoint that cannot be used with this config, or no usable checkpoint at all."""
+from fmnist_jax.errors import CheckpointError  # re-exported: checkpointing.CheckpointError
 
 
 def _saved_tree(state):
@@ -67,6 +66,17 @@ class Checkpointer:
     if step in self.manager.all_steps():  # e.g. a periodic save that fell on an epoch end
       return
     self.manager.save(step, args=ocp.args.StandardSave(_saved_tree(state)), metrics=metrics)
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def reached_preemption(self, call: int) -> bool:
+    """Several processes: whether all agreed to stop at `call` (JAX's preemption sync service,
+    started by jax.distributed.initialize, gets the notice on any of them)."""
+    return self.manager.reached_preemption(call)
 
   def best_step(self) -> int | None:
     """The kept step with the highest validation accuracy; None if none has one.

@@ -17,7 +17,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from fmnist_jax import evaluate  # noqa: E402
+from fmnist_jax import workdir as workdir_lib  # noqa: E402
+from fmnist_jax.errors import FmnistError  # noqa: E402
 
 
 def summarize_run(rows: list[dict]) -> dict:
@@ -34,7 +35,7 @@ def summarize_run(rows: list[dict]) -> dict:
 def compare(workdirs: list[str], out: str) -> pathlib.Path:
   out_path = pathlib.Path(out)
   out_path.mkdir(parents=True, exist_ok=True)
-  runs = {pathlib.Path(w).name or w: evaluate.load_metrics(pathlib.Path(w)) for w in workdirs}
+  runs = {pathlib.Path(w).name or w: workdir_lib.read_metrics(w, required=True) for w in workdirs}
   fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(12, 4.5))
   for i, (name, rows) in enumerate(runs.items()):
     color = f"C{i}"
@@ -80,7 +81,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
   try:
     compare(args.workdirs, args.out)
-  except evaluate.ReportError as e:
+  except FmnistError as e:
     sys.exit(f"error: {e}")
 
 

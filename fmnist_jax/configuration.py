@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from fmnist_jax import dataset
+from fmnist_jax import dataset, input_pipeline, models, parallel, state
+from fmnist_jax.errors import ConfigError
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("constant", "cosine", "warmup_cosine")
-PARALLELISM = ("jit", "pmap")
-INPUT_MODES = ("device", "tfds")
-DTYPES = ("float32", "bfloat16", "float16")
-CONV_IMPLS = ("auto", "xla", "im2col")
 STOP_METRICS = ("val_accuracy", "test_accuracy")
-
-
-class ConfigError(ValueError):
-  """A config value a user must change; the message lists every problem found."""
+# Each choice list is owned by the module that implements the choices.
+CHOICES = (("optimizer", state.OPTIMIZERS), ("schedule", state.SCHEDULES),
+           ("parallelism", parallel.MODES), ("input_mode", input_pipeline.INPUT_MODES),
+           ("dtype", tuple(models.DTYPES)), ("conv_impl", models.CONV_IMPLS),
+           ("stop_metric", STOP_METRICS))
 
 
 def _is_int(value) -> bool:
@@ -28,10 +24,7 @@ def validate_config(config) -> None:
     if not ok:
       problems.append(message)
 
-  for field, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
-                         ("parallelism", PARALLELISM), ("input_mode", INPUT_MODES),
-                         ("dtype", DTYPES), ("conv_impl", CONV_IMPLS),
-                         ("stop_metric", STOP_METRICS)):
+  for field, choices in CHOICES:
     value = config.get(field)
     check(value in choices, f"{field}={value!r} is not one of {', '.join(choices)}.")
   for field in ("batch_size", "eval_batch_size", "steps_per_call", "log_every_steps",

@@ -7,8 +7,9 @@ The offline build reuses tfds' own `FashionMNIST` builder (same name, version, f
 parsing code); only the download step is replaced by verified local files. tfds writes into a
 temporary directory and renames it when complete, so a failed build never looks prepared.
 
-Also usable without TensorFlow: `read_idx_split` reads the raw IDX files with numpy alone
-(the GPU machine that runs `benchmarks/` has no TensorFlow).
+Without TensorFlow (the usual CUDA/TPU JAX image): `read_idx_splits` reads the verified IDX files
+with numpy alone and puts the examples in tfds' own order (tfds sorts each split by the MD5 of
+the split name and the example's index), so both paths give the same arrays.
 
 Command line: `python -m fmnist_jax.dataset --prepare [--data_dir D] [--idx_dir I]`.
 """
@@ -18,12 +19,15 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import importlib.util
 import os
 import pathlib
 import tempfile
 from typing import Mapping
 
 import numpy as np
+
+from fmnist_jax.errors import DataError  # re-exported: dataset.DataError
 
 DATASET_NAME = "fashion_mnist"
 CLASS_NAMES = (
@@ -50,8 +54,15 @@ IDX_SHA256 = {
 _IDX_MAGIC = {3: 2051, 1: 2049}  # number of dimensions -> magic number
 
 
-class DataError(RuntimeError):
-  """Missing, corrupt or unusable data; the message says what to do."""
+
+
+def tensorflow_available() -> bool:
+  """Whether tfds (and the TensorFlow it needs) can be imported here."""
+  try:
+    return all(importlib.util.find_spec(name) is not None
+               for name in ("tensorflow", "tensorflow_datasets"))
+  except (ImportError, ValueError):  # a module set to None in sys.modules, e.g. by tests
+    return False
 
 
 def default_data_dir(data_dir: str = "") -> str:
@@ -134,17 +145,35 @@ def verify_idx_files(idx_dir: pathlib.Path,
   return contents
 
 
-def read_idx_split(split: str, idx_dir: str = "",
-                   checksums: Mapping[str, str] | None = None) -> tuple[np.ndarray, np.ndarray]:
-  """(images uint8 [N,28,28,1], labels int32 [N]) for 'train' or 'test', from IDX files, no TF."""
+def tfds_order(split: str, count: int) -> np.ndarray:
+  """The file indices of a split in the order tfds stores them: sorted by md5(split + index)
+  (tfds.core.hashing, with the split name as salt)."""
+  salt = hashlib.md5(split.encode())
+
+  def key(index):
+    md5 = salt.copy()
+    md5.update(str(index).encode())
+    return int(md5.hexdigest(), 16)
+  return np.array(sorted(range(count), key=key))
+
+
+def read_idx_splits(idx_dir: str = "", checksums: Mapping[str, str] | None = None
+                    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """{'train', 'test'}: (images uint8 [N,28,28,1], labels int32 [N]) from the verified IDX
+  files, in tfds' order: the arrays `tfds.load` gives. Needs numpy only."""
   directory = find_idx_dir(idx_dir)
   if directory is None:
     raise DataError("No Fashion-MNIST IDX files found: set config.idx_dir or $FMNIST_IDX_DIR, "
-                    "or install Debian's dataset-fashion-mnist.")
+                    "or install Debian's dataset-fashion-mnist (or install tensorflow-datasets "
+                    "to download them).")
   raw = verify_idx_files(directory, checksums)
-  images = parse_idx(raw[f"{split}_data"], directory / IDX_FILES[f"{split}_data"])
-  labels = parse_idx(raw[f"{split}_labels"], directory / IDX_FILES[f"{split}_labels"])
-  return images[..., None], labels.astype(np.int32)
+  splits = {}
+  for split in ("train", "test"):
+    images = parse_idx(raw[f"{split}_data"], directory / IDX_FILES[f"{split}_data"])
+    labels = parse_idx(raw[f"{split}_labels"], directory / IDX_FILES[f"{split}_labels"])
+    order = tfds_order(split, len(labels))
+    splits[split] = images[order][..., None], labels[order].astype(np.int32)
+  return splits
 
 
 # ---------------------------------------------------------------------------------------------

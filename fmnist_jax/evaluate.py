@@ -1,53 +1,32 @@
-"""Metrics over a whole split: predictions, classification report, confusion matrix."""
+"""Metrics of a saved checkpoint over a whole split: predictions, classification report,
+confusion matrix. Reads a workdir (fmnist_jax.workdir) and its checkpoints; never trains."""
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 import jax
-import ml_collections
 import numpy as np
 from sklearn import metrics as skmetrics
 
-from fmnist_jax import checkpointing, input_pipeline, models, run_info, train
+from fmnist_jax import checkpointing, models, state as state_lib, workdir as workdir_lib
 from fmnist_jax.dataset import CLASS_NAMES
+from fmnist_jax.errors import ReportError  # re-exported: evaluate.ReportError
 from fmnist_jax.parallel import Parallelism
-
-
-class ReportError(RuntimeError):
-  """A workdir that cannot be reported on; the message says why."""
-
-
-def load_workdir_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
-  path = workdir / "config.json"
-  if not path.exists():
-    raise ReportError(f"{workdir} has no config.json: it is not a fmnist_jax workdir "
-                      "(train into it with `python -m fmnist_jax.main --workdir ...`).")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
-
-
-def load_metrics(workdir: pathlib.Path) -> list[dict]:
-  """run_info.read_metrics, with an error when the run recorded no evaluation yet."""
-  rows = run_info.read_metrics(workdir)
-  if not rows:
-    raise ReportError(f"{workdir} has no metrics.jsonl (or it is empty): the run recorded no "
-                      "evaluation yet. Train at least one epoch first.")
-  return rows
 
 
 def restore_params(workdir: pathlib.Path, config, which: str = "last"):
   """Parameters of the latest ('last') or best-by-validation ('best') checkpoint, with its step."""
-  model = models.create_model(config, conv_impl="xla")  # the inference form, as in training
-  tx = train.create_optimizer(config, train.create_learning_rate_fn(config, 1, 1))
+  workdir = pathlib.Path(workdir)
   state = Parallelism("jit", jax.devices()[:1]).replicate(
-      train.create_train_state(config, model, tx))
-  directory = workdir / "checkpoints"
+      state_lib.initial_state(config, conv_impl="xla"))  # the inference form, as in training
+  model = models.create_model(config, conv_impl="xla")
+  directory = workdir / workdir_lib.CHECKPOINTS
   if not directory.is_dir():
     raise ReportError(f"{workdir} has no checkpoints/ directory: nothing to evaluate.")
   ckpt = checkpointing.Checkpointer(directory, config, read_only=True)
   try:
-    step = ckpt.best_step() if which == "best" else ckpt.manager.latest_step()
+    step = ckpt.best_step() if which == "best" else ckpt.latest_step()
     if step is None:
       raise ReportError(f"{directory} holds no {which} checkpoint"
                         + (" (best needs validation metrics: validation_size > 0)."
@@ -63,7 +42,7 @@ def predict(model, params, images: np.ndarray, batch_size: int = 1000, *,
   """Class probabilities [N, 10] for uint8 images (the same logits as the training loop's eval)."""
   @jax.jit
   def probabilities(batch):
-    logits = models.inference_logits(model.apply, params, input_pipeline.normalize(batch),
+    logits = models.inference_logits(model.apply, params, models.normalize(batch),
                                      flip_average=flip_average)
     return jax.nn.softmax(logits)
   return np.concatenate([np.asarray(probabilities(images[i:i + batch_size]))

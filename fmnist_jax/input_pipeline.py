@@ -9,7 +9,12 @@ epoch is a pure function of (seed, epoch), so a resumed run sees exactly the sam
             and each step a gather on device. No host work per step beyond a few indices.
 
 Each train batch has a leading `steps` axis: (steps_per_call, batch, ...) so several steps can
-run inside one compiled call. Images stay uint8 until the step calls `normalize` on device.
+run inside one compiled call. Every call gets exactly steps_per_call steps (an epoch's last call
+is padded) and the number that count, so one compiled program serves the whole run. Images stay
+uint8 until the step calls `models.normalize` on device.
+
+The arrays come from tfds when TensorFlow is installed, else from the verified IDX files in
+tfds' order (`dataset.read_idx_splits`): the same arrays either way.
 
 Evaluation: the whole split, padded to full batches with a `mask`, so every example counts
 exactly once on any number of devices or processes.
@@ -21,18 +26,13 @@ import math
 from typing import Iterator
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from fmnist_jax import dataset
+from fmnist_jax.errors import ConfigError
 from fmnist_jax.parallel import Parallelism
 
 INPUT_MODES = ("device", "tfds")
-
-
-def normalize(images):
-  """uint8 [0, 255] -> float32 [0, 1], on device."""
-  return images.astype(jnp.float32) / 255.0
 
 
 def split_names(validation_size: int) -> dict[str, str]:
@@ -54,7 +54,8 @@ def epoch_order(seed: int, epoch: int, num_examples: int, steps: int, batch_size
 
 
 class DeviceTrainData:
-  """The training split resident on the devices; one gather per compiled call."""
+  """The training split resident on the devices. Each epoch's order is sent to the devices
+  once; each call is one gather of its steps' batches, on device."""
 
   def __init__(self, images: np.ndarray, labels: np.ndarray, par: Parallelism,
                batch_size: int, seed: int):
@@ -63,16 +64,23 @@ class DeviceTrainData:
     self.steps_per_epoch = self.num_examples // batch_size
     self.data = par.replicate({"image": images, "label": labels})
 
-    def gather(data, index):
+    def gather(data, order, start, steps: int):
+      index = jax.lax.dynamic_slice_in_dim(order, start, steps)
       return jax.tree.map(lambda x: par.batch_layout(x[index], batch_axis=1), data)
-    self._gather = jax.jit(gather)
+    self.gather = jax.jit(gather, static_argnums=3)
 
-  def batches(self, epoch: int, first_step: int, steps_per_call: int) -> Iterator:
+  def epoch_order(self, epoch: int, pad_steps: int = 0):
+    """The epoch's batches of indices on the devices, with `pad_steps` rows of zeros after."""
     order = epoch_order(self.seed, epoch, self.num_examples, self.steps_per_epoch,
                         self.batch_size)
+    return self.par.replicate(np.pad(order, ((0, pad_steps), (0, 0))))
+
+  def batches(self, epoch: int, first_step: int, steps_per_call: int) -> Iterator:
+    """(batches with steps_per_call steps, how many of them are the epoch's) per call."""
+    order = self.epoch_order(epoch, steps_per_call - 1)
     for start in range(first_step, self.steps_per_epoch, steps_per_call):
-      index = self.par.replicate(order[start:start + steps_per_call])
-      yield self._gather(self.data, index)
+      yield (self.gather(self.data, order, start, steps_per_call),
+             min(steps_per_call, self.steps_per_epoch - start))
 
 
 class TfdsTrainData:
@@ -99,7 +107,10 @@ class TfdsTrainData:
     ds = ds.batch(self.local_batch_size, drop_remainder=True).take(self.steps_per_epoch)
     ds = ds.skip(first_step).batch(steps_per_call).prefetch(tf.data.AUTOTUNE)
     for images, labels in tfds.as_numpy(ds):
-      yield self.par.shard({"image": images, "label": labels.astype(np.int32)}, batch_axis=1)
+      num = len(images)
+      pad = ((0, steps_per_call - num),) + ((0, 0),) * (images.ndim - 1)
+      batch = {"image": np.pad(images, pad), "label": np.pad(labels.astype(np.int32), pad[:2])}
+      yield self.par.shard(batch, batch_axis=1), num
 
 
 def eval_batches(images: np.ndarray, labels: np.ndarray, par: Parallelism,
@@ -121,10 +132,27 @@ def eval_batches(images: np.ndarray, labels: np.ndarray, par: Parallelism,
 
 
 def load_splits(config) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-  """train/val/test as in-memory arrays (tfds, prepared offline if needed)."""
-  data_dir = dataset.prepare(config.data_dir, config.idx_dir)
-  return {name: dataset.load_arrays(data_dir, split)
-          for name, split in split_names(config.validation_size).items()}
+  """train/val/test as in-memory arrays: tfds (prepared offline if needed) where TensorFlow is
+  installed, else the verified IDX files in tfds' order."""
+  if dataset.tensorflow_available():
+    data_dir = dataset.prepare(config.data_dir, config.idx_dir)
+    return {name: dataset.load_arrays(data_dir, split)
+            for name, split in split_names(config.validation_size).items()}
+  arrays = dataset.read_idx_splits(config.idx_dir)
+  images, labels = arrays["train"]
+  size = dataset.NUM_TRAIN - config.validation_size
+  splits = {"train": (images[:size], labels[:size]), "test": arrays["test"]}
+  if config.validation_size:
+    splits["val"] = (images[size:], labels[size:])
+  return splits
+
+
+def check_input_mode(config) -> None:
+  """input_mode=tfds streams through tf.data: a clear error, before any work, without it."""
+  if config.input_mode == "tfds" and not dataset.tensorflow_available():
+    raise ConfigError("input_mode='tfds' streams through tf.data, and tensorflow / "
+                      "tensorflow-datasets are not installed: `pip install tensorflow-cpu "
+                      "tensorflow-datasets`, or use --config.input_mode=device (the default).")
 
 
 def create_train_data(config, par: Parallelism, splits):

@@ -3,6 +3,8 @@
 Multi-process (several hosts, or several processes on one): pass --coordinator_address,
 --num_processes and --process_id, or --distributed to let jax detect them (TPU pods, SLURM,
 Open MPI). Override config fields with `--config.batch_size=512`.
+
+Trains (fmnist_jax.train), then writes the report (fmnist_jax.report) into WORKDIR/report/.
 """
 
 import logging as std_logging
@@ -44,22 +46,56 @@ class _QuietLibraries(std_logging.Filter):
     return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
 
 
+def configure_compilation_cache(cache_dir: str) -> str | None:
+  """JAX's persistent compilation cache, so that a repeated or resumed run skips XLA's
+  compilation: $JAX_COMPILATION_CACHE_DIR if set, else config.compilation_cache_dir ("" turns
+  it off). Every program is cached, however fast it compiled. Returns the directory used."""
+  import jax
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return os.environ["JAX_COMPILATION_CACHE_DIR"]  # jax reads it itself
+  if not cache_dir:
+    return None
+  cache_dir = os.path.expanduser(cache_dir)
+  jax.config.update("jax_compilation_cache_dir", cache_dir)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  return cache_dir
+
+
+def train_and_report(config, workdir: str) -> None:
+  """Trains, then writes the report (process 0 of a one-process run; several processes: the
+  report is one command away)."""
+  import jax
+  from fmnist_jax import train
+  train.train_and_evaluate(config, workdir)
+  if not config.write_report or jax.process_index() != 0:
+    return
+  if jax.process_count() > 1:
+    logging.info("multi-process run: write the report with "
+                 "`python -m fmnist_jax.report --workdir %s`", workdir)
+    return
+  from fmnist_jax import report  # matplotlib and scikit-learn only when needed
+  logging.info("report written to %s", report.write_report(workdir))
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
   initialize_distributed()
   import jax
-  from fmnist_jax import checkpointing, configuration, dataset, train
+  from fmnist_jax import train
+  from fmnist_jax.errors import FmnistError
   logging.info("JAX process %d/%d, %d local devices: %s", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.local_devices())
+  cache = configure_compilation_cache(FLAGS.config.get("compilation_cache_dir", ""))
+  logging.info("compilation cache: %s", cache or "off")
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    train_and_report(FLAGS.config, FLAGS.workdir)
   except train.Preempted as e:
     logging.warning("%s", e)
     sys.exit(e.exit_code)
-  except (configuration.ConfigError, dataset.DataError, checkpointing.CheckpointError,
-          train.NonFiniteError, OSError) as e:
+  except (FmnistError, OSError) as e:
     logging.error("%s", e)
     sys.exit(f"error: {e}")
 

@@ -1,6 +1,6 @@
 """The only module that knows `jit` over a Mesh from `pmap`.
 
-Both modes wrap the *same* step functions from train.py and look the same from outside:
+Both modes wrap the *same* step functions from steps.py and look the same from outside:
 
 - the train state is a global, replicated array tree (so checkpoints hold plain global arrays
   and restore on any device count);
@@ -25,7 +25,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from fmnist_jax.configuration import ConfigError
+from fmnist_jax.errors import ConfigError
 
 AXIS = "data"
 MODES = ("jit", "pmap")
@@ -128,22 +128,24 @@ class Parallelism:
       return fn
     return lambda *args: jax.block_until_ready(fn(*args))
 
-  def compile_train(self, step_fn: Callable[..., Any], batch_axis: int = 1):
-    """step_fn(state, batch, *, axis_name) -> (state, metrics); state donated."""
+  def compile_train(self, step_fn: Callable[..., Any], batch_axis: int = 1,
+                    num_extra: int = 0):
+    """step_fn(state, batch, *extra, axis_name) -> outputs; the state is donated, the `extra`
+    arguments and all outputs are replicated (e.g. (state, metrics))."""
+    extra = (None,) * num_extra
     if self.mode == "pmap":
       step = jax.pmap(functools.partial(step_fn, axis_name=AXIS), axis_name=AXIS,
-                      in_axes=(None, batch_axis), out_axes=(None, None), donate_argnums=0,
+                      in_axes=(None, batch_axis) + extra, out_axes=None, donate_argnums=0,
                       devices=self.devices)
 
-      def global_step(state, batch):
-        state, metrics = step(state, batch)
-        return jax.tree.map(self._global_replica, state), metrics
+      def global_step(*args):
+        return jax.tree.map(self._global_replica, step(*args))
       return self._dispatch(global_step)
     batch_sharding = NamedSharding(self.mesh, self._batch_spec(batch_axis))
-    return self._dispatch(jax.jit(functools.partial(step_fn, axis_name=None),
-                                  in_shardings=(self.replicated, batch_sharding),
-                                  out_shardings=(self.replicated, self.replicated),
-                                  donate_argnums=0))
+    return self._dispatch(jax.jit(
+        functools.partial(step_fn, axis_name=None),
+        in_shardings=(self.replicated, batch_sharding) + (self.replicated,) * num_extra,
+        out_shardings=self.replicated, donate_argnums=0))
 
   def compile_eval(self, eval_fn: Callable[..., Any], batch_axis: int = 0):
     """eval_fn(params, batch, *, axis_name) -> summed metrics."""

@@ -17,8 +17,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fmnist_jax import evaluate, input_pipeline  # noqa: E402
+from fmnist_jax import checkpointing, evaluate, input_pipeline  # noqa: E402
+from fmnist_jax import workdir as workdir_lib  # noqa: E402
 from fmnist_jax.dataset import CLASS_NAMES  # noqa: E402
+from fmnist_jax.errors import FmnistError  # noqa: E402
 
 SHORT_NAMES = ("T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                "Bag", "Boot")
@@ -134,10 +136,9 @@ def _class_table(report: dict) -> list[str]:
 
 
 def _best_step(workdir: pathlib.Path, config):
-  from fmnist_jax import checkpointing
-  if not (workdir / "checkpoints").is_dir():
+  if not (workdir / workdir_lib.CHECKPOINTS).is_dir():
     return None
-  ckpt = checkpointing.Checkpointer(workdir / "checkpoints", config, read_only=True)
+  ckpt = checkpointing.Checkpointer(workdir / workdir_lib.CHECKPOINTS, config, read_only=True)
   try:
     return ckpt.best_step()
   finally:
@@ -149,9 +150,9 @@ def _best_step(workdir: pathlib.Path, config):
 def write_report(workdir: str, splits: dict | None = None) -> pathlib.Path:
   """Writes WORKDIR/report/; returns its path. `splits` (name -> arrays) saves a reload."""
   workdir = pathlib.Path(workdir)
-  config = evaluate.load_workdir_config(workdir)
-  rows = evaluate.load_metrics(workdir)
-  out = workdir / "report"
+  config = workdir_lib.read_config(workdir)
+  rows = workdir_lib.read_metrics(workdir, required=True)
+  out = workdir / workdir_lib.REPORT
   out.mkdir(exist_ok=True)
   if splits is None:
     splits = input_pipeline.load_splits(config)
@@ -233,7 +234,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
   try:
     out = write_report(args.workdir)
-  except evaluate.ReportError as e:
+  except FmnistError as e:
     sys.exit(f"error: {e}")
   print(f"report written to {out}/report.md")
 

@@ -6,7 +6,6 @@ import hashlib
 import os
 import pathlib
 import shutil
-import sys
 import tempfile
 
 import numpy as np
@@ -86,7 +85,6 @@ def small_splits(monkeypatch):
 
 
 def tiny_config(**overrides):
-  sys.path.insert(0, str(ROOT))
   from configs import tiny
   config = tiny.get_config()
   config.update(overrides)

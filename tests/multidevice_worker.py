@@ -12,27 +12,25 @@ import jax
 import numpy as np
 
 from conftest import synthetic_arrays, tiny_config
-from fmnist_jax import input_pipeline, models, train
+from fmnist_jax import input_pipeline, models, state as state_lib, steps, train
 from fmnist_jax.parallel import Parallelism
 
 
-def train_params(mode, devices, dropout, steps=6, steps_per_call=2):
+def train_params(mode, devices, dropout, num_steps=6, steps_per_call=2):
   """With `dropout`, also on-device augmentation: both random, both drawn for the global batch.
   Two micro-batches per step: each chunk spans all devices."""
   config = tiny_config(batch_size=32, dropout_rates=(0.3, 0.3, 0.3) if dropout else (0, 0, 0))
-  options = train.StepOptions(microbatches=2, translate=2 if dropout else 0, flip=dropout)
+  options = steps.StepOptions(microbatches=2, translate=2 if dropout else 0, flip=dropout)
   par = Parallelism(mode, devices)
-  model = models.create_model(config)
-  tx = train.create_optimizer(config, train.create_learning_rate_fn(config, 6, 6))
-  state = par.replicate(train.create_train_state(config, model, tx))
+  state = par.replicate(state_lib.initial_state(config, 6, 6))
   images, labels = synthetic_arrays(200, seed=1)
   data = input_pipeline.DeviceTrainData(images, labels, par, config.batch_size, config.seed)
-  step_fn = par.compile_train(functools.partial(train.train_steps, options=options))
+  step_fn = par.compile_train(functools.partial(steps.train_steps, options=options))
   losses = []
-  for batches in data.batches(epoch=0, first_step=0, steps_per_call=steps_per_call):
+  for batches, _ in data.batches(epoch=0, first_step=0, steps_per_call=steps_per_call):
     state, metrics = step_fn(state, batches)
     losses.append(float(par.to_host(metrics)["loss"]))
-    if int(par.to_host(state.step)) >= steps:
+    if int(par.to_host(state.step)) >= num_steps:
       break
   return [np.asarray(x).tolist() for x in jax.tree.leaves(par.to_host(state.params))], losses
 
@@ -41,11 +39,11 @@ def eval_metrics(mode, devices, count=75, batch_size=16):
   config = tiny_config()
   par = Parallelism(mode, devices)
   model = models.create_model(config)
-  state = train.create_train_state(config, model, train.create_optimizer(config, 1e-3))
+  state = state_lib.initial_state(config)
   images, labels = synthetic_arrays(count, seed=4)
   batches = input_pipeline.eval_batches(images, labels, par, batch_size)
-  eval_fn = par.compile_eval(functools.partial(train.eval_step, apply_fn=model.apply))
-  return train.evaluate(eval_fn, par.replicate(state.params), batches, par)
+  eval_fn = par.compile_eval(functools.partial(steps.eval_step, apply_fn=model.apply))
+  return train.eval_metrics(eval_fn, par.replicate(state.params), {"x": batches}, par)["x"]
 
 
 def main():

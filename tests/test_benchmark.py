@@ -100,7 +100,7 @@ def test_time_to_accuracy_benchmark_reports_the_target(synthetic_tfds, tmp_path)
 def test_peer_comparison_runs_side_by_side(tmp_path, peers):
   out = tmp_path / "peers.json"
   result = subprocess.run(
-      [sys.executable, "-m", "benchmarks.peers.compare", "--json", str(out), "--rounds", "1",
+      [sys.executable, "-m", "benchmarks.peers.side_by_side", "--json", str(out), "--rounds", "1",
        "--peers", *peers, "--batch-sizes", "32", "--train-images", "640",
        "--eval-images", "640"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)

@@ -2,15 +2,13 @@ import jax
 import numpy as np
 
 from conftest import tiny_config
-from fmnist_jax import checkpointing, models, train
+from fmnist_jax import checkpointing, state as state_lib, steps
 from fmnist_jax.parallel import Parallelism
 
 
 def _state(config, seed=0):
   config.seed = seed
-  model = models.create_model(config)
-  tx = train.create_optimizer(config, train.create_learning_rate_fn(config, 10, 100))
-  return Parallelism("jit").replicate(train.create_train_state(config, model, tx))
+  return Parallelism("jit").replicate(state_lib.initial_state(config, 10, 100))
 
 
 def _assert_same(a, b):
@@ -22,7 +20,7 @@ def test_save_then_restore_gives_the_identical_state(tmp_path):
   config = tiny_config(async_checkpointing=True)
   state = _state(config)
   batch = {"image": np.full((16, 28, 28, 1), 128, np.uint8), "label": np.arange(16) % 10}
-  state, _ = jax.jit(train.train_step)(state, batch)  # non-trivial optimizer state
+  state, _ = jax.jit(steps.train_step)(state, batch)  # non-trivial optimizer state
   ckpt = checkpointing.Checkpointer(tmp_path, config)
   ckpt.save(1, state)
   ckpt.close()

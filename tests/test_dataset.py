@@ -47,10 +47,30 @@ def test_explicit_idx_dir_with_missing_files_says_which(tmp_path):
 
 def test_read_idx_split_without_tensorflow(tmp_path):
   checksums = write_idx_dir(tmp_path, 30, 12, compress=True)
-  images, labels = dataset.read_idx_split("test", str(tmp_path), checksums)
+  images, labels = dataset.read_idx_splits(str(tmp_path), checksums)["test"]
   expected_images, expected_labels = synthetic_arrays(12, seed=2)
-  np.testing.assert_array_equal(images, expected_images)
-  np.testing.assert_array_equal(labels, expected_labels)
+  order = dataset.tfds_order("test", 12)  # tfds' order: a fixed permutation of the file's
+  assert sorted(order.tolist()) == list(range(12)) and order.tolist() != list(range(12))
+  np.testing.assert_array_equal(images, expected_images[order])
+  np.testing.assert_array_equal(labels, expected_labels[order])
+
+
+def test_idx_reader_gives_the_arrays_tfds_gives(synthetic_tfds):
+  """Without TensorFlow the splits come from the IDX files: the same arrays, in the same order,
+  as tfds.load of the dataset prepared from those files."""
+  from fmnist_jax import input_pipeline
+  from conftest import tiny_config
+  config = tiny_config(data_dir=synthetic_tfds["data_dir"], validation_size=5000)
+  from_tfds = input_pipeline.load_splits(config)
+  idx = dataset.read_idx_splits(str(synthetic_tfds["idx_dir"]), synthetic_tfds["checksums"])
+  train_images, train_labels = idx["train"]
+  from_idx = {"train": (train_images[:55_000], train_labels[:55_000]),
+              "val": (train_images[55_000:], train_labels[55_000:]), "test": idx["test"]}
+  assert set(from_tfds) == set(from_idx)
+  for name, (images, labels) in from_tfds.items():
+    np.testing.assert_array_equal(images, from_idx[name][0])
+    np.testing.assert_array_equal(labels, from_idx[name][1])
+    assert labels.dtype == from_idx[name][1].dtype == np.int32
 
 
 def test_offline_build_gives_a_standard_tfds_dataset(synthetic_tfds):

@@ -17,14 +17,12 @@ import optax
 import pytest
 
 from conftest import ROOT, synthetic_arrays, tiny_config
-from fmnist_jax import checkpointing, models, train
+from fmnist_jax import checkpointing, errors, state as state_lib, steps, train
 from fmnist_jax.parallel import Parallelism
 
 
 def _state(config):
-  model = models.create_model(config)
-  tx = train.create_optimizer(config, train.create_learning_rate_fn(config, 1, 1))
-  return Parallelism("jit").replicate(train.create_train_state(config, model, tx))
+  return Parallelism("jit").replicate(state_lib.initial_state(config))
 
 
 def _restore(workdir, config, step=None):
@@ -198,7 +196,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(small_
   # An absurd learning rate blows the parameters up to inf within a few steps.
   exploding = tiny_config(num_train_steps=24, learning_rate=1e30,
                           checkpoint_every_steps=2, steps_per_call=1)
-  with pytest.raises(train.NonFiniteError, match=r"non-finite loss or gradient in steps \d+"):
+  with pytest.raises(errors.NonFiniteError, match=r"non-finite loss or gradient in steps \d+"):
     train.train_and_evaluate(exploding, str(tmp_path))
   steps = checkpointing.Checkpointer(tmp_path / "checkpoints", tiny_config(),
                                      read_only=True).manager.all_steps()
@@ -211,13 +209,12 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(small_
 
 def test_skip_nonfinite_updates_drops_the_update():
   config = tiny_config(skip_nonfinite_updates=True, dropout_rates=(0.0, 0.0, 0.0))
-  model = models.create_model(config)
-  state = train.create_train_state(config, model, train.create_optimizer(config, 1e-3))
+  state = state_lib.initial_state(config)
   params = jax.tree.map(lambda x: x, state.params)
   params["logits"]["bias"] = params["logits"]["bias"].at[0].set(jnp.nan)
   state = state.replace(params=params)
   images, labels = synthetic_arrays(16)
-  new, metrics = jax.jit(train.train_step)(state, {"image": images, "label": labels})
+  new, metrics = jax.jit(steps.train_step)(state, {"image": images, "label": labels})
   assert int(metrics["nonfinite"]) == 1 and int(metrics["count"]) == 0
   for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # NaN == NaN here

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, tiny_config
-from fmnist_jax import checkpointing, input_pipeline, models, train
+from fmnist_jax import checkpointing, input_pipeline, state as state_lib, train
 from fmnist_jax.parallel import Parallelism
 
 REQUIRED = {"step", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
@@ -24,9 +24,7 @@ def _metrics(workdir):
 
 
 def _final_params(workdir, config):
-  model = models.create_model(config)
-  tx = train.create_optimizer(config, train.create_learning_rate_fn(config, 1, 1))
-  state = Parallelism("jit").replicate(train.create_train_state(config, model, tx))
+  state = Parallelism("jit").replicate(state_lib.initial_state(config))
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), config)
   state = ckpt.restore_latest(state)
   ckpt.close()
@@ -79,11 +77,11 @@ def test_tfds_streaming_order_is_reproducible_and_resumable(synthetic_tfds):
   data = input_pipeline.TfdsTrainData(synthetic_tfds["data_dir"], "train[:400]", par,
                                       batch_size=32, seed=0)
   assert data.steps_per_epoch == 12
-  first = [np.asarray(b["label"]) for b in data.batches(epoch=0, first_step=0, steps_per_call=1)]
-  again = [np.asarray(b["label"]) for b in data.batches(epoch=0, first_step=5, steps_per_call=1)]
+  first = [np.asarray(b["label"]) for b, _ in data.batches(epoch=0, first_step=0, steps_per_call=1)]
+  again = [np.asarray(b["label"]) for b, _ in data.batches(epoch=0, first_step=5, steps_per_call=1)]
   assert len(first) == 12 and first[0].shape == (1, 32)
   np.testing.assert_array_equal(np.concatenate(first[5:]), np.concatenate(again))
-  other = [np.asarray(b["label"]) for b in data.batches(epoch=1, first_step=0, steps_per_call=4)]
+  other = [np.asarray(b["label"]) for b, _ in data.batches(epoch=1, first_step=0, steps_per_call=4)]
   assert [o.shape for o in other] == [(4, 32)] * 3
   assert not np.array_equal(np.concatenate(first).ravel(), np.concatenate(other).ravel())
 

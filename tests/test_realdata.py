@@ -30,6 +30,6 @@ def test_a_few_steps_on_the_real_data_learn_and_count_every_example(tmp_path):
 def test_the_real_idx_files_match_the_known_checksums():
   if dataset.find_idx_dir() is None:
     pytest.skip("real Fashion-MNIST IDX files not available")
-  images, labels = dataset.read_idx_split("test")
+  images, labels = dataset.read_idx_splits()["test"]
   assert images.shape == (10_000, 28, 28, 1)
   assert sorted(set(labels.tolist())) == list(range(10))

@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from conftest import synthetic_arrays, tiny_config
-from fmnist_jax import augment, evaluate, models, train
+from fmnist_jax import augment, evaluate, models, state as state_lib, steps, train
 
 
 def _images(count=16, seed=0):
@@ -47,24 +47,23 @@ def test_augmentations_keep_shape_dtype_and_content():
 def test_no_augmentation_is_the_identity_and_eval_never_augments():
   images = _images()
   np.testing.assert_array_equal(augment.augment(jax.random.PRNGKey(1), images), images)
-  assert not train.StepOptions().augments
+  assert not steps.StepOptions().augments
   config = tiny_config(augment_translate=2, augment_flip=True)
-  assert train.StepOptions.from_config(config).augments
+  assert steps.StepOptions.from_config(config).augments
   # eval_step takes no options: the same parameters give the same metrics whatever the recipe.
   model = models.create_model(config)
-  tx = train.create_optimizer(config, 1e-3)
-  state = train.create_train_state(config, model, tx)
+  state = state_lib.initial_state(config)
   images, labels = synthetic_arrays(32)
   batch = {"image": images, "label": labels, "mask": np.ones(32, np.float32)}
-  a = train.eval_step(state.params, batch, apply_fn=model.apply)
-  b = train.eval_step(state.params, batch, apply_fn=model.apply)
+  a = steps.eval_step(state.params, batch, apply_fn=model.apply)
+  b = steps.eval_step(state.params, batch, apply_fn=model.apply)
   assert float(a["loss"]) == float(b["loss"])
 
 
 def test_flip_average_is_mirror_invariant_and_averages_log_probabilities():
   config = tiny_config()
   model = models.create_model(config)
-  params = train.create_train_state(config, model, train.create_optimizer(config, 1e-3)).params
+  params = state_lib.initial_state(config).params
   images = jnp.asarray(np.random.default_rng(0).normal(size=(8, 28, 28, 1)), jnp.float32)
   mirrored = images[:, :, ::-1, :]
   plain = models.inference_logits(model.apply, params, images)
@@ -81,7 +80,7 @@ def test_flip_average_is_mirror_invariant_and_averages_log_probabilities():
   # eval_step and the report's predict use the same averaged logits.
   uint8_images, labels = synthetic_arrays(32)
   batch = {"image": uint8_images, "label": labels, "mask": np.ones(32, np.float32)}
-  metrics = train.eval_step(params, batch, apply_fn=model.apply, flip_average=True)
+  metrics = steps.eval_step(params, batch, apply_fn=model.apply, flip_average=True)
   probabilities = evaluate.predict(model, params, uint8_images, flip_average=True)
   assert int(metrics["correct"]) == int(np.sum(probabilities.argmax(-1) == labels))
   assert int(metrics["count"]) == 32
@@ -89,13 +88,13 @@ def test_flip_average_is_mirror_invariant_and_averages_log_probabilities():
 
 def test_warmup_cosine_schedule_values():
   config = tiny_config(schedule="warmup_cosine", warmup_epochs=2.0, learning_rate=2e-3)
-  lr = train.create_learning_rate_fn(config, steps_per_epoch=10, total_steps=120)
+  lr = state_lib.create_learning_rate_fn(config, steps_per_epoch=10, total_steps=120)
   assert float(lr(0)) == 0.0
   assert float(lr(10)) == pytest.approx(1e-3)          # halfway through the warm-up
   assert float(lr(20)) == pytest.approx(2e-3)          # the peak
   assert float(lr(70)) == pytest.approx(1e-3, rel=1e-5)  # the cosine's midpoint
   assert float(lr(120)) == pytest.approx(0.0, abs=1e-9)
-  cosine = train.create_learning_rate_fn(tiny_config(schedule="cosine"), 10, 100)
+  cosine = state_lib.create_learning_rate_fn(tiny_config(schedule="cosine"), 10, 100)
   assert float(cosine(50)) == pytest.approx(5e-4)
 
 
@@ -104,22 +103,22 @@ def test_label_smoothing_loss_matches_the_formula():
   labels = jnp.array([0])
   log_p = np.asarray(jax.nn.log_softmax(logits))[0]
   expected = -(0.9 + 0.1 / 3) * log_p[0] - (0.1 / 3) * (log_p[1] + log_p[2])
-  assert float(train.cross_entropy(logits, labels, 0.1)[0]) == pytest.approx(expected, rel=1e-6)
-  assert float(train.cross_entropy(logits, labels)[0]) == pytest.approx(-log_p[0], rel=1e-6)
+  assert float(steps.cross_entropy(logits, labels, 0.1)[0]) == pytest.approx(expected, rel=1e-6)
+  assert float(steps.cross_entropy(logits, labels)[0]) == pytest.approx(-log_p[0], rel=1e-6)
 
 
 def _state_and_batch(ema_decay=0.0, dropout=(0.0, 0.0, 0.0)):
   config = tiny_config(ema_decay=ema_decay, dropout_rates=dropout)
   model = models.create_model(config, conv_impl="xla")
-  state = train.create_train_state(config, model, optax.adam(1e-2))
+  state = state_lib.create_train_state(config, model, optax.adam(1e-2))
   images, labels = synthetic_arrays(32, seed=4)
   return state, {"image": jnp.asarray(images), "label": jnp.asarray(labels)}
 
 
 def test_microbatches_give_the_same_update_as_the_whole_batch():
   state, batch = _state_and_batch()
-  whole, m1 = jax.jit(train.train_step)(state, batch)
-  step4 = jax.jit(lambda s, b: train.train_step(s, b, options=train.StepOptions(microbatches=4)))
+  whole, m1 = jax.jit(steps.train_step)(state, batch)
+  step4 = jax.jit(lambda s, b: steps.train_step(s, b, options=steps.StepOptions(microbatches=4)))
   chunked, m4 = step4(state, batch)
   for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(chunked.params)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -129,8 +128,8 @@ def test_microbatches_give_the_same_update_as_the_whole_batch():
 
 def test_ema_follows_the_parameters_with_a_warmed_up_decay():
   state, batch = _state_and_batch(ema_decay=0.99)
-  options = train.StepOptions(ema_decay=0.99)
-  step = jax.jit(lambda s, b: train.train_step(s, b, options=options))
+  options = steps.StepOptions(ema_decay=0.99)
+  step = jax.jit(lambda s, b: steps.train_step(s, b, options=options))
   new, _ = step(state, batch)
   # First step: decay = min(0.99, 1/10) = 0.1, so ema = 0.1 * init + 0.9 * new params.
   for e, p0, p1 in zip(jax.tree.leaves(new.ema_params), jax.tree.leaves(state.params),

@@ -7,14 +7,12 @@ import pytest
 
 from configs import default
 from conftest import synthetic_arrays, tiny_config
-from fmnist_jax import input_pipeline, models, train
+from fmnist_jax import input_pipeline, models, state as state_lib, steps, train
 from fmnist_jax.parallel import Parallelism
 
 
 def _state(config):
-  model = models.create_model(config)
-  tx = train.create_optimizer(config, train.create_learning_rate_fn(config, 10, 100))
-  return model, train.create_train_state(config, model, tx)
+  return models.create_model(config), state_lib.initial_state(config, 10, 100)
 
 
 def _batch(count, seed):
@@ -38,7 +36,7 @@ def exact_step_numbers():
   config = default.get_config()
   config.conv_impl = "xla"  # the stored numbers are lax.conv's (im2col agrees to ~1e-6)
   _, state = _state(config)
-  new_state, metrics = jax.jit(train.train_step)(state, _batch(8, seed=5))
+  new_state, metrics = jax.jit(steps.train_step)(state, _batch(8, seed=5))
   params = new_state.params
   return {
       "loss": float(metrics["loss"]) / 8,
@@ -64,7 +62,7 @@ def test_a_few_steps_overfit_a_tiny_batch():
   config = tiny_config(dropout_rates=(0.0, 0.0, 0.0), learning_rate=1e-2)
   _, state = _state(config)
   batch = _batch(16, seed=7)
-  step = jax.jit(train.train_step)
+  step = jax.jit(steps.train_step)
   losses = []
   for _ in range(40):
     state, metrics = step(state, batch)
@@ -77,11 +75,11 @@ def test_train_steps_scan_equals_single_steps():
   config = tiny_config()
   _, state = _state(config)
   batches = jax.tree.map(lambda x: x.reshape((3, 16) + x.shape[1:]), _batch(48, seed=9))
-  fused, fused_metrics = jax.jit(train.train_steps)(state, batches)
+  fused, fused_metrics = jax.jit(steps.train_steps)(state, batches)
   single = state
   total = 0.0
   for i in range(3):
-    single, metrics = jax.jit(train.train_step)(single, jax.tree.map(lambda x: x[i], batches))
+    single, metrics = jax.jit(steps.train_step)(single, jax.tree.map(lambda x: x[i], batches))
     total += float(metrics["loss"])
   assert int(fused.step) == int(single.step) == 3
   for a, b in zip(jax.tree.leaves(fused.params), jax.tree.leaves(single.params)):
@@ -94,7 +92,7 @@ def test_dropout_key_is_fold_in_of_the_step():
   config = tiny_config()
   _, state = _state(config)
   batch = _batch(16, seed=1)
-  step = jax.jit(train.train_step)
+  step = jax.jit(steps.train_step)
   a, _ = step(state, batch)
   b, _ = step(state, batch)
   for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
@@ -111,11 +109,11 @@ def test_eval_counts_every_example_exactly_once(count, batch_size):
   images, labels = synthetic_arrays(count, seed=4)
   par = Parallelism("jit")
   batches = input_pipeline.eval_batches(images, labels, par, batch_size)
-  eval_fn = par.compile_eval(functools.partial(train.eval_step, apply_fn=model.apply))
-  result = train.evaluate(eval_fn, state.params, batches, par)
+  eval_fn = par.compile_eval(functools.partial(steps.eval_step, apply_fn=model.apply))
+  result = train.eval_metrics(eval_fn, state.params, {"test": batches}, par)["test"]
   assert result["count"] == count
-  logits = model.apply({"params": state.params}, input_pipeline.normalize(images), train=False)
-  expected_loss = float(train.cross_entropy(logits, labels).mean())
+  logits = model.apply({"params": state.params}, models.normalize(images), train=False)
+  expected_loss = float(steps.cross_entropy(logits, labels).mean())
   expected_accuracy = float(np.mean(np.argmax(logits, -1) == labels))
   np.testing.assert_allclose(result["loss"], expected_loss, rtol=1e-5)
   assert result["accuracy"] == pytest.approx(expected_accuracy)
@@ -131,7 +129,7 @@ def test_host_sum_accumulates_in_pieces_like_in_one_go():
   pieces = train.host_sum(par, calls[3:], first)
   assert pieces == whole and whole["count"] == 112 and whole["correct"] == 21
   assert first == train.host_sum(par, calls[:3])  # the running sum passed in is not changed
-  assert train.summarize(pieces) == pytest.approx((2.1 / 112, 21 / 112))
+  assert steps.summarize(pieces) == pytest.approx((2.1 / 112, 21 / 112))
 
 
 @pytest.mark.parametrize("optimizer,schedule", [("adam", "constant"), ("adamw", "cosine"),
@@ -140,21 +138,21 @@ def test_every_optimizer_and_schedule_builds_and_steps(optimizer, schedule):
   config = tiny_config(optimizer=optimizer, schedule=schedule, warmup_epochs=1.0,
                        weight_decay=1e-4)
   _, state = _state(config)
-  new_state, metrics = jax.jit(train.train_step)(state, _batch(16, seed=2))
+  new_state, metrics = jax.jit(steps.train_step)(state, _batch(16, seed=2))
   assert np.isfinite(float(metrics["loss"]))
   assert int(new_state.step) == 1
 
 
 def test_learning_rate_schedules_at_chosen_steps():
   config = tiny_config(learning_rate=0.1, schedule="warmup_cosine", warmup_epochs=1.0)
-  fn = train.create_learning_rate_fn(config, steps_per_epoch=10, total_steps=110)
+  fn = state_lib.create_learning_rate_fn(config, steps_per_epoch=10, total_steps=110)
   assert float(fn(0)) == 0.0
   assert float(fn(5)) == pytest.approx(0.05)
   assert float(fn(10)) == pytest.approx(0.1)
   assert float(fn(60)) == pytest.approx(0.05, rel=1e-4)
   assert float(fn(110)) == pytest.approx(0.0, abs=1e-7)
   config.schedule = "cosine"
-  fn = train.create_learning_rate_fn(config, steps_per_epoch=10, total_steps=100)
+  fn = state_lib.create_learning_rate_fn(config, steps_per_epoch=10, total_steps=100)
   assert float(fn(0)) == pytest.approx(0.1) and float(fn(50)) == pytest.approx(0.05)
 
 

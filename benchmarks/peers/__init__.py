@@ -1,4 +1,4 @@
-"""The same CNN in other frameworks, timed the same way (benchmarks/peers/compare.py)."""
+"""The same CNN in other frameworks, timed the same way (benchmarks/peers/side_by_side.py)."""
 
 from __future__ import annotations
 

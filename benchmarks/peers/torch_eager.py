@@ -3,7 +3,7 @@
 Fixed random batches in memory, 20 warm-up steps, then the median of repeated timed passes: a
 training pass (forward, cross-entropy, backward, Adam 1e-3, dropout on) and an evaluation pass
 (`torch.inference_mode`, dropout off), PyTorch's CPU defaults (one intra-op thread per core).
-Prints one JSON object. Run it through `python -m benchmarks.peers.compare --peers torch`.
+Prints one JSON object. Run it through `python -m benchmarks.peers.side_by_side --peers torch`.
 Needs torch (`pip install torch`, CPU wheels: --index-url https://download.pytorch.org/whl/cpu).
 
   python -m benchmarks.peers.torch_eager --batch-sizes 128 512

@@ -7,7 +7,7 @@ for several rounds, and reports the median of each and fmnist_jax's ratio to eac
 Keras-TF needs tensorflow-cpu (already a dependency) and keras; PyTorch needs torch
 (`pip install -e '.[peers]'`).
 
-  python -m benchmarks.peers.compare --rounds 5 --peers keras_tf torch_eager \
+  python -m benchmarks.peers.side_by_side --rounds 5 --peers keras_tf torch_eager \
       --json benchmarks/results/peers_cpu.json
 """
 
@@ -25,7 +25,7 @@ import time
 
 import ml_collections
 
-from fmnist_jax import train
+from fmnist_jax import steps
 
 PEERS = {"keras_tf": "Keras-TF", "torch_eager": "PyTorch eager"}
 
@@ -44,7 +44,7 @@ def _peer(name, batch_sizes, train_images, eval_images):
 def _auto_microbatches(batch_size):
   """The default config's choice on one CPU device (config.microbatches = 0)."""
   config = ml_collections.ConfigDict({"microbatches": 0, "batch_size": batch_size})
-  return train.resolve_microbatches(config, 1, "cpu")
+  return steps.resolve_microbatches(config, 1, "cpu")
 
 
 def _ours(batch_size, train_images, eval_images):

@@ -1,0 +1,65 @@
+"""What every benchmark shares: the machine header, the JSON + markdown writer, and starting
+`python -m fmnist_jax.main` in a subprocess with its output streamed and kept in a log."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+
+def machine() -> dict:
+  """Where and with what a result was measured: devices, host CPU, versions, XLA flags."""
+  from fmnist_jax import hardware
+  info = hardware.device_info()
+  return {"platform": info["platform"], "device_kind": info["device_kind"],
+          "device_count": info["device_count"], "processor": info["host_cpu"],
+          "cpu_count": info["host_cpu_count"], "xla_flags": os.environ.get("XLA_FLAGS", ""),
+          "versions": hardware.package_versions(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def machine_line(report: dict) -> str:
+  """One line naming the machine of a report made from `machine()`."""
+  return (f"{report['time']}; {report['device_kind']} x{report['device_count']} "
+          f"({report['platform']}; host {report['processor']}, {report['cpu_count']} CPUs); "
+          f"jax {report['versions'].get('jax')}, flax {report['versions'].get('flax')}")
+
+
+def write(json_path, report: dict, markdown: str) -> pathlib.Path:
+  """Writes the JSON and, beside it with .md, the markdown; returns the markdown's path."""
+  json_path = pathlib.Path(json_path)
+  json_path.parent.mkdir(parents=True, exist_ok=True)
+  json_path.write_text(json.dumps(report, indent=1) + "\n")
+  markdown_path = json_path.with_suffix(".md")
+  markdown_path.write_text(markdown.rstrip("\n") + "\n")
+  return markdown_path
+
+
+def run_main(config: str, workdir, overrides=(), log_path=None) -> float:
+  """Runs `python -m fmnist_jax.main` to completion, echoing its output to this console and
+  keeping it in `log_path` (default WORKDIR.log). On failure: exits with the child's last
+  lines. Returns the process's wall-clock seconds."""
+  workdir = pathlib.Path(workdir)
+  log_path = pathlib.Path(log_path or f"{workdir}.log")
+  log_path.parent.mkdir(parents=True, exist_ok=True)
+  command = [sys.executable, "-m", "fmnist_jax.main", f"--config={config}",
+             f"--workdir={workdir}", "--config.write_report=False", *overrides]
+  print(" ".join(command), flush=True)
+  tail = collections.deque(maxlen=20)
+  start = time.time()
+  with open(log_path, "w") as log, subprocess.Popen(
+      command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+      env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}) as child:
+    for line in child.stdout:
+      log.write(line)
+      tail.append(line)
+      print("  | " + line, end="", flush=True)
+  seconds = time.time() - start
+  if child.returncode != 0:
+    sys.exit(f"error: {' '.join(command[:4])} ... exited with {child.returncode}; its last "
+             f"lines (all in {log_path}):\n" + "".join(tail))
+  return seconds

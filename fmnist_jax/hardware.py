@@ -1,0 +1,66 @@
+"""What machine this is: devices, host CPU, package versions, and the devices' peak FLOP/s.
+
+Speed figures mean little without these, so every run (run_info.jsonl) and every benchmark
+records them.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import pathlib
+import platform
+
+import jax
+
+PACKAGES = ("jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda13-plugin", "libtpu", "flax",
+            "optax", "orbax-checkpoint", "tensorflow-datasets", "tensorflow-cpu", "tensorflow",
+            "ml-collections", "tensorboard", "numpy")
+
+# Dense peak FLOP/s per device by device kind (vendor figures; bf16 on the matrix units).
+PEAK_FLOPS = {
+    "H100": {"float32": 67e12, "bfloat16": 989e12, "float16": 989e12},  # SXM; fp32 w/o TF32
+    "H200": {"float32": 67e12, "bfloat16": 989e12, "float16": 989e12},
+    "A100": {"float32": 19.5e12, "bfloat16": 312e12, "float16": 312e12},
+    "TPU v4": {"float32": 275e12, "bfloat16": 275e12, "float16": 275e12},
+    "TPU v5 lite": {"float32": 197e12, "bfloat16": 197e12, "float16": 197e12},  # v5e
+}
+
+
+def package_versions() -> dict[str, str]:
+  versions = {"python": platform.python_version()}
+  for name in PACKAGES:
+    try:
+      versions[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      pass
+  return versions
+
+
+def host_cpu() -> str:
+  """The host CPU's model name (platform.processor() is often empty on Linux): speed figures
+  on "cpu" mean little without it."""
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def device_info() -> dict:
+  devices = jax.devices()
+  return {"platform": devices[0].platform, "device_kind": devices[0].device_kind,
+          "device_count": len(devices), "local_device_count": jax.local_device_count(),
+          "process_count": jax.process_count(), "host_cpu": host_cpu(),
+          "host_cpu_count": os.cpu_count()}
+
+
+def peak_flops(device_kind: str, dtype: str) -> float | None:
+  """One device's dense peak FLOP/s for `dtype` compute, or None where unknown (CPUs: the
+  throughput benchmark measures a practical peak instead)."""
+  for name, peaks in PEAK_FLOPS.items():
+    if name.lower() in device_kind.lower():
+      return peaks.get(dtype)
+  return None

@@ -1,0 +1,73 @@
+"""The training state and how it is built: TrainState, the optimizer, the schedule.
+
+`initial_state(config)` is the one way every caller (the loop, evaluation, benchmarks, tests)
+builds a state: the model, its optimizer and the initial parameters, all from the config.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+
+from fmnist_jax import models
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "warmup_cosine")
+
+
+def create_learning_rate_fn(config, steps_per_epoch: int, total_steps: int):
+  if config.schedule == "constant":
+    return optax.constant_schedule(config.learning_rate)
+  if config.schedule == "cosine":
+    return optax.cosine_decay_schedule(config.learning_rate, total_steps)
+  warmup = int(config.warmup_epochs * steps_per_epoch)
+  return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup,
+                                            max(total_steps, warmup + 1))
+
+
+def create_optimizer(config, learning_rate_fn) -> optax.GradientTransformation:
+  if config.optimizer == "adam":
+    tx = optax.adam(learning_rate_fn)
+  elif config.optimizer == "adamw":
+    tx = optax.adamw(learning_rate_fn, weight_decay=config.weight_decay)
+  else:
+    tx = optax.sgd(learning_rate_fn, momentum=config.momentum, nesterov=True)
+  if config.get("skip_nonfinite_updates", False):
+    # Drops updates whose gradients hold a NaN/inf; gives up after 5 in a row.
+    tx = optax.apply_if_finite(tx, max_consecutive_errors=5)
+  return tx
+
+
+class TrainState(train_state.TrainState):
+  """Flax TrainState plus the base dropout key (step keys are fold_in(dropout_key, step)) and,
+  when config.ema_decay > 0, an exponential moving average of the parameters."""
+  dropout_key: jax.Array
+  ema_params: Any = None
+
+  @property
+  def eval_params(self):
+    """The parameters to evaluate and report: the EMA when there is one."""
+    return self.params if self.ema_params is None else self.ema_params
+
+
+def create_train_state(config, model, tx, image_shape=(28, 28, 1)) -> TrainState:
+  """The initial state, on the host. Parameters and dropout key both derive from config.seed."""
+  params_key, dropout_key = jax.random.split(jax.random.PRNGKey(config.seed))
+  variables = jax.jit(lambda k: model.init(k, jnp.zeros((1,) + image_shape), train=False))(
+      params_key)
+  params = variables["params"]
+  return TrainState.create(apply_fn=model.apply, params=params, tx=tx, dropout_key=dropout_key,
+                           ema_params=params if config.get("ema_decay", 0.0) else None)
+
+
+def initial_state(config, steps_per_epoch: int = 1, total_steps: int = 1, *,
+                  conv_impl: str | None = None) -> TrainState:
+  """The config's model, optimizer (with its schedule over `total_steps`) and initial state, on
+  the host. `conv_impl` overrides config.conv_impl (the parameters are the same either way)."""
+  model = models.create_model(config, conv_impl=conv_impl)
+  tx = create_optimizer(config, create_learning_rate_fn(config, steps_per_epoch, total_steps))
+  return create_train_state(config, model, tx)

@@ -1,0 +1,195 @@
+"""The pure, compiled-step code: loss, train steps, evaluation step, gradient accumulation.
+
+Plain functions of arrays, compiled by `parallel.Parallelism` for jit or pmap. This module
+imports jax, flax, optax and the model only: no file I/O, no checkpointing, no TensorFlow.
+
+Metrics are sums, never means, so that they add up across steps, calls and devices:
+{'loss': summed loss, 'correct', 'count', 'nonfinite'}.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fmnist_jax import augment, models
+
+AUGMENT_STREAM = 1  # fold_in(step_key, AUGMENT_STREAM): augmentation draws, apart from dropout's
+METRIC_KEYS = ("loss", "correct", "count", "nonfinite")
+
+
+def cross_entropy(logits, labels, label_smoothing: float = 0.0):
+  if not label_smoothing:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+  """What a train step does besides a plain gradient step. Defaults: the seed recipe."""
+  microbatches: int = 1          # gradient summed over equal chunks of the batch (same update)
+  label_smoothing: float = 0.0
+  ema_decay: float = 0.0         # > 0: also update TrainState.ema_params
+  translate: int = 0             # augmentation (fmnist_jax.augment), on device
+  flip: bool = False
+  erase_size: int = 0
+  erase_prob: float = 0.0
+
+  @classmethod
+  def from_config(cls, config, num_devices: int = 1, platform: str = "cpu") -> "StepOptions":
+    return cls(microbatches=resolve_microbatches(config, num_devices, platform),
+               label_smoothing=config.label_smoothing,
+               ema_decay=config.ema_decay, translate=config.augment_translate,
+               flip=config.augment_flip, erase_size=config.augment_erase_size,
+               erase_prob=config.augment_erase_prob)
+
+  @property
+  def augments(self) -> bool:
+    return bool(self.translate or self.flip or (self.erase_size and self.erase_prob))
+
+
+def resolve_microbatches(config, num_devices: int, platform: str) -> int:
+  """config.microbatches; 0 ("auto") means chunks of 32 images on CPU, where cache-sized chunks
+  train ~1.2x faster (docs/performance.md), and the whole batch on GPU/TPU. The chunking
+  depends on the global batch only, so results stay the same on any device count."""
+  if config.microbatches:
+    return config.microbatches
+  chunk = 32
+  if platform == "cpu" and config.batch_size % chunk == 0 and chunk % num_devices == 0:
+    return config.batch_size // chunk
+  return 1
+
+
+def accumulate_gradient(grad_fn, params, images, labels, key, microbatches: int):
+  """grad_fn(params, images, labels, key) -> ((loss, correct), grads) over the whole batch, as
+  the mean of `microbatches` interleaved chunks (example i in chunk i mod m, so every chunk is
+  spread over all devices): the same gradient with less memory traffic. Chunk c draws its
+  randomness from fold_in(key, c)."""
+  m = microbatches
+  if m == 1:
+    return grad_fn(params, images, labels, key)
+
+  def chunked(x):  # [B, ...] -> [m, B/m, ...]: chunk c holds examples c, c+m, c+2m, ...
+    return jnp.swapaxes(x.reshape((x.shape[0] // m, m) + x.shape[1:]), 0, 1)
+
+  def body(carry, chunk):
+    chunk_images, chunk_labels, index = chunk
+    (loss, correct), grads = grad_fn(params, chunk_images, chunk_labels,
+                                     jax.random.fold_in(key, index))
+    return jax.tree.map(jnp.add, carry, (loss, correct, grads)), None
+  zeros = (jnp.zeros(()), jnp.zeros((), jnp.int32), jax.tree.map(jnp.zeros_like, params))
+  (loss, correct, grads), _ = jax.lax.scan(
+      body, zeros, (chunked(images), chunked(labels), jnp.arange(m)))
+  return (loss / m, correct), jax.tree.map(lambda g: g / m, grads)
+
+
+def train_step(state, batch, *, axis_name=None, options=StepOptions()):
+  """One optimizer step on `batch` {'image': uint8 [B,28,28,1], 'label': int [B]}.
+
+  Under pmap (axis_name given) the batch is this device's shard: gradients are averaged and
+  metrics summed over the axis, and each device folds its index into the dropout key.
+  Returns the new state and summed metrics {'loss', 'correct', 'count', 'nonfinite'}.
+  """
+  step_key = jax.random.fold_in(state.dropout_key, state.step)
+  if axis_name is not None:
+    step_key = jax.random.fold_in(step_key, jax.lax.axis_index(axis_name))
+  images, labels = batch["image"], batch["label"]
+  if options.augments:
+    images = augment.augment(jax.random.fold_in(step_key, AUGMENT_STREAM), images,
+                             translate=options.translate, flip=options.flip,
+                             erase_size=options.erase_size, erase_prob=options.erase_prob)
+  images = models.normalize(images)
+
+  def loss_fn(params, images, labels, key):
+    logits = state.apply_fn({"params": params}, images, train=True, rngs={"dropout": key})
+    loss = cross_entropy(logits, labels, options.label_smoothing).mean()
+    return loss, jnp.sum(jnp.argmax(logits, -1) == labels)
+  (loss, correct), grads = accumulate_gradient(jax.value_and_grad(loss_fn, has_aux=True),
+                                               state.params, images, labels, step_key,
+                                               options.microbatches)
+  if axis_name is not None:
+    grads = jax.lax.pmean(grads, axis_name)
+  # A step with a NaN/inf loss or gradient is counted apart (the loop stops on it, or, with
+  # skip_nonfinite_updates, optax.apply_if_finite drops its update) and left out of the means.
+  finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+  metrics = {"loss": jnp.where(finite, loss * labels.shape[0], 0.0),
+             "correct": jnp.where(finite, correct, 0),
+             "count": jnp.where(finite, labels.shape[0], 0).astype(jnp.int32),
+             "nonfinite": jnp.logical_not(finite).astype(jnp.int32)}
+  if axis_name is not None:
+    metrics = jax.lax.psum(metrics, axis_name)
+  new_state = state.apply_gradients(grads=grads)
+  if options.ema_decay:
+    # The usual warm-up of the decay, so early averages are not dominated by the init.
+    decay = jnp.minimum(options.ema_decay, (1.0 + state.step) / (10.0 + state.step))
+    new_state = new_state.replace(ema_params=optax.incremental_update(
+        new_state.params, state.ema_params, 1.0 - decay))
+  return new_state, metrics
+
+
+def train_steps(state, batches, *, axis_name=None, options=StepOptions(), active=None):
+  """Several train steps in one call: `batches` has a leading steps axis. Metrics are summed.
+
+  `active` (an int array, or None for all): only the first `active` steps count; the others
+  run but leave the state unchanged and add nothing. One compiled program then serves every
+  call of a run, also an epoch's shorter last one.
+  """
+  num_steps = jax.tree.leaves(batches)[0].shape[0]
+  if num_steps == 1:  # No scan: XLA's CPU convolutions are much slower inside a loop.
+    return train_step(state, jax.tree.map(lambda x: x[0], batches), axis_name=axis_name,
+                      options=options)
+
+  def body(state, batch_and_index):
+    batch, index = batch_and_index
+    new_state, metrics = train_step(state, batch, axis_name=axis_name, options=options)
+    if active is not None:  # a select, not a branch: no host round trip on GPU
+      keep = index < active
+      new_state = jax.tree.map(lambda new, old: jnp.where(keep, new, old), new_state, state)
+      metrics = jax.tree.map(lambda m: jnp.where(keep, m, jnp.zeros_like(m)), metrics)
+    return new_state, metrics
+  state, metrics = jax.lax.scan(body, state, (batches, jnp.arange(num_steps)))
+  return state, jax.tree.map(lambda m: m.sum(0), metrics)
+
+
+def add_metrics(sums, metrics):
+  """Running sums of metrics, on device."""
+  return jax.tree.map(lambda s, m: s + m.astype(s.dtype), sums, metrics)
+
+
+def zero_metrics() -> dict[str, Any]:
+  """The running sums' starting point, on the host: float32 loss, int32 counts."""
+  return {"loss": np.zeros((), np.float32), "correct": np.zeros((), np.int32),
+          "count": np.zeros((), np.int32), "nonfinite": np.zeros((), np.int32)}
+
+
+def train_call(state, batches, sums, active, *, axis_name=None, options=StepOptions()):
+  """The training loop's compiled call: `active` steps of `batches`, their metrics added to
+  the running `sums` on device (nothing leaves the device between log points)."""
+  state, metrics = train_steps(state, batches, axis_name=axis_name, options=options,
+                               active=active)
+  return state, add_metrics(sums, metrics)
+
+
+def eval_step(params, batch, *, apply_fn=None, axis_name=None, flip_average: bool = False):
+  """Summed loss / correct / count over the unmasked examples of `batch`."""
+  logits = models.inference_logits(apply_fn, params, models.normalize(batch["image"]),
+                                   flip_average=flip_average)
+  mask = batch["mask"]
+  metrics = {"loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
+             "correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),
+             "count": jnp.sum(mask)}
+  if axis_name is not None:
+    metrics = jax.lax.psum(metrics, axis_name)
+  return metrics
+
+
+def summarize(sums: dict[str, Any]) -> tuple[float, float]:
+  """(mean loss, accuracy) from summed metrics (host values)."""
+  count = float(sums["count"]) or float("nan")
+  return float(sums["loss"]) / count, float(sums["correct"]) / count

@@ -1,0 +1,148 @@
+"""The files of a run: the one owner of a workdir's names, readers and writers.
+
+    WORKDIR/config.json       the resolved config of the first start (config.stepN.json: a
+                              resumed start's changed config, beside it)
+    WORKDIR/run_info.jsonl    one line per start: time, host, argv, devices, versions
+    WORKDIR/metrics.jsonl     one line per evaluation (what the report and compare read)
+    WORKDIR/events.out.tfevents.*   the same scalars for TensorBoard
+    WORKDIR/result.json       how the run ended: last evaluation, best by validation, seconds
+    WORKDIR/checkpoints/      Orbax (fmnist_jax.checkpointing)
+    WORKDIR/report/           the report (fmnist_jax.report)
+
+Writing TensorBoard events needs the `tensorboard` package only, not TensorFlow.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import pathlib
+import socket
+import sys
+import time
+
+import ml_collections
+import numpy as np
+
+from fmnist_jax import hardware
+from fmnist_jax.errors import ReportError
+
+CONFIG_FILE = "config.json"
+RUN_INFO_FILE = "run_info.jsonl"
+METRICS_FILE = "metrics.jsonl"
+RESULT_FILE = "result.json"
+CHECKPOINTS = "checkpoints"
+REPORT = "report"
+
+
+def prepare(workdir: str) -> pathlib.Path:
+  """Creates the workdir if needed; a clear error if it is a file or cannot be written."""
+  path = pathlib.Path(workdir).expanduser()
+  if path.exists() and not path.is_dir():
+    raise NotADirectoryError(f"--workdir {workdir} exists and is not a directory: "
+                             "pass a directory (it is created if missing).")
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise PermissionError(f"Cannot create --workdir {workdir}: {e.strerror}.") from e
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise PermissionError(f"--workdir {workdir} is not writable: pick another directory or "
+                          "fix its permissions.")
+  return path
+
+
+def _append_jsonl(path: pathlib.Path, row: dict) -> None:
+  with open(path, "a") as f:
+    f.write(json.dumps(row) + "\n")
+
+
+def _read_jsonl(path: pathlib.Path) -> list[dict]:
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# --- config.json and run_info.jsonl ----------------------------------------------------------
+
+def record_start(workdir: pathlib.Path, config, parallelism: str, **extra) -> None:
+  """Writes config.json (the resolved config) and appends this start to run_info.jsonl."""
+  config_json = config.to_json_best_effort(indent=2, sort_keys=True)
+  config_path = workdir / CONFIG_FILE
+  if config_path.exists() and config_path.read_text() != config_json:
+    # A resumed run with a changed config: keep the original, record the new one beside it.
+    config_path = workdir / f"config.step{extra.get('start_step', 0)}.json"
+  if not config_path.exists():
+    config_path.write_text(config_json)
+  info = {"time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+          "host": socket.gethostname(), "argv": sys.argv, "parallelism": parallelism,
+          **hardware.device_info(), "versions": hardware.package_versions(), **extra}
+  _append_jsonl(workdir / RUN_INFO_FILE, info)
+
+
+def read_config(workdir) -> ml_collections.ConfigDict:
+  path = pathlib.Path(workdir) / CONFIG_FILE
+  if not path.exists():
+    raise ReportError(f"{workdir} has no config.json: it is not a fmnist_jax workdir "
+                      "(train into it with `python -m fmnist_jax.main --workdir ...`).")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def read_run_info(workdir) -> list[dict]:
+  """One dict per start of the run, oldest first."""
+  return _read_jsonl(pathlib.Path(workdir) / RUN_INFO_FILE)
+
+
+# --- metrics.jsonl and TensorBoard -----------------------------------------------------------
+
+def read_metrics(workdir, required: bool = False) -> list[dict]:
+  """The rows of WORKDIR/metrics.jsonl, one per evaluation ([] if none yet, or a ReportError
+  when `required`)."""
+  rows = _read_jsonl(pathlib.Path(workdir) / METRICS_FILE)
+  if required and not rows:
+    raise ReportError(f"{workdir} has no metrics.jsonl (or it is empty): the run recorded no "
+                      "evaluation yet. Train at least one epoch first.")
+  return rows
+
+
+def _py(value):
+  return np.asarray(value).item()
+
+
+class MetricsWriter:
+  """Each evaluation's scalars: a row of metrics.jsonl and TensorBoard events (no TensorFlow:
+  tensorboard's own event writer)."""
+
+  def __init__(self, workdir: pathlib.Path):
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+    self.workdir = pathlib.Path(workdir)
+    self._events = EventFileWriter(str(self.workdir))
+
+  def write_scalars(self, step: int, scalars: dict) -> None:
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    row = {"step": int(step), **{k: _py(v) for k, v in scalars.items()}}
+    _append_jsonl(self.workdir / METRICS_FILE, row)
+    values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v))
+              for k, v in row.items() if k != "step"]
+    self._events.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                           summary=summary_pb2.Summary(value=values)))
+    self._events.flush()
+
+  def close(self) -> None:
+    self._events.close()
+
+
+# --- result.json -----------------------------------------------------------------------------
+
+def write_result(workdir, **result) -> None:
+  """WORKDIR/result.json: how the run ended, its last evaluation and its best by validation."""
+  workdir = pathlib.Path(workdir)
+  scored = [row for row in read_metrics(workdir) if "val_accuracy" in row]
+  result["best_by_val"] = max(scored, key=lambda r: r["val_accuracy"]) if scored else None
+  result["end_unix_time"] = time.time()
+  (workdir / RESULT_FILE).write_text(json.dumps(result, indent=1) + "\n")
+
+
+def read_result(workdir) -> dict | None:
+  path = pathlib.Path(workdir) / RESULT_FILE
+  return json.loads(path.read_text()) if path.exists() else None
