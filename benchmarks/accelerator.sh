@@ -13,11 +13,12 @@ OUT=${1:?usage: accelerator.sh OUT_DIR [NAME]}
 NAME=${2:-gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
+PY=${PYTHON:-python3}
 
 if [ "${SCALE:-}" = tiny ]; then
   SWEEP=(--batch-sizes 32 --dtypes float32 --train-images 640 --eval-images 640 --repeats 1)
   E2E=(--epochs 1 --config.num_train_steps=30 --config.batch_size=32)
-  TTA=(--config configs/tiny.py --target 0.2)
+  TTA=(--config configs/tiny.py --target 0.2 --config.num_train_steps=200)
 else
   SWEEP=(--batch-sizes 128 1024 8192 --dtypes float32 bfloat16 --train-images 1000000
          --eval-images 2000000 --repeats 3)
@@ -34,14 +35,14 @@ step() {  # step NAME COMMAND...: runs it, timing it, and says how it ended
 }
 
 # 1. The compiled steps alone: jit, data resident on the device, lax.conv, 10 steps per call.
-step throughput python -m benchmarks.throughput --json "$OUT/throughput_$NAME.json" \
+step throughput "$PY" -m benchmarks.throughput --json "$OUT/throughput_$NAME.json" \
   --parallelism jit --input-modes device --steps-per-call 10 --conv-impls xla "${SWEEP[@]}"
 
 # 2. The whole run through main vs the step, each with a fresh (cold) compilation cache.
-JAX_COMPILATION_CACHE_DIR=$(mktemp -d) step end_to_end python -m benchmarks.end_to_end \
+JAX_COMPILATION_CACHE_DIR=$(mktemp -d) step end_to_end "$PY" -m benchmarks.end_to_end \
   --json "$OUT/end_to_end_$NAME.json" "${E2E[@]}"
 if [ "${SCALE:-}" != tiny ]; then
-  JAX_COMPILATION_CACHE_DIR=$(mktemp -d) step end_to_end_b1024 python -m benchmarks.end_to_end \
+  JAX_COMPILATION_CACHE_DIR=$(mktemp -d) step end_to_end_b1024 "$PY" -m benchmarks.end_to_end \
     --json "$OUT/end_to_end_${NAME}_b1024.json" "${E2E[@]}" --config.batch_size=1024 \
     --config.learning_rate=4e-3
 fi
@@ -50,7 +51,7 @@ fi
 CACHE=$(mktemp -d)
 for run in cold warm; do
   JAX_COMPILATION_CACHE_DIR=$CACHE step "time_to_accuracy_$run" \
-    python -m benchmarks.time_to_accuracy --workdir "$(mktemp -d)/run" \
+    "$PY" -m benchmarks.time_to_accuracy --workdir "$(mktemp -d)/run" \
     --json "$OUT/time_to_accuracy_${NAME}_$run.json" "${TTA[@]}"
 done
 ls -la "$OUT"

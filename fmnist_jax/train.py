@@ -71,20 +71,24 @@ class PreemptionWatch:
 
 
 class CompileTimer:
-  """Seconds spent tracing, lowering and compiling in XLA, and the number of XLA compilations
-  (from jax.monitoring's events; a persistent-cache hit is not a compilation)."""
+  """Seconds spent tracing, lowering and compiling in XLA (from jax.monitoring's events), the
+  number of XLA compilations (a persistent-cache hit is none) and how often each function was
+  traced (one train program per run: {'train_call': 1})."""
   EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
             "/jax/core/compile/jaxpr_to_mlir_module_duration",
             "/jax/core/compile/backend_compile_duration")
 
   def __init__(self):
     self.seconds, self.compilations = 0.0, 0
+    self.traced = collections.Counter()
     jax.monitoring.register_event_duration_secs_listener(self._listen)
 
   def _listen(self, event, duration, **kwargs):
     if event in self.EVENTS:
       self.seconds += duration
       self.compilations += event == self.EVENTS[-1]
+    if event == self.EVENTS[0]:
+      self.traced[str(kwargs.get("fun_name", "?"))] += 1
 
   def close(self):
     jax.monitoring.unregister_event_duration_listener(self._listen)
@@ -420,6 +424,7 @@ class Loop:
           spec.workdir, stop_reason=progress.stop_reason, step=progress.step,
           final=progress.last_eval, train_seconds=time.perf_counter() - progress.run_start,
           compile_seconds=self.compile_timer.seconds,
-          compilations=self.compile_timer.compilations, resumed_from_step=progress.start_step,
+          compilations=self.compile_timer.compilations,
+          traced=dict(self.compile_timer.traced), resumed_from_step=progress.start_step,
           host_syncs=progress.host_syncs, host_syncs_per_epoch=progress.host_syncs / epochs,
           host_seconds=dict(progress.host_seconds), flops_per_image=self.flops_per_image)

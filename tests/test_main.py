@@ -128,3 +128,22 @@ def test_command_line_rejects_a_workdir_that_is_a_file(tmp_path):
 def test_command_line_reports_a_missing_config_file(tmp_path):
   result = _run_main("--config", "configs/nope.py", "--workdir", str(tmp_path / "w"))
   assert result.returncode != 0 and "nope.py" in result.stderr
+
+
+def test_one_train_program_per_run_even_with_uneven_last_calls(small_splits, tmp_path):
+  """12 steps per epoch in calls of 5 (5, 5, 2) and a stop at step 29 mid-call: the short
+  calls are masked steps of the same program, so the train call is traced once."""
+  config = tiny_config(num_train_steps=29, steps_per_call=5)
+  train.train_and_evaluate(config, str(tmp_path))
+  result = json.loads((tmp_path / "result.json").read_text())
+  assert result["step"] == 29 and [r["step"] for r in _metrics(tmp_path)] == [12, 24, 29]
+  assert result["traced"]["train_call"] == 1 and result["traced"]["eval_step"] == 1
+  # The masked steps changed nothing: the same parameters as calls that fit exactly.
+  exact = tiny_config(num_train_steps=29, steps_per_call=1)
+  train.train_and_evaluate(exact, str(tmp_path / "exact"))
+  step_a, params_a = _final_params(tmp_path, config)
+  step_b, params_b = _final_params(tmp_path / "exact", exact)
+  assert step_a == step_b == 29
+  for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+  assert result["host_syncs_per_epoch"] > 0 and result["compile_seconds"] > 0
