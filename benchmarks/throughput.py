@@ -215,8 +215,9 @@ def main(argv=None):
       if setting["step"] == "train":
         data = input_pipeline.DeviceTrainData(images, labels, par, config.batch_size, 0)
         k = setting["steps_per_call"]
-        host = {"image": images[:k * config.batch_size].reshape(k, config.batch_size, 28, 28, 1),
-                "label": labels[:k * config.batch_size].reshape(k, config.batch_size)}
+        rows = np.arange(k * config.batch_size) % len(images)  # one call's steps
+        host = {"image": images[rows].reshape(k, config.batch_size, 28, 28, 1),
+                "label": labels[rows].reshape(k, config.batch_size)}
         rates, compile_s, xla = measure_train(setting, config, par, data, host, args.repeats,
                                               args.train_images)
       else:

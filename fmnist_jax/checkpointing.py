@@ -71,10 +71,11 @@ class Checkpointer:
       self._background = concurrent.futures.ThreadPoolExecutor(1, "checkpoint")
     self._pending = None
 
-  def save(self, step: int, state, metrics=None) -> None:
+  def save(self, step: int, state, metrics=None, copy: bool = True) -> None:
     """Saves `state` as `step` (unless that step is saved already, e.g. a periodic save that
     fell on an epoch end). In the background where possible: an error of a background save is
-    raised by the next save or by close()."""
+    raised by the next save or by close(). `copy=False`: the caller passes arrays that no
+    later computation donates (the background save reads them later)."""
     if step in self._saved:
       return
     self._saved.add(step)
@@ -83,8 +84,8 @@ class Checkpointer:
       self._save(step, tree, metrics)
       return
     self._wait_for_background()
-    # The next train call donates the state's buffers: save a device-side copy of them.
-    tree = jax.tree.map(lambda x: x.copy(), tree)
+    if copy:  # the next train call donates the state's buffers: save a device-side copy
+      tree = jax.tree.map(lambda x: x.copy(), tree)
     self._pending = self._background.submit(self._save, step, tree, metrics)
 
   def _save(self, step: int, tree, metrics) -> None:

@@ -13,6 +13,7 @@ import collections
 import contextlib
 import dataclasses
 import functools
+import itertools
 import pathlib
 import signal
 import threading
@@ -258,7 +259,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 class Loop:
-  """The loop over epochs, each phase a short method. Holds the compiled functions."""
+  """The loop over epochs, each phase a short method. Holds the compiled functions.
+
+  At an epoch's end the device waits for the host (the evaluation must be fetched), so the
+  host work that can wait (metrics files, the checkpoint save) is deferred until the next
+  epoch's first DEFER_CALLS train calls are queued on the device."""
+  DEFER_CALLS = 2
 
   def __init__(self, spec: Run, ckpt, writer, compile_timer: CompileTimer,
                preemption: PreemptionWatch):
@@ -271,18 +277,22 @@ class Loop:
     self.eval_fn = par.compile_eval(functools.partial(
         steps.eval_step, apply_fn=eval_model.apply, flip_average=config.eval_flip_average))
     self.flops_per_image = models.flops_per_image(config)
+    self.deferred = None  # the last epoch's host work that can wait: see DEFER_CALLS
 
   def epochs(self, state, progress: Progress):
-    while progress.step < self.spec.total_steps:
-      state, preempt = self.train_epoch(state, progress)
-      if preempt == "now":
-        raise Preempted(progress.step)
-      scalars = self.end_of_epoch(state, progress)
-      if preempt:
-        raise Preempted(progress.step)
-      if self.target_reached(scalars):
-        progress.stop_reason = "target_reached"
-        break
+    try:
+      while progress.step < self.spec.total_steps:
+        state, preempt = self.train_epoch(state, progress)
+        if preempt == "now":
+          raise Preempted(progress.step)
+        scalars = self.end_of_epoch(state, progress)
+        if preempt:
+          raise Preempted(progress.step)
+        if self.target_reached(scalars):
+          progress.stop_reason = "target_reached"
+          break
+    finally:
+      self.run_deferred()  # the last epoch's metrics and checkpoint (also when stopping)
     return state
 
   # --- phase 1: the train calls of one epoch ------------------------------------------------
@@ -297,7 +307,7 @@ class Loop:
     progress.nonfinite_checked = 0
     last_step = min((epoch + 1) * spec.steps_per_epoch, spec.total_steps)
     batches = spec.train_data.batches(epoch, first, config.steps_per_call)
-    while True:
+    for call in itertools.count():
       with progress.timed("train calls"):  # input batches, dispatch (and compilation)
         batches_and_num = next(batches, None)
         if batches_and_num is None:
@@ -306,22 +316,27 @@ class Loop:
         state, progress.sums = self.train_fn(state, batches_and_num[0], progress.sums,
                                              np.int32(num))
       progress.step += num
-      self.flush_log(progress)  # the previous log point's values: ready by now
+      if call == self.DEFER_CALLS - 1:
+        self.run_deferred()  # the device has work queued: now the last epoch's host work
       if _crossed(progress.step, num, config.log_every_steps):
+        self.flush_log(progress)  # the previous log point's values: ready by now
         self.start_log(progress, epoch)
       preempt = self.preemption.reached()
       if progress.step >= last_step:
         return state, preempt  # (a preemption is handled after this epoch's evaluation)
       if preempt or _crossed(progress.step, num, config.checkpoint_every_steps):
+        self.run_deferred()
         self.check_finite(progress)  # never save a state that went through a NaN/inf step
         with progress.timed("checkpoints"):
           self.ckpt.save(progress.step, state)
       if preempt:
         return state, "now"
 
-  # --- phase 2: progress lines, one call late -----------------------------------------------
+  # --- phase 2: progress lines, one log point late ------------------------------------------
 
   def start_log(self, progress: Progress, epoch: int) -> None:
+    """Starts copying this log point's sums to the host; printed at the next log point (or
+    the epoch's end), when they are long ready: the host never waits for the device here."""
     for leaf in jax.tree.leaves(progress.sums):
       leaf.copy_to_host_async()
     progress.pending_log = (progress.step, epoch, progress.sums)
@@ -372,6 +387,7 @@ class Loop:
 
   def end_of_epoch(self, state, progress: Progress) -> dict:
     spec = self.spec
+    self.run_deferred()  # an epoch shorter than DEFER_CALLS calls
     self.flush_log(progress)
     with progress.timed("evaluation"):  # dispatched behind the epoch's last call; one fetch
       dispatched = dispatch_eval(self.eval_fn, state.eval_params, spec.eval_sets)
@@ -387,17 +403,32 @@ class Loop:
     scalars["elapsed_seconds"] = time.perf_counter() - progress.run_start
     if progress.skipped:
       scalars["skipped_updates"] = progress.skipped
-    with progress.timed("metrics files"):
-      if self.writer:
-        self.writer.write_scalars(progress.step, scalars)
     logging.info("epoch %.2f step %d | %s", scalars["epoch"], progress.step,
                  " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                           for k, v in scalars.items() if k != "epoch"))
-    with progress.timed("checkpoints"):
-      self.ckpt.save(progress.step, state, metrics=scalars)
+    if jax.process_count() == 1:  # (several processes: no extra computations in between)
+      # The next train call donates the state's buffers: the deferred save gets a copy.
+      snapshot = jax.tree.map(lambda x: x.copy(), state)
+      self.deferred = functools.partial(self.record_epoch, progress, progress.step, snapshot,
+                                        scalars)
+    else:
+      self.record_epoch(progress, progress.step, state, scalars)
     progress.last_eval = scalars
     progress.last_log = (progress.step, time.perf_counter(), self.compile_timer.seconds)
     return scalars
+
+  def record_epoch(self, progress: Progress, step: int, state, scalars: dict) -> None:
+    """An evaluation's row in metrics.jsonl and TensorBoard, and its checkpoint."""
+    with progress.timed("metrics files"):
+      if self.writer:
+        self.writer.write_scalars(step, scalars)
+    with progress.timed("checkpoints"):
+      self.ckpt.save(step, state, metrics=scalars, copy=False)
+
+  def run_deferred(self) -> None:
+    deferred, self.deferred = self.deferred, None
+    if deferred is not None:
+      deferred()
 
   # --- phase 4: stop checks and the end -------------------------------------------------------
 
