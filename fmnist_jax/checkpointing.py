@@ -1,10 +1,9 @@
 """Orbax checkpoints in WORKDIR/checkpoints: the latest N plus the best N by val accuracy.
 
-Saves are asynchronous (training goes on while the files are written). With one process, even
-the part of a save that Orbax does before it returns (copying the arrays to the host, creating
-the directories: tens of milliseconds, a large part of a GPU epoch) runs in a background thread,
-on a device-side copy of the state, so the device never waits for a save. Checkpoints hold
-global, unreplicated arrays, so a run saved on 8 devices restores on 1 and the other way round.
+Saves are asynchronous (training goes on while the files are written; the training loop calls
+`save` when the device has work queued, since its Python part takes tens of milliseconds).
+Checkpoints hold global, unreplicated arrays, so a run saved on 8 devices restores on 1 and the
+other way round.
 
 Damage: Orbax writes each checkpoint to a temporary directory and renames it when complete, so
 a save cut short by a kill never looks like a checkpoint. A checkpoint damaged afterwards
@@ -17,7 +16,6 @@ mismatch: a CheckpointError naming the shapes, and nothing is moved.
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import pathlib
 import shutil
@@ -66,35 +64,14 @@ class Checkpointer:
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_handlers=ocp.StandardCheckpointHandler())
     self._saved = set(self.manager.all_steps())
-    self._background = None  # one worker thread: saves happen in order, one at a time
-    if config.async_checkpointing and not read_only and jax.process_count() == 1:
-      self._background = concurrent.futures.ThreadPoolExecutor(1, "checkpoint")
-    self._pending = None
 
-  def save(self, step: int, state, metrics=None, copy: bool = True) -> None:
-    """Saves `state` as `step` (unless that step is saved already, e.g. a periodic save that
-    fell on an epoch end). In the background where possible: an error of a background save is
-    raised by the next save or by close(). `copy=False`: the caller passes arrays that no
-    later computation donates (the background save reads them later)."""
+  def save(self, step: int, state, metrics=None) -> None:
+    """Saves `state` as `step`, unless that step is saved already (e.g. a periodic save that
+    fell on an epoch end)."""
     if step in self._saved:
       return
     self._saved.add(step)
-    tree = _saved_tree(state)
-    if self._background is None:
-      self._save(step, tree, metrics)
-      return
-    self._wait_for_background()
-    if copy:  # the next train call donates the state's buffers: save a device-side copy
-      tree = jax.tree.map(lambda x: x.copy(), tree)
-    self._pending = self._background.submit(self._save, step, tree, metrics)
-
-  def _save(self, step: int, tree, metrics) -> None:
-    self.manager.save(step, args=ocp.args.StandardSave(tree), metrics=metrics)
-
-  def _wait_for_background(self) -> None:
-    pending, self._pending = self._pending, None
-    if pending is not None:
-      pending.result()  # re-raises the background save's error here
+    self.manager.save(step, args=ocp.args.StandardSave(_saved_tree(state)), metrics=metrics)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -220,10 +197,5 @@ class Checkpointer:
 
   def close(self) -> None:
     """Waits for every save to be complete on disk."""
-    try:
-      self._wait_for_background()
-    finally:
-      if self._background is not None:
-        self._background.shutdown()
-      self.manager.wait_until_finished()
-      self.manager.close()
+    self.manager.wait_until_finished()
+    self.manager.close()

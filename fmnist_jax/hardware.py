@@ -17,11 +17,13 @@ PACKAGES = ("jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda13-plugin", "libtpu",
             "optax", "orbax-checkpoint", "tensorflow-datasets", "tensorflow-cpu", "tensorflow",
             "ml-collections", "tensorboard", "numpy")
 
-# Dense peak FLOP/s per device by device kind (vendor figures; bf16 on the matrix units).
+# Dense peak FLOP/s per device by device kind and compute dtype (vendor figures, on the matrix
+# units). On NVIDIA GPUs, XLA's default precision lets cuDNN and cuBLAS run float32
+# convolutions and matmuls on TF32 tensor cores, so float32's peak is TF32's.
 PEAK_FLOPS = {
-    "H100": {"float32": 67e12, "bfloat16": 989e12, "float16": 989e12},  # SXM; fp32 w/o TF32
-    "H200": {"float32": 67e12, "bfloat16": 989e12, "float16": 989e12},
-    "A100": {"float32": 19.5e12, "bfloat16": 312e12, "float16": 312e12},
+    "H100": {"float32": 495e12, "bfloat16": 989e12, "float16": 989e12},  # SXM
+    "H200": {"float32": 495e12, "bfloat16": 989e12, "float16": 989e12},
+    "A100": {"float32": 156e12, "bfloat16": 312e12, "float16": 312e12},
     "TPU v4": {"float32": 275e12, "bfloat16": 275e12, "float16": 275e12},
     "TPU v5 lite": {"float32": 197e12, "bfloat16": 197e12, "float16": 197e12},  # v5e
 }

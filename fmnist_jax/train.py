@@ -13,7 +13,6 @@ import collections
 import contextlib
 import dataclasses
 import functools
-import itertools
 import pathlib
 import signal
 import threading
@@ -167,7 +166,7 @@ class Progress:
   nonfinite_checked: int = 0   # non-finite steps of this epoch already checked
   checked_step: int = 0        # the last step known to be finite (or skipped)
   skipped: int = 0             # non-finite updates dropped (skip_nonfinite_updates), earlier epochs
-  pending_log: Any = None      # (step, epoch, sums) fetched one call late
+  pending_logs: list = dataclasses.field(default_factory=list)  # [(step, epoch, sums)]
   last_log: tuple = (0, 0.0, 0.0)  # (step, time, compile seconds) at the last progress line
   host_syncs: int = 0
   host_seconds: dict = dataclasses.field(default_factory=lambda: collections.defaultdict(float))
@@ -261,10 +260,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 class Loop:
   """The loop over epochs, each phase a short method. Holds the compiled functions.
 
-  At an epoch's end the device waits for the host (the evaluation must be fetched), so the
-  host work that can wait (metrics files, the checkpoint save) is deferred until the next
-  epoch's first DEFER_CALLS train calls are queued on the device."""
-  DEFER_CALLS = 2
+  The host dispatches a whole epoch ahead of the device. At an epoch's end the device waits
+  for the host (the evaluation must be fetched), so the host work that can wait (metrics
+  files, the checkpoint save, whose Python work would slow the dispatch of the next calls) is
+  deferred until the next epoch's calls are all queued on the device. Progress lines are
+  printed once the device has reached them: on CPU, whose computation shares the host's cores,
+  at the next log point; on accelerators whenever ready, the newest of those ready."""
 
   def __init__(self, spec: Run, ckpt, writer, compile_timer: CompileTimer,
                preemption: PreemptionWatch):
@@ -277,7 +278,8 @@ class Loop:
     self.eval_fn = par.compile_eval(functools.partial(
         steps.eval_step, apply_fn=eval_model.apply, flip_average=config.eval_flip_average))
     self.flops_per_image = models.flops_per_image(config)
-    self.deferred = None  # the last epoch's host work that can wait: see DEFER_CALLS
+    self.deferred = None  # the last epoch's host work that can wait (see above)
+    self.max_pending_logs = 1 if spec.par.devices[0].platform == "cpu" else 1_000
 
   def epochs(self, state, progress: Progress):
     try:
@@ -307,7 +309,7 @@ class Loop:
     progress.nonfinite_checked = 0
     last_step = min((epoch + 1) * spec.steps_per_epoch, spec.total_steps)
     batches = spec.train_data.batches(epoch, first, config.steps_per_call)
-    for call in itertools.count():
+    while True:
       with progress.timed("train calls"):  # input batches, dispatch (and compilation)
         batches_and_num = next(batches, None)
         if batches_and_num is None:
@@ -316,11 +318,9 @@ class Loop:
         state, progress.sums = self.train_fn(state, batches_and_num[0], progress.sums,
                                              np.int32(num))
       progress.step += num
-      if call == self.DEFER_CALLS - 1:
-        self.run_deferred()  # the device has work queued: now the last epoch's host work
       if _crossed(progress.step, num, config.log_every_steps):
-        self.flush_log(progress)  # the previous log point's values: ready by now
         self.start_log(progress, epoch)
+        self.flush_log(progress)
       preempt = self.preemption.reached()
       if progress.step >= last_step:
         return state, preempt  # (a preemption is handled after this epoch's evaluation)
@@ -332,20 +332,30 @@ class Loop:
       if preempt:
         return state, "now"
 
-  # --- phase 2: progress lines, one log point late ------------------------------------------
+  # --- phase 2: progress lines, printed when the device reaches them -----------------------
 
   def start_log(self, progress: Progress, epoch: int) -> None:
-    """Starts copying this log point's sums to the host; printed at the next log point (or
-    the epoch's end), when they are long ready: the host never waits for the device here."""
+    """Starts copying this log point's sums to the host, to be printed by flush_log."""
     for leaf in jax.tree.leaves(progress.sums):
       leaf.copy_to_host_async()
-    progress.pending_log = (progress.step, epoch, progress.sums)
+    progress.pending_logs.append((progress.step, epoch, progress.sums))
 
-  def flush_log(self, progress: Progress) -> None:
-    if progress.pending_log is None:
+  def flush_log(self, progress: Progress, force: bool = False) -> None:
+    """Prints the newest pending progress line whose values are ready (waiting for the
+    oldest ones only when more than max_pending_logs wait, or when `force`d); older ones are
+    dropped: their interval is in the newest one's images/s."""
+    pending = progress.pending_logs
+    if not pending:
       return
-    step, epoch, sums = progress.pending_log
-    progress.pending_log = None
+    ready = [i for i, (_, _, sums) in enumerate(pending)
+             if all(leaf.is_ready() for leaf in jax.tree.leaves(sums))]
+    if force or len(pending) > self.max_pending_logs:
+      ready.append(len(pending) - 1 if force else len(pending) - self.max_pending_logs - 1)
+    if not ready:
+      return
+    newest = max(ready)
+    step, epoch, sums = pending[newest]
+    del pending[:newest + 1]
     with progress.timed("progress lines"):
       loss, accuracy = steps.summarize(self.fetch(progress, sums))
     now, compiled = time.perf_counter(), self.compile_timer.seconds
@@ -387,8 +397,8 @@ class Loop:
 
   def end_of_epoch(self, state, progress: Progress) -> dict:
     spec = self.spec
-    self.run_deferred()  # an epoch shorter than DEFER_CALLS calls
-    self.flush_log(progress)
+    self.run_deferred()  # the last epoch's: this epoch's calls are all queued
+    self.flush_log(progress, force=True)
     with progress.timed("evaluation"):  # dispatched behind the epoch's last call; one fetch
       dispatched = dispatch_eval(self.eval_fn, state.eval_params, spec.eval_sets)
       train_sums, fetched = self.fetch(progress, (progress.sums, dispatched))
@@ -423,7 +433,7 @@ class Loop:
       if self.writer:
         self.writer.write_scalars(step, scalars)
     with progress.timed("checkpoints"):
-      self.ckpt.save(step, state, metrics=scalars, copy=False)
+      self.ckpt.save(step, state, metrics=scalars)
 
   def run_deferred(self) -> None:
     deferred, self.deferred = self.deferred, None
