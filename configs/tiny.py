@@ -13,6 +13,7 @@ def get_config():
   config.num_epochs = 2
   config.log_every_steps = 5
   config.checkpoint_every_steps = 5
+  config.checkpoint_every_seconds = 0.0  # every epoch: tests know where the checkpoints are
   config.async_checkpointing = False
   config.write_report = False
   return config

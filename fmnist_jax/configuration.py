@@ -40,6 +40,11 @@ def validate_config(config) -> None:
   check(config.weight_decay >= 0, f"weight_decay={config.weight_decay!r} must be >= 0.")
   check(0 <= config.momentum < 1, f"momentum={config.momentum!r} must be in [0, 1).")
   check(config.warmup_epochs >= 0, f"warmup_epochs={config.warmup_epochs!r} must be >= 0.")
+  check(isinstance(config.checkpoint_every_seconds, (int, float))
+        and config.checkpoint_every_seconds >= 0,
+        f"checkpoint_every_seconds={config.checkpoint_every_seconds!r} must be >= 0.")
+  check(isinstance(config.compilation_cache_dir, str),
+        f"compilation_cache_dir={config.compilation_cache_dir!r} must be a path or '' (off).")
   for field in ("label_smoothing", "ema_decay", "augment_erase_prob"):
     value = config.get(field)
     check(isinstance(value, (int, float)) and 0 <= value < 1,

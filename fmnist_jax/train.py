@@ -279,6 +279,7 @@ class Loop:
         steps.eval_step, apply_fn=eval_model.apply, flip_average=config.eval_flip_average))
     self.flops_per_image = models.flops_per_image(config)
     self.deferred = None  # the last epoch's host work that can wait (see above)
+    self.last_save = time.perf_counter()  # (a restored checkpoint was just read)
     self.max_pending_logs = 1 if spec.par.devices[0].platform == "cpu" else 1_000
 
   def epochs(self, state, progress: Progress):
@@ -294,7 +295,7 @@ class Loop:
           progress.stop_reason = "target_reached"
           break
     finally:
-      self.run_deferred()  # the last epoch's metrics and checkpoint (also when stopping)
+      self.run_deferred(final=True)  # the last epoch's metrics and checkpoint, always saved
     return state
 
   # --- phase 1: the train calls of one epoch ------------------------------------------------
@@ -329,6 +330,7 @@ class Loop:
         self.check_finite(progress)  # never save a state that went through a NaN/inf step
         with progress.timed("checkpoints"):
           self.ckpt.save(progress.step, state)
+        self.last_save = time.perf_counter()
       if preempt:
         return state, "now"
 
@@ -422,23 +424,30 @@ class Loop:
       self.deferred = functools.partial(self.record_epoch, progress, progress.step, snapshot,
                                         scalars)
     else:
-      self.record_epoch(progress, progress.step, state, scalars)
+      self.record_epoch(progress, progress.step, state, scalars,
+                        final=progress.step >= spec.total_steps)
     progress.last_eval = scalars
     progress.last_log = (progress.step, time.perf_counter(), self.compile_timer.seconds)
     return scalars
 
-  def record_epoch(self, progress: Progress, step: int, state, scalars: dict) -> None:
-    """An evaluation's row in metrics.jsonl and TensorBoard, and its checkpoint."""
+  def record_epoch(self, progress: Progress, step: int, state, scalars: dict,
+                   final: bool = False) -> None:
+    """An evaluation's row in metrics.jsonl and TensorBoard, and its checkpoint: at the end
+    of the run, else if checkpoint_every_seconds have passed since the last save (a save
+    costs the host tens of milliseconds: more than an epoch of steps on a GPU)."""
     with progress.timed("metrics files"):
       if self.writer:
         self.writer.write_scalars(step, scalars)
-    with progress.timed("checkpoints"):
-      self.ckpt.save(step, state, metrics=scalars)
+    now = time.perf_counter()
+    if final or now - self.last_save >= self.spec.config.checkpoint_every_seconds:
+      with progress.timed("checkpoints"):
+        self.ckpt.save(step, state, metrics=scalars)
+      self.last_save = now
 
-  def run_deferred(self) -> None:
+  def run_deferred(self, final: bool = False) -> None:
     deferred, self.deferred = self.deferred, None
     if deferred is not None:
-      deferred()
+      deferred(final=final)
 
   # --- phase 4: stop checks and the end -------------------------------------------------------
 

@@ -147,3 +147,18 @@ def test_one_train_program_per_run_even_with_uneven_last_calls(small_splits, tmp
   for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
   assert result["host_syncs_per_epoch"] > 0 and result["compile_seconds"] > 0
+
+
+def test_epoch_end_saves_wait_for_checkpoint_every_seconds(small_splits, tmp_path):
+  """With a long interval only the final state is saved (every epoch still gets its metrics
+  row); with 0, every epoch's end is saved."""
+  config = tiny_config(num_epochs=3, checkpoint_every_steps=1000, keep_checkpoints=5,
+                       checkpoint_every_seconds=1e9)
+  train.train_and_evaluate(config, str(tmp_path / "rare"))
+  assert [r["step"] for r in _metrics(tmp_path / "rare")] == [12, 24, 36]
+  steps = checkpointing.Checkpointer(tmp_path / "rare" / "checkpoints", config).all_steps()
+  assert steps == [36]
+  config.checkpoint_every_seconds = 0.0
+  train.train_and_evaluate(config, str(tmp_path / "every"))
+  steps = checkpointing.Checkpointer(tmp_path / "every" / "checkpoints", config).all_steps()
+  assert steps == [12, 24, 36]
