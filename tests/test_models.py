@@ -113,3 +113,19 @@ def test_reshape_max_pool_floors_odd_sizes_like_nn_max_pool():
   import flax.linen as nn
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 11, 11, 3))
   np.testing.assert_array_equal(models.max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))
+
+
+def test_both_max_pool_forms_give_the_same_values_and_gradients():
+  """The xla form pools by reshape + max on GPU/TPU and by reduce_window on CPU."""
+  window = models.CNN(dropout_rates=(0.0, 0.0, 0.0), pool_impl="window")
+  reshape = models.CNN(dropout_rates=(0.0, 0.0, 0.0), pool_impl="reshape")
+  params = _init(window)["params"]
+  images = jax.random.uniform(jax.random.PRNGKey(3), (8, 28, 28, 1))
+  np.testing.assert_array_equal(window.apply({"params": params}, images, train=False),
+                                reshape.apply({"params": params}, images, train=False))
+
+  def loss(model, p):
+    return jnp.sum(model.apply({"params": p}, images, train=True) ** 2)
+  for a, b in zip(jax.tree.leaves(jax.grad(lambda p: loss(window, p))(params)),
+                  jax.tree.leaves(jax.grad(lambda p: loss(reshape, p))(params))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
