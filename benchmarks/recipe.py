@@ -58,7 +58,6 @@ def run_seed(config: str, seed: int, root: pathlib.Path, overrides: list[str]) -
 def evaluate_both_ways(workdir: pathlib.Path) -> dict:
   """val/test accuracy of the last checkpoint, plain and flip-averaged: {"test": {"plain":
   ..., "flip_average": ...}, ...}."""
-  import numpy as np
   from fmnist_jax import evaluate, input_pipeline, workdir as workdir_lib
   config = workdir_lib.read_config(workdir)
   splits = input_pipeline.load_splits(config)

@@ -61,7 +61,8 @@ class Parallelism:
       raise ConfigError(
           f"{name} {batch_size} is not divisible by the {self.num_devices} devices "
           f"({self.num_processes} process(es)). Choose a multiple of {self.num_devices}, "
-          f"e.g. --config.{name}={max(1, round(batch_size / self.num_devices)) * self.num_devices}.")
+          f"e.g. --config.{name}="
+          f"{max(1, round(batch_size / self.num_devices)) * self.num_devices}.")
 
   def local_batch_size(self, global_batch_size: int) -> int:
     return global_batch_size // self.num_processes

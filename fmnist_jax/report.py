@@ -156,40 +156,49 @@ def write_report(workdir: str, splits: dict | None = None) -> pathlib.Path:
   out.mkdir(exist_ok=True)
   if splits is None:
     splits = input_pipeline.load_splits(config)
-  test_images, test_labels = splits["test"]
-
   figures = {
       "class_distribution": plot_class_distribution(splits, out / "class_distribution.png"),
       "samples_train": plot_samples_per_class(*splits["train"], "Training images per class",
                                               out / "samples_train.png"),
-      "samples_test": plot_samples_per_class(test_images, test_labels, "Test images per class",
+      "samples_test": plot_samples_per_class(*splits["test"], "Test images per class",
                                              out / "samples_test.png"),
       "curves": plot_curves(rows, out / "curves.png"),
   }
-  numbers = {"workdir": str(workdir), "final_metrics": rows[-1], "checkpoints": {}}
   checkpoints = ["best", "last"]
   if "val" not in splits or _best_step(workdir, config) is None:
     checkpoints = ["last"]  # no validation metrics saved with any checkpoint
-  results = {}
+  numbers = {"workdir": str(workdir), "final_metrics": rows[-1],
+             "checkpoints": _evaluate_checkpoints(workdir, config, checkpoints, splits["test"],
+                                                  figures, out)}
+  (out / "metrics.json").write_text(json.dumps(numbers, indent=2))
+  (out / "report.md").write_text("\n".join(_markdown(workdir, rows, numbers, figures)))
+  return out
+
+
+def _evaluate_checkpoints(workdir, config, checkpoints, test, figures, out) -> dict:
+  """Each checkpoint's test evaluation (its numbers, returned) and figures (into `figures`)."""
+  test_images, test_labels = test
+  numbers, results = {}, {}
   for which in checkpoints:
     model, params, step = evaluate.restore_params(workdir, config, which)
-    result = evaluate.evaluate_split(model, params, test_images, test_labels,
-                                     flip_average=config.get("eval_flip_average", False))
-    results[which] = result
-    numbers["checkpoints"][which] = {"step": step, **{k: v for k, v in result.items()
-                                                      if k not in ("predictions", "confidence")}}
+    results[which] = evaluate.evaluate_split(
+        model, params, test_images, test_labels,
+        flip_average=config.get("eval_flip_average", False))
+    numbers[which] = {"step": step, **{k: v for k, v in results[which].items()
+                                       if k not in ("predictions", "confidence")}}
     figures[f"confusion_{which}"] = plot_confusion(
-        result["confusion_matrix"], f"Test confusion matrix, {which} checkpoint (step {step})",
-        out / f"confusion_{which}.png")
+        results[which]["confusion_matrix"],
+        f"Test confusion matrix, {which} checkpoint (step {step})", out / f"confusion_{which}.png")
   chosen = results[checkpoints[0]]
-  figures["correct"] = plot_examples(test_images, test_labels, chosen, "correct",
-                                     out / "correct.png")
-  figures["wrong"] = plot_examples(test_images, test_labels, chosen, "wrong", out / "wrong.png")
-  figures["confidently_wrong"] = plot_examples(test_images, test_labels, chosen, "wrong",
-                                               out / "confidently_wrong.png",
-                                               most_confident=True)
-  (out / "metrics.json").write_text(json.dumps(numbers, indent=2))
+  for name, which, confident in (("correct", "correct", False), ("wrong", "wrong", False),
+                                 ("confidently_wrong", "wrong", True)):
+    figures[name] = plot_examples(test_images, test_labels, chosen, which, out / f"{name}.png",
+                                  most_confident=confident)
+  return numbers
 
+
+def _markdown(workdir, rows, numbers, figures) -> list[str]:
+  checkpoints = list(numbers["checkpoints"])
   md = [f"# Report: `{workdir}`", "",
         f"{len(rows)} evaluations; final step {rows[-1]['step']}, epoch {rows[-1]['epoch']:.2f}. "
         "All numbers are in `metrics.json`.", "",
@@ -201,9 +210,9 @@ def write_report(workdir: str, splits: dict | None = None) -> pathlib.Path:
         f"![test samples]({figures['samples_test']})", "", "Test images, one row per class.", "",
         "## Training curves", "", f"![curves]({figures['curves']})", "",
         "Accuracy and loss per epoch, as recorded in `metrics.jsonl` during training.", "",
-        "## Test evaluation", ""]
-  md += ["| checkpoint | step | test accuracy | test loss | best classes (F1) | worst classes (F1) |",
-         "| --- | --- | --- | --- | --- | --- |"]
+        "## Test evaluation", "",
+        "| checkpoint | step | test accuracy | test loss | best classes (F1) | "
+        "worst classes (F1) |", "| --- | --- | --- | --- | --- | --- |"]
   for which in checkpoints:
     n = numbers["checkpoints"][which]
     md.append(f"| {which} | {n['step']} | {100 * n['accuracy']:.2f}% | {n['loss']:.4f} | "
@@ -217,14 +226,13 @@ def write_report(workdir: str, splits: dict | None = None) -> pathlib.Path:
            f"![confusion]({figures[f'confusion_{which}']})", "",
            "Confusion matrix on the test split: counts, and each row divided by its class size.",
            ""]
-  md += ["## Correct vs misclassified", "",
-         f"![correct]({figures['correct']})", "",
-         f"Correctly classified test images ({checkpoints[0]} checkpoint), with confidence.", "",
-         f"![wrong]({figures['wrong']})", "", "Misclassified test images.", "",
-         f"![confidently wrong]({figures['confidently_wrong']})", "",
-         "The most confidently wrong test predictions.", ""]
-  (out / "report.md").write_text("\n".join(md))
-  return out
+  return md + ["## Correct vs misclassified", "",
+               f"![correct]({figures['correct']})", "",
+               f"Correctly classified test images ({checkpoints[0]} checkpoint), with "
+               "confidence.", "",
+               f"![wrong]({figures['wrong']})", "", "Misclassified test images.", "",
+               f"![confidently wrong]({figures['confidently_wrong']})", "",
+               "The most confidently wrong test predictions.", ""]
 
 
 def main(argv=None):

@@ -37,7 +37,8 @@ def _restore(workdir, config, step=None):
 
 def _assert_identical(a, b):
   assert int(a.step) == int(b.step)
-  for x, y in zip(jax.tree.leaves((a.params, a.opt_state)), jax.tree.leaves((b.params, b.opt_state))):
+  for x, y in zip(jax.tree.leaves((a.params, a.opt_state)),
+                  jax.tree.leaves((b.params, b.opt_state))):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 

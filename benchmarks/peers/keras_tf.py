@@ -2,8 +2,8 @@
 
 Fixed random batches in memory, warm-up, then the median of repeated timed runs of
 `model.fit` (training) and `model.evaluate` (evaluation), Keras' CPU defaults (no XLA).
-Prints one JSON object. Run it through `python -m benchmarks.peers.side_by_side`, which alternates it
-with fmnist_jax's own benchmark so both are measured in the same sitting.
+Prints one JSON object. Run it through `python -m benchmarks.peers.side_by_side`, which
+alternates it with fmnist_jax's own benchmark so both are measured in the same sitting.
 
   python -m benchmarks.peers.keras_tf --batch-sizes 128 512
 """
