@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from fmnist_jax import dataset, input_pipeline, models, parallel, state
 from fmnist_jax.errors import ConfigError
 
@@ -17,13 +19,26 @@ def _is_int(value) -> bool:
   return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_finite(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool) \
+      and math.isfinite(value)
+
+
 def validate_config(config) -> None:
+  """ConfigError listing every problem of the config at once, each with what to change."""
   problems = []
 
   def check(ok, message):
     if not ok:
       problems.append(message)
+  _check_types(config, check)
+  _check_values(config, check)
+  if problems:
+    raise ConfigError("Invalid config:\n  - " + "\n  - ".join(problems))
 
+
+def _check_types(config, check) -> None:
+  """Choices, counts and the numbers that must be finite."""
   for field, choices in CHOICES:
     value = config.get(field)
     check(value in choices, f"{field}={value!r} is not one of {', '.join(choices)}.")
@@ -32,14 +47,13 @@ def validate_config(config) -> None:
     value = config.get(field)
     check(_is_int(value) and value > 0, f"{field}={value!r} must be a positive integer.")
   for field in ("keep_best_checkpoints", "validation_size", "seed", "microbatches",
-                "augment_translate",
-                "augment_erase_size"):
+                "augment_translate", "augment_erase_size"):
     value = config.get(field)
     check(_is_int(value) and value >= 0, f"{field}={value!r} must be an integer >= 0.")
-  check(config.learning_rate > 0, f"learning_rate={config.learning_rate!r} must be > 0.")
-  check(config.weight_decay >= 0, f"weight_decay={config.weight_decay!r} must be >= 0.")
-  check(0 <= config.momentum < 1, f"momentum={config.momentum!r} must be in [0, 1).")
-  check(config.warmup_epochs >= 0, f"warmup_epochs={config.warmup_epochs!r} must be >= 0.")
+  check(_is_finite(config.learning_rate) and config.learning_rate > 0,
+        f"learning_rate={config.learning_rate!r} must be > 0 and finite.")
+  check(_is_finite(config.warmup_epochs) and config.warmup_epochs >= 0,
+        f"warmup_epochs={config.warmup_epochs!r} must be a finite number >= 0.")
   check(isinstance(config.checkpoint_every_seconds, (int, float))
         and config.checkpoint_every_seconds >= 0,
         f"checkpoint_every_seconds={config.checkpoint_every_seconds!r} must be >= 0.")
@@ -49,6 +63,16 @@ def validate_config(config) -> None:
     value = config.get(field)
     check(isinstance(value, (int, float)) and 0 <= value < 1,
           f"{field}={value!r} must be in [0, 1).")
+
+
+def _check_values(config, check) -> None:
+  """Ranges and the fields that must agree with each other or with the dataset."""
+  check(not _is_int(config.seed) or config.seed < 2 ** 63,
+        f"seed={config.seed!r} must be below 2**63 (a 64-bit signed integer).")
+  check(not _is_int(config.num_classes) or config.num_classes >= 10,
+        f"num_classes={config.num_classes!r}: Fashion-MNIST has 10 classes; use 10.")
+  check(config.weight_decay >= 0, f"weight_decay={config.weight_decay!r} must be >= 0.")
+  check(0 <= config.momentum < 1, f"momentum={config.momentum!r} must be in [0, 1).")
   check(0 <= config.stop_at_accuracy <= 1,
         f"stop_at_accuracy={config.stop_at_accuracy!r} must be in [0, 1] (0: off).")
   check(config.augment_translate <= 8,
@@ -75,5 +99,3 @@ def validate_config(config) -> None:
           f"validation_size={config.validation_size} leaves {train_size} training images, "
           f"fewer than one batch of {config.batch_size}: lower validation_size "
           f"(at most {dataset.NUM_TRAIN - config.batch_size}).")
-  if problems:
-    raise ConfigError("Invalid config:\n  - " + "\n  - ".join(problems))

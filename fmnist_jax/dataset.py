@@ -23,6 +23,7 @@ import importlib.util
 import os
 import pathlib
 import tempfile
+import zlib
 from typing import Mapping
 
 import numpy as np
@@ -101,7 +102,7 @@ def _read_bytes(path: pathlib.Path) -> bytes:
       with gzip.open(path, "rb") as f:
         return f.read()
     return path.read_bytes()
-  except (OSError, EOFError, gzip.BadGzipFile) as e:
+  except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
     raise DataError(f"Cannot read {path}: {e}. The file is damaged or truncated; replace it "
                     "(e.g. `apt-get install --reinstall dataset-fashion-mnist`).") from e
 

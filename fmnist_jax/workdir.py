@@ -24,9 +24,10 @@ import time
 
 import ml_collections
 import numpy as np
+from absl import logging
 
 from fmnist_jax import hardware
-from fmnist_jax.errors import ReportError
+from fmnist_jax.errors import ConfigError, ReportError
 
 CONFIG_FILE = "config.json"
 RUN_INFO_FILE = "run_info.jsonl"
@@ -36,8 +37,32 @@ CHECKPOINTS = "checkpoints"
 REPORT = "report"
 
 
+# What a run writes: a directory holding anything else, and no config.json, is not a run's.
+RUN_FILES = (CONFIG_FILE, RUN_INFO_FILE, METRICS_FILE, RESULT_FILE, CHECKPOINTS, REPORT,
+             "checkpoints_damaged", "config.step*.json", "events.out.tfevents.*")
+
+
+def check(workdir: str) -> None:
+  """ConfigError for a workdir that must not be trained into: empty (the current directory),
+  or an existing directory holding files that are not a run's (a source tree, say)."""
+  if not str(workdir).strip():
+    raise ConfigError("--workdir is empty: name a directory for the run (it is created if "
+                      "missing), e.g. --workdir runs/default.")
+  path = pathlib.Path(workdir).expanduser()
+  if not path.is_dir() or (path / CONFIG_FILE).exists():
+    return
+  foreign = sorted(p.name for p in path.iterdir()
+                   if not any(p.match(pattern) for pattern in RUN_FILES))
+  if foreign:
+    raise ConfigError(
+        f"--workdir {workdir} holds files that are not a fmnist_jax run's "
+        f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}) and no config.json: "
+        "pass a new or empty directory, e.g. --workdir runs/NAME.")
+
+
 def prepare(workdir: str) -> pathlib.Path:
   """Creates the workdir if needed; a clear error if it is a file or cannot be written."""
+  check(workdir)
   path = pathlib.Path(workdir).expanduser()
   if path.exists() and not path.is_dir():
     raise NotADirectoryError(f"--workdir {workdir} exists and is not a directory: "
@@ -53,14 +78,31 @@ def prepare(workdir: str) -> pathlib.Path:
 
 
 def _append_jsonl(path: pathlib.Path, row: dict) -> None:
-  with open(path, "a") as f:
-    f.write(json.dumps(row) + "\n")
+  """Appends one line; never onto a cut last line (a kill or a full disk leaves one)."""
+  with open(path, "ab") as f:
+    if f.tell() and not _ends_with_newline(path):
+      f.write(b"\n")
+    f.write((json.dumps(row) + "\n").encode())
+
+
+def _ends_with_newline(path: pathlib.Path) -> bool:
+  with open(path, "rb") as f:
+    f.seek(-1, 2)
+    return f.read(1) == b"\n"
 
 
 def _read_jsonl(path: pathlib.Path) -> list[dict]:
+  """The file's JSON lines; a damaged line is skipped with a warning naming it."""
   if not path.exists():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  rows = []
+  for number, line in enumerate(path.read_bytes().splitlines(), 1):
+    try:
+      if line.strip():
+        rows.append(json.loads(line))
+    except ValueError:  # also bad UTF-8
+      logging.warning("%s line %d is damaged and skipped: %r", path, number, line[:80])
+  return rows
 
 
 # --- config.json and run_info.jsonl ----------------------------------------------------------
@@ -69,7 +111,7 @@ def record_start(workdir: pathlib.Path, config, parallelism: str, **extra) -> No
   """Writes config.json (the resolved config) and appends this start to run_info.jsonl."""
   config_json = config.to_json_best_effort(indent=2, sort_keys=True)
   config_path = workdir / CONFIG_FILE
-  if config_path.exists() and config_path.read_text() != config_json:
+  if config_path.exists() and _read_config_text(config_path) != config_json:
     # A resumed run with a changed config: keep the original, record the new one beside it.
     config_path = workdir / f"config.step{extra.get('start_step', 0)}.json"
   if not config_path.exists():
@@ -80,12 +122,23 @@ def record_start(workdir: pathlib.Path, config, parallelism: str, **extra) -> No
   _append_jsonl(workdir / RUN_INFO_FILE, info)
 
 
+def _read_config_text(path: pathlib.Path) -> str:
+  """config.json's text, checked to be JSON: a ConfigError (nothing overwritten) if not."""
+  try:
+    text = path.read_text()
+    json.loads(text)
+    return text
+  except ValueError as e:  # UnicodeDecodeError and JSONDecodeError both
+    raise ConfigError(f"{path} is damaged ({type(e).__name__}: {str(e)[:100]}): restore it, "
+                      "or move it away to record this run's config anew.") from e
+
+
 def read_config(workdir) -> ml_collections.ConfigDict:
   path = pathlib.Path(workdir) / CONFIG_FILE
   if not path.exists():
     raise ReportError(f"{workdir} has no config.json: it is not a fmnist_jax workdir "
                       "(train into it with `python -m fmnist_jax.main --workdir ...`).")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  return ml_collections.ConfigDict(json.loads(_read_config_text(path)))
 
 
 def read_run_info(workdir) -> list[dict]:

@@ -106,3 +106,15 @@ def test_a_failed_build_never_looks_prepared(tmp_path):
   with pytest.raises(dataset.DataError, match="SHA-256"):
     dataset.prepare(data_dir, str(tmp_path / "idx"), checksums)
   assert not dataset.is_prepared(data_dir)
+
+
+def test_a_gzip_file_overwritten_in_the_middle_is_a_clear_error(tmp_path):
+  """Header intact, bytes changed at an offset: zlib's own error becomes the DataError."""
+  checksums = write_idx_dir(tmp_path, 300, 10, compress=True)
+  path = tmp_path / "train-images-idx3-ubyte.gz"
+  data = bytearray(path.read_bytes())
+  middle = len(data) // 2
+  data[middle:middle + 64] = bytes(64)
+  path.write_bytes(bytes(data))
+  with pytest.raises(dataset.DataError, match="train-images-idx3-ubyte.gz.*damaged"):
+    dataset.read_idx_splits(str(tmp_path), checksums)

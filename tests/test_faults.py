@@ -245,3 +245,69 @@ def test_workdir_below_a_file_is_rejected(tmp_path):
   assert result.returncode != 0 and "error:" in result.stderr
   assert "Traceback" not in result.stderr
   assert (tmp_path / "file").read_text() == "precious"
+
+
+# --- round two: damaged run files, bad workdirs, config mistakes ----------------------------
+
+def test_a_cut_metrics_line_is_skipped_and_never_glued_onto(small_splits, tmp_path, caplog):
+  config = tiny_config(num_epochs=1)
+  train.train_and_evaluate(config, str(tmp_path))
+  metrics = tmp_path / "metrics.jsonl"
+  metrics.write_bytes(metrics.read_bytes() + b'{"step": 99, "epo')  # a kill mid-write
+  caplog.set_level("WARNING")
+  train.train_and_evaluate(tiny_config(num_epochs=2), str(tmp_path))  # resumes: epoch 2
+  rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.endswith("}")]
+  assert [r["step"] for r in rows] == [12, 24]  # the new row is whole, on its own line
+  assert "line 2 is damaged and skipped" in caplog.text
+  result = json.loads((tmp_path / "result.json").read_text())
+  assert result["step"] == 24 and result["best_by_val"]["step"] in (12, 24)
+
+
+def test_a_damaged_config_json_stops_before_training_and_is_kept(small_splits, tmp_path):
+  train.train_and_evaluate(tiny_config(num_epochs=1), str(tmp_path))
+  (tmp_path / "config.json").write_bytes(b"\xff\xfe not json")
+  before = _snapshot(tmp_path)
+  with pytest.raises(errors.ConfigError, match="config.json is damaged"):
+    train.train_and_evaluate(tiny_config(num_epochs=2), str(tmp_path))
+  assert (tmp_path / "config.json").read_bytes() == b"\xff\xfe not json"
+  assert {k for k in _snapshot(tmp_path) if "metrics" in k} == \
+      {k for k in before if "metrics" in k}
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--workdir="], "--workdir is empty"),
+    (["--config.batch_sise=16"], "has no field 'batch_sise'; did you mean batch_size"),
+    (["--config.warmup_epochs=inf"], "warmup_epochs=inf must be a finite number"),
+    (["--config.learning_rate=inf"], "learning_rate=inf must be > 0 and finite"),
+    (["--config.seed=18446744073709551616"], "must be below 2**63"),
+    (["--config.num_classes=5"], "Fashion-MNIST has 10 classes"),
+])
+def test_user_mistakes_get_one_line_and_no_workdir(tmp_path, args, message):
+  workdir = tmp_path / "w"
+  command = ["--config", "configs/tiny.py", "--workdir", str(workdir), *args]
+  if args[0].startswith("--workdir"):
+    command = ["--config", "configs/tiny.py", *args]
+  result = _main(*command)
+  assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr and not workdir.exists()
+
+
+@pytest.mark.parametrize("body,message", [
+    ("def other():\n  pass\n", "defines no get_config()"),
+    ("def get_config():\n  return {'batch_size': 3}\n", "returned a dict"),
+])
+def test_config_files_without_a_config_dict_get_one_paragraph(tmp_path, body, message):
+  bad = tmp_path / "bad.py"
+  bad.write_text(body)
+  result = _main("--config", str(bad), "--workdir", str(tmp_path / "w"))
+  assert result.returncode != 0 and message in result.stderr
+  assert "Traceback" not in result.stderr and not (tmp_path / "w").exists()
+
+
+def test_a_workdir_holding_a_source_tree_is_refused(small_splits, tmp_path):
+  (tmp_path / "setup.cfg").write_text("[metadata]\n")
+  (tmp_path / "module.py").write_text("x = 1\n")
+  before = _snapshot(tmp_path)
+  with pytest.raises(errors.ConfigError, match="holds files that are not a fmnist_jax run's"):
+    train.train_and_evaluate(tiny_config(num_epochs=1), str(tmp_path))
+  assert _snapshot(tmp_path) == before
