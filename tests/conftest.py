@@ -89,3 +89,10 @@ def tiny_config(**overrides):
   config = tiny.get_config()
   config.update(overrides)
   return config
+
+
+def replicated_state(config, steps_per_epoch: int = 1, total_steps: int = 1):
+  """The config's initial train state, replicated on the local devices (as the loop has it)."""
+  from fmnist_jax import state
+  from fmnist_jax.parallel import Parallelism
+  return Parallelism("jit").replicate(state.initial_state(config, steps_per_epoch, total_steps))

@@ -16,20 +16,17 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import ROOT, synthetic_arrays, tiny_config
+from conftest import ROOT, replicated_state, synthetic_arrays, tiny_config
 from fmnist_jax import checkpointing, errors, state as state_lib, steps, train
-from fmnist_jax.parallel import Parallelism
 
 
-def _state(config):
-  return Parallelism("jit").replicate(state_lib.initial_state(config))
 
 
 def _restore(workdir, config, step=None):
   ckpt = checkpointing.Checkpointer(pathlib.Path(workdir) / "checkpoints", config,
                                     read_only=True)
   try:
-    state = _state(config)
+    state = replicated_state(config)
     return ckpt.restore(step, state) if step is not None else ckpt.restore_latest(state)
   finally:
     ckpt.close()
@@ -200,7 +197,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(small_
   with pytest.raises(errors.NonFiniteError, match=r"non-finite loss or gradient in steps \d+"):
     train.train_and_evaluate(exploding, str(tmp_path))
   steps = checkpointing.Checkpointer(tmp_path / "checkpoints", tiny_config(),
-                                     read_only=True).manager.all_steps()
+                                     read_only=True).all_steps()
   restored = _restore(tmp_path, tiny_config(), step=12)
   _assert_identical(good, restored)
   for step in steps:  # whatever was saved after step 12 is finite

@@ -10,8 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, tiny_config
-from fmnist_jax import checkpointing, input_pipeline, state as state_lib, train
+from conftest import ROOT, replicated_state, tiny_config
+from fmnist_jax import checkpointing, input_pipeline, train
 from fmnist_jax.parallel import Parallelism
 
 REQUIRED = {"step", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
@@ -24,7 +24,7 @@ def _metrics(workdir):
 
 
 def _final_params(workdir, config):
-  state = Parallelism("jit").replicate(state_lib.initial_state(config))
+  state = replicated_state(config)
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), config)
   state = ckpt.restore_latest(state)
   ckpt.close()
@@ -44,7 +44,7 @@ def test_trains_and_evaluates_after_every_epoch(small_splits, tmp_path):
   info = json.loads((tmp_path / "run_info.jsonl").read_text().splitlines()[0])
   assert info["platform"] == "cpu" and info["versions"]["jax"] == jax.__version__
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path))
-  assert 24 in checkpointing.Checkpointer(tmp_path / "checkpoints", config).manager.all_steps()
+  assert 24 in checkpointing.Checkpointer(tmp_path / "checkpoints", config).all_steps()
 
 
 def test_num_train_steps_stops_mid_epoch_with_a_final_evaluation(small_splits, tmp_path):

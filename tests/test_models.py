@@ -129,3 +129,18 @@ def test_both_max_pool_forms_give_the_same_values_and_gradients():
   for a, b in zip(jax.tree.leaves(jax.grad(lambda p: loss(window, p))(params)),
                   jax.tree.leaves(jax.grad(lambda p: loss(reshape, p))(params))):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_flops_per_image_counted_from_the_layer_shapes():
+  """2 FLOPs per multiply-add of each conv and dense layer; training is 3x the forward pass
+  less conv1's input gradient. The seed CNN, and every width doubled (configs/wide.py)."""
+  config = default.get_config()
+  forward = 389_376 + 4_460_544 + 1_327_104 + 294_912 + 2_560
+  assert models.flops_per_image(config, train=False) == forward == 6_474_496
+  assert models.flops_per_image(config) == 3 * forward - 389_376 == 19_034_112
+  config.conv_features, config.dense_features = (64, 128, 256), 256
+  conv1 = 2 * 26 * 26 * 9 * 1 * 64
+  wide = conv1 + 2 * 11 * 11 * 9 * 64 * 128 + 2 * 3 * 3 * 9 * 128 * 256 \
+      + 2 * 3 * 3 * 256 * 256 + 2 * 256 * 10
+  assert models.flops_per_image(config, train=False) == wide == 25_114_112
+  assert models.flops_per_image(config) == 3 * wide - conv1
