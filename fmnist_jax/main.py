@@ -95,6 +95,9 @@ def main(argv):
   except train.Preempted as e:
     logging.warning("%s", e)
     sys.exit(e.exit_code)
+  except KeyboardInterrupt:
+    sys.exit("aborted (Ctrl-C): the checkpoints already written are intact; run the same "
+             "command again to resume from the latest.")
   except (FmnistError, OSError) as e:
     logging.error("%s", e)
     sys.exit(f"error: {e}")

@@ -32,11 +32,13 @@ from fmnist_jax.parallel import Parallelism
 
 
 class Preempted(Exception):
-  """SIGTERM arrived; the state was checkpointed at `step` and the run should exit."""
+  """SIGTERM (or a first Ctrl-C) arrived; the state was checkpointed at `step` and the run
+  should exit."""
   exit_code = 75  # EX_TEMPFAIL: "try again", as schedulers that requeue understand it
 
-  def __init__(self, step: int):
-    super().__init__(f"preempted (SIGTERM): checkpoint saved at step {step}; run the same "
+  def __init__(self, step: int, reason: str = "SIGTERM"):
+    what = "interrupted" if reason == "Ctrl-C" else "preempted"
+    super().__init__(f"{what} ({reason}): checkpoint saved at step {step}; run the same "
                      "command again to resume")
     self.step = step
 
@@ -44,18 +46,26 @@ class Preempted(Exception):
 class PreemptionWatch:
   """Whether to stop for a preemption notice, at the same step on every process.
 
-  One process: SIGTERM sets a flag, read between compiled calls. Several processes: JAX's
-  preemption sync service agrees on a call number at which all processes save.
+  One process: SIGTERM, or a first Ctrl-C (SIGINT), sets a flag, read between compiled calls;
+  a second Ctrl-C aborts at once. Several processes: JAX's preemption sync service agrees on a
+  call number at which all processes save.
   """
 
   def __init__(self, ckpt: checkpointing.Checkpointer):
-    self.ckpt, self.calls, self.requested = ckpt, 0, False
-    self._previous = None
+    self.ckpt, self.calls, self.requested, self.reason = ckpt, 0, False, "SIGTERM"
+    self._previous = {}
     if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._on_signal)
 
-  def _on_sigterm(self, signum, frame):
-    logging.warning("SIGTERM received: saving a checkpoint after the current step")
+  def _on_signal(self, signum, frame):
+    if signum == signal.SIGINT:
+      self.reason = "Ctrl-C"
+      signal.signal(signal.SIGINT, signal.default_int_handler)  # a second one aborts
+      logging.warning("Ctrl-C: saving a checkpoint after the current step (Ctrl-C again to "
+                      "abort at once; the checkpoints already written stay intact)")
+    else:
+      logging.warning("SIGTERM received: saving a checkpoint after the current step")
     self.requested = True
 
   def reached(self) -> bool:
@@ -66,8 +76,8 @@ class PreemptionWatch:
     return self.requested
 
   def close(self):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous)
 
 
 class CompileTimer:
@@ -287,10 +297,10 @@ class Loop:
       while progress.step < self.spec.total_steps:
         state, preempt = self.train_epoch(state, progress)
         if preempt == "now":
-          raise Preempted(progress.step)
+          raise Preempted(progress.step, self.preemption.reason)
         scalars = self.end_of_epoch(state, progress)
         if preempt:
-          raise Preempted(progress.step)
+          raise Preempted(progress.step, self.preemption.reason)
         if self.target_reached(scalars):
           progress.stop_reason = "target_reached"
           break

@@ -308,3 +308,31 @@ def test_a_workdir_holding_a_source_tree_is_refused(small_splits, tmp_path):
   with pytest.raises(errors.ConfigError, match="holds files that are not a fmnist_jax run's"):
     train.train_and_evaluate(tiny_config(num_epochs=1), str(tmp_path))
   assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_like_sigterm_and_a_second_one_aborts(synthetic_tfds, tmp_path):
+  command = _main_command(tmp_path / "run", synthetic_tfds["data_dir"], "device")
+  returncode, stderr = _start_and_signal(command, tmp_path / "run", signal.SIGINT)
+  assert returncode == train.Preempted.exit_code, stderr[-3000:]
+  assert "interrupted (Ctrl-C): checkpoint saved at step" in stderr
+  assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+  step = int(stderr.split("checkpoint saved at step ")[1].split(";")[0])
+  assert int(_restore(tmp_path / "run", _tiny()).step) == step
+  # Twice: the run stops at once, with one line, and what was saved stays restorable.
+  command = _main_command(tmp_path / "twice", synthetic_tfds["data_dir"], "device")
+  process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+  checkpoints = tmp_path / "twice" / "checkpoints"
+  deadline = time.time() + 300
+  while time.time() < deadline and not (
+      checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())):
+    time.sleep(0.05)
+  process.send_signal(signal.SIGINT)
+  time.sleep(0.3)
+  process.send_signal(signal.SIGINT)
+  _, stderr = process.communicate(timeout=300)
+  assert process.returncode not in (0, train.Preempted.exit_code) or \
+      "checkpoint saved at step" in stderr, stderr[-3000:]
+  assert "Traceback" not in stderr, stderr[-3000:]
+  assert int(_restore(tmp_path / "twice", _tiny()).step) > 0
