@@ -74,6 +74,9 @@ def get_config():
   config.checkpoint_every_seconds = 10.0
   config.keep_checkpoints = 2           # the latest N ...
   config.keep_best_checkpoints = 1      # ... plus the best N by validation accuracy
+  # A resume with another batch_size or validation_size is refused (the saved step count
+  # would mean another position): True continues from the saved step count anyway.
+  config.resume_with_changed_steps = False
   config.async_checkpointing = True
   config.write_report = True            # WORKDIR/report/ at the end (fmnist_jax.report)
 

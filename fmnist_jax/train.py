@@ -161,6 +161,7 @@ class Run:
   total_steps: int
   options: steps.StepOptions
   peak_flops: float | None  # all devices together, where known
+  lock: Any = None          # workdir.Lock, held by process 0 while the run trains
 
   @property
   def is_chief(self) -> bool:
@@ -210,6 +211,41 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
         f" chunks on each of {par.num_devices} devices: make batch_size a multiple of "
         f"{config.microbatches * par.num_devices}, lower microbatches, or use 0 (auto).")
   path = workdir_lib.prepare(workdir)
+  lock = workdir_lib.Lock(path) if jax.process_index() == 0 else None
+  try:
+    return _setup_data(config, par, options, path, lock)
+  except BaseException:
+    if lock:
+      lock.release()
+    raise
+
+
+# Fields that change what a saved step count means: a resume with another value would take the
+# step count of one run for a position in another.
+STEP_FIELDS = ("batch_size", "validation_size")
+
+
+def check_resume(config, path) -> None:
+  """Says what changed since the workdir's last start; refuses a change of STEP_FIELDS when
+  there are checkpoints to resume from, unless config.resume_with_changed_steps."""
+  changes = workdir_lib.config_changes(path, config)
+  if not changes:
+    return
+  logging.warning("the config differs from the one this workdir recorded last: %s", "; ".join(
+      f"{field} {old!r} -> {new!r}" for field, (old, new) in changes.items()))
+  changed = [field for field in STEP_FIELDS if field in changes]
+  checkpoints = path / workdir_lib.CHECKPOINTS
+  resumable = checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())
+  if changed and resumable and not config.get("resume_with_changed_steps", False):
+    raise ConfigError(
+        f"resuming {path} with a changed {', '.join(changed)} ("
+        + ", ".join(f"{f} {changes[f][0]} -> {changes[f][1]}" for f in changed)
+        + ") would reinterpret its saved step count: use a new --workdir, or "
+        "--config.resume_with_changed_steps=True to continue from the saved step anyway.")
+
+
+def _setup_data(config, par: Parallelism, options, path, lock) -> Run:
+  check_resume(config, path)
   splits = input_pipeline.load_splits(config)
   train_data = input_pipeline.create_train_data(config, par, splits)
   steps_per_epoch = train_data.steps_per_epoch
@@ -226,7 +262,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
                       "validation_size > 0 or stop on test_accuracy.")
   peak = hardware.peak_flops(par.devices[0].device_kind, config.dtype)
   return Run(config, par, path, splits, train_data, eval_sets, steps_per_epoch, total_steps,
-             options, peak and peak * par.num_devices)
+             options, peak and peak * par.num_devices, lock)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -236,6 +272,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   NonFiniteError on a NaN/inf step, and Preempted after saving when SIGTERM arrives.
   """
   run = setup(config, workdir)
+  try:
+    return _restore_and_train(run)
+  finally:
+    if run.lock:
+      run.lock.release()
+
+
+def _restore_and_train(run: Run) -> dict[str, float]:
+  config = run.config
   state = run.par.replicate(state_lib.initial_state(config, run.steps_per_epoch,
                                                     run.total_steps))
   ckpt = checkpointing.Checkpointer(run.workdir / workdir_lib.CHECKPOINTS, config)

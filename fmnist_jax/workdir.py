@@ -15,6 +15,7 @@ Writing TensorBoard events needs the `tensorboard` package only, not TensorFlow.
 from __future__ import annotations
 
 import datetime
+import fcntl
 import json
 import os
 import pathlib
@@ -30,6 +31,7 @@ from fmnist_jax import hardware
 from fmnist_jax.errors import ConfigError, ReportError
 
 CONFIG_FILE = "config.json"
+LOCK_FILE = ".lock"
 RUN_INFO_FILE = "run_info.jsonl"
 METRICS_FILE = "metrics.jsonl"
 RESULT_FILE = "result.json"
@@ -38,7 +40,7 @@ REPORT = "report"
 
 
 # What a run writes: a directory holding anything else, and no config.json, is not a run's.
-RUN_FILES = (CONFIG_FILE, RUN_INFO_FILE, METRICS_FILE, RESULT_FILE, CHECKPOINTS, REPORT,
+RUN_FILES = (CONFIG_FILE, LOCK_FILE, RUN_INFO_FILE, METRICS_FILE, RESULT_FILE, CHECKPOINTS, REPORT,
              "checkpoints_damaged", "config.step*.json", "events.out.tfevents.*")
 
 
@@ -75,6 +77,31 @@ def prepare(workdir: str) -> pathlib.Path:
     raise PermissionError(f"--workdir {workdir} is not writable: pick another directory or "
                           "fix its permissions.")
   return path
+
+
+class Lock:
+  """One run per workdir: an exclusive flock on WORKDIR/.lock, which names its holder. The
+  kernel releases it when the process ends, however it ends: a lock is never stale."""
+
+  def __init__(self, workdir: pathlib.Path):
+    self._file = open(workdir / LOCK_FILE, "a+")
+    try:
+      fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      self._file.seek(0)
+      holder = self._file.read().strip() or "another process"
+      self._file.close()
+      raise ConfigError(f"--workdir {workdir} is in use by another run ({holder}): wait for "
+                        "it to end or stop it, or pick another --workdir.") from None
+    self._file.truncate(0)
+    self._file.write(f"pid {os.getpid()} on {socket.gethostname()}, since "
+                     f"{datetime.datetime.now().isoformat(timespec='seconds')}\n")
+    self._file.flush()
+
+  def release(self) -> None:
+    if not self._file.closed:
+      fcntl.flock(self._file, fcntl.LOCK_UN)
+      self._file.close()
 
 
 def _append_jsonl(path: pathlib.Path, row: dict) -> None:
@@ -139,6 +166,21 @@ def read_config(workdir) -> ml_collections.ConfigDict:
     raise ReportError(f"{workdir} has no config.json: it is not a fmnist_jax workdir "
                       "(train into it with `python -m fmnist_jax.main --workdir ...`).")
   return ml_collections.ConfigDict(json.loads(_read_config_text(path)))
+
+
+def config_changes(workdir, config) -> dict[str, tuple]:
+  """{field: (recorded, now)} for each top-level field that differs from the config this
+  workdir recorded last (config.json, or the newest config.stepN.json); {} for a new run."""
+  workdir = pathlib.Path(workdir)
+  recorded = sorted(workdir.glob("config.step*.json"),
+                    key=lambda p: int(p.stem.removeprefix("config.step") or 0))
+  path = recorded[-1] if recorded else workdir / CONFIG_FILE
+  if not path.exists():
+    return {}
+  old = json.loads(_read_config_text(path))
+  new = json.loads(config.to_json_best_effort())
+  return {field: (old.get(field), new.get(field)) for field in sorted(set(old) | set(new))
+          if old.get(field) != new.get(field)}
 
 
 def read_run_info(workdir) -> list[dict]:

@@ -40,8 +40,9 @@ def _assert_identical(a, b):
 
 
 def _snapshot(directory):
+  """Every file of a workdir but the run lock (which each start takes and names itself in)."""
   return {str(p): (p.stat().st_size, p.stat().st_mtime_ns)
-          for p in pathlib.Path(directory).rglob("*") if p.is_file()}
+          for p in pathlib.Path(directory).rglob("*") if p.is_file() and p.name != ".lock"}
 
 
 # --- kills and preemption: real subprocesses -----------------------------------------------
@@ -336,3 +337,33 @@ def test_ctrl_c_saves_like_sigterm_and_a_second_one_aborts(synthetic_tfds, tmp_p
       "checkpoint saved at step" in stderr, stderr[-3000:]
   assert "Traceback" not in stderr, stderr[-3000:]
   assert int(_restore(tmp_path / "twice", _tiny()).step) > 0
+
+
+def test_a_second_run_on_a_workdir_in_use_is_refused(small_splits, tmp_path):
+  """The lock is an flock held by process 0 for the whole run (released when it ends)."""
+  from fmnist_jax import workdir
+  train.train_and_evaluate(tiny_config(num_epochs=1), str(tmp_path))
+  before = _snapshot(tmp_path)
+  held = workdir.Lock(tmp_path)  # another run holds it
+  try:
+    with pytest.raises(errors.ConfigError, match=r"is in use by another run \(pid \d+ on "):
+      train.train_and_evaluate(tiny_config(num_epochs=2), str(tmp_path))
+  finally:
+    held.release()
+  assert _snapshot(tmp_path) == before
+  train.train_and_evaluate(tiny_config(num_epochs=2), str(tmp_path))  # free again: resumes
+  assert json.loads((tmp_path / "result.json").read_text())["step"] == 24
+
+
+def test_a_resume_that_changes_what_a_step_means_is_refused(small_splits, tmp_path, caplog):
+  train.train_and_evaluate(tiny_config(num_epochs=1), str(tmp_path))  # 12 steps of 16
+  before = _snapshot(tmp_path)
+  with pytest.raises(errors.ConfigError, match=r"changed batch_size \(batch_size 16 -> 32\)"):
+    train.train_and_evaluate(tiny_config(num_epochs=2, batch_size=32), str(tmp_path))
+  assert _snapshot(tmp_path) == before
+  caplog.set_level("WARNING")  # other changes are said, and allowed
+  train.train_and_evaluate(tiny_config(num_epochs=2), str(tmp_path))
+  assert "num_epochs 1 -> 2" in caplog.text
+  allowed = tiny_config(num_epochs=5, batch_size=32, resume_with_changed_steps=True)
+  train.train_and_evaluate(allowed, str(tmp_path))
+  assert json.loads((tmp_path / "result.json").read_text())["resumed_from_step"] == 24
