@@ -40,10 +40,17 @@ def initialize_distributed():
 
 
 class _QuietLibraries(std_logging.Filter):
-  """Orbax logs every save step at INFO; keep its warnings and errors only."""
+  """Orbax logs every save step at INFO: keep its warnings and errors only, less those that
+  describe normal use (a periodic save without metrics, a report opening checkpoints read-only).
+  """
+  BENIGN = ("Requested `tracked_metric`", "Given directory is read only",
+            "setting save_interval_steps=0")
 
   def filter(self, record):
-    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+    if "/orbax/" not in record.pathname:
+      return True
+    return record.levelno >= std_logging.WARNING and not any(
+        text in str(record.msg) for text in self.BENIGN)
 
 
 def configure_compilation_cache(cache_dir: str) -> str | None:

@@ -297,6 +297,10 @@ def _restore_and_train(run: Run) -> dict[str, float]:
                              start_step=progress.step)
   logging.info("%s; %d steps/epoch, %d steps in all; starting at step %d", run.par,
                run.steps_per_epoch, run.total_steps, progress.step)
+  if progress.step >= run.total_steps:
+    logging.warning("already finished at step %d of %d: nothing to train (raise num_epochs or "
+                    "num_train_steps to train on, or use a new --workdir)", progress.step,
+                    run.total_steps)
   writer = workdir_lib.MetricsWriter(run.workdir) if run.is_chief else None
   compile_timer, preemption = CompileTimer(), PreemptionWatch(ckpt)
   loop = Loop(run, ckpt, writer, compile_timer, preemption)
@@ -533,3 +537,16 @@ class Loop:
           traced=dict(self.compile_timer.traced), resumed_from_step=progress.start_step,
           host_syncs=progress.host_syncs, host_syncs_per_epoch=progress.host_syncs / epochs,
           host_seconds=dict(progress.host_seconds), flops_per_image=self.flops_per_image)
+      self.summary(progress)
+
+  def summary(self, progress: Progress) -> None:
+    """The last line of a run: where it ended, its metrics, its time, its files."""
+    final, seconds = progress.last_eval, time.perf_counter() - progress.run_start
+    trained = (progress.step - progress.start_step) * self.spec.config.batch_size
+    split = "test" if "test_accuracy" in final else "val"
+    logging.info(
+        "done (%s) at step %d, epoch %.2f: %s accuracy %.4f, loss %.4f | %.1f s (%.1f s "
+        "compiling), %s img/s | %s: metrics.jsonl, result.json, checkpoints/",
+        progress.stop_reason, progress.step, final["epoch"], split, final[f"{split}_accuracy"],
+        final[f"{split}_loss"], seconds, self.compile_timer.seconds,
+        f"{trained / max(seconds - self.compile_timer.seconds, 1e-9):,.0f}", self.spec.workdir)

@@ -162,3 +162,16 @@ def test_epoch_end_saves_wait_for_checkpoint_every_seconds(small_splits, tmp_pat
   train.train_and_evaluate(config, str(tmp_path / "every"))
   steps = checkpointing.Checkpointer(tmp_path / "every" / "checkpoints", config).all_steps()
   assert steps == [12, 24, 36]
+
+
+def test_console_ends_with_a_summary_and_a_rerun_says_it_is_finished(synthetic_tfds, tmp_path):
+  args = ("--config", "configs/tiny.py", "--workdir", str(tmp_path),
+          f"--config.data_dir={synthetic_tfds['data_dir']}", "--config.num_train_steps=6")
+  first = _run_main(*args)
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert re.search(r"done \(completed\) at step 6, epoch [\d.]+: test accuracy [\d.]+, loss "
+                   r"[\d.]+ \| [\d.]+ s \([\d.]+ s compiling\), [\d,]+ img/s \| .*: "
+                   r"metrics.jsonl, result.json, checkpoints/", first.stderr), first.stderr[-2000:]
+  assert "tracked_metric" not in first.stderr  # Orbax's notes on normal use stay quiet
+  again = _run_main(*args)
+  assert again.returncode == 0 and "already finished at step 6 of 6" in again.stderr
