@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import ast
 import collections
+import importlib.util
 import json
 import os
 import pathlib
@@ -63,3 +65,25 @@ def run_main(config: str, workdir, overrides=(), log_path=None) -> float:
     sys.exit(f"error: {' '.join(command[:4])} ... exited with {child.returncode}; its last "
              f"lines (all in {log_path}):\n" + "".join(tail))
   return seconds
+
+
+def parse_override(argument: str) -> tuple[str, object]:
+  """--config.field=value -> (field, value), the value as Python would read it."""
+  field, value = argument.removeprefix("--config.").split("=", 1)
+  try:
+    return field, ast.literal_eval(value)
+  except (ValueError, SyntaxError):
+    return field, value
+
+
+def load_config(path: str, overrides=()):
+  """A config file's get_config() with `--config.field=value` overrides applied, as
+  `fmnist_jax.main` would resolve it (top-level fields)."""
+  spec = importlib.util.spec_from_file_location("benchmark_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for argument in overrides:
+    field, value = parse_override(argument)
+    config[field] = type(config[field])(value) if isinstance(config[field], tuple) else value
+  return config

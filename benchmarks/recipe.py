@@ -22,6 +22,7 @@ import argparse
 import json
 import pathlib
 import statistics
+import sys
 
 import numpy as np
 
@@ -43,6 +44,14 @@ def run_seed(config: str, seed: int, root: pathlib.Path, overrides: list[str]) -
   run, extra_path = root / f"seed{seed}", root / f"seed{seed}.recipe.json"
   extra = json.loads(extra_path.read_text()) if extra_path.exists() else {}
   result = workdir_lib.read_result(run)
+  if result is not None:
+    asked = common.load_config(config, [f"--config.seed={seed}", "--config.write_report=False",
+                                        *overrides])
+    changes = workdir_lib.config_changes(run, asked)
+    if changes:
+      sys.exit(f"error: {run} finished with another config than the one asked for ("
+               + "; ".join(f"{k} {old!r} there, {new!r} asked" for k, (old, new) in
+                           changes.items()) + "): remove it or use another --workdir-root.")
   if result is None:
     extra = {"process_seconds": common.run_main(config, run,
                                                 [f"--config.seed={seed}", *overrides])}

@@ -55,7 +55,7 @@ def main(argv=None):
     for name, overrides in CANDIDATES:
       if args.only and name not in args.only:
         continue
-      overrides = {**overrides, **dict(_parse(e) for e in extra)}
+      overrides = {**overrides, **dict(common.parse_override(e) for e in extra)}
       results.append(run_candidate(name, overrides, pathlib.Path(tmp), args.seed))
       r = results[-1]
       print(f"{name}: val {r['final_val_accuracy']:.4f} (best {r['best_val_accuracy']:.4f}) "
@@ -69,16 +69,6 @@ def main(argv=None):
   report = {**common.machine(), "base": "configs/best.py", "results": results}
   common.write(args.json, report, common.machine_line(report) + "\n\n" + "\n".join(lines))
   print("\n".join(lines))
-
-
-def _parse(argument: str):
-  """--config.field=value -> (field, value), the value as Python would read it."""
-  import ast
-  field, value = argument.removeprefix("--config.").split("=", 1)
-  try:
-    return field, ast.literal_eval(value)
-  except (ValueError, SyntaxError):
-    return field, value
 
 
 if __name__ == "__main__":

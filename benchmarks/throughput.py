@@ -1,7 +1,8 @@
 """Images per second of the train and eval steps: `python -m benchmarks.throughput`.
 
     python -m benchmarks.throughput --json benchmarks/results/cpu.json [--batch-sizes 128 512]
-        [--quick] [--cpu-devices 2] [--config configs/default.py | --config-json RUN/config.json]
+        [--cpu-devices 2] [--config configs/default.py | --config-json RUN/config.json]
+    python -m benchmarks.throughput --json /tmp/quick.json --quick   # one setting, ~20 s
 
 Measures the compiled programs the training loop itself runs (steps.train_call and
 steps.eval_step, compiled by parallel.Parallelism) on synthetic data already in memory:
@@ -50,27 +51,27 @@ def _parse_args(argv):
   parser.add_argument("--cpu-devices", type=int, default=0,
                       help="simulate N CPU devices (sets XLA_FLAGS before jax starts)")
   parser.add_argument("--quick", action="store_true",
-                      help="a fast smoke run: one batch size, few images, one repeat")
+                      help="a smoke run in well under a minute: the first of each list, one "
+                      "step per call, few images, one repeat")
   args = parser.parse_args(argv)
   if args.quick:
-    args.batch_sizes = args.batch_sizes[:1]
+    for name in ("batch_sizes", "parallelism", "input_modes", "microbatches", "dtypes",
+                 "conv_impls"):
+      setattr(args, name, getattr(args, name)[:1])
+    args.steps_per_call = [1]
     args.train_images, args.eval_images, args.repeats = 4 * args.batch_sizes[0], \
         8 * args.batch_sizes[0], 1
-    args.steps_per_call = [s for s in args.steps_per_call if s <= 2] or [1]
   return args
 
 
 def load_config(args):
   """The benchmarked model's config: a config file, or a run's resolved config.json."""
   import ml_collections
+  from benchmarks import common
   if args.config_json:
     with open(args.config_json) as f:
       return ml_collections.ConfigDict(json.load(f))
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("benchmarked_config", args.config)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return common.load_config(args.config)
 
 
 def measured_cpu_peak() -> float:

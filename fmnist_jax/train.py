@@ -430,9 +430,10 @@ class Loop:
     eta = (spec.total_steps - step) * spec.config.batch_size / max(images_per_second, 1e-9)
     flops = images_per_second * self.flops_per_image
     peak = f" ({100 * flops / spec.peak_flops:.1f}% of peak)" if spec.peak_flops else ""
-    logging.info("step %d/%d epoch %d | train loss %.4f acc %.4f | %s img/s | ETA %s | "
-                 "%.2f TFLOP/s%s", step, spec.total_steps, epoch + 1, loss, accuracy,
-                 f"{images_per_second:,.0f}", _format_seconds(eta), flops / 1e12, peak)
+    if spec.is_chief:  # one progress line per run, not one per process
+      logging.info("step %d/%d epoch %d | train loss %.4f acc %.4f | %s img/s | ETA %s | "
+                   "%.2f TFLOP/s%s", step, spec.total_steps, epoch + 1, loss, accuracy,
+                   f"{images_per_second:,.0f}", _format_seconds(eta), flops / 1e12, peak)
 
   def fetch(self, progress: Progress, tree):
     progress.host_syncs += 1

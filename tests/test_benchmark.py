@@ -14,8 +14,9 @@ from conftest import ROOT
 def test_throughput_benchmark_writes_valid_json(tmp_path):
   out = tmp_path / "bench.json"
   result = subprocess.run(
-      [sys.executable, "-m", "benchmarks.throughput", "--json", str(out), "--quick",
-       "--batch-sizes", "32", "--dtypes", "float32", "--cpu-devices", "2"],
+      [sys.executable, "-m", "benchmarks.throughput", "--json", str(out), "--batch-sizes", "32",
+       "--dtypes", "float32", "--cpu-devices", "2", "--steps-per-call", "1",
+       "--train-images", "128", "--eval-images", "256", "--repeats", "1"],
       cwd=ROOT, capture_output=True, text=True, timeout=600,
       env={**os.environ, "XLA_FLAGS": ""})
   assert result.returncode == 0, result.stderr[-3000:]
@@ -33,6 +34,17 @@ def test_throughput_benchmark_writes_valid_json(tmp_path):
     assert r["flops_per_image"] > 1e6  # the seed CNN: ~6.5 MFLOP forward per image
   assert {r["conv_impl"] for r in report["results"] if r["step"] == "train"} == {"xla", "im2col"}
   assert "| train | jit | 2 | 32 |" in out.with_suffix(".md").read_text()
+
+
+def test_quick_throughput_is_one_train_and_one_eval_setting(tmp_path):
+  out = tmp_path / "quick.json"
+  result = subprocess.run([sys.executable, "-m", "benchmarks.throughput", "--json", str(out),
+                           "--quick"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  settings = [(r["step"], r["batch_size"], r["parallelism"], r["input_mode"], r["dtype"],
+               r["conv_impl"], r["steps_per_call"]) for r in json.loads(out.read_text())["results"]]
+  assert settings == [("train", 128, "jit", "device", "float32", "xla", 1),
+                      ("eval", 128, "jit", "device", "float32", "xla", 1)]
 
 
 def test_matmul_dtype_benchmark_writes_every_shape_and_form(tmp_path):
@@ -76,6 +88,16 @@ def test_recipe_benchmark_summarizes_seeds(synthetic_tfds, tmp_path):
     assert 0 <= both["test"]["flip_average"] <= 1
   assert len(report["summary"]["test_accuracy_flip_average"]) == 2
   assert "| tiny | 2 |" in out.with_suffix(".md").read_text()
+  # Asked again with another config: refused, saying what differs (the finished runs stay).
+  again = subprocess.run(
+      [sys.executable, "-m", "benchmarks.recipe", "--config", "configs/tiny.py", "--seeds", "0",
+       "--workdir-root", str(tmp_path / "runs"), "--json", str(tmp_path / "again.json"),
+       *_tiny_run_args(synthetic_tfds)[:-2], "--config.steps_per_call=2",
+       _tiny_run_args(synthetic_tfds)[-1]],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert again.returncode != 0
+  assert "finished with another config" in again.stderr and "steps_per_call 4 there, 2 asked" \
+      in again.stderr, again.stderr[-2000:]
 
 
 def test_time_to_accuracy_benchmark_reports_the_target(synthetic_tfds, tmp_path):
