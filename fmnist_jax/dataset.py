@@ -269,10 +269,17 @@ def _hidden_gpus():
 def load_arrays(data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   """A whole tfds split (e.g. 'train[:55000]') as (images uint8 [N,28,28,1], labels int32)."""
   import tensorflow_datasets as tfds
-  with _hidden_gpus():
-    ds = tfds.load(DATASET_NAME, split=split, data_dir=data_dir, batch_size=-1,
-                   download=False)
-    arrays = tfds.as_numpy(ds)
+  try:
+    with _hidden_gpus():
+      ds = tfds.load(DATASET_NAME, split=split, data_dir=data_dir, batch_size=-1,
+                     download=False)
+      arrays = tfds.as_numpy(ds)
+  except Exception as e:  # TensorFlow's DataLossError, NotFoundError, ...: a damaged copy
+    folder = os.path.join(data_dir, DATASET_NAME)
+    raise DataError(
+        f"the prepared copy of {DATASET_NAME} in {folder} is damaged ({type(e).__name__}: "
+        f"{str(e).splitlines()[0][:200]}): delete that folder and it is rebuilt from the IDX "
+        "files (or downloaded) at the next start.") from e
   return arrays["image"], arrays["label"].astype(np.int32)
 
 

@@ -210,10 +210,12 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
         f"batch_size {config.batch_size} does not split into microbatches={config.microbatches}"
         f" chunks on each of {par.num_devices} devices: make batch_size a multiple of "
         f"{config.microbatches * par.num_devices}, lower microbatches, or use 0 (auto).")
+  workdir_lib.check(workdir)
+  splits = input_pipeline.load_splits(config)  # (a data error leaves no workdir behind)
   path = workdir_lib.prepare(workdir)
   lock = workdir_lib.Lock(path) if jax.process_index() == 0 else None
   try:
-    return _setup_data(config, par, options, path, lock)
+    return _setup_data(config, par, options, path, lock, splits)
   except BaseException:
     if lock:
       lock.release()
@@ -244,9 +246,8 @@ def check_resume(config, path) -> None:
         "--config.resume_with_changed_steps=True to continue from the saved step anyway.")
 
 
-def _setup_data(config, par: Parallelism, options, path, lock) -> Run:
+def _setup_data(config, par: Parallelism, options, path, lock, splits) -> Run:
   check_resume(config, path)
-  splits = input_pipeline.load_splits(config)
   train_data = input_pipeline.create_train_data(config, par, splits)
   steps_per_epoch = train_data.steps_per_epoch
   if steps_per_epoch == 0:

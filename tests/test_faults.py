@@ -367,3 +367,16 @@ def test_a_resume_that_changes_what_a_step_means_is_refused(small_splits, tmp_pa
   allowed = tiny_config(num_epochs=5, batch_size=32, resume_with_changed_steps=True)
   train.train_and_evaluate(allowed, str(tmp_path))
   assert json.loads((tmp_path / "result.json").read_text())["resumed_from_step"] == 24
+
+
+def test_a_damaged_prepared_dataset_is_named_and_no_workdir_is_made(synthetic_tfds, tmp_path):
+  import shutil
+  data_dir = tmp_path / "tfds"
+  shutil.copytree(synthetic_tfds["data_dir"], data_dir)
+  record = next((data_dir / "fashion_mnist").rglob("*test.tfrecord*"))
+  record.write_bytes(record.read_bytes()[:len(record.read_bytes()) // 2])
+  workdir = tmp_path / "run"
+  with pytest.raises(errors.DataError, match=r"fashion_mnist is damaged .*delete that folder"):
+    train.train_and_evaluate(tiny_config(data_dir=str(data_dir), num_train_steps=2),
+                             str(workdir))
+  assert not workdir.exists()
