@@ -32,10 +32,27 @@ def summarize_run(rows: list[dict]) -> dict:
           "train_test_gap": final["train_accuracy"] - final["test_accuracy"]}
 
 
+def labels(workdirs: list[str]) -> list[str]:
+  """A distinct label per run: the shortest tail of its path that no other run shares
+  (runs/a/seed0 and runs/b/seed0 -> a/seed0 and b/seed0); the full path for repeats."""
+  parts = [pathlib.Path(w).resolve().parts for w in workdirs]
+  names = []
+  for i, p in enumerate(parts):
+    for n in range(1, len(p) + 1):
+      tail = p[-n:]
+      if all(q[-n:] != tail for j, q in enumerate(parts) if j != i):
+        names.append("/".join(tail))
+        break
+    else:
+      names.append(f"{'/'.join(p)} ({i + 1})")
+  return names
+
+
 def compare(workdirs: list[str], out: str) -> pathlib.Path:
   out_path = pathlib.Path(out)
   out_path.mkdir(parents=True, exist_ok=True)
-  runs = {pathlib.Path(w).name or w: workdir_lib.read_metrics(w, required=True) for w in workdirs}
+  runs = {name: workdir_lib.read_metrics(w, required=True)
+          for name, w in zip(labels(workdirs), workdirs)}
   fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(12, 4.5))
   for i, (name, rows) in enumerate(runs.items()):
     color = f"C{i}"

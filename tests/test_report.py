@@ -69,3 +69,10 @@ def test_compare_tabulates_runs(small_splits, tmp_path):
   assert summary["with"]["train_test_gap"] == pytest.approx(
       rows[-1]["train_accuracy"] - rows[-1]["test_accuracy"])
   assert "| without |" in (out / "compare.md").read_text()
+
+
+def test_compare_labels_runs_by_their_distinct_path_parts():
+  assert compare.labels(["runs/a/seed0", "runs/b/seed0", "runs/c"]) == \
+      ["a/seed0", "b/seed0", "c"]
+  twice = compare.labels(["runs/x", "runs/x"])
+  assert len(set(twice)) == 2  # the same run twice is never merged into one
