@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fmnist_jax import checkpointing, evaluate, input_pipeline  # noqa: E402
@@ -171,7 +172,7 @@ def write_report(workdir: str, splits: dict | None = None) -> pathlib.Path:
              "checkpoints": _evaluate_checkpoints(workdir, config, checkpoints, splits["test"],
                                                   figures, out)}
   (out / "metrics.json").write_text(json.dumps(numbers, indent=2))
-  (out / "report.md").write_text("\n".join(_markdown(workdir, rows, numbers, figures)))
+  (out / "report.md").write_text("\n".join(_markdown(workdir, config, rows, numbers, figures)))
   return out
 
 
@@ -181,11 +182,17 @@ def _evaluate_checkpoints(workdir, config, checkpoints, test, figures, out) -> d
   numbers, results = {}, {}
   for which in checkpoints:
     model, params, step = evaluate.restore_params(workdir, config, which)
-    results[which] = evaluate.evaluate_split(
-        model, params, test_images, test_labels,
-        flip_average=config.get("eval_flip_average", False))
-    numbers[which] = {"step": step, **{k: v for k, v in results[which].items()
-                                       if k not in ("predictions", "confidence")}}
+    same = [w for w in numbers if numbers[w]["step"] == step]
+    if same:  # best and last are the same checkpoint: evaluated once
+      results[which], numbers[which] = results[same[0]], numbers[same[0]]
+    else:
+      results[which] = evaluate.evaluate_split(
+          model, params, test_images, test_labels,
+          flip_average=config.get("eval_flip_average", False))
+      numbers[which] = {"step": step, "parameters": int(sum(np.size(x) for x in
+                                                             jax.tree.leaves(params))),
+                        **{k: v for k, v in results[which].items()
+                           if k not in ("predictions", "confidence")}}
     figures[f"confusion_{which}"] = plot_confusion(
         results[which]["confusion_matrix"],
         f"Test confusion matrix, {which} checkpoint (step {step})", out / f"confusion_{which}.png")
@@ -197,9 +204,40 @@ def _evaluate_checkpoints(workdir, config, checkpoints, test, figures, out) -> d
   return numbers
 
 
-def _markdown(workdir, rows, numbers, figures) -> list[str]:
+def _headline(workdir, config, rows, numbers) -> list[str]:
+  """The run at a glance: what was trained, how, where, how long, and how well."""
+  starts = workdir_lib.read_run_info(workdir)
+  result = workdir_lib.read_result(workdir) or {}
+  last = numbers["checkpoints"]["last"]
+  final, best = rows[-1], max(rows, key=lambda r: r.get("val_accuracy", r["test_accuracy"]))
+  command = " ".join(starts[0]["argv"][1:]) if starts else "?"
+  lines = [
+      ("command", f"`{command}`" + (f" ({len(starts)} starts)" if len(starts) > 1 else "")),
+      ("model", f"CNN, conv {tuple(config.conv_features)}, dense {config.dense_features}, "
+                f"{last['parameters']:,} parameters, {config.dtype}"),
+      ("recipe", f"{config.optimizer} lr {config.learning_rate:g} ({config.schedule}), batch "
+                 f"{config.batch_size}, dropout {tuple(config.dropout_rates)}, label smoothing "
+                 f"{config.label_smoothing:g}, EMA {config.ema_decay:g}, shifts "
+                 f"{config.augment_translate}, flips {config.augment_flip}"),
+      ("device", f"{starts[-1]['device_kind']} x{starts[-1]['device_count']} "
+                 f"({starts[-1]['platform']}; host {starts[-1].get('host_cpu', '?')})"
+       if starts else "?"),
+      ("training", f"step {final['step']}, epoch {final['epoch']:.2f}, "
+                   f"{result.get('stop_reason', '?')}; {result.get('train_seconds', 0):.1f} s "
+                   f"({result.get('compile_seconds', 0):.1f} s compiling)"),
+      ("final", f"test accuracy {100 * final['test_accuracy']:.2f}%, test loss "
+                f"{final['test_loss']:.4f}"),
+      ("best by validation", f"val accuracy {100 * best.get('val_accuracy', 0):.2f}% at step "
+                             f"{best['step']} (test {100 * best['test_accuracy']:.2f}%)"
+       if "val_accuracy" in best else "no validation split")]
+  return ["| | |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in lines] + [""]
+
+
+def _markdown(workdir, config, rows, numbers, figures) -> list[str]:
   checkpoints = list(numbers["checkpoints"])
-  md = [f"# Report: `{workdir}`", "",
+  steps = [numbers["checkpoints"][w]["step"] for w in checkpoints]
+  sections = checkpoints if len(set(steps)) == len(steps) else checkpoints[-1:]
+  md = [f"# Report: `{workdir}`", ""] + _headline(workdir, config, rows, numbers) + [
         f"{len(rows)} evaluations; final step {rows[-1]['step']}, epoch {rows[-1]['epoch']:.2f}. "
         "All numbers are in `metrics.json`.", "",
         "## Data", "",
@@ -217,9 +255,10 @@ def _markdown(workdir, rows, numbers, figures) -> list[str]:
     n = numbers["checkpoints"][which]
     md.append(f"| {which} | {n['step']} | {100 * n['accuracy']:.2f}% | {n['loss']:.4f} | "
               f"{', '.join(n['best_classes'])} | {', '.join(n['worst_classes'])} |")
-  for which in checkpoints:
+  for which in sections:
     n = numbers["checkpoints"][which]
-    md += ["", f"### {which.capitalize()} checkpoint (step {n['step']})", ""]
+    title = which.capitalize() if sections == checkpoints else " and ".join(checkpoints)
+    md += ["", f"### {title.capitalize()} checkpoint (step {n['step']})", ""]
     md += _class_table(n["classification_report"])
     md += ["", "Most confused pairs (true → predicted: test images): " +
            "; ".join(f"{t} → {p}: {c}" for t, p, c in n["most_confused_pairs"]) + ".", "",

@@ -43,6 +43,17 @@ def test_report_writes_every_file(trained_workdir):
   assert last["accuracy"] == pytest.approx(numbers["final_metrics"]["test_accuracy"])
   text = (out / "report.md").read_text()
   assert "Most confused pairs" in text and "![curves](curves.png)" in text
+  # The headline: what was trained, how, where, how long, how well.
+  head = text.split("## Data")[0]
+  for row in ("| command |", "| model | CNN, conv (4, 8, 8), dense 16, ", "| recipe | adam",
+              "| device | cpu", "| training | step 24, epoch 2.00, completed;",
+              f"| final | test accuracy {100 * numbers['final_metrics']['test_accuracy']:.2f}%"):
+    assert row in head, head
+  best = numbers["checkpoints"]["best"]
+  sections = text.count("checkpoint (step ")
+  assert sections == (1 if best["step"] == last["step"] else 2)
+  if best["step"] == last["step"]:
+    assert "### Best and last checkpoint" in text
 
 
 def test_report_on_a_workdir_without_metrics_or_checkpoints_is_a_clear_error(trained_workdir):
