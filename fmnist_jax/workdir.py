@@ -216,7 +216,18 @@ class MetricsWriter:
   def write_scalars(self, step: int, scalars: dict) -> None:
     from tensorboard.compat.proto import event_pb2, summary_pb2
     row = {"step": int(step), **{k: _py(v) for k, v in scalars.items()}}
-    _append_jsonl(self.workdir / METRICS_FILE, row)
+    path = self.workdir / METRICS_FILE
+    rows = _read_jsonl(path)
+    if any(r.get("step") == row["step"] for r in rows):
+      # Written again after a resume (killed between this row and its checkpoint): the new
+      # row replaces the old one, atomically.
+      rows = sorted([r for r in rows if r.get("step") != row["step"]] + [row],
+                    key=lambda r: r.get("step", 0))
+      tmp = path.with_name(f".{METRICS_FILE}.tmp")
+      tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+      os.replace(tmp, path)
+    else:
+      _append_jsonl(path, row)
     values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v))
               for k, v in row.items() if k != "step"]
     self._events.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),

@@ -380,3 +380,16 @@ def test_a_damaged_prepared_dataset_is_named_and_no_workdir_is_made(synthetic_tf
     train.train_and_evaluate(tiny_config(data_dir=str(data_dir), num_train_steps=2),
                              str(workdir))
   assert not workdir.exists()
+
+
+def test_a_metrics_row_written_again_after_a_resume_replaces_the_old_one(small_splits,
+                                                                         tmp_path):
+  """A kill between an evaluation's row and its checkpoint: the resumed run evaluates that
+  step again, and metrics.jsonl keeps one row per step, the new one."""
+  train.train_and_evaluate(tiny_config(num_epochs=1), str(tmp_path))  # row and checkpoint 12
+  metrics = tmp_path / "metrics.jsonl"
+  with open(metrics, "a") as f:  # the row of step 24, whose checkpoint never got written
+    f.write(json.dumps({"step": 24, "epoch": 2.0, "train_loss": 999.0}) + "\n")
+  train.train_and_evaluate(tiny_config(num_epochs=2), str(tmp_path))
+  rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+  assert [r["step"] for r in rows] == [12, 24] and rows[1]["train_loss"] < 999
