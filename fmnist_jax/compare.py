@@ -55,16 +55,14 @@ def compare(workdirs: list[str], out: str) -> pathlib.Path:
           for name, w in zip(labels(workdirs), workdirs)}
   fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(12, 4.5))
   for i, (name, rows) in enumerate(runs.items()):
-    color = f"C{i}"
     epochs = [r["epoch"] for r in rows]
-    ax_acc.plot(epochs, [100 * r["train_accuracy"] for r in rows], "--", color=color,
-                label=f"{name} train")
-    ax_acc.plot(epochs, [100 * r["test_accuracy"] for r in rows], "-o", ms=3, color=color,
-                label=f"{name} test")
-    ax_loss.plot(epochs, [r["train_loss"] for r in rows], "--", color=color,
-                 label=f"{name} train")
-    ax_loss.plot(epochs, [r["test_loss"] for r in rows], "-o", ms=3, color=color,
-                 label=f"{name} test")
+    for split, style in (("train", "--"), ("val", ":"), ("test", "-")):
+      if f"{split}_accuracy" not in rows[0]:
+        continue
+      # markers on every line: a run with a single evaluation still shows its points
+      kwargs = {"color": f"C{i}", "marker": "o", "ms": 3, "label": f"{name} {split}"}
+      ax_acc.plot(epochs, [100 * r[f"{split}_accuracy"] for r in rows], style, **kwargs)
+      ax_loss.plot(epochs, [r[f"{split}_loss"] for r in rows], style, **kwargs)
   ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
   ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
   for ax in (ax_acc, ax_loss):
@@ -75,16 +73,23 @@ def compare(workdirs: list[str], out: str) -> pathlib.Path:
   plt.close(fig)
 
   summary = {name: summarize_run(rows) for name, rows in runs.items()}
+  for name, w in zip(runs, workdirs):  # calibration, where the run's report measured it
+    report = pathlib.Path(w) / workdir_lib.REPORT / "metrics.json"
+    if report.exists():
+      last = json.loads(report.read_text())["checkpoints"]["last"]
+      summary[name]["last_checkpoint_test_ece"] = last.get("calibration", {}).get("ece")
   (out_path / "compare.json").write_text(json.dumps(summary, indent=2))
   lines = ["| run | epochs | final test acc | best test acc | final test loss | "
-           "lowest test loss (epoch) | final train acc | train − test gap |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "lowest test loss (epoch) | final train acc | train − test gap | test ECE |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
   for name, s in summary.items():
     lines.append(
-        f"| {name} | {s['epochs']:.0f} | {100 * s['final_test_accuracy']:.2f}% | "
+        f"| {name} | {s['epochs']:g} | {100 * s['final_test_accuracy']:.2f}% | "
         f"{100 * s['best_test_accuracy']:.2f}% | {s['final_test_loss']:.4f} | "
-        f"{s['lowest_test_loss']:.4f} ({s['lowest_test_loss_epoch']:.0f}) | "
-        f"{100 * s['final_train_accuracy']:.2f}% | {100 * s['train_test_gap']:.2f} pts |")
+        f"{s['lowest_test_loss']:.4f} ({s['lowest_test_loss_epoch']:g}) | "
+        f"{100 * s['final_train_accuracy']:.2f}% | {100 * s['train_test_gap']:.2f} pts | "
+        + (f"{100 * s['last_checkpoint_test_ece']:.2f}% |"
+           if s.get("last_checkpoint_test_ece") is not None else "– |"))
   (out_path / "compare.md").write_text("\n".join(
       ["# Runs compared", "", "![curves](compare.png)", ""] + lines) + "\n")
   print("\n".join(lines))

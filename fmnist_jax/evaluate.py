@@ -71,6 +71,20 @@ def most_confused_pairs(confusion: np.ndarray, count: int = 5, class_names=CLASS
           for i, j in zip(*np.unravel_index(order, confusion.shape))]
 
 
+def calibration(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> dict:
+  """Expected calibration error (Guo et al., 2017): the mean over equal-width confidence bins
+  of |accuracy - mean confidence|, weighted by the bin's share of examples; with the bins'
+  accuracy, confidence and count for a reliability diagram."""
+  index = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+  count = np.bincount(index, minlength=bins)
+  safe = np.maximum(count, 1)
+  accuracy = np.bincount(index, weights=correct.astype(float), minlength=bins) / safe
+  mean_confidence = np.bincount(index, weights=confidence, minlength=bins) / safe
+  ece = float(np.sum(count / max(len(confidence), 1) * np.abs(accuracy - mean_confidence)))
+  return {"ece": ece, "bin_accuracy": accuracy.tolist(),
+          "bin_confidence": mean_confidence.tolist(), "bin_count": count.tolist()}
+
+
 def evaluate_split(model, params, images, labels, class_names=CLASS_NAMES, *,
                    flip_average: bool = False) -> dict:
   """Everything the report shows about one checkpoint on one split."""
@@ -88,4 +102,5 @@ def evaluate_split(model, params, images, labels, class_names=CLASS_NAMES, *,
           "confusion_matrix": confusion.tolist(),
           "most_confused_pairs": most_confused_pairs(confusion, 5, class_names),
           "best_classes": ranked[::-1][:3], "worst_classes": ranked[:3],
+          "calibration": calibration(confidence, predictions == labels),
           "predictions": predictions, "confidence": confidence}

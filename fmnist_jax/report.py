@@ -102,6 +102,21 @@ def plot_confusion(confusion: np.ndarray, title: str, path: pathlib.Path) -> str
   return _save(fig, path)
 
 
+def plot_reliability(calibration: dict, title: str, path: pathlib.Path) -> str:
+  """Accuracy against confidence per bin: a calibrated model lies on the diagonal."""
+  bins = len(calibration["bin_count"])
+  centres = (np.arange(bins) + 0.5) / bins
+  used = np.asarray(calibration["bin_count"]) > 0
+  fig, ax = plt.subplots(figsize=(4.8, 4.5))
+  ax.bar(centres[used], np.asarray(calibration["bin_accuracy"])[used], width=1 / bins,
+         edgecolor="black", alpha=0.7, label="accuracy")
+  ax.plot([0, 1], [0, 1], "--", color="gray", label="calibrated")
+  ax.set(xlabel="confidence (max softmax probability)", ylabel="accuracy", xlim=(0, 1),
+         ylim=(0, 1), title=f"{title}\nECE {100 * calibration['ece']:.2f}%")
+  ax.legend(loc="upper left")
+  return _save(fig, path)
+
+
 def plot_examples(images, labels, result, which: str, path: pathlib.Path, count: int = 24,
                   most_confident: bool = False) -> str:
   predictions, confidence = result["predictions"], result["confidence"]
@@ -196,6 +211,9 @@ def _evaluate_checkpoints(workdir, config, checkpoints, test, figures, out) -> d
     figures[f"confusion_{which}"] = plot_confusion(
         results[which]["confusion_matrix"],
         f"Test confusion matrix, {which} checkpoint (step {step})", out / f"confusion_{which}.png")
+    figures[f"reliability_{which}"] = plot_reliability(
+        results[which]["calibration"], f"Reliability, {which} checkpoint (step {step})",
+        out / f"reliability_{which}.png")
   chosen = results[checkpoints[0]]
   for name, which, confident in (("correct", "correct", False), ("wrong", "wrong", False),
                                  ("confidently_wrong", "wrong", True)):
@@ -264,7 +282,9 @@ def _markdown(workdir, config, rows, numbers, figures) -> list[str]:
            "; ".join(f"{t} → {p}: {c}" for t, p, c in n["most_confused_pairs"]) + ".", "",
            f"![confusion]({figures[f'confusion_{which}']})", "",
            "Confusion matrix on the test split: counts, and each row divided by its class size.",
-           ""]
+           "", f"![reliability]({figures[f'reliability_{which}']})", "",
+           f"Expected calibration error on test: {100 * n['calibration']['ece']:.2f}% (15 "
+           "equal-width bins): how far the confidence is from the accuracy.", ""]
   return md + ["## Correct vs misclassified", "",
                f"![correct]({figures['correct']})", "",
                f"Correctly classified test images ({checkpoints[0]} checkpoint), with "

@@ -32,7 +32,7 @@ def test_report_writes_every_file(trained_workdir):
   out = report.write_report(str(trained_workdir))
   names = {"class_distribution.png", "samples_train.png", "samples_test.png", "curves.png",
            "confusion_best.png", "confusion_last.png", "correct.png", "wrong.png",
-           "confidently_wrong.png", "report.md", "metrics.json"}
+           "confidently_wrong.png", "report.md", "metrics.json", "reliability_last.png"}
   assert names <= {p.name for p in out.iterdir()}
   assert all((out / n).stat().st_size > 1000 for n in names if n.endswith(".png"))
   numbers = json.loads((out / "metrics.json").read_text())
@@ -43,6 +43,7 @@ def test_report_writes_every_file(trained_workdir):
   assert last["accuracy"] == pytest.approx(numbers["final_metrics"]["test_accuracy"])
   text = (out / "report.md").read_text()
   assert "Most confused pairs" in text and "![curves](curves.png)" in text
+  assert "Expected calibration error on test: " in text
   # The headline: what was trained, how, where, how long, how well.
   head = text.split("## Data")[0]
   for row in ("| command |", "| model | CNN, conv (4, 8, 8), dense 16, ", "| recipe | adam",
@@ -80,6 +81,7 @@ def test_compare_tabulates_runs(small_splits, tmp_path):
   assert summary["with"]["train_test_gap"] == pytest.approx(
       rows[-1]["train_accuracy"] - rows[-1]["test_accuracy"])
   assert "| without |" in (out / "compare.md").read_text()
+  assert "test ECE |" in (out / "compare.md").read_text()
 
 
 def test_compare_labels_runs_by_their_distinct_path_parts():
@@ -87,3 +89,24 @@ def test_compare_labels_runs_by_their_distinct_path_parts():
       ["a/seed0", "b/seed0", "c"]
   twice = compare.labels(["runs/x", "runs/x"])
   assert len(set(twice)) == 2  # the same run twice is never merged into one
+
+
+def test_compare_draws_validation_and_handles_a_single_evaluation(small_splits, tmp_path):
+  train.train_and_evaluate(tiny_config(num_train_steps=6), str(tmp_path / "short"))
+  out = compare.compare([str(tmp_path / "short")], str(tmp_path / "cmp"))
+  table = (out / "compare.md").read_text()
+  assert "| short | 0.5 |" in table  # one evaluation, half an epoch: not "0"
+  import matplotlib.image
+  assert matplotlib.image.imread(out / "compare.png").shape[0] > 100
+
+
+
+def test_expected_calibration_error_matches_a_hand_computed_example():
+  """Two bins used: (0.8, 0.867] holds 0.85 and 0.85 (one right: accuracy 0.5), (0.6, 0.667]
+  holds 0.65 and 0.65 (both right). ECE = 2/4 * |0.5 - 0.85| + 2/4 * |1 - 0.65| = 0.35."""
+  result = evaluate.calibration(np.array([0.85, 0.85, 0.65, 0.65]),
+                                np.array([True, False, True, True]))
+  assert result["ece"] == pytest.approx(0.35)
+  assert sum(result["bin_count"]) == 4
+  perfect = evaluate.calibration(np.array([1.0, 1.0]), np.array([True, True]))
+  assert perfect["ece"] == pytest.approx(0.0)
