@@ -20,7 +20,6 @@ import optax
 from fmnist_jax import augment, models
 
 AUGMENT_STREAM = 1  # fold_in(step_key, AUGMENT_STREAM): augmentation draws, apart from dropout's
-METRIC_KEYS = ("loss", "correct", "count", "nonfinite")
 
 
 def cross_entropy(logits, labels, label_smoothing: float = 0.0):

@@ -3,8 +3,8 @@
 
 The compiled code lives in `steps` (what a step computes) and `parallel` (how it is compiled).
 Between compiled calls the host only dispatches: the epoch's metrics are summed on the device,
-and a value reaches the host only where it must (a progress line, one call late; a NaN check
-before each save; one fetch of every evaluation), so an accelerator is never left waiting.
+and a value reaches the host only where it must (a progress line, once the device has reached
+it; a NaN check before each save; one fetch of every evaluation).
 """
 
 from __future__ import annotations

@@ -63,8 +63,8 @@ def check(workdir: str) -> None:
 
 
 def prepare(workdir: str) -> pathlib.Path:
-  """Creates the workdir if needed; a clear error if it is a file or cannot be written."""
-  check(workdir)
+  """Creates the workdir if needed; a clear error if it is a file or cannot be written.
+  Call `check` first (the training loop does, before it reads the data)."""
   path = pathlib.Path(workdir).expanduser()
   if path.exists() and not path.is_dir():
     raise NotADirectoryError(f"--workdir {workdir} exists and is not a directory: "
@@ -212,22 +212,25 @@ class MetricsWriter:
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
     self.workdir = pathlib.Path(workdir)
     self._events = EventFileWriter(str(self.workdir))
+    self._recorded = None  # steps already in metrics.jsonl, read at the first write only
 
   def write_scalars(self, step: int, scalars: dict) -> None:
     from tensorboard.compat.proto import event_pb2, summary_pb2
     row = {"step": int(step), **{k: _py(v) for k, v in scalars.items()}}
     path = self.workdir / METRICS_FILE
-    rows = _read_jsonl(path)
-    if any(r.get("step") == row["step"] for r in rows):
+    if self._recorded is None:  # a resumed run: the file may already hold this step
+      self._recorded = {r.get("step") for r in _read_jsonl(path)}
+    if row["step"] in self._recorded:
       # Written again after a resume (killed between this row and its checkpoint): the new
       # row replaces the old one, atomically.
-      rows = sorted([r for r in rows if r.get("step") != row["step"]] + [row],
+      rows = sorted([r for r in _read_jsonl(path) if r.get("step") != row["step"]] + [row],
                     key=lambda r: r.get("step", 0))
       tmp = path.with_name(f".{METRICS_FILE}.tmp")
       tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
       os.replace(tmp, path)
     else:
       _append_jsonl(path, row)
+      self._recorded.add(row["step"])
     values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v))
               for k, v in row.items() if k != "step"]
     self._events.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
