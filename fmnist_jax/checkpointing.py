@@ -31,11 +31,13 @@ from orbax.checkpoint import checkpoint_managers as policies
 from fmnist_jax.errors import CheckpointError  # re-exported: checkpointing.CheckpointError
 
 
-def _saved_tree(state):
+def _saved_tree(state, epoch_sums=None):
   tree = {"step": state.step, "params": state.params, "opt_state": state.opt_state,
           "dropout_key": state.dropout_key}
   if state.ema_params is not None:
     tree["ema_params"] = state.ema_params
+  if epoch_sums is not None:
+    tree["epoch_sums"] = {key: np.asarray(value) for key, value in epoch_sums.items()}
   return tree
 
 
@@ -64,14 +66,19 @@ class Checkpointer:
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_handlers=ocp.StandardCheckpointHandler())
     self._saved = set(self.manager.all_steps())
+    # The running train sums of the epoch the restored checkpoint was saved in (host values;
+    # None for a checkpoint saved without them): a resumed epoch's averages then cover all
+    # of its steps, as in a run that was never interrupted.
+    self.restored_epoch_sums = None
 
-  def save(self, step: int, state, metrics=None) -> None:
-    """Saves `state` as `step`, unless that step is saved already (e.g. a periodic save that
-    fell on an epoch end)."""
+  def save(self, step: int, state, metrics=None, epoch_sums=None) -> None:
+    """Saves `state` (and the epoch's running train sums, host values, if given) as `step`,
+    unless that step is saved already (e.g. a periodic save that fell on an epoch end)."""
     if step in self._saved:
       return
     self._saved.add(step)
-    self.manager.save(step, args=ocp.args.StandardSave(_saved_tree(state)), metrics=metrics)
+    self.manager.save(step, args=ocp.args.StandardSave(_saved_tree(state, epoch_sums)),
+                      metrics=metrics)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -94,9 +101,10 @@ class Checkpointer:
               if (metrics := self.manager.metrics(step)) and "val_accuracy" in metrics]
     return max(scored)[1] if scored else None
 
-  def check_compatible(self, step: int, state) -> None:
+  def check_compatible(self, step: int, state) -> dict:
     """CheckpointError naming every parameter whose saved shape differs from `state`'s (the
-    optimizer state mirrors the parameters, so checking these finds a model mismatch)."""
+    optimizer state mirrors the parameters, so checking these finds a model mismatch).
+    Returns the checkpoint's metadata tree."""
     saved = self.manager.item_metadata(step)
     saved = dict(saved.tree if hasattr(saved, "tree") else saved)
     target = _saved_tree(state)
@@ -123,12 +131,17 @@ class Checkpointer:
           "with other conv_features/dense_features, optimizer or ema_decay?):\n  - "
           + "\n  - ".join(mismatches[:20])
           + "\nUse the config it was written with, or a new --workdir.")
+    return saved
 
   def restore(self, step: int, state):
     """Restores `step` into the structure, shapes and shardings of `state`."""
-    self.check_compatible(step, state)
+    saved = self.check_compatible(step, state)
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _saved_tree(state))
+    if "epoch_sums" in saved:  # restored as numpy, in their saved shapes and dtypes
+      target["epoch_sums"] = {key: np.zeros(meta.shape, meta.dtype)
+                              for key, meta in dict(saved["epoch_sums"]).items()}
     restored = self.manager.restore(step, args=ocp.args.StandardRestore(target))
+    self.restored_epoch_sums = restored.pop("epoch_sums", None)
     return state.replace(**restored)
 
   def restore_latest(self, state):

@@ -140,6 +140,14 @@ def _crossed(step: int, num_steps: int, every: int) -> bool:
   return step // every != (step - num_steps) // every
 
 
+def _start_line(step: int, run) -> str:
+  """Where a run starts, in epochs and examples as well as steps."""
+  if not step:
+    return "starting at step 0"
+  return (f"resuming at step {step}: epoch {step / run.steps_per_epoch:.2f}, "
+          f"{step * run.config.batch_size:,} examples seen")
+
+
 def _format_seconds(seconds: float) -> str:
   seconds = int(seconds)
   return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else \
@@ -174,6 +182,7 @@ class Progress:
   step: int
   start_step: int
   sums: Any = None
+  resumed_sums: Any = None     # the running sums saved mid-epoch with the restored checkpoint
   nonfinite_checked: int = 0   # non-finite steps of this epoch already checked
   checked_step: int = 0        # the last step known to be finite (or skipped)
   skipped: int = 0             # non-finite updates dropped (skip_nonfinite_updates), earlier epochs
@@ -292,12 +301,15 @@ def _restore_and_train(run: Run) -> dict[str, float]:
     raise
   progress = Progress(step=int(run.par.to_host(state.step)), start_step=0)
   progress.start_step = progress.checked_step = progress.step
+  if progress.step % run.steps_per_epoch:
+    progress.resumed_sums = ckpt.restored_epoch_sums
   if run.is_chief:
     workdir_lib.record_start(run.workdir, config, run.par.mode,
                              steps_per_epoch=run.steps_per_epoch, total_steps=run.total_steps,
-                             start_step=progress.step)
-  logging.info("%s; %d steps/epoch, %d steps in all; starting at step %d", run.par,
-               run.steps_per_epoch, run.total_steps, progress.step)
+                             start_step=progress.step,
+                             start_epoch=progress.step / run.steps_per_epoch)
+  logging.info("%s; %d steps/epoch, %d steps in all; %s", run.par, run.steps_per_epoch,
+               run.total_steps, _start_line(progress.step, run))
   if progress.step >= run.total_steps:
     logging.warning("already finished at step %d of %d: nothing to train (raise num_epochs or "
                     "num_train_steps to train on, or use a new --workdir)", progress.step,
@@ -366,8 +378,9 @@ class Loop:
     evaluation and save), or False."""
     spec, config = self.spec, self.spec.config
     epoch, first = divmod(progress.step, spec.steps_per_epoch)
-    progress.sums = spec.par.replicate(steps.zero_metrics())
-    progress.nonfinite_checked = 0
+    resumed, progress.resumed_sums = progress.resumed_sums, None
+    progress.sums = spec.par.replicate(resumed if resumed is not None else steps.zero_metrics())
+    progress.nonfinite_checked = 0 if resumed is None else int(resumed["nonfinite"])
     last_step = min((epoch + 1) * spec.steps_per_epoch, spec.total_steps)
     batches = spec.train_data.batches(epoch, first, config.steps_per_call)
     while True:
@@ -387,9 +400,10 @@ class Loop:
         return state, preempt  # (a preemption is handled after this epoch's evaluation)
       if preempt or _crossed(progress.step, num, config.checkpoint_every_steps):
         self.run_deferred()
-        self.check_finite(progress)  # never save a state that went through a NaN/inf step
-        with progress.timed("checkpoints"):
-          self.ckpt.save(progress.step, state)
+        with progress.timed("checkpoints"):  # one fetch: the NaN check and the saved sums
+          sums = self.fetch(progress, progress.sums)
+          self.check_finite(progress, sums["nonfinite"])  # never save past a NaN/inf step
+          self.ckpt.save(progress.step, state, epoch_sums=sums)
         self.last_save = time.perf_counter()
       if preempt:
         return state, "now"
@@ -483,15 +497,15 @@ class Loop:
       # The next train call donates the state's buffers: the deferred save gets a copy.
       snapshot = jax.tree.map(lambda x: x.copy(), state)
       self.deferred = functools.partial(self.record_epoch, progress, progress.step, snapshot,
-                                        scalars)
+                                        scalars, train_sums)
     else:
-      self.record_epoch(progress, progress.step, state, scalars,
+      self.record_epoch(progress, progress.step, state, scalars, train_sums,
                         final=progress.step >= spec.total_steps)
     progress.last_eval = scalars
     progress.last_log = (progress.step, time.perf_counter(), self.compile_timer.seconds)
     return scalars
 
-  def record_epoch(self, progress: Progress, step: int, state, scalars: dict,
+  def record_epoch(self, progress: Progress, step: int, state, scalars: dict, train_sums,
                    final: bool = False) -> None:
     """An evaluation's row in metrics.jsonl and TensorBoard, and its checkpoint: at the end
     of the run, else if checkpoint_every_seconds have passed since the last save (a save
@@ -502,7 +516,7 @@ class Loop:
     now = time.perf_counter()
     if final or now - self.last_save >= self.spec.config.checkpoint_every_seconds:
       with progress.timed("checkpoints"):
-        self.ckpt.save(step, state, metrics=scalars)
+        self.ckpt.save(step, state, metrics=scalars, epoch_sums=train_sums)
       self.last_save = now
 
   def run_deferred(self, final: bool = False) -> None:

@@ -393,3 +393,33 @@ def test_a_metrics_row_written_again_after_a_resume_replaces_the_old_one(small_s
   train.train_and_evaluate(tiny_config(num_epochs=2), str(tmp_path))
   rows = [json.loads(line) for line in metrics.read_text().splitlines()]
   assert [r["step"] for r in rows] == [12, 24] and rows[1]["train_loss"] < 999
+
+
+def test_a_run_preempted_mid_epoch_writes_the_rows_of_an_uninterrupted_one(small_splits,
+                                                                          tmp_path, caplog):
+  """The epoch's running train sums are saved with a mid-epoch checkpoint: the resumed
+  epoch's train loss and accuracy average all of its steps, and every row of metrics.jsonl
+  equals the uninterrupted run's (12 steps per epoch; preempted after step 14)."""
+  config = tiny_config(num_epochs=3, steps_per_call=1, checkpoint_every_steps=1000)
+  train.train_and_evaluate(config, str(tmp_path / "straight"))
+  reached = train.PreemptionWatch.reached
+
+  def preempted_at_14(watch):
+    return reached(watch) or watch.calls == 14
+  train.PreemptionWatch.reached = preempted_at_14
+  try:
+    with pytest.raises(train.Preempted, match="checkpoint saved at step 14"):
+      train.train_and_evaluate(config, str(tmp_path / "run"))
+  finally:
+    train.PreemptionWatch.reached = reached
+  caplog.set_level("INFO")
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert "resuming at step 14: epoch 1.17, 224 examples seen" in caplog.text
+
+  def rows(run):
+    return [{k: v for k, v in json.loads(line).items() if k != "elapsed_seconds"}
+            for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+  straight, resumed = rows("straight"), rows("run")
+  assert [r["step"] for r in resumed] == [r["step"] for r in straight] == [12, 24, 36]
+  for a, b in zip(resumed, straight):
+    assert a.keys() == b.keys() and a == pytest.approx(b, rel=1e-6), (a, b)
