@@ -4,6 +4,8 @@ Each message says what to change. This module imports nothing else of the packag
 module can raise these without import cycles.
 """
 
+import errno
+
 
 class FmnistError(Exception):
   """Base class: bad input or an unusable file; the message says what to do."""
@@ -27,3 +29,19 @@ class NonFiniteError(FmnistError, FloatingPointError):
 
 class ReportError(FmnistError, RuntimeError):
   """A workdir that cannot be reported on or read; the message says why."""
+
+
+class DiskFullError(FmnistError, OSError):
+  """No space left on the device that holds the workdir; the message says what was saved."""
+
+
+def is_disk_full(error: BaseException | None) -> bool:
+  """Whether `error`, or an error it was raised from, is a full disk: ENOSPC from Python, or
+  TensorStore's (Orbax's writer's) RESOURCE_EXHAUSTED "No space left on device"."""
+  while error is not None:
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+      return True
+    if "No space left on device" in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False

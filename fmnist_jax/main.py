@@ -46,11 +46,25 @@ class _QuietLibraries(std_logging.Filter):
   BENIGN = ("Requested `tracked_metric`", "Given directory is read only",
             "setting save_interval_steps=0")
 
+  # A full disk: the run stops with one line of its own (errors.DiskFullError), not Orbax's
+  # tracebacks from each of its writer threads.
+  DISK_FULL = "No space left on device"
+
   def filter(self, record):
-    if "/orbax/" not in record.pathname:
+    if "/orbax/" not in record.pathname and "asyncio" not in record.pathname:
       return True
-    return record.levelno >= std_logging.WARNING and not any(
-        text in str(record.msg) for text in self.BENIGN)
+    message = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
+    return record.levelno >= std_logging.WARNING and self.DISK_FULL not in message and not any(
+        text in message for text in self.BENIGN)
+
+
+def _quiet_unraisable(unraisable) -> None:
+  """Orbax's writer threads, cut short by a full disk, leave callbacks for an event loop that
+  is gone; Python would print each as a traceback. The run's own error line says what
+  happened: those are dropped, anything else is printed as usual."""
+  if not (isinstance(unraisable.exc_value, RuntimeError)
+          and "Event loop is closed" in str(unraisable.exc_value)):
+    sys.__unraisablehook__(unraisable)
 
 
 def configure_compilation_cache(cache_dir: str) -> str | None:
@@ -89,6 +103,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  sys.unraisablehook = _quiet_unraisable
   initialize_distributed()
   import jax
   from fmnist_jax import train
@@ -106,7 +121,6 @@ def main(argv):
     sys.exit("aborted (Ctrl-C): the checkpoints already written are intact; run the same "
              "command again to resume from the latest.")
   except (FmnistError, OSError) as e:
-    logging.error("%s", e)
     sys.exit(f"error: {e}")
 
 

@@ -186,8 +186,9 @@ def write_report(workdir: str, splits: dict | None = None) -> pathlib.Path:
   numbers = {"workdir": str(workdir), "final_metrics": rows[-1],
              "checkpoints": _evaluate_checkpoints(workdir, config, checkpoints, splits["test"],
                                                   figures, out)}
-  (out / "metrics.json").write_text(json.dumps(numbers, indent=2))
-  (out / "report.md").write_text("\n".join(_markdown(workdir, config, rows, numbers, figures)))
+  workdir_lib.write_atomically(out / "metrics.json", json.dumps(numbers, indent=2))
+  workdir_lib.write_atomically(out / "report.md",
+                               "\n".join(_markdown(workdir, config, rows, numbers, figures)))
   return out
 
 

@@ -27,7 +27,7 @@ from absl import logging
 from fmnist_jax import checkpointing, hardware, input_pipeline, models, state as state_lib
 from fmnist_jax import steps, workdir as workdir_lib
 from fmnist_jax.configuration import validate_config
-from fmnist_jax.errors import ConfigError, NonFiniteError
+from fmnist_jax.errors import ConfigError, DiskFullError, NonFiniteError, is_disk_full
 from fmnist_jax.parallel import Parallelism
 
 
@@ -284,9 +284,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   run = setup(config, workdir)
   try:
     return _restore_and_train(run)
+  except Exception as e:
+    if is_disk_full(e) and not isinstance(e, DiskFullError):
+      raise _disk_full(run.workdir, e) from None
+    raise
   finally:
     if run.lock:
       run.lock.release()
+
+
+def _disk_full(workdir: pathlib.Path, error: Exception) -> DiskFullError:
+  """One line for a full disk: where, what is saved, how to go on."""
+  checkpoints = workdir / workdir_lib.CHECKPOINTS
+  saved = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()) \
+      if checkpoints.is_dir() else []
+  what = (f"the last complete checkpoint is step {saved[-1]} (a save cut short is never taken "
+          "for one)" if saved else "no checkpoint was complete yet")
+  return DiskFullError(
+      f"no space left on the device holding {workdir} ({type(error).__name__} while writing; "
+      f"{what}). Free space there, or move the workdir to a larger disk, then run the same "
+      "command again to resume.")
 
 
 def _restore_and_train(run: Run) -> dict[str, float]:

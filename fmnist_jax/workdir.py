@@ -134,6 +134,17 @@ def _read_jsonl(path: pathlib.Path) -> list[dict]:
 
 # --- config.json and run_info.jsonl ----------------------------------------------------------
 
+def write_atomically(path: pathlib.Path, text: str) -> None:
+  """Writes `text` to a temporary file beside `path`, then renames it: a full disk or a kill
+  leaves the old file (or none), never a half-written one."""
+  tmp = path.with_name(f".{path.name}.tmp")
+  try:
+    tmp.write_text(text)
+    os.replace(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)
+
+
 def record_start(workdir: pathlib.Path, config, parallelism: str, **extra) -> None:
   """Writes config.json (the resolved config) and appends this start to run_info.jsonl."""
   config_json = config.to_json_best_effort(indent=2, sort_keys=True)
@@ -142,7 +153,7 @@ def record_start(workdir: pathlib.Path, config, parallelism: str, **extra) -> No
     # A resumed run with a changed config: keep the original, record the new one beside it.
     config_path = workdir / f"config.step{extra.get('start_step', 0)}.json"
   if not config_path.exists():
-    config_path.write_text(config_json)
+    write_atomically(config_path, config_json)
   info = {"time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
           "host": socket.gethostname(), "argv": sys.argv, "parallelism": parallelism,
           **hardware.device_info(), "versions": hardware.package_versions(), **extra}
@@ -225,9 +236,7 @@ class MetricsWriter:
       # row replaces the old one, atomically.
       rows = sorted([r for r in _read_jsonl(path) if r.get("step") != row["step"]] + [row],
                     key=lambda r: r.get("step", 0))
-      tmp = path.with_name(f".{METRICS_FILE}.tmp")
-      tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-      os.replace(tmp, path)
+      write_atomically(path, "".join(json.dumps(r) + "\n" for r in rows))
     else:
       _append_jsonl(path, row)
       self._recorded.add(row["step"])
@@ -249,7 +258,7 @@ def write_result(workdir, **result) -> None:
   scored = [row for row in read_metrics(workdir) if "val_accuracy" in row]
   result["best_by_val"] = max(scored, key=lambda r: r["val_accuracy"]) if scored else None
   result["end_unix_time"] = time.time()
-  (workdir / RESULT_FILE).write_text(json.dumps(result, indent=1) + "\n")
+  write_atomically(workdir / RESULT_FILE, json.dumps(result, indent=1) + "\n")
 
 
 def read_result(workdir) -> dict | None:

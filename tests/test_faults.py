@@ -423,3 +423,46 @@ def test_a_run_preempted_mid_epoch_writes_the_rows_of_an_uninterrupted_one(small
   assert [r["step"] for r in resumed] == [r["step"] for r in straight] == [12, 24, 36]
   for a, b in zip(resumed, straight):
     assert a.keys() == b.keys() and a == pytest.approx(b, rel=1e-6), (a, b)
+
+
+def test_a_full_disk_stops_with_one_line_naming_the_last_checkpoint(small_splits, tmp_path,
+                                                                    monkeypatch):
+  """ENOSPC injected into the second checkpoint save (the tmpfs test below is the real one)."""
+  import errno
+  save = checkpointing.Checkpointer.save
+
+  def save_then_fill(ckpt, step, *args, **kwargs):
+    if ckpt.all_steps():
+      raise OSError(errno.ENOSPC, "No space left on device", str(ckpt.directory / str(step)))
+    return save(ckpt, step, *args, **kwargs)
+  monkeypatch.setattr(checkpointing.Checkpointer, "save", save_then_fill)
+  with pytest.raises(errors.DiskFullError, match=r"no space left on the device holding .* the "
+                     r"last complete checkpoint is step 10 .*run the same command again"):
+    train.train_and_evaluate(tiny_config(num_epochs=3), str(tmp_path))
+
+
+@pytest.mark.slow
+def test_a_full_tmpfs_gives_one_error_line_and_a_rerun_with_space_is_bit_identical(
+    synthetic_tfds, tmp_path, uninterrupted):
+  disk = tmp_path / "disk"
+  disk.mkdir()
+  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(disk)],
+                           capture_output=True, text=True)
+  if mounted.returncode:
+    pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()[:100]}); the injected "
+                "ENOSPC test covers the logic")
+  try:
+    command = _main_command(disk / "run", synthetic_tfds["data_dir"], "device")
+    command.append("--config.keep_checkpoints=100")  # the disk fills within 800 steps
+    full = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert full.returncode == 1, full.stderr[-3000:]
+    assert "Traceback" not in full.stderr, full.stderr[-3000:]
+    last = full.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: no space left on the device holding"), last
+    step = int(last.split("last complete checkpoint is step ")[1].split(" ")[0])
+    assert 0 < step < 800 and int(_restore(disk / "run", _tiny()).step) == step
+    subprocess.run(["mount", "-o", "remount,size=20m", str(disk)], check=True)
+    _run(command)  # space again: the same command resumes and finishes
+    _assert_identical(uninterrupted("device"), _restore(disk / "run", _tiny()))
+  finally:
+    subprocess.run(["umount", str(disk)], capture_output=True)
