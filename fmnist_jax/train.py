@@ -13,6 +13,7 @@ import collections
 import contextlib
 import dataclasses
 import functools
+import itertools
 import pathlib
 import signal
 import threading
@@ -146,6 +147,12 @@ def _start_line(step: int, run) -> str:
     return "starting at step 0"
   return (f"resuming at step {step}: epoch {step / run.steps_per_epoch:.2f}, "
           f"{step * run.config.batch_size:,} examples seen")
+
+
+def _nonfinite_message(first: int, last: int) -> str:
+  return (f"non-finite loss or gradient in steps {first}-{last}: the run stopped without "
+          "saving them, and the checkpoints already written are intact. Lower learning_rate, "
+          "or set --config.skip_nonfinite_updates=True to drop such updates.")
 
 
 def _format_seconds(seconds: float) -> str:
@@ -346,15 +353,30 @@ def _restore_and_train(run: Run) -> dict[str, float]:
   return progress.last_eval
 
 
+@dataclasses.dataclass
+class PendingEpoch:
+  """An epoch's end, dispatched and not yet fetched."""
+  step: int
+  state: Any              # a copy of its final state (the next train call donates the state)
+  sums: Any               # its train metrics, on the device
+  evaluation: dict        # dispatch_eval's metrics, on the device
+  skipped: int            # skipped updates before this epoch
+  nonfinite_checked: int  # its non-finite steps already checked (by a mid-epoch save)
+  checked_step: int       # its last step known to be finite
+
+
 class Loop:
   """The loop over epochs, each phase a short method. Holds the compiled functions.
 
-  The host dispatches a whole epoch ahead of the device. At an epoch's end the device waits
-  for the host (the evaluation must be fetched), so the host work that can wait (metrics
-  files, the checkpoint save, whose Python work would slow the dispatch of the next calls) is
-  deferred until the next epoch's calls are all queued on the device. Progress lines are
-  printed once the device has reached them: on CPU, whose computation shares the host's cores,
-  at the next log point; on accelerators whenever ready, the newest of those ready."""
+  The host dispatches a whole epoch ahead of the device and never waits for it between
+  epochs: an epoch's evaluation is dispatched behind its last call and fetched only once the
+  next epoch's first LEAD_CALLS calls are queued (if it reached stop_at_accuracy, those calls
+  are dropped and the epoch's saved copy of the state is final). The host work that can wait
+  (metrics files, the checkpoint save, whose Python work would slow the dispatch of the next
+  calls) is deferred until the next epoch's calls are all queued. Progress lines are printed
+  once the device has reached them: on CPU, whose computation shares the host's cores, at the
+  next log point; on accelerators whenever ready, the newest of those ready."""
+  LEAD_CALLS = 2
 
   def __init__(self, spec: Run, ckpt, writer, compile_timer: CompileTimer,
                preemption: PreemptionWatch):
@@ -368,21 +390,27 @@ class Loop:
         steps.eval_step, apply_fn=eval_model.apply, flip_average=config.eval_flip_average))
     self.flops_per_image = models.flops_per_image(config)
     self.deferred = None  # the last epoch's host work that can wait (see above)
+    self.pending = None   # the last epoch's end, dispatched, not yet fetched (PendingEpoch)
     self.last_save = time.perf_counter()  # (a restored checkpoint was just read)
     self.max_pending_logs = 1 if spec.par.devices[0].platform == "cpu" else 1_000
 
   def epochs(self, state, progress: Progress):
     try:
       while progress.step < self.spec.total_steps:
-        state, preempt = self.train_epoch(state, progress)
-        if preempt == "now":
-          raise Preempted(progress.step, self.preemption.reason)
-        scalars = self.end_of_epoch(state, progress)
-        if preempt:
-          raise Preempted(progress.step, self.preemption.reason)
-        if self.target_reached(scalars):
-          progress.stop_reason = "target_reached"
+        state, outcome = self.train_epoch(state, progress)
+        if outcome == "target":  # the last epoch's evaluation reached stop_at_accuracy
           break
+        if outcome == "preempt now":
+          raise Preempted(progress.step, self.preemption.reason)
+        self.end_of_epoch(state, progress)
+        if (outcome == "preempt" or progress.step >= self.spec.total_steps
+            or jax.process_count() > 1):  # no next epoch to overlap with
+          stopped = self.complete_epoch(progress)
+          if outcome == "preempt":
+            raise Preempted(progress.step, self.preemption.reason)
+          if stopped is not None:
+            state = stopped
+            break
     finally:
       self.run_deferred(final=True)  # the last epoch's metrics and checkpoint, always saved
     return state
@@ -390,40 +418,53 @@ class Loop:
   # --- phase 1: the train calls of one epoch ------------------------------------------------
 
   def train_epoch(self, state, progress: Progress):
-    """Runs the rest of the current epoch (or up to total_steps). Returns the state and
-    whether to stop for a preemption: "now" (saved mid-epoch), True (after this epoch's
-    evaluation and save), or False."""
+    """Runs the rest of the current epoch (or up to total_steps); the last epoch's end is
+    completed once this one's first LEAD_CALLS calls are queued. Returns the state and None,
+    "preempt" (stop after this epoch's evaluation), "preempt now" (saved mid-epoch), or
+    "target" (the last epoch reached stop_at_accuracy: its state, and its step, are final)."""
     spec, config = self.spec, self.spec.config
     epoch, first = divmod(progress.step, spec.steps_per_epoch)
     resumed, progress.resumed_sums = progress.resumed_sums, None
     progress.sums = spec.par.replicate(resumed if resumed is not None else steps.zero_metrics())
     progress.nonfinite_checked = 0 if resumed is None else int(resumed["nonfinite"])
+    progress.checked_step = progress.step  # (earlier steps: checked with their epoch's end)
     last_step = min((epoch + 1) * spec.steps_per_epoch, spec.total_steps)
     batches = spec.train_data.batches(epoch, first, config.steps_per_call)
-    while True:
+    for calls in itertools.count(1):
       with progress.timed("train calls"):  # input batches, dispatch (and compilation)
         batches_and_num = next(batches, None)
         if batches_and_num is None:
-          return state, False
+          break
         num = min(batches_and_num[1], last_step - progress.step)
         state, progress.sums = self.train_fn(state, batches_and_num[0], progress.sums,
                                              np.int32(num))
       progress.step += num
+      if calls == self.LEAD_CALLS and (stopped := self.complete_epoch(progress)) is not None:
+        return stopped, "target"
       if _crossed(progress.step, num, config.log_every_steps):
         self.start_log(progress, epoch)
         self.flush_log(progress)
       preempt = self.preemption.reached()
       if progress.step >= last_step:
-        return state, preempt  # (a preemption is handled after this epoch's evaluation)
+        break
       if preempt or _crossed(progress.step, num, config.checkpoint_every_steps):
-        self.run_deferred()
-        with progress.timed("checkpoints"):  # one fetch: the NaN check and the saved sums
-          sums = self.fetch(progress, progress.sums)
-          self.check_finite(progress, sums["nonfinite"])  # never save past a NaN/inf step
-          self.ckpt.save(progress.step, state, epoch_sums=sums)
-        self.last_save = time.perf_counter()
+        if (stopped := self.complete_epoch(progress)) is not None:
+          return stopped, "target"
+        self.mid_epoch_save(state, progress)
       if preempt:
-        return state, "now"
+        return state, "preempt now"
+    stopped = self.complete_epoch(progress)  # (an epoch shorter than LEAD_CALLS calls)
+    if stopped is not None:
+      return stopped, "target"
+    return state, "preempt" if preempt else None
+
+  def mid_epoch_save(self, state, progress: Progress) -> None:
+    self.run_deferred()
+    with progress.timed("checkpoints"):  # one fetch: the NaN check and the saved sums
+      sums = self.fetch(progress, progress.sums)
+      self.check_finite(progress, sums["nonfinite"])  # never save past a NaN/inf step
+      self.ckpt.save(progress.step, state, epoch_sums=sums)
+    self.last_save = time.perf_counter()
 
   # --- phase 2: progress lines, printed when the device reaches them -----------------------
 
@@ -459,7 +500,10 @@ class Loop:
     progress.last_log = (step, now, compiled)
     spec = self.spec
     images_per_second = (step - last_step) * spec.config.batch_size / seconds
-    eta = (spec.total_steps - step) * spec.config.batch_size / max(images_per_second, 1e-9)
+    # The ETA at the whole run's pace so far, evaluations included, compilation not.
+    steps_per_second = (step - progress.start_step) / max(now - progress.run_start - compiled,
+                                                          1e-9)
+    eta = (spec.total_steps - step) / max(steps_per_second, 1e-9)
     flops = images_per_second * self.flops_per_image
     peak = f" ({100 * flops / spec.peak_flops:.1f}% of peak)" if spec.peak_flops else ""
     if spec.is_chief:  # one progress line per run, not one per process
@@ -480,46 +524,69 @@ class Loop:
         count = self.fetch(progress, progress.sums["nonfinite"])
     count = int(count)
     if count > progress.nonfinite_checked and not self.spec.config.skip_nonfinite_updates:
-      raise NonFiniteError(
-          f"non-finite loss or gradient in steps {progress.checked_step + 1}-{progress.step}: "
-          "the run stopped without saving them, and the checkpoints already written are "
-          "intact. Lower learning_rate, or set --config.skip_nonfinite_updates=True to drop "
-          "such updates.")
+      raise NonFiniteError(_nonfinite_message(progress.checked_step + 1, progress.step))
     progress.nonfinite_checked, progress.checked_step = count, progress.step
 
   # --- phase 3: end of epoch: evaluation, metrics, checkpoint -------------------------------
 
-  def end_of_epoch(self, state, progress: Progress) -> dict:
+  def end_of_epoch(self, state, progress: Progress) -> None:
+    """Dispatches the evaluation behind the epoch's last call, and (one process) a copy of
+    the state, which the next train call would donate. Nothing is fetched: complete_epoch
+    does that once the next epoch's first calls are queued, so the device never waits for
+    the host between epochs."""
+    self.run_deferred()  # the previous epoch's: this epoch's calls are all queued
+    with progress.timed("evaluation"):
+      evaluation = dispatch_eval(self.eval_fn, state.eval_params, self.spec.eval_sets)
+      if jax.process_count() == 1:
+        state = jax.tree.map(lambda x: x.copy(), state)
+    self.pending = PendingEpoch(progress.step, state, progress.sums, evaluation,
+                                progress.skipped, progress.nonfinite_checked,
+                                progress.checked_step)
+
+  def complete_epoch(self, progress: Progress):
+    """The pending epoch's end, if any: one fetch of its train sums and evaluation, its log
+    line, and its metrics row and checkpoint (deferred, on one process, until this epoch's
+    calls are queued). Returns its state if it reached stop_at_accuracy, else None."""
+    pending, self.pending = self.pending, None
+    if pending is None:
+      return None
     spec = self.spec
-    self.run_deferred()  # the last epoch's: this epoch's calls are all queued
     self.flush_log(progress, force=True)
-    with progress.timed("evaluation"):  # dispatched behind the epoch's last call; one fetch
-      dispatched = dispatch_eval(self.eval_fn, state.eval_params, spec.eval_sets)
-      train_sums, fetched = self.fetch(progress, (progress.sums, dispatched))
-    self.check_finite(progress, train_sums["nonfinite"])
-    progress.skipped += int(train_sums["nonfinite"])
+    with progress.timed("evaluation"):
+      train_sums, fetched = self.fetch(progress, (pending.sums, pending.evaluation))
+    count = int(train_sums["nonfinite"])
+    if count > pending.nonfinite_checked and not spec.config.skip_nonfinite_updates:
+      raise NonFiniteError(_nonfinite_message(pending.checked_step + 1, pending.step))
+    progress.skipped = pending.skipped + count
+    scalars = self.epoch_scalars(progress, pending.step, train_sums, fetched)
+    if jax.process_count() == 1:
+      self.deferred = functools.partial(self.record_epoch, progress, pending.step,
+                                        pending.state, scalars, train_sums)
+    else:
+      self.record_epoch(progress, pending.step, pending.state, scalars, train_sums,
+                        final=pending.step >= spec.total_steps)
+    progress.last_eval = scalars
+    progress.last_log = (progress.step, time.perf_counter(), self.compile_timer.seconds)
+    if not self.target_reached(scalars):
+      return None
+    progress.stop_reason, progress.step = "target_reached", pending.step
+    progress.pending_logs.clear()  # (lines of the next epoch's first calls, now dropped)
+    return pending.state
+
+  def epoch_scalars(self, progress: Progress, step: int, train_sums, fetched) -> dict:
+    """An evaluation's row: train and eval metrics, logged."""
     train_loss, train_accuracy = steps.summarize(train_sums)
-    scalars = {"epoch": progress.step / spec.steps_per_epoch, "train_loss": train_loss,
+    scalars = {"epoch": step / self.spec.steps_per_epoch, "train_loss": train_loss,
                "train_accuracy": train_accuracy}
-    for name, result in summarize_eval(spec.par, fetched).items():
+    for name, result in summarize_eval(self.spec.par, fetched).items():
       scalars[f"{name}_loss"], scalars[f"{name}_accuracy"] = result["loss"], result["accuracy"]
       scalars[f"{name}_count"] = result["count"]
     scalars["elapsed_seconds"] = time.perf_counter() - progress.run_start
     if progress.skipped:
       scalars["skipped_updates"] = progress.skipped
-    logging.info("epoch %.2f step %d | %s", scalars["epoch"], progress.step,
+    logging.info("epoch %.2f step %d | %s", scalars["epoch"], step,
                  " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                           for k, v in scalars.items() if k != "epoch"))
-    if jax.process_count() == 1:  # (several processes: no extra computations in between)
-      # The next train call donates the state's buffers: the deferred save gets a copy.
-      snapshot = jax.tree.map(lambda x: x.copy(), state)
-      self.deferred = functools.partial(self.record_epoch, progress, progress.step, snapshot,
-                                        scalars, train_sums)
-    else:
-      self.record_epoch(progress, progress.step, state, scalars, train_sums,
-                        final=progress.step >= spec.total_steps)
-    progress.last_eval = scalars
-    progress.last_log = (progress.step, time.perf_counter(), self.compile_timer.seconds)
     return scalars
 
   def record_epoch(self, progress: Progress, step: int, state, scalars: dict, train_sums,

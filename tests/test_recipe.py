@@ -150,6 +150,33 @@ def test_stop_at_accuracy_stops_at_the_first_evaluation_reaching_it(small_splits
   assert result["best_by_val"]["step"] == 12 and result["compile_seconds"] > 0
 
 
+def test_a_stop_after_the_next_epochs_first_calls_keeps_the_epochs_state(small_splits,
+                                                                        tmp_path):
+  """The loop fetches an epoch's evaluation only after queueing the next epoch's first calls:
+  a run that stops at epoch 1 must still end with exactly the state of step 12 (the copy),
+  bit-identical to step 12 of a run that does not stop."""
+  from fmnist_jax import checkpointing
+  from conftest import replicated_state
+  config = tiny_config(num_epochs=3, steps_per_call=4, checkpoint_every_steps=1000,
+                       keep_checkpoints=5)
+  train.train_and_evaluate(config, str(tmp_path / "straight"))
+  stopping = tiny_config(num_epochs=3, steps_per_call=4, checkpoint_every_steps=1000,
+                         keep_checkpoints=5,
+                         stop_at_accuracy=0.01, stop_metric="val_accuracy")
+  train.train_and_evaluate(stopping, str(tmp_path / "stopped"))
+  states = []
+  for run in ("straight", "stopped"):
+    ckpt = checkpointing.Checkpointer(tmp_path / run / "checkpoints", config, read_only=True)
+    if run == "stopped":
+      assert ckpt.all_steps() == [12]
+    states.append(ckpt.restore(12, replicated_state(config)))
+    ckpt.close()
+  for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  result = json.loads((tmp_path / "stopped" / "result.json").read_text())
+  assert result["step"] == 12 and result["stop_reason"] == "target_reached"
+
+
 def test_a_run_without_a_target_completes_and_records_its_best(small_splits, tmp_path):
   config = tiny_config(num_epochs=2, ema_decay=0.9, augment_translate=1, augment_flip=True,
                        label_smoothing=0.1)
