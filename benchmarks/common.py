@@ -41,10 +41,10 @@ def write(json_path, report: dict, markdown: str) -> pathlib.Path:
   return markdown_path
 
 
-def run_main(config: str, workdir, overrides=(), log_path=None) -> float:
-  """Runs `python -m fmnist_jax.main` to completion, echoing its output to this console and
-  keeping it in `log_path` (default WORKDIR.log). On failure: exits with the child's last
-  lines. Returns the process's wall-clock seconds."""
+def run_main(config: str, workdir, overrides=(), log_path=None, env=None) -> float:
+  """Runs `python -m fmnist_jax.main` to completion (with `env` added to the environment),
+  echoing its output to this console and keeping it in `log_path` (default WORKDIR.log). On
+  failure: exits with the child's last lines. Returns the process's wall-clock seconds."""
   workdir = pathlib.Path(workdir)
   log_path = pathlib.Path(log_path or f"{workdir}.log")
   log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,7 +55,7 @@ def run_main(config: str, workdir, overrides=(), log_path=None) -> float:
   start = time.time()
   with open(log_path, "w") as log, subprocess.Popen(
       command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-      env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}) as child:
+      env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}) as child:
     for line in child.stdout:
       log.write(line)
       tail.append(line)
@@ -77,12 +77,13 @@ def parse_override(argument: str) -> tuple[str, object]:
 
 
 def load_config(path: str, overrides=()):
-  """A config file's get_config() with `--config.field=value` overrides applied, as
-  `fmnist_jax.main` would resolve it (top-level fields)."""
+  """A config file's get_config() (`FILE:ARG` passes ARG) with `--config.field=value`
+  overrides applied, as `fmnist_jax.main` would resolve it (top-level fields)."""
+  path, _, arg = path.partition(":")
   spec = importlib.util.spec_from_file_location("benchmark_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config()
+  config = module.get_config(arg) if arg else module.get_config()
   for argument in overrides:
     field, value = parse_override(argument)
     config[field] = type(config[field])(value) if isinstance(config[field], tuple) else value

@@ -1,74 +1,143 @@
-"""Choose a short recipe on the validation split: train candidates, rank by validation accuracy.
+"""Choose a recipe on the validation split: train a config file's variants, rank them on val.
 
-Each candidate is configs/best.py (the seed CNN, 241,546 parameters) with a few fields changed
-(batch size with a scaled learning rate, epochs, EMA decay), trained once in this process
-(seed 0, the last 5,000 training images held out) and evaluated on validation every epoch.
-Test accuracy is recorded but never used to choose. Training seconds exclude compilation.
+Each variant of `--config` (its VARIANTS dict, selected as `--config FILE:NAME` would) is
+trained once in this process (seed 0, the last 5,000 training images held out, no stopping
+rule) and evaluated on val and test after every epoch. Test accuracy is recorded but never
+used to choose. Training seconds exclude compilation. The rule (`--choose`):
 
-  python -m benchmarks.speedrun_search --json benchmarks/results/speedrun_search_gpu.json
+  fastest:ACC  the variant with the least training time whose final val accuracy >= ACC
+               (the speedrun; none reaching it: the one with the highest final val accuracy)
+  best         the highest final val accuracy (best accuracy)
+
+`--seeds 1 2` then trains the chosen variant with those seeds too, and evaluates each seed's
+last checkpoint on val and test both plainly and flip-averaged: the mean +- std over all its
+seeds is the result (benchmarks/results/*.json).
+
+  python -m benchmarks.speedrun_search --config configs/speedrun.py --choose fastest:0.937 \
+      --json benchmarks/results/speedrun_search_gpu.json
+  python -m benchmarks.speedrun_search --config configs/best.py --choose best --seeds 1 2 \
+      --json benchmarks/results/best_accuracy_gpu.json
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import pathlib
 import tempfile
 
-# (name, overrides of configs/best.py)
-CANDIDATES = [
-    (f"b{batch}_lr{lr:g}_e{epochs}_ema{ema:g}",
-     {"batch_size": batch, "learning_rate": lr, "num_epochs": epochs, "ema_decay": ema})
-    for batch, lr, ema in ((128, 2e-3, 0.998), (256, 3e-3, 0.995), (512, 4e-3, 0.99),
-                           (1024, 6e-3, 0.98))
-    for epochs in (8, 12, 16)
-]
+import numpy as np
 
 
-def run_candidate(name: str, overrides: dict, root: pathlib.Path, seed: int) -> dict:
-  from configs import best
+def _variants(path: str) -> tuple:
+  spec = importlib.util.spec_from_file_location("searched_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config, module.VARIANTS
+
+
+def run_variant(get_config, name: str, root: pathlib.Path, seed: int, both_ways: bool,
+                overrides=()) -> dict:
+  from benchmarks import common
   from fmnist_jax import train, workdir
-  config = best.get_config()
-  config.update({**overrides, "seed": seed, "write_report": False, "keep_checkpoints": 1,
-                 "keep_best_checkpoints": 0})
-  train.train_and_evaluate(config, str(root / name))
-  result = workdir.read_result(root / name)
-  rows = workdir.read_metrics(root / name)
-  return {"name": name, "overrides": overrides, "seed": seed,
-          "final_val_accuracy": rows[-1]["val_accuracy"],
-          "best_val_accuracy": max(r["val_accuracy"] for r in rows),
-          "final_test_accuracy": rows[-1]["test_accuracy"],
-          "val_accuracy_by_epoch": [r["val_accuracy"] for r in rows],
-          "test_accuracy_by_epoch": [r["test_accuracy"] for r in rows],
-          "train_seconds": result["train_seconds"], "compile_seconds": result["compile_seconds"],
-          "train_seconds_excluding_compile": result["train_seconds"] - result["compile_seconds"]}
+  config = get_config(name)
+  config.update(dict(common.parse_override(o) for o in overrides))
+  config.update({"seed": seed, "stop_at_accuracy": 0.0, "write_report": False,
+                 "keep_checkpoints": 1, "keep_best_checkpoints": 0})
+  run = root / f"{name or 'base'}_seed{seed}"
+  train.train_and_evaluate(config, str(run))
+  result, rows = workdir.read_result(run), workdir.read_metrics(run)
+  out = {"name": name, "seed": seed, "batch_size": config.batch_size,
+         "num_epochs": config.num_epochs, "eval_flip_average": config.eval_flip_average,
+         "final_val_accuracy": rows[-1]["val_accuracy"],
+         "best_val_accuracy": max(r["val_accuracy"] for r in rows),
+         "final_test_accuracy": rows[-1]["test_accuracy"],
+         "val_accuracy_by_epoch": [r["val_accuracy"] for r in rows],
+         "test_accuracy_by_epoch": [r["test_accuracy"] for r in rows],
+         "train_seconds": result["train_seconds"], "compile_seconds": result["compile_seconds"],
+         "train_seconds_excluding_compile": result["train_seconds"] - result["compile_seconds"]}
+  if both_ways:
+    from benchmarks.recipe import evaluate_both_ways
+    out["both_ways"] = evaluate_both_ways(run)
+  print(f"{name or 'base'} seed {seed}: val {out['final_val_accuracy']:.4f} test "
+        f"{out['final_test_accuracy']:.4f} in {out['train_seconds_excluding_compile']:.1f} s"
+        + (f" | both ways {out['both_ways']}" if both_ways else ""), flush=True)
+  return out
+
+
+def choose(results: list[dict], rule: str) -> dict:
+  """The chosen variant's result, by `rule` (see the module docstring); val only."""
+  best = max(results, key=lambda r: r["final_val_accuracy"])
+  if rule == "best":
+    return best
+  threshold = float(rule.removeprefix("fastest:"))
+  reaching = [r for r in results if r["final_val_accuracy"] >= threshold]
+  return min(reaching, key=lambda r: r["train_seconds_excluding_compile"]) if reaching else best
+
+
+def _mean_std(values) -> list[float]:
+  return [float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0]
+
+
+def summarize_seeds(runs: list[dict]) -> dict:
+  summary = {"seeds": [r["seed"] for r in runs]}
+  for split in ("val", "test"):
+    for mode in ("plain", "flip_average"):
+      values = [r["both_ways"][split][mode] for r in runs if split in r.get("both_ways", {})]
+      if values:
+        summary[f"{split}_accuracy_{mode}"] = _mean_std(values)
+  summary["train_seconds_excluding_compile"] = _mean_std(
+      [r["train_seconds_excluding_compile"] for r in runs])
+  return summary
+
+
+def _markdown(report: dict) -> str:
+  from benchmarks import common
+  lines = [common.machine_line(report), "", f"{report['config']}, chosen by "
+           f"`{report['rule']}`: **{report['chosen'] or 'base'}**", "",
+           "| variant | final val acc | best val acc | train s (no compile) | test acc (not "
+           "used to choose) |", "| --- | --- | --- | --- | --- |"]
+  lines += [f"| {r['name'] or 'base'} | {100 * r['final_val_accuracy']:.2f}% | "
+            f"{100 * r['best_val_accuracy']:.2f}% | {r['train_seconds_excluding_compile']:.1f} | "
+            f"{100 * r['final_test_accuracy']:.2f}% |" for r in report["results"]]
+  if "seeds_summary" in report:
+    s = report["seeds_summary"]
+    lines += ["", f"Chosen variant over seeds {s['seeds']} (mean +- std): " + ", ".join(
+        f"{key} {100 * value[0]:.2f} +- {100 * value[1]:.2f}%" for key, value in s.items()
+        if key.endswith(("plain", "flip_average")))]
+  return "\n".join(lines)
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--config", default="configs/speedrun.py")
   parser.add_argument("--json", required=True)
-  parser.add_argument("--only", nargs="*", help="candidate names to run (default: all)")
+  parser.add_argument("--only", nargs="*", help="variant names to run (default: all)")
   parser.add_argument("--seed", type=int, default=0)
-  args, extra = parser.parse_known_args(argv)
+  parser.add_argument("--choose", default="fastest:0.937")
+  parser.add_argument("--seeds", type=int, nargs="*", default=[],
+                      help="more seeds for the chosen variant")
+  args, overrides = parser.parse_known_args(argv)  # --config.field=value: to every run
   from benchmarks import common
-  results = []
+  get_config, variants = _variants(args.config)
+  names = [n for n in variants if not args.only or n in args.only or (n or "base") in args.only]
+  report = {**common.machine(), "config": args.config, "rule": args.choose,
+            "overrides": overrides, "results": []}
   with tempfile.TemporaryDirectory() as tmp:
-    for name, overrides in CANDIDATES:
-      if args.only and name not in args.only:
-        continue
-      overrides = {**overrides, **dict(common.parse_override(e) for e in extra)}
-      results.append(run_candidate(name, overrides, pathlib.Path(tmp), args.seed))
-      r = results[-1]
-      print(f"{name}: val {r['final_val_accuracy']:.4f} (best {r['best_val_accuracy']:.4f}) "
-            f"test {r['final_test_accuracy']:.4f} in {r['train_seconds_excluding_compile']:.1f}"
-            " s", flush=True)
-  lines = ["| candidate | final val acc | best val acc | train s (no compile) | test acc (not "
-           "used to choose) |", "| --- | --- | --- | --- | --- |"]
-  lines += [f"| {r['name']} | {100 * r['final_val_accuracy']:.2f}% | "
-            f"{100 * r['best_val_accuracy']:.2f}% | {r['train_seconds_excluding_compile']:.1f} | "
-            f"{100 * r['final_test_accuracy']:.2f}% |" for r in results]
-  report = {**common.machine(), "base": "configs/best.py", "results": results}
-  common.write(args.json, report, common.machine_line(report) + "\n\n" + "\n".join(lines))
-  print("\n".join(lines))
+    for name in names:
+      report["results"].append(run_variant(get_config, name, pathlib.Path(tmp), args.seed,
+                                           bool(args.seeds), overrides))
+    chosen = choose(report["results"], args.choose)
+    report["chosen"] = chosen["name"]
+    if args.seeds:
+      runs = [chosen] + [run_variant(get_config, chosen["name"], pathlib.Path(tmp), seed, True,
+                                     overrides) for seed in args.seeds]
+      report["chosen_seed_runs"] = runs[1:]
+      report["seeds_summary"] = summarize_seeds(runs)
+  markdown = _markdown(report)
+  common.write(args.json, report, markdown)
+  print(markdown)
+  return report
 
 
 if __name__ == "__main__":

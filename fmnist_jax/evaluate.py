@@ -41,11 +41,11 @@ def predict(model, params, images: np.ndarray, batch_size: int = 1000, *,
             flip_average: bool = False) -> np.ndarray:
   """Class probabilities [N, 10] for uint8 images (the same logits as the training loop's eval)."""
   @jax.jit
-  def probabilities(batch):
+  def probabilities(params, batch):  # (params an argument: not baked into the program)
     logits = models.inference_logits(model.apply, params, models.normalize(batch),
                                      flip_average=flip_average)
     return jax.nn.softmax(logits)
-  return np.concatenate([np.asarray(probabilities(images[i:i + batch_size]))
+  return np.concatenate([np.asarray(probabilities(params, images[i:i + batch_size]))
                          for i in range(0, len(images), batch_size)])
 
 

@@ -151,7 +151,10 @@ def _load_config(path: str, arg: str | None):
   if not callable(getattr(module, "get_config", None)):
     return (f"error: config file {path!r} defines no get_config(). A config file is Python "
             "defining get_config() -> ml_collections.ConfigDict (see configs/default.py).")
-  config = module.get_config(arg) if arg is not None else module.get_config()
+  try:
+    config = module.get_config(arg) if arg is not None else module.get_config()
+  except Exception as e:  # pylint: disable=broad-except  (a user's file: say what it said)
+    return f"error: get_config({arg or ''}) in {path!r} failed: {type(e).__name__}: {e}"
   if not isinstance(config, ml_collections.ConfigDict):
     return (f"error: get_config() in {path!r} returned a {type(config).__name__}, not an "
             "ml_collections.ConfigDict: build it as configs/default.py does, or start from "
