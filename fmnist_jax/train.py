@@ -13,6 +13,7 @@ import collections
 import contextlib
 import dataclasses
 import functools
+import gc
 import itertools
 import pathlib
 import signal
@@ -341,9 +342,15 @@ def _restore_and_train(run: Run) -> dict[str, float]:
   writer = workdir_lib.MetricsWriter(run.workdir) if run.is_chief else None
   compile_timer, preemption = CompileTimer(), PreemptionWatch(ckpt)
   loop = Loop(run, ckpt, writer, compile_timer, preemption)
+  # What exists now (the libraries, the data, the state) lives for the whole run: moved out of
+  # the garbage collector's reach, a full collection no longer walks ~0.5 M objects, which
+  # stalled the dispatch of train calls for 0.1-0.3 s a few times per run.
+  gc.collect()
+  gc.freeze()
   try:
     state = loop.epochs(state, progress)
   finally:
+    gc.unfreeze()
     compile_timer.close()
     preemption.close()
     ckpt.close()  # waits for async saves: what was saved is complete on disk
