@@ -55,13 +55,17 @@ class TrainState(train_state.TrainState):
 
 
 def create_train_state(config, model, tx, image_shape=(28, 28, 1)) -> TrainState:
-  """The initial state, on the host. Parameters and dropout key both derive from config.seed."""
-  params_key, dropout_key = jax.random.split(jax.random.PRNGKey(config.seed))
-  variables = jax.jit(lambda k: model.init(k, jnp.zeros((1,) + image_shape), train=False))(
-      params_key)
-  params = variables["params"]
-  return TrainState.create(apply_fn=model.apply, params=params, tx=tx, dropout_key=dropout_key,
-                           ema_params=params if config.get("ema_decay", 0.0) else None)
+  """The initial state. Parameters and dropout key both derive from config.seed. One compiled
+  program (op by op, the optimizer's init alone would compile dozens: seconds on a GPU)."""
+  ema = bool(config.get("ema_decay", 0.0))
+
+  @jax.jit
+  def init():
+    params_key, dropout_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    params = model.init(params_key, jnp.zeros((1,) + image_shape), train=False)["params"]
+    return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
+                             dropout_key=dropout_key, ema_params=params if ema else None)
+  return init()
 
 
 def initial_state(config, steps_per_epoch: int = 1, total_steps: int = 1, *,

@@ -396,6 +396,9 @@ class Loop:
     self.eval_fn = par.compile_eval(functools.partial(
         steps.eval_step, apply_fn=eval_model.apply, flip_average=config.eval_flip_average))
     self.flops_per_image = models.flops_per_image(config)
+    # One program copies the whole state (x.copy() per leaf compiles one program per shape:
+    # seconds at the first epoch's end; copy_p keeps jit from handing back the inputs).
+    self.copy_state = jax.jit(lambda state: jax.tree.map(jax.numpy.copy, state))
     self.deferred = None  # the last epoch's host work that can wait (see above)
     self.pending = None   # the last epoch's end, dispatched, not yet fetched (PendingEpoch)
     self.last_save = time.perf_counter()  # (a restored checkpoint was just read)
@@ -545,7 +548,7 @@ class Loop:
     with progress.timed("evaluation"):
       evaluation = dispatch_eval(self.eval_fn, state.eval_params, self.spec.eval_sets)
       if jax.process_count() == 1:
-        state = jax.tree.map(lambda x: x.copy(), state)
+        state = self.copy_state(state)
     self.pending = PendingEpoch(progress.step, state, progress.sums, evaluation,
                                 progress.skipped, progress.nonfinite_checked,
                                 progress.checked_step)
