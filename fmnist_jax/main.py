@@ -24,6 +24,8 @@ flags.DEFINE_bool("distributed", False,
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
+flags.DEFINE_bool("verbose", False, "Also show the libraries' INFO logs (JAX, TensorFlow, "
+                  "tfds, Orbax); by default only their warnings and errors.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -40,9 +42,10 @@ def initialize_distributed():
 
 
 class _QuietLibraries(std_logging.Filter):
-  """Orbax logs every save step at INFO: keep its warnings and errors only, less those that
-  describe normal use (a periodic save without metrics, a report opening checkpoints read-only).
-  """
+  """The console shows the project's lines; of the libraries' (Orbax logs every save step,
+  tfds every split it opens, JAX the backends it did not find), their warnings and errors only,
+  less those that describe normal use (a periodic save without metrics, a report opening
+  checkpoints read-only). --verbose shows everything."""
   BENIGN = ("Requested `tracked_metric`", "Given directory is read only",
             "setting save_interval_steps=0")
 
@@ -50,8 +53,14 @@ class _QuietLibraries(std_logging.Filter):
   # tracebacks from each of its writer threads.
   DISK_FULL = "No space left on device"
 
+  OURS = (f"{os.sep}fmnist_jax{os.sep}", f"{os.sep}benchmarks{os.sep}")
+
+  def __init__(self, verbose: bool = False):
+    super().__init__()
+    self.verbose = verbose
+
   def filter(self, record):
-    if "/orbax/" not in record.pathname and "asyncio" not in record.pathname:
+    if self.verbose or any(part in record.pathname for part in self.OURS):
       return True
     message = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
     return record.levelno >= std_logging.WARNING and self.DISK_FULL not in message and not any(
@@ -72,12 +81,12 @@ def configure_compilation_cache(cache_dir: str) -> str | None:
   compilation: $JAX_COMPILATION_CACHE_DIR if set, else config.compilation_cache_dir ("" turns
   it off). Every program is cached, however fast it compiled. Returns the directory used."""
   import jax
-  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-    return os.environ["JAX_COMPILATION_CACHE_DIR"]  # jax reads it itself
+  cache_dir = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.expanduser(cache_dir)
   if not cache_dir:
     return None
-  cache_dir = os.path.expanduser(cache_dir)
   jax.config.update("jax_compilation_cache_dir", cache_dir)
+  # Every program, not only those that took over a second (jax's default): a short run's
+  # dozen small programs add up to seconds on a GPU.
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   return cache_dir
@@ -102,7 +111,7 @@ def train_and_report(config, workdir: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  logging.get_absl_handler().addFilter(_QuietLibraries(FLAGS.verbose))
   sys.unraisablehook = _quiet_unraisable
   initialize_distributed()
   import jax

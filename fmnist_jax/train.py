@@ -340,6 +340,8 @@ def _restore_and_train(run: Run) -> dict[str, float]:
                     "num_train_steps to train on, or use a new --workdir)", progress.step,
                     run.total_steps)
   writer = workdir_lib.MetricsWriter(run.workdir) if run.is_chief else None
+  if writer:
+    writer.write_hparams(config)
   compile_timer, preemption = CompileTimer(), PreemptionWatch(ckpt)
   loop = Loop(run, ckpt, writer, compile_timer, preemption)
   # What exists now (the libraries, the data, the state) lives for the whole run: moved out of
@@ -396,6 +398,8 @@ class Loop:
     self.eval_fn = par.compile_eval(functools.partial(
         steps.eval_step, apply_fn=eval_model.apply, flip_average=config.eval_flip_average))
     self.flops_per_image = models.flops_per_image(config)
+    self.learning_rate = state_lib.create_learning_rate_fn(config, spec.steps_per_epoch,
+                                                           spec.total_steps)
     # One program copies the whole state (x.copy() per leaf compiles one program per shape:
     # seconds at the first epoch's end; copy_p keeps jit from handing back the inputs).
     self.copy_state = jax.jit(lambda state: jax.tree.map(jax.numpy.copy, state))
@@ -516,6 +520,12 @@ class Loop:
     eta = (spec.total_steps - step) / max(steps_per_second, 1e-9)
     flops = images_per_second * self.flops_per_image
     peak = f" ({100 * flops / spec.peak_flops:.1f}% of peak)" if spec.peak_flops else ""
+    if self.writer:
+      with jax.default_device(jax.local_devices(backend="cpu")[0]):  # (no device sync)
+        learning_rate = float(self.learning_rate(step))
+      self.writer.write_progress(step, {
+          "train_loss": loss, "train_accuracy": accuracy, "learning_rate": learning_rate,
+          "images_per_second": images_per_second})
     if spec.is_chief:  # one progress line per run, not one per process
       logging.info("step %d/%d epoch %d | train loss %.4f acc %.4f | %s img/s | ETA %s | "
                    "%.2f TFLOP/s%s", step, spec.total_steps, epoch + 1, loss, accuracy,
@@ -576,7 +586,9 @@ class Loop:
       self.record_epoch(progress, pending.step, pending.state, scalars, train_sums,
                         final=pending.step >= spec.total_steps)
     progress.last_eval = scalars
-    progress.last_log = (progress.step, time.perf_counter(), self.compile_timer.seconds)
+    # The next progress line's interval starts here, at the epoch's end: the calls queued
+    # since then run on the device behind the evaluation just fetched.
+    progress.last_log = (pending.step, time.perf_counter(), self.compile_timer.seconds)
     if not self.target_reached(scalars):
       return None
     progress.stop_reason, progress.step = "target_reached", pending.step

@@ -216,7 +216,8 @@ def _py(value):
 
 
 class MetricsWriter:
-  """Each evaluation's scalars: a row of metrics.jsonl and TensorBoard events (no TensorFlow:
+  """Each evaluation's scalars: a row of metrics.jsonl and TensorBoard events; each progress
+  line's scalars and the config's hyperparameters: TensorBoard only (no TensorFlow:
   tensorboard's own event writer)."""
 
   def __init__(self, workdir: pathlib.Path):
@@ -226,7 +227,6 @@ class MetricsWriter:
     self._recorded = None  # steps already in metrics.jsonl, read at the first write only
 
   def write_scalars(self, step: int, scalars: dict) -> None:
-    from tensorboard.compat.proto import event_pb2, summary_pb2
     row = {"step": int(step), **{k: _py(v) for k, v in scalars.items()}}
     path = self.workdir / METRICS_FILE
     if self._recorded is None:  # a resumed run: the file may already hold this step
@@ -240,10 +240,29 @@ class MetricsWriter:
     else:
       _append_jsonl(path, row)
       self._recorded.add(row["step"])
-    values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v))
-              for k, v in row.items() if k != "step"]
+    self._add_scalars(step, {k: v for k, v in row.items() if k != "step"})
+
+  def write_progress(self, step: int, scalars: dict) -> None:
+    """A progress line's scalars (train loss and accuracy so far this epoch, learning rate,
+    images/s), as `progress/NAME`."""
+    self._add_scalars(step, {f"progress/{k}": v for k, v in scalars.items()})
+
+  def write_hparams(self, config) -> None:
+    """The config's fields as TensorBoard hyperparameters (tuples as text)."""
+    from tensorboard.plugins.hparams import summary_v2
+    hparams = {k: v if isinstance(v, (bool, int, float, str)) else str(v)
+               for k, v in config.items()}
+    self._add(0, summary_v2.hparams_pb(hparams))
+
+  def _add_scalars(self, step: int, scalars: dict) -> None:
+    from tensorboard.compat.proto import summary_pb2
+    self._add(step, summary_pb2.Summary(value=[
+        summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()]))
+
+  def _add(self, step: int, summary) -> None:
+    from tensorboard.compat.proto import event_pb2
     self._events.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
-                                           summary=summary_pb2.Summary(value=values)))
+                                           summary=summary))
     self._events.flush()
 
   def close(self) -> None:

@@ -100,18 +100,35 @@ def test_recipe_benchmark_summarizes_seeds(synthetic_tfds, tmp_path):
       in again.stderr, again.stderr[-2000:]
 
 
-def test_time_to_accuracy_benchmark_reports_the_target(synthetic_tfds, tmp_path):
+def test_time_to_accuracy_runs_seeds_with_a_cold_and_a_warm_cache(synthetic_tfds, tmp_path):
   out = tmp_path / "tta.json"
   result = subprocess.run(
       [sys.executable, "-m", "benchmarks.time_to_accuracy", "--config", "configs/tiny.py",
-       "--target", "0.01", "--workdir", str(tmp_path / "run"), "--json", str(out),
+       "--target", "0.01", "--seeds", "0", "1", "--caches", "cold", "warm", "--json", str(out),
        *_tiny_run_args(synthetic_tfds)],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(out.read_text())
-  assert report["reached"] and report["epochs_to_target"] > 0
-  assert 0 < report["compile_seconds"] < report["seconds_to_target"] <= report["process_seconds"]
-  assert report["platform"] == "cpu"
+  assert [(r["cache"], r["seed"]) for r in report["runs"]] == [
+      ("cold", 0), ("cold", 1), ("prime", 0), ("warm", 0), ("warm", 1)]
+  for run in report["runs"]:
+    assert run["reached"] and run["epochs"] > 0
+    assert 0 < run["train_seconds"] < run["process_seconds_to_target"] <= run["process_seconds"]
+  cold, warm = report["summary"]["cold"], report["summary"]["warm"]
+  assert cold["reached"] == warm["reached"] == 2 and report["platform"] == "cpu"
+  assert warm["compile_seconds"][0] < cold["compile_seconds"][0]  # the cache was used
+  assert "| warm | 2/2 |" in out.with_suffix(".md").read_text()
+
+
+def test_speedrun_search_rule_picks_the_fastest_variant_reaching_the_threshold():
+  from benchmarks.speedrun_search import choose
+  results = [{"name": "slow", "final_val_accuracy": 0.95, "train_seconds_excluding_compile": 9},
+             {"name": "fast", "final_val_accuracy": 0.94, "train_seconds_excluding_compile": 3},
+             {"name": "fastest", "final_val_accuracy": 0.90,
+              "train_seconds_excluding_compile": 1}]
+  assert choose(results, "fastest:0.937")["name"] == "fast"
+  assert choose(results, "fastest:0.99")["name"] == "slow"  # none reaches it: the best val
+  assert choose(results, "best")["name"] == "slow"
 
 
 @pytest.mark.parametrize("peers", [

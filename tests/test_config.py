@@ -63,3 +63,21 @@ def test_every_problem_is_reported_at_once():
   with pytest.raises(ConfigError) as error:
     validate_config(config)
   assert "batch_size=0" in str(error.value) and "optimizer='nope'" in str(error.value)
+
+
+@pytest.mark.parametrize("path", ["configs/speedrun.py", "configs/best.py"])
+def test_every_variant_is_a_valid_config_of_the_seed_network(path):
+  """Variants change the recipe, never the network: 241,546 parameters each."""
+  import importlib.util
+  import jax
+  from fmnist_jax import state
+  spec = importlib.util.spec_from_file_location("variants", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  for name in module.VARIANTS:
+    config = module.get_config(name)
+    validate_config(config)
+    shapes = jax.eval_shape(lambda c=config: state.initial_state(c).params)
+    assert sum(x.size for x in jax.tree.leaves(shapes)) == 241_546, name
+  with pytest.raises(ValueError, match="has no variant 'nope'; its variants are"):
+    module.get_config("nope")

@@ -175,3 +175,34 @@ def test_console_ends_with_a_summary_and_a_rerun_says_it_is_finished(synthetic_t
   assert "tracked_metric" not in first.stderr  # Orbax's notes on normal use stay quiet
   again = _run_main(*args)
   assert again.returncode == 0 and "already finished at step 6 of 6" in again.stderr
+
+
+def test_console_shows_the_projects_lines_and_verbose_the_libraries(synthetic_tfds, tmp_path):
+  args = ("--config", "configs/tiny.py", f"--config.data_dir={synthetic_tfds['data_dir']}",
+          "--config.num_train_steps=6")
+  quiet = _run_main(*args, "--workdir", str(tmp_path / "quiet"))
+  verbose = _run_main(*args, "--workdir", str(tmp_path / "verbose"), "--verbose")
+  assert quiet.returncode == verbose.returncode == 0, quiet.stderr[-2000:]
+  for library_line in ("dataset_info.py", "xla_bridge.py"):  # tfds INFO, JAX's backend search
+    assert library_line not in quiet.stderr and library_line in verbose.stderr, library_line
+  assert "train.py" in quiet.stderr and "done (completed)" in quiet.stderr
+
+
+def test_tensorboard_gets_progress_scalars_and_the_config_as_hyperparameters(small_splits,
+                                                                             tmp_path):
+  from tensorboard.backend.event_processing import event_accumulator
+  config = tiny_config(num_epochs=2, log_every_steps=4, steps_per_call=2, learning_rate=1e-3)
+  train.train_and_evaluate(config, str(tmp_path))
+  events = event_accumulator.EventAccumulator(str(tmp_path))
+  events.Reload()
+  tags = events.Tags()["scalars"]
+  for tag in ("progress/train_loss", "progress/learning_rate", "progress/images_per_second",
+              "test_accuracy", "val_loss"):
+    assert tag in tags, tags
+  learning_rates = events.Scalars("progress/learning_rate")
+  # One point per printed progress line (a line whose values are ready when a newer one is
+  # ready too is dropped), at log points: steps 4, 8, ..., 24.
+  steps = [e.step for e in learning_rates]
+  assert len(steps) >= 3 and set(steps) <= {4, 8, 12, 16, 20, 24}, steps
+  assert all(e.value == pytest.approx(1e-3) for e in learning_rates)  # the constant schedule
+  assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
