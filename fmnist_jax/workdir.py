@@ -245,7 +245,7 @@ class MetricsWriter:
   def write_progress(self, step: int, scalars: dict) -> None:
     """A progress line's scalars (train loss and accuracy so far this epoch, learning rate,
     images/s), as `progress/NAME`."""
-    self._add_scalars(step, {f"progress/{k}": v for k, v in scalars.items()})
+    self._add_scalars(step, {f"progress/{k}": v for k, v in scalars.items()}, flush=False)
 
   def write_hparams(self, config) -> None:
     """The config's fields as TensorBoard hyperparameters (tuples as text)."""
@@ -254,16 +254,20 @@ class MetricsWriter:
                for k, v in config.items()}
     self._add(0, summary_v2.hparams_pb(hparams))
 
-  def _add_scalars(self, step: int, scalars: dict) -> None:
+  def _add_scalars(self, step: int, scalars: dict, flush: bool = True) -> None:
     from tensorboard.compat.proto import summary_pb2
     self._add(step, summary_pb2.Summary(value=[
-        summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()]))
+        summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()]),
+              flush)
 
-  def _add(self, step: int, summary) -> None:
+  def _add(self, step: int, summary, flush: bool = True) -> None:
+    """Queued for the writer's thread; `flush` waits until it is on disk (evaluations: yes;
+    progress lines: no, the next flush or close writes them)."""
     from tensorboard.compat.proto import event_pb2
     self._events.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
                                            summary=summary))
-    self._events.flush()
+    if flush:
+      self._events.flush()
 
   def close(self) -> None:
     self._events.close()
