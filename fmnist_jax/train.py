@@ -405,6 +405,7 @@ class Loop:
     self.copy_state = jax.jit(lambda state: jax.tree.map(jax.numpy.copy, state))
     self.deferred = None  # the last epoch's host work that can wait (see above)
     self.pending = None   # the last epoch's end, dispatched, not yet fetched (PendingEpoch)
+    self.compile_said = False
     self.last_save = time.perf_counter()  # (a restored checkpoint was just read)
     self.max_pending_logs = 1 if spec.par.devices[0].platform == "cpu" else 1_000
 
@@ -453,6 +454,8 @@ class Loop:
         state, progress.sums = self.train_fn(state, batches_and_num[0], progress.sums,
                                              np.int32(num))
       progress.step += num
+      if not self.compile_said:  # the first call compiled (or loaded) the train program
+        self.say_compiled()
       if calls == self.LEAD_CALLS and (stopped := self.complete_epoch(progress)) is not None:
         return stopped, "target"
       if _crossed(progress.step, num, config.log_every_steps):
@@ -471,6 +474,12 @@ class Loop:
     if stopped is not None:
       return stopped, "target"
     return state, "preempt" if preempt else None
+
+  def say_compiled(self) -> None:
+    self.compile_said = True
+    logging.info("train program ready: %.1f s compiling so far (%d XLA compilations; none "
+                 "when the compilation cache had it); left out of img/s and ETA",
+                 self.compile_timer.seconds, self.compile_timer.compilations)
 
   def mid_epoch_save(self, state, progress: Progress) -> None:
     self.run_deferred()
