@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ast
 import collections
-import importlib.util
 import json
 import os
 import pathlib
@@ -79,11 +78,8 @@ def parse_override(argument: str) -> tuple[str, object]:
 def load_config(path: str, overrides=()):
   """A config file's get_config() (`FILE:ARG` passes ARG) with `--config.field=value`
   overrides applied, as `fmnist_jax.main` would resolve it (top-level fields)."""
-  path, _, arg = path.partition(":")
-  spec = importlib.util.spec_from_file_location("benchmark_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(arg) if arg else module.get_config()
+  from fmnist_jax import config_file
+  config = config_file.load(path)
   for argument in overrides:
     field, value = parse_override(argument)
     config[field] = type(config[field])(value) if isinstance(config[field], tuple) else value

@@ -144,51 +144,28 @@ def _flag_values(argv, name: str) -> list[str]:
   return values
 
 
-def _load_config(path: str, arg: str | None):
-  """get_config() of a config file, or a one-paragraph error (str) saying what is wrong."""
-  import importlib.util
-  import ml_collections
-  try:
-    with open(path) as f:
-      compile(f.read(), path, "exec")
-  except SyntaxError as e:
-    return (f"error: config file {path!r} has a syntax error at line {e.lineno}: {e.msg}. "
-            "A config file is Python defining get_config() -> ml_collections.ConfigDict.")
-  spec = importlib.util.spec_from_file_location("checked_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not callable(getattr(module, "get_config", None)):
-    return (f"error: config file {path!r} defines no get_config(). A config file is Python "
-            "defining get_config() -> ml_collections.ConfigDict (see configs/default.py).")
-  try:
-    config = module.get_config(arg) if arg is not None else module.get_config()
-  except Exception as e:  # pylint: disable=broad-except  (a user's file: say what it said)
-    return f"error: get_config({arg or ''}) in {path!r} failed: {type(e).__name__}: {e}"
-  if not isinstance(config, ml_collections.ConfigDict):
-    return (f"error: get_config() in {path!r} returned a {type(config).__name__}, not an "
-            "ml_collections.ConfigDict: build it as configs/default.py does, or start from "
-            "`config = default.get_config()`.")
-  return config
-
-
 def check_command_line(argv) -> str | None:
   """A one-paragraph error for what absl would answer with a traceback, or None: a --config
   file that is missing, not valid Python or without get_config(); a --config.FIELD that the
   config has not (with the closest valid names); an empty --workdir. Runs before flags are
   parsed and before jax is imported."""
   import difflib
+  from fmnist_jax import config_file
+  from fmnist_jax.errors import ConfigError
   if any(not value.strip() for value in _flag_values(argv, "workdir")):
     return ("error: --workdir is empty: name a directory for the run (it is created if "
             "missing), e.g. --workdir runs/default.")
   for value in _flag_values(argv, "config"):
-    path, _, arg = value.partition(":")  # ml_collections allows "file.py:arg"
+    path = value.partition(":")[0]  # ml_collections allows "file.py:arg"
     if not os.path.isfile(path):
       return (f"error: config file {path!r} does not exist (relative paths are taken from "
               f"{os.getcwd()}); the shipped ones are configs/default.py, configs/best.py, "
-              "configs/no_dropout.py, configs/wide.py and configs/tiny.py.")
-    config = _load_config(path, arg or None)
-    if isinstance(config, str):
-      return config
+              "configs/speedrun.py, configs/no_dropout.py, configs/wide.py and "
+              "configs/tiny.py.")
+    try:
+      config = config_file.load(value)
+    except ConfigError as e:
+      return f"error: {e}"
     for arg in argv:
       if arg.startswith("--config.") and "=" in arg:
         field = arg[len("--config."):].split("=", 1)[0].split(".")[0]

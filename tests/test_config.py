@@ -81,3 +81,12 @@ def test_every_variant_is_a_valid_config_of_the_seed_network(path):
     assert sum(x.size for x in jax.tree.leaves(shapes)) == 241_546, name
   with pytest.raises(ValueError, match="has no variant 'nope'; its variants are"):
     module.get_config("nope")
+
+
+def test_config_file_loads_a_variant_and_names_a_missing_one():
+  from fmnist_jax import config_file
+  assert config_file.load("configs/speedrun.py:b1024_e30").batch_size == 1024
+  assert config_file.load("configs/default.py").batch_size == 128
+  with pytest.raises(ConfigError, match=r"get_config\(nope\) in 'configs/speedrun.py' failed: "
+                     r"ValueError: .*its variants are b512_e20"):
+    config_file.load("configs/speedrun.py:nope")

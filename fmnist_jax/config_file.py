@@ -1,0 +1,45 @@
+"""Reading a config file: `FILE` or `FILE:ARG`, a Python file defining get_config([ARG]) that
+returns an ml_collections.ConfigDict. Imports neither jax nor TensorFlow, so the command line
+can check a config file before either is loaded."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import ml_collections
+
+from fmnist_jax.errors import ConfigError
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+  """get_config() of `FILE` (or get_config(ARG) of `FILE:ARG`); a ConfigError saying what is
+  wrong with the file otherwise."""
+  path, _, arg = spec.partition(":")
+  try:
+    with open(path) as f:
+      source = f.read()
+  except OSError as e:
+    raise ConfigError(f"config file {path!r} cannot be read: {e.strerror or e}") from None
+  try:
+    compile(source, path, "exec")
+  except SyntaxError as e:
+    raise ConfigError(f"config file {path!r} has a syntax error at line {e.lineno}: {e.msg}. A "
+                      "config file is Python defining get_config() -> "
+                      "ml_collections.ConfigDict.") from None
+  module_spec = importlib.util.spec_from_file_location("config_file", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not callable(getattr(module, "get_config", None)):
+    raise ConfigError(f"config file {path!r} defines no get_config(). A config file is Python "
+                      "defining get_config() -> ml_collections.ConfigDict (see "
+                      "configs/default.py).")
+  try:
+    config = module.get_config(arg) if arg else module.get_config()
+  except Exception as e:  # pylint: disable=broad-except  (a user's file: say what it said)
+    raise ConfigError(f"get_config({arg}) in {path!r} failed: {type(e).__name__}: "
+                      f"{e}") from None
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f"get_config() in {path!r} returned a {type(config).__name__}, not an "
+                      "ml_collections.ConfigDict: build it as configs/default.py does, or start "
+                      "from `config = default.get_config()`.")
+  return config
