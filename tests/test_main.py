@@ -207,3 +207,21 @@ def test_tensorboard_gets_progress_scalars_and_the_config_as_hyperparameters(sma
   assert len(steps) >= 3 and set(steps) <= {4, 8, 12, 16, 20, 24}, steps
   assert all(e.value == pytest.approx(1e-3) for e in learning_rates)  # the constant schedule
   assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
+
+
+def test_the_eta_counts_the_time_spent_evaluating(small_splits, tmp_path, monkeypatch, caplog):
+  """An evaluation made to take 10 s: the ETA of the next epoch's progress lines runs at the
+  whole run's pace, so it counts those seconds (at the train steps' pace alone it would be 0)."""
+  import time
+  summarize = train.summarize_eval
+
+  def slow_summarize(*args):
+    time.sleep(10)
+    return summarize(*args)
+  monkeypatch.setattr(train, "summarize_eval", slow_summarize)
+  caplog.set_level("INFO")
+  train.train_and_evaluate(tiny_config(num_epochs=2, log_every_steps=4, steps_per_call=2,
+                                       validation_size=0), str(tmp_path))
+  etas = {int(step): int(minutes) * 60 + int(seconds) for step, minutes, seconds in
+          re.findall(r"step (\d+)/24 epoch 2 \| .* ETA (\d+)m(\d+)s", caplog.text)}
+  assert etas and all(eta >= 2 * (24 - step) / 4 for step, eta in etas.items()), etas
