@@ -66,6 +66,16 @@ def run_main(config: str, workdir, overrides=(), log_path=None, env=None) -> flo
   return seconds
 
 
+def mean_std(values) -> list[float] | None:
+  """[mean, sample std] of the values that are not None (std 0 for one value); None if none."""
+  import statistics
+  values = [v for v in values if v is not None]
+  if not values:
+    return None
+  return [float(statistics.mean(values)),
+          float(statistics.stdev(values)) if len(values) > 1 else 0.0]
+
+
 def parse_override(argument: str) -> tuple[str, object]:
   """--config.field=value -> (field, value), the value as Python would read it."""
   field, value = argument.removeprefix("--config.").split("=", 1)

@@ -21,10 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import statistics
 import sys
 
 import numpy as np
+
+from benchmarks import common
 
 
 def _parse_args(argv):
@@ -39,7 +40,6 @@ def _parse_args(argv):
 
 def run_seed(config: str, seed: int, root: pathlib.Path, overrides: list[str]) -> dict:
   """The run's result.json plus this benchmark's additions (seed<N>.recipe.json)."""
-  from benchmarks import common
   from fmnist_jax import workdir as workdir_lib
   run, extra_path = root / f"seed{seed}", root / f"seed{seed}.recipe.json"
   extra = json.loads(extra_path.read_text()) if extra_path.exists() else {}
@@ -82,27 +82,23 @@ def evaluate_both_ways(workdir: pathlib.Path) -> dict:
   return out
 
 
-def _mean_std(values):
-  return (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def summarize(name: str, results: list[dict]) -> dict:
   final = [r["final"] for r in results]
   summary = {"name": name, "seeds": len(results), "epochs": final[0]["epoch"]}
   for key in ("test_accuracy", "test_loss", "val_accuracy", "train_accuracy"):
     if key in final[0]:
-      summary[key] = _mean_std([f[key] for f in final])
+      summary[key] = common.mean_std([f[key] for f in final])
   best = [r["best_by_val"] for r in results if r.get("best_by_val")]
   if best:
-    summary["best_val_accuracy"] = _mean_std([b["val_accuracy"] for b in best])
-    summary["test_accuracy_at_best_val"] = _mean_std([b["test_accuracy"] for b in best])
-  summary["train_seconds"] = _mean_std([r["train_seconds"] for r in results])
+    summary["best_val_accuracy"] = common.mean_std([b["val_accuracy"] for b in best])
+    summary["test_accuracy_at_best_val"] = common.mean_std([b["test_accuracy"] for b in best])
+  summary["train_seconds"] = common.mean_std([r["train_seconds"] for r in results])
   both = [r["both_ways"] for r in results if "both_ways" in r]
   if len(both) == len(results):
     for name in ("val", "test"):
       for mode in ("plain", "flip_average"):
         if name in both[0]:
-          summary[f"{name}_accuracy_{mode}"] = _mean_std([b[name][mode] for b in both])
+          summary[f"{name}_accuracy_{mode}"] = common.mean_std([b[name][mode] for b in both])
   return summary
 
 
@@ -124,7 +120,6 @@ HEADER = ("| recipe | seeds | epochs | test accuracy % (final) | test loss (fina
 
 def main(argv=None):
   args, overrides = _parse_args(argv)
-  from benchmarks import common
   name = args.name or pathlib.Path(args.config).stem
   root = pathlib.Path(args.workdir_root)
   results = [run_seed(args.config, seed, root, overrides) for seed in args.seeds]

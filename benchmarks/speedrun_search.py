@@ -26,7 +26,7 @@ import importlib.util
 import pathlib
 import tempfile
 
-import numpy as np
+from benchmarks import common
 
 
 def _variants(path: str) -> tuple:
@@ -38,7 +38,6 @@ def _variants(path: str) -> tuple:
 
 def run_variant(get_config, name: str, root: pathlib.Path, seed: int, both_ways: bool,
                 overrides=()) -> dict:
-  from benchmarks import common
   from fmnist_jax import train, workdir
   config = get_config(name)
   config.update(dict(common.parse_override(o) for o in overrides))
@@ -75,24 +74,19 @@ def choose(results: list[dict], rule: str) -> dict:
   return min(reaching, key=lambda r: r["train_seconds_excluding_compile"]) if reaching else best
 
 
-def _mean_std(values) -> list[float]:
-  return [float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0]
-
-
 def summarize_seeds(runs: list[dict]) -> dict:
   summary = {"seeds": [r["seed"] for r in runs]}
   for split in ("val", "test"):
     for mode in ("plain", "flip_average"):
       values = [r["both_ways"][split][mode] for r in runs if split in r.get("both_ways", {})]
       if values:
-        summary[f"{split}_accuracy_{mode}"] = _mean_std(values)
-  summary["train_seconds_excluding_compile"] = _mean_std(
+        summary[f"{split}_accuracy_{mode}"] = common.mean_std(values)
+  summary["train_seconds_excluding_compile"] = common.mean_std(
       [r["train_seconds_excluding_compile"] for r in runs])
   return summary
 
 
 def _markdown(report: dict) -> str:
-  from benchmarks import common
   lines = [common.machine_line(report), "", f"{report['config']}, chosen by "
            f"`{report['rule']}`: **{report['chosen'] or 'base'}**", "",
            "| variant | final val acc | best val acc | train s (no compile) | test acc (not "
@@ -118,7 +112,6 @@ def main(argv=None):
   parser.add_argument("--seeds", type=int, nargs="*", default=[],
                       help="more seeds for the chosen variant")
   args, overrides = parser.parse_known_args(argv)  # --config.field=value: to every run
-  from benchmarks import common
   get_config, variants = _variants(args.config)
   names = [n for n in variants if not args.only or n in args.only or (n or "base") in args.only]
   report = {**common.machine(), "config": args.config, "rule": args.choose,

@@ -25,12 +25,11 @@ import pathlib
 import tempfile
 import time
 
-import numpy as np
+from benchmarks import common
 
 
 def one_run(args, overrides, seed: int, cache_dir: str, root: pathlib.Path, tag: str) -> dict:
   """One seed through main; its clocks and its evaluations."""
-  from benchmarks import common
   from fmnist_jax import workdir as workdir_lib
   workdir = root / f"{tag}_seed{seed}"
   start = time.time()
@@ -53,24 +52,16 @@ def one_run(args, overrides, seed: int, cache_dir: str, root: pathlib.Path, tag:
           "test_accuracy_by_epoch": [r["test_accuracy"] for r in rows]}
 
 
-def _mean_std(values) -> list[float] | None:
-  values = [v for v in values if v is not None]
-  if not values:
-    return None
-  return [float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0]
-
-
 def summarize(runs: list[dict]) -> dict:
   reached = [r for r in runs if r["reached"]]
   return {"runs": len(runs), "reached": len(reached),
-          "train_seconds": _mean_std([r["train_seconds"] for r in reached]),
-          "process_seconds": _mean_std([r["process_seconds_to_target"] for r in reached]),
-          "compile_seconds": _mean_std([r["compile_seconds"] for r in runs]),
-          "epochs": _mean_std([r["epochs"] for r in reached])}
+          "train_seconds": common.mean_std([r["train_seconds"] for r in reached]),
+          "process_seconds": common.mean_std([r["process_seconds_to_target"] for r in reached]),
+          "compile_seconds": common.mean_std([r["compile_seconds"] for r in runs]),
+          "epochs": common.mean_std([r["epochs"] for r in reached])}
 
 
 def _markdown(report: dict) -> str:
-  from benchmarks import common
 
   def pm(value, digits=1):
     return "–" if value is None else f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
@@ -94,7 +85,6 @@ def main(argv=None):
   parser.add_argument("--caches", nargs="+", choices=("cold", "warm"), default=["cold", "warm"])
   parser.add_argument("--json", required=True)
   args, overrides = parser.parse_known_args(argv)
-  from benchmarks import common
   report = {**common.machine(), "config": args.config, "overrides": overrides,
             "target": args.target, "seeds": args.seeds, "runs": [], "summary": {}}
   with tempfile.TemporaryDirectory() as tmp:
