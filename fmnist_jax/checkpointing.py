@@ -41,6 +41,15 @@ def _saved_tree(state, epoch_sums=None):
   return tree
 
 
+def complete_steps(directory: pathlib.Path) -> list[int]:
+  """The steps whose checkpoint folder is complete, oldest first: Orbax writes each into
+  `STEP.orbax-checkpoint-tmp` and renames it to `STEP` when done."""
+  directory = pathlib.Path(directory)
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
 def _val_accuracy(metrics) -> float:
   return metrics["val_accuracy"]
 
@@ -171,9 +180,7 @@ class Checkpointer:
   def _set_aside_unreadable_metadata(self, read_only: bool) -> None:
     """Orbax's manager cannot even open a directory holding a checkpoint whose metadata file
     is damaged: such checkpoints are moved aside first (unless none would be left)."""
-    if not self.directory.is_dir():
-      return
-    steps = sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
+    steps = complete_steps(self.directory)
     damaged = []
     for step in steps:
       step_dir = self.directory / str(step)

@@ -150,12 +150,6 @@ def _start_line(step: int, run) -> str:
           f"{step * run.config.batch_size:,} examples seen")
 
 
-def _nonfinite_message(first: int, last: int) -> str:
-  return (f"non-finite loss or gradient in steps {first}-{last}: the run stopped without "
-          "saving them, and the checkpoints already written are intact. Lower learning_rate, "
-          "or set --config.skip_nonfinite_updates=True to drop such updates.")
-
-
 def _format_seconds(seconds: float) -> str:
   seconds = int(seconds)
   return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else \
@@ -253,8 +247,7 @@ def check_resume(config, path) -> None:
   logging.warning("the config differs from the one this workdir recorded last: %s", "; ".join(
       f"{field} {old!r} -> {new!r}" for field, (old, new) in changes.items()))
   changed = [field for field in STEP_FIELDS if field in changes]
-  checkpoints = path / workdir_lib.CHECKPOINTS
-  resumable = checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())
+  resumable = bool(checkpointing.complete_steps(path / workdir_lib.CHECKPOINTS))
   if changed and resumable and not config.get("resume_with_changed_steps", False):
     raise ConfigError(
         f"resuming {path} with a changed {', '.join(changed)} ("
@@ -303,9 +296,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def _disk_full(workdir: pathlib.Path, error: Exception) -> DiskFullError:
   """One line for a full disk: where, what is saved, how to go on."""
-  checkpoints = workdir / workdir_lib.CHECKPOINTS
-  saved = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()) \
-      if checkpoints.is_dir() else []
+  saved = checkpointing.complete_steps(workdir / workdir_lib.CHECKPOINTS)
   what = (f"the last complete checkpoint is step {saved[-1]} (a save cut short is never taken "
           "for one)" if saved else "no checkpoint was complete yet")
   return DiskFullError(
@@ -325,7 +316,7 @@ def _restore_and_train(run: Run) -> dict[str, float]:
     ckpt.close()  # no async machinery left behind by a refused restore
     raise
   progress = Progress(step=int(run.par.to_host(state.step)), start_step=0)
-  progress.start_step = progress.checked_step = progress.step
+  progress.start_step = progress.step
   if progress.step % run.steps_per_epoch:
     progress.resumed_sums = ckpt.restored_epoch_sums
   if run.is_chief:
@@ -544,17 +535,21 @@ class Loop:
     progress.host_syncs += 1
     return self.spec.par.to_host(tree)
 
-  def check_finite(self, progress: Progress, count=None) -> None:
-    """Raises NonFiniteError if a step since the last check had a NaN/inf loss or gradient
-    (unless skip_nonfinite_updates, which only counts them). `count`: this epoch's count of
-    such steps, if already fetched."""
-    if count is None:
-      with progress.timed("finite checks"):
-        count = self.fetch(progress, progress.sums["nonfinite"])
-    count = int(count)
-    if count > progress.nonfinite_checked and not self.spec.config.skip_nonfinite_updates:
-      raise NonFiniteError(_nonfinite_message(progress.checked_step + 1, progress.step))
-    progress.nonfinite_checked, progress.checked_step = count, progress.step
+  def check_finite(self, progress: Progress, count) -> None:
+    """Raises NonFiniteError if a step of this epoch since the last check had a NaN/inf loss
+    or gradient (unless skip_nonfinite_updates). `count`: the epoch's count so far, fetched."""
+    self.raise_if_nonfinite(int(count), progress.nonfinite_checked, progress.checked_step,
+                            progress.step)
+    progress.nonfinite_checked, progress.checked_step = int(count), progress.step
+
+  def raise_if_nonfinite(self, count: int, checked: int, checked_step: int, step: int) -> None:
+    """NonFiniteError if more than the `checked` non-finite steps (known up to `checked_step`)
+    were counted by `step`, unless skip_nonfinite_updates (which only counts them)."""
+    if count > checked and not self.spec.config.skip_nonfinite_updates:
+      raise NonFiniteError(
+          f"non-finite loss or gradient in steps {checked_step + 1}-{step}: the run stopped "
+          "without saving them, and the checkpoints already written are intact. Lower "
+          "learning_rate, or set --config.skip_nonfinite_updates=True to drop such updates.")
 
   # --- phase 3: end of epoch: evaluation, metrics, checkpoint -------------------------------
 
@@ -584,8 +579,8 @@ class Loop:
     with progress.timed("evaluation"):
       train_sums, fetched = self.fetch(progress, (pending.sums, pending.evaluation))
     count = int(train_sums["nonfinite"])
-    if count > pending.nonfinite_checked and not spec.config.skip_nonfinite_updates:
-      raise NonFiniteError(_nonfinite_message(pending.checked_step + 1, pending.step))
+    self.raise_if_nonfinite(count, pending.nonfinite_checked, pending.checked_step,
+                            pending.step)
     progress.skipped = pending.skipped + count
     scalars = self.epoch_scalars(progress, pending.step, train_sums, fetched)
     if jax.process_count() == 1:
