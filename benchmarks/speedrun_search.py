@@ -22,7 +22,6 @@ seeds is the result (benchmarks/results/*.json).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import pathlib
 import tempfile
 
@@ -30,9 +29,8 @@ from benchmarks import common
 
 
 def _variants(path: str) -> tuple:
-  spec = importlib.util.spec_from_file_location("searched_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  from fmnist_jax import config_file
+  module = config_file.load_module(path)
   return module.get_config, module.VARIANTS
 
 

@@ -11,6 +11,14 @@ import ml_collections
 from fmnist_jax.errors import ConfigError
 
 
+def load_module(path: str):
+  """The config file as a module (its get_config, and VARIANTS where it has them)."""
+  module_spec = importlib.util.spec_from_file_location("config_file", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module
+
+
 def load(spec: str) -> ml_collections.ConfigDict:
   """get_config() of `FILE` (or get_config(ARG) of `FILE:ARG`); a ConfigError saying what is
   wrong with the file otherwise."""
@@ -26,9 +34,7 @@ def load(spec: str) -> ml_collections.ConfigDict:
     raise ConfigError(f"config file {path!r} has a syntax error at line {e.lineno}: {e.msg}. A "
                       "config file is Python defining get_config() -> "
                       "ml_collections.ConfigDict.") from None
-  module_spec = importlib.util.spec_from_file_location("config_file", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  module = load_module(path)
   if not callable(getattr(module, "get_config", None)):
     raise ConfigError(f"config file {path!r} defines no get_config(). A config file is Python "
                       "defining get_config() -> ml_collections.ConfigDict (see "

@@ -68,12 +68,9 @@ def test_every_problem_is_reported_at_once():
 @pytest.mark.parametrize("path", ["configs/speedrun.py", "configs/best.py"])
 def test_every_variant_is_a_valid_config_of_the_seed_network(path):
   """Variants change the recipe, never the network: 241,546 parameters each."""
-  import importlib.util
   import jax
-  from fmnist_jax import state
-  spec = importlib.util.spec_from_file_location("variants", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  from fmnist_jax import config_file, state
+  module = config_file.load_module(path)
   for name in module.VARIANTS:
     config = module.get_config(name)
     validate_config(config)
