@@ -10,6 +10,7 @@ Trains (fmnist_jax.train), then writes the report (fmnist_jax.report) into WORKD
 import logging as std_logging
 import os
 import sys
+import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
 
@@ -76,6 +77,16 @@ def _quiet_unraisable(unraisable) -> None:
     sys.__unraisablehook__(unraisable)
 
 
+def quiet_cut_short_writers() -> None:
+  """What Orbax's writer threads leave when a full disk cuts them short, dropped so that the
+  run's own error line stays its last: "Event loop is closed" tracebacks, and the coroutines
+  that were handed to that closed loop, which Python reports as "never awaited" whenever they
+  are collected (at exit, after the error line). The project itself has no coroutines."""
+  sys.unraisablehook = _quiet_unraisable
+  warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited",
+                          category=RuntimeWarning)
+
+
 def configure_compilation_cache(cache_dir: str) -> str | None:
   """JAX's persistent compilation cache, so that a repeated or resumed run skips XLA's
   compilation: $JAX_COMPILATION_CACHE_DIR if set, else config.compilation_cache_dir ("" turns
@@ -112,7 +123,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.get_absl_handler().addFilter(_QuietLibraries(FLAGS.verbose))
-  sys.unraisablehook = _quiet_unraisable
+  if not FLAGS.verbose:
+    quiet_cut_short_writers()
   initialize_distributed()
   import jax
   from fmnist_jax import train
