@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Every accelerator measurement in one go (~6 minutes on one H100/H200): end to end vs the
-# step, the step at batch 128 by steps per call, the speedrun's choice on validation and its
-# time to 93% over 5 seeds with a cold and a warm compilation cache, and the best accuracy.
+# Every accelerator measurement in one go (~7 minutes on one H100/H200): end to end vs the
+# step, a profile of where the device waits in a run, the step at batch 128 by steps per
+# call, the speedrun's choice on validation and its time to 93% over 5 seeds with a cold and
+# a warm compilation cache, and the best accuracy.
 #
 #   bash benchmarks/accelerator.sh OUT_DIR [NAME]      # NAME: the results' suffix (e.g. h200)
 #   SCALE=tiny bash benchmarks/accelerator.sh /tmp/x   # a few-minute dry run (on a CPU too)
@@ -14,6 +15,7 @@ set -uo pipefail
 OUT=${1:?usage: accelerator.sh OUT_DIR [NAME]}
 NAME=${2:-gpu}
 WORK=${WORK:-$(mktemp -d)}  # outside OUT: only the JSONs and one archive come back
+mkdir -p "$OUT"
 mkdir -p "$WORK"
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 PY=${PYTHON:-python3}
@@ -22,6 +24,8 @@ if [ "${SCALE:-}" = tiny ]; then
   SWEEP=(--batch-sizes 32 --dtypes float32 --train-images 640 --eval-images 640 --repeats 1
          --steps-per-call 2 4)
   E2E=(--epochs 1 --config.num_train_steps=30 --config.batch_size=32)
+  PROFILE=(--config.num_train_steps=30 --config.batch_size=32 --config.steps_per_call=2
+           --config.profile_steps="(10,20)")
   TINY=(--config.conv_features="(4,8,8)" --config.dense_features=16 --config.num_epochs=2
         --config.num_train_steps=20)
   SEARCH=(--only b512_e20 b1024_e20 "${TINY[@]}")
@@ -31,6 +35,7 @@ else
   SWEEP=(--batch-sizes 128 --dtypes float32 bfloat16 --train-images 500000
          --eval-images 500000 --repeats 2 --steps-per-call 10 50)
   E2E=(--epochs 5)
+  PROFILE=(--config.num_epochs=4 --config.profile_steps="(429,1287)")  # epochs 2-3, 2 ends
   SEARCH=()
   TTA=(--target 0.93 --seeds 0 1 2 3 4)
   BEST=(--only b512_e150 b512_e300 b512_e150_erase b256_e150 --seeds 1 2)
@@ -48,6 +53,12 @@ step() {  # step NAME COMMAND...: runs it, timing it, says how it ended, copies 
 # 1. The whole run through main vs the step (a fresh, cold compilation cache).
 JAX_COMPILATION_CACHE_DIR=$(mktemp -d) step end_to_end "$PY" -m benchmarks.end_to_end \
   --json "$WORK/end_to_end_$NAME.json" "${E2E[@]}"
+
+# 1b. Where the device waits in such a run: a profile of two epochs and their ends.
+step profile "$PY" -m fmnist_jax.main --config configs/default.py --workdir "$WORK/profiled" \
+  --config.write_report=False "${PROFILE[@]}"
+step trace_gaps "$PY" -m benchmarks.trace_gaps "$WORK/profiled" \
+  --json "$WORK/trace_gaps_$NAME.json"
 
 # 2. The step at batch 128: do more steps per compiled call pay?
 step throughput "$PY" -m benchmarks.throughput --json "$WORK/throughput_${NAME}_b128.json" \
@@ -67,5 +78,6 @@ step time_to_accuracy "$PY" -m benchmarks.time_to_accuracy --config "configs/spe
 step best_accuracy "$PY" -m benchmarks.speedrun_search --config configs/best.py --choose best \
   --json "$WORK/best_accuracy_$NAME.json" "${BEST[@]}"
 
-tar -czf "$OUT/logs.tar.gz" -C "$WORK" --exclude='*.json' .
+tar -czf "$OUT/logs.tar.gz" -C "$WORK" --exclude='*.json' --exclude='*.xplane.pb' \
+  --exclude='*.trace.json.gz' .  # (the profile's perfetto_trace.json.gz is kept)
 ls -la "$OUT"

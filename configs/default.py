@@ -79,5 +79,9 @@ def get_config():
   config.resume_with_changed_steps = False
   config.async_checkpointing = True
   config.write_report = True            # WORKDIR/report/ at the end (fmnist_jax.report)
+  # A jax.profiler trace of the train steps from `first` to `last` into WORKDIR/plugins/profile/
+  # (TensorBoard's Profile tab, ui.perfetto.dev; `python -m benchmarks.trace_gaps WORKDIR`
+  # lists where the device waited). (0, 0): off.
+  config.profile_steps = (0, 0)
 
   return config

@@ -75,6 +75,11 @@ def _check_values(config, check) -> None:
   check(0 <= config.momentum < 1, f"momentum={config.momentum!r} must be in [0, 1).")
   check(0 <= config.stop_at_accuracy <= 1,
         f"stop_at_accuracy={config.stop_at_accuracy!r} must be in [0, 1] (0: off).")
+  profile = config.profile_steps
+  check(isinstance(profile, (tuple, list)) and len(profile) == 2
+        and all(_is_int(s) and s >= 0 for s in profile) and profile[0] <= profile[1],
+        f"profile_steps={profile!r} must be (first, last) train steps with 0 <= first <= last, "
+        "e.g. (1000, 1500); (0, 0) turns the trace off.")
   check(config.augment_translate <= 8,
         f"augment_translate={config.augment_translate!r}: shifts of more than 8 of 28 pixels "
         "push the garments out of the image; use 0-4.")

@@ -27,7 +27,7 @@ import numpy as np
 from absl import logging
 
 from fmnist_jax import checkpointing, hardware, input_pipeline, models, state as state_lib
-from fmnist_jax import steps, workdir as workdir_lib
+from fmnist_jax import profiling, steps, workdir as workdir_lib
 from fmnist_jax.configuration import validate_config
 from fmnist_jax.errors import ConfigError, DiskFullError, NonFiniteError, is_disk_full
 from fmnist_jax.parallel import Parallelism
@@ -201,7 +201,8 @@ class Progress:
     """Host seconds per phase of the loop (result.json's host_seconds: where the time goes)."""
     start = time.perf_counter()
     try:
-      yield
+      with profiling.phase(phase):  # (named in a profile_steps trace)
+        yield
     finally:
       self.host_seconds[phase] += time.perf_counter() - start
 
@@ -399,6 +400,8 @@ class Loop:
     self.compile_said = False
     self.last_save = time.perf_counter()  # (a restored checkpoint was just read)
     self.max_pending_logs = 1 if spec.par.devices[0].platform == "cpu" else 1_000
+    self.profiler = profiling.StepProfiler(
+        spec.workdir, config.profile_steps if spec.is_chief else (0, 0))
 
   def epochs(self, state, progress: Progress):
     try:
@@ -418,6 +421,9 @@ class Loop:
             state = stopped
             break
     finally:
+      self.profiler.stop()
+      if self.profiler.seconds:
+        progress.host_seconds["profiler"] += self.profiler.seconds
       self.run_deferred(final=True)  # the last epoch's metrics and checkpoint, always saved
     return state
 
@@ -445,6 +451,7 @@ class Loop:
         state, progress.sums = self.train_fn(state, batches_and_num[0], progress.sums,
                                              np.int32(num))
       progress.step += num
+      self.profiler.after_call(progress.step, progress.sums)
       if not self.compile_said:  # the first call compiled (or loaded) the train program
         self.say_compiled()
       if calls == self.LEAD_CALLS and (stopped := self.complete_epoch(progress)) is not None:

@@ -43,6 +43,8 @@ def test_default_is_the_seed_recipe():
     ("microbatches", -1, "microbatches=-1 must be an integer >= 0"),
     ("stop_metric", "train_accuracy", "stop_metric='train_accuracy'"),
     ("stop_at_accuracy", 1.5, "stop_at_accuracy=1.5 must be in \\[0, 1\\]"),
+    ("profile_steps", (500, 100), "profile_steps=\\(500, 100\\) must be \\(first, last\\)"),
+    ("profile_steps", (-5, 10), "profile_steps=\\(-5, 10\\)"),
 ])
 def test_bad_values_are_named_with_what_to_change(field, value, message):
   config = default.get_config()

@@ -1,0 +1,75 @@
+"""A jax.profiler trace of a window of train steps (config.profile_steps), for TensorBoard's
+Profile tab and ui.perfetto.dev, and named host phases that show in it.
+
+    python -m fmnist_jax.main ... --config.profile_steps="(1000, 1500)"
+    python -m benchmarks.trace_gaps WORKDIR   # where the device waited, and for what
+
+The trace starts once the host has dispatched the call that reaches step `first` and stops
+once the device has finished the call that reaches step `last` (the host runs ahead of the
+device: stopping waits for it, so the window's device work is all in the trace). It is written
+to WORKDIR/plugins/profile/<time>/ (`tensorboard --logdir WORKDIR` opens it), with a
+perfetto_trace.json.gz beside XLA's own files. Python's function calls are not traced: they
+would slow the very host loop the trace is taken to look at; the loop's phases (train calls,
+evaluation, checkpoints, ...) are named as TraceAnnotations instead. Writing the trace takes
+seconds (tens on a CPU, where XLA's threads log every op): the run's time and the progress line
+after it count them (result.json's host_seconds["profiler"] says how many), so take timings
+from a run without a trace.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import time
+
+import jax
+from absl import logging
+
+
+def phase(name: str):
+  """A named span of host work in the trace (nearly free when no trace is running)."""
+  return jax.profiler.TraceAnnotation(name)
+
+
+class StepProfiler:
+  """Traces the train steps from `first` to `last` on this process ((0, 0): nothing)."""
+
+  def __init__(self, workdir: pathlib.Path | str, steps: tuple[int, int]):
+    self.workdir = pathlib.Path(workdir)
+    self.first, self.last = (int(s) for s in steps)
+    self.tracing = False
+    self.done = self.last <= self.first
+    self.seconds = 0.0  # spent starting and writing the trace (counted in the run's time)
+
+  def after_call(self, step: int, outputs=None) -> None:
+    """Called once each train call is dispatched, `step` the step it reaches; `outputs`: what
+    that call returns (waited for before the trace stops). The trace starts after the call
+    that reaches `first` and stops after the one that reaches `last`: a window that one call
+    spans, or that a resumed run has passed, traces nothing."""
+    if self.done or step < self.first:
+      return
+    if self.tracing:
+      if step >= self.last:
+        self.stop(outputs)
+    elif step >= self.last:
+      self.done = True
+    else:
+      start = time.perf_counter()
+      options = jax.profiler.ProfileOptions()
+      options.python_tracer_level = 0  # (see the module's docstring)
+      jax.profiler.start_trace(str(self.workdir), create_perfetto_trace=True,
+                               profiler_options=options)
+      self.tracing = True
+      self.seconds += time.perf_counter() - start
+
+  def stop(self, outputs=None) -> None:
+    """Waits for `outputs` on the device, then writes the trace (once)."""
+    if not self.tracing:
+      return
+    self.tracing, self.done = False, True
+    jax.block_until_ready(outputs)
+    start = time.perf_counter()
+    jax.profiler.stop_trace()
+    self.seconds += time.perf_counter() - start
+    logging.info("profile of the train steps %d-%d written to %s/plugins/profile/ in %.1f s "
+                 "(python -m benchmarks.trace_gaps %s: where the device waited)", self.first,
+                 self.last, self.workdir, self.seconds, self.workdir)
