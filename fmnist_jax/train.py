@@ -189,7 +189,7 @@ class Progress:
   checked_step: int = 0        # the last step known to be finite (or skipped)
   skipped: int = 0             # non-finite updates dropped (skip_nonfinite_updates), earlier epochs
   pending_logs: list = dataclasses.field(default_factory=list)  # [(step, epoch, sums)]
-  last_log: tuple = (0, 0.0, 0.0)  # (step, time, compile seconds) at the last progress line
+  last_log: tuple = (0, 0.0, 0.0)  # (step, time, not_training_seconds) at the last line
   host_syncs: int = 0
   host_seconds: dict = dataclasses.field(default_factory=lambda: collections.defaultdict(float))
   last_eval: dict = dataclasses.field(default_factory=dict)
@@ -513,7 +513,7 @@ class Loop:
     del pending[:newest + 1]
     with progress.timed("progress lines"):
       loss, accuracy = steps.summarize(self.fetch(progress, sums))
-    now, compiled = time.perf_counter(), self.compile_timer.seconds
+    now, compiled = time.perf_counter(), self.not_training_seconds()
     last_step, last_time, last_compiled = progress.last_log
     seconds = max(now - last_time - (compiled - last_compiled), 1e-9)
     if last_time == 0.0:  # the first line: from the start of the loop
@@ -537,6 +537,10 @@ class Loop:
       logging.info("step %d/%d epoch %d | train loss %.4f acc %.4f | %s img/s | ETA %s | "
                    "%.2f TFLOP/s%s", step, spec.total_steps, epoch + 1, loss, accuracy,
                    f"{images_per_second:,.0f}", _format_seconds(eta), flops / 1e12, peak)
+
+  def not_training_seconds(self) -> float:
+    """What images/s and the ETA leave out: compiling, and writing a profile_steps trace."""
+    return self.compile_timer.seconds + self.profiler.seconds
 
   def fetch(self, progress: Progress, tree):
     progress.host_syncs += 1
@@ -599,7 +603,7 @@ class Loop:
     progress.last_eval = scalars
     # The next progress line's interval starts here, at the epoch's end: the calls queued
     # since then run on the device behind the evaluation just fetched.
-    progress.last_log = (pending.step, time.perf_counter(), self.compile_timer.seconds)
+    progress.last_log = (pending.step, time.perf_counter(), self.not_training_seconds())
     if not self.target_reached(scalars):
       return None
     progress.stop_reason, progress.step = "target_reached", pending.step
