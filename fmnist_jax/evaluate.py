@@ -18,12 +18,12 @@ from fmnist_jax.parallel import Parallelism
 def restore_params(workdir: pathlib.Path, config, which: str = "last"):
   """Parameters of the latest ('last') or best-by-validation ('best') checkpoint, with its step."""
   workdir = pathlib.Path(workdir)
+  directory = workdir / workdir_lib.CHECKPOINTS
+  if not directory.is_dir():  # (before anything is compiled)
+    raise ReportError(f"{workdir} has no checkpoints/ directory: nothing to evaluate.")
   state = Parallelism("jit", jax.devices()[:1]).replicate(
       state_lib.initial_state(config, conv_impl="xla"))  # the inference form, as in training
   model = models.create_model(config, conv_impl="xla")
-  directory = workdir / workdir_lib.CHECKPOINTS
-  if not directory.is_dir():
-    raise ReportError(f"{workdir} has no checkpoints/ directory: nothing to evaluate.")
   ckpt = checkpointing.Checkpointer(directory, config, read_only=True)
   try:
     step = ckpt.best_step() if which == "best" else ckpt.latest_step()
