@@ -19,6 +19,7 @@ import argparse
 import collections
 import gzip
 import json
+import zlib
 import pathlib
 
 from benchmarks import common
@@ -41,9 +42,13 @@ def find_trace(path) -> pathlib.Path:
 def load_lanes(trace_path) -> tuple[list, list, str]:
   """(device intervals, the loop thread's events as (start, end, name), which device)."""
   opener = gzip.open if str(trace_path).endswith(".gz") else open
-  with opener(trace_path, "rt") as f:
-    events = json.load(f)
-  events = events["traceEvents"] if isinstance(events, dict) else events
+  try:
+    with opener(trace_path, "rt") as f:
+      events = json.load(f)
+    events = events["traceEvents"] if isinstance(events, dict) else events
+  except (OSError, EOFError, ValueError, KeyError, zlib.error) as e:
+    raise SystemExit(f"error: {trace_path} is not a readable trace ({type(e).__name__}: "
+                     f"{str(e)[:120]}): give a workdir or its perfetto_trace.json.gz.") from None
   processes, threads = {}, {}
   for e in events:
     if e.get("ph") == "M" and e.get("name") == "process_name":

@@ -73,3 +73,11 @@ def test_trace_gaps_counts_a_gpu_traces_idle_time_and_names_the_host_work(tmp_pa
   assert summary["idle_ms_by_host_work"] == {"train calls": 0.003, "evaluation": 0.002,
                                              trace_gaps.UNTRACED: 0.002}
   assert summary["longest_gaps"][0] == {"at_ms": 0.03, "ms": 0.005, "host": "train calls"}
+
+
+@pytest.mark.parametrize("content", [b"", b"\x1f\x8b\x08 cut short", b"{\"no events\": 1}"])
+def test_trace_gaps_refuses_a_damaged_trace_in_one_line(tmp_path, content):
+  path = tmp_path / "perfetto_trace.json.gz"
+  path.write_bytes(content)
+  with pytest.raises(SystemExit, match="is not a readable trace .*: give a workdir"):
+    trace_gaps.summarize(path)
