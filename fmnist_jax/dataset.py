@@ -283,6 +283,16 @@ def load_arrays(data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   return arrays["image"], arrays["label"].astype(np.int32)
 
 
+def quiet_tensorflow() -> None:
+  """For the command-line entry points, before TensorFlow is imported: no C++ INFO lines, and
+  no oneDNN banner (printed twice at import, whatever the log level). oneDNN only speeds up
+  TensorFlow's float math, and this package gives TensorFlow none: it reads, shuffles and
+  batches uint8 images. (The Keras peer benchmark, which trains in TensorFlow, keeps it.)
+  Either can be set otherwise in the environment."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
 def main(argv=None):
   import argparse
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -292,6 +302,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
   if not args.prepare:
     parser.error("nothing to do: pass --prepare")
+  quiet_tensorflow()
   try:
     data_dir = prepare(args.data_dir, args.idx_dir)
   except DataError as e:

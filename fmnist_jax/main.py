@@ -12,10 +12,12 @@ import os
 import sys
 import warnings
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
-
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from fmnist_jax import dataset
+
+dataset.quiet_tensorflow()  # before TensorFlow is imported
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the report.")

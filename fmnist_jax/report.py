@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fmnist_jax import checkpointing, evaluate, input_pipeline  # noqa: E402
+from fmnist_jax import checkpointing, dataset, evaluate, input_pipeline  # noqa: E402
 from fmnist_jax import workdir as workdir_lib  # noqa: E402
 from fmnist_jax.dataset import CLASS_NAMES  # noqa: E402
 from fmnist_jax.errors import FmnistError  # noqa: E402
@@ -300,6 +300,7 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description="Write the visual report of a trained workdir.")
   parser.add_argument("--workdir", required=True)
   args = parser.parse_args(argv)
+  dataset.quiet_tensorflow()
   try:
     out = write_report(args.workdir)
   except FmnistError as e:

@@ -187,6 +187,11 @@ def test_console_shows_the_projects_lines_and_verbose_the_libraries(synthetic_tf
   for library_line in ("dataset_info.py", "xla_bridge.py"):  # tfds INFO, JAX's backend search
     assert library_line not in quiet.stderr and library_line in verbose.stderr, library_line
   assert "train.py" in quiet.stderr and "done (completed)" in quiet.stderr
+  # TensorFlow's oneDNN banner (printed at import whatever the log level) is gone too; every
+  # line the default console shows is the project's own.
+  assert "oneDNN" not in quiet.stderr and "absl::InitializeLog" not in quiet.stderr
+  assert all(re.match(r"[IWE]\d{4} [\d:.]+ +\d+ (main|train|profiling)\.py:\d+\]", line)
+             for line in quiet.stderr.splitlines()), quiet.stderr
 
 
 def test_tensorboard_gets_progress_scalars_and_the_config_as_hyperparameters(small_splits,
