@@ -19,8 +19,8 @@ import argparse
 import collections
 import gzip
 import json
-import zlib
 import pathlib
+import zlib
 
 from benchmarks import common
 

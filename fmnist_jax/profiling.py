@@ -1,5 +1,5 @@
-"""A jax.profiler trace of a window of train steps (config.profile_steps), for TensorBoard's
-Profile tab and ui.perfetto.dev, and named host phases that show in it.
+"""A jax.profiler trace of a window of train steps (config.profile_steps), for ui.perfetto.dev
+and TensorBoard's Profile tab (with xprof installed).
 
     python -m fmnist_jax.main ... --config.profile_steps="(1000, 1500)"
     python -m benchmarks.trace_gaps WORKDIR   # where the device waited, and for what
@@ -7,13 +7,14 @@ Profile tab and ui.perfetto.dev, and named host phases that show in it.
 The trace starts once the host has dispatched the call that reaches step `first` and stops
 once the device has finished the call that reaches step `last` (the host runs ahead of the
 device: stopping waits for it, so the window's device work is all in the trace). It is written
-to WORKDIR/plugins/profile/<time>/ (`tensorboard --logdir WORKDIR` opens it), with a
+to WORKDIR/plugins/profile/<time>/ (where `tensorboard --logdir WORKDIR` looks), with a
 perfetto_trace.json.gz beside XLA's own files. Python's function calls are not traced: they
 would slow the very host loop the trace is taken to look at; the loop's phases (train calls,
-evaluation, checkpoints, ...) are named as TraceAnnotations instead. Writing the trace takes
-seconds (tens on a CPU, where XLA's threads log every op): the run's time and the progress line
-after it count them (result.json's host_seconds["profiler"] says how many), so take timings
-from a run without a trace.
+evaluation, checkpoints, ...) are TraceAnnotations (train.Progress.timed) instead. Writing the
+trace takes seconds (tens on a CPU, where XLA's threads log every op): progress lines and the
+ETA leave them out, as they leave out compilation, but the run's wall time counts them
+(result.json's host_seconds["profiler"] says how many), so take timings from a run without a
+trace.
 """
 
 from __future__ import annotations
@@ -23,11 +24,6 @@ import time
 
 import jax
 from absl import logging
-
-
-def phase(name: str):
-  """A named span of host work in the trace (nearly free when no trace is running)."""
-  return jax.profiler.TraceAnnotation(name)
 
 
 class StepProfiler:

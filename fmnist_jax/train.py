@@ -201,7 +201,7 @@ class Progress:
     """Host seconds per phase of the loop (result.json's host_seconds: where the time goes)."""
     start = time.perf_counter()
     try:
-      with profiling.phase(phase):  # (named in a profile_steps trace)
+      with jax.profiler.TraceAnnotation(phase):  # (named in a profile_steps trace)
         yield
     finally:
       self.host_seconds[phase] += time.perf_counter() - start
@@ -513,16 +513,17 @@ class Loop:
     del pending[:newest + 1]
     with progress.timed("progress lines"):
       loss, accuracy = steps.summarize(self.fetch(progress, sums))
-    now, compiled = time.perf_counter(), self.not_training_seconds()
-    last_step, last_time, last_compiled = progress.last_log
-    seconds = max(now - last_time - (compiled - last_compiled), 1e-9)
+    now, excluded = time.perf_counter(), self.not_training_seconds()
+    last_step, last_time, last_excluded = progress.last_log
+    seconds = max(now - last_time - (excluded - last_excluded), 1e-9)
     if last_time == 0.0:  # the first line: from the start of the loop
-      last_step, seconds = progress.start_step, max(now - progress.run_start - compiled, 1e-9)
-    progress.last_log = (step, now, compiled)
+      last_step, seconds = progress.start_step, max(now - progress.run_start - excluded, 1e-9)
+    progress.last_log = (step, now, excluded)
     spec = self.spec
     images_per_second = (step - last_step) * spec.config.batch_size / seconds
-    # The ETA at the whole run's pace so far, evaluations included, compilation not.
-    steps_per_second = (step - progress.start_step) / max(now - progress.run_start - compiled,
+    # The ETA at the whole run's pace so far, evaluations included, compilation (and a trace's
+    # writing) not.
+    steps_per_second = (step - progress.start_step) / max(now - progress.run_start - excluded,
                                                           1e-9)
     eta = (spec.total_steps - step) / max(steps_per_second, 1e-9)
     flops = images_per_second * self.flops_per_image
