@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every accelerator measurement in one go (~7 minutes on one H100/H200): end to end vs the
-# step, a profile of where the device waits in a run, the step at batch 128 by steps per
-# call, the speedrun's choice on validation and its time to 93% over 5 seeds with a cold and
-# a warm compilation cache, and the best accuracy.
+# step (without and with periodic saves), a profile of where the device waits in a run, the
+# step at batch 128 by steps per call, the speedrun's choice on validation and its time to 93%
+# over 5 seeds with a cold and a warm compilation cache, and the best accuracy.
 #
 #   bash benchmarks/accelerator.sh OUT_DIR [NAME]      # NAME: the results' suffix (e.g. h200)
 #   SCALE=tiny bash benchmarks/accelerator.sh /tmp/x   # a few-minute dry run (on a CPU too)
@@ -53,6 +53,11 @@ step() {  # step NAME COMMAND...: runs it, timing it, says how it ended, copies 
 # 1. The whole run through main vs the step (a fresh, cold compilation cache).
 JAX_COMPILATION_CACHE_DIR=$(mktemp -d) step end_to_end "$PY" -m benchmarks.end_to_end \
   --json "$WORK/end_to_end_$NAME.json" "${E2E[@]}"
+
+# 1a. The same with a periodic save every 200 steps (2 per epoch): does a save, written once
+#     later calls are queued, still cost the device time?
+JAX_COMPILATION_CACHE_DIR=$(mktemp -d) step end_to_end_saves "$PY" -m benchmarks.end_to_end \
+  --json "$WORK/end_to_end_${NAME}_saves200.json" "${E2E[@]}" --config.checkpoint_every_steps=200
 
 # 1b. Where the device waits in such a run: a profile of two epochs and their ends.
 step profile "$PY" -m fmnist_jax.main --config configs/default.py --workdir "$WORK/profiled" \

@@ -43,11 +43,11 @@ def _check_types(config, check) -> None:
     value = config.get(field)
     check(value in choices, f"{field}={value!r} is not one of {', '.join(choices)}.")
   for field in ("batch_size", "eval_batch_size", "steps_per_call", "log_every_steps",
-                "checkpoint_every_steps", "keep_checkpoints", "dense_features", "num_classes"):
+                "keep_checkpoints", "dense_features", "num_classes"):
     value = config.get(field)
     check(_is_int(value) and value > 0, f"{field}={value!r} must be a positive integer.")
-  for field in ("keep_best_checkpoints", "validation_size", "seed", "microbatches",
-                "augment_translate", "augment_erase_size"):
+  for field in ("checkpoint_every_steps", "keep_best_checkpoints", "validation_size", "seed",
+                "microbatches", "augment_translate", "augment_erase_size"):
     value = config.get(field)
     check(_is_int(value) and value >= 0, f"{field}={value!r} must be an integer >= 0.")
   check(_is_finite(config.learning_rate) and config.learning_rate > 0,

@@ -41,6 +41,7 @@ def test_default_is_the_seed_recipe():
     ("augment_erase_prob", 1.5, "augment_erase_prob=1.5"),
     ("microbatches", 3, "microbatches=3 must divide batch_size=128"),
     ("microbatches", -1, "microbatches=-1 must be an integer >= 0"),
+    ("checkpoint_every_steps", -5, "checkpoint_every_steps=-5 must be an integer >= 0"),
     ("stop_metric", "train_accuracy", "stop_metric='train_accuracy'"),
     ("stop_at_accuracy", 1.5, "stop_at_accuracy=1.5 must be in \\[0, 1\\]"),
     ("profile_steps", (500, 100), "profile_steps=\\(500, 100\\) must be \\(first, last\\)"),

@@ -164,6 +164,43 @@ def test_epoch_end_saves_wait_for_checkpoint_every_seconds(small_splits, tmp_pat
   assert steps == [12, 24, 36]
 
 
+def test_saves_are_written_while_later_calls_are_queued(small_splits, tmp_path, monkeypatch):
+  """No save waits for the device at its own step (on a GPU that idled it ~70 ms a save): a
+  periodic save is a copy, written at the next save point or the epoch's end, and an epoch's
+  save once the next epoch's calls are queued. What is saved is the state at its step."""
+  dispatched, saves = [0], []
+  compile_train, save = Parallelism.compile_train, checkpointing.Checkpointer.save
+
+  def counting_compile_train(self, *args, **kwargs):
+    train_fn = compile_train(self, *args, **kwargs)
+
+    def call(state, batch, sums, num):
+      dispatched[0] += int(num)
+      return train_fn(state, batch, sums, num)
+    return call
+
+  def recording_save(self, step, *args, **kwargs):
+    saves.append((step, dispatched[0]))
+    return save(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(Parallelism, "compile_train", counting_compile_train)
+  monkeypatch.setattr(checkpointing.Checkpointer, "save", recording_save)
+  config = tiny_config(num_epochs=3, steps_per_call=1, checkpoint_every_steps=5,
+                       keep_checkpoints=20)
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert [step for step, _ in saves] == [5, 10, 12, 15, 20, 24, 25, 30, 35, 36]
+  assert all(queued > step for step, queued in saves[:-1]), saves
+  assert saves[-1] == (36, 36)  # the end of the run: nothing left to queue
+  train.train_and_evaluate(tiny_config(num_train_steps=5, steps_per_call=1),
+                           str(tmp_path / "five"))
+  ckpt = checkpointing.Checkpointer(tmp_path / "run" / "checkpoints", config, read_only=True)
+  at_five = ckpt.restore(5, replicated_state(config)).params
+  ckpt.close()
+  for a, b in zip(jax.tree.leaves(_final_params(tmp_path / "five", config)[1]),
+                  jax.tree.leaves(at_five)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_console_ends_with_a_summary_and_a_rerun_says_it_is_finished(synthetic_tfds, tmp_path):
   args = ("--config", "configs/tiny.py", "--workdir", str(tmp_path),
           f"--config.data_dir={synthetic_tfds['data_dir']}", "--config.num_train_steps=6")
