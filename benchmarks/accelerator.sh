@@ -24,6 +24,7 @@ if [ "${SCALE:-}" = tiny ]; then
   SWEEP=(--batch-sizes 32 --dtypes float32 --train-images 640 --eval-images 640 --repeats 1
          --steps-per-call 2 4)
   E2E=(--epochs 1 --config.num_train_steps=30 --config.batch_size=32)
+  SAVES=10
   PROFILE=(--config.num_train_steps=30 --config.batch_size=32 --config.steps_per_call=2
            --config.profile_steps="(10,20)")
   TINY=(--config.conv_features="(4,8,8)" --config.dense_features=16 --config.num_epochs=2
@@ -35,6 +36,7 @@ else
   SWEEP=(--batch-sizes 128 --dtypes float32 bfloat16 --train-images 500000
          --eval-images 500000 --repeats 2 --steps-per-call 10 50)
   E2E=(--epochs 5)
+  SAVES=200
   PROFILE=(--config.num_epochs=4 --config.profile_steps="(429,1287)")  # epochs 2-3, 2 ends
   SEARCH=()
   TTA=(--target 0.93 --seeds 0 1 2 3 4)
@@ -57,7 +59,8 @@ JAX_COMPILATION_CACHE_DIR=$(mktemp -d) step end_to_end "$PY" -m benchmarks.end_t
 # 1a. The same with a periodic save every 200 steps (2 per epoch): does a save, written once
 #     later calls are queued, still cost the device time?
 JAX_COMPILATION_CACHE_DIR=$(mktemp -d) step end_to_end_saves "$PY" -m benchmarks.end_to_end \
-  --json "$WORK/end_to_end_${NAME}_saves200.json" "${E2E[@]}" --config.checkpoint_every_steps=200
+  --json "$WORK/end_to_end_${NAME}_saves$SAVES.json" "${E2E[@]}" \
+  --config.checkpoint_every_steps=$SAVES
 
 # 1b. Where the device waits in such a run: a profile of two epochs and their ends.
 step profile "$PY" -m fmnist_jax.main --config configs/default.py --workdir "$WORK/profiled" \
