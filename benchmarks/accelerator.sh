@@ -56,8 +56,8 @@ step() {  # step NAME COMMAND...: runs it, timing it, says how it ended, copies 
 JAX_COMPILATION_CACHE_DIR=$(mktemp -d) step end_to_end "$PY" -m benchmarks.end_to_end \
   --json "$WORK/end_to_end_$NAME.json" "${E2E[@]}"
 
-# 1a. The same with a periodic save every 200 steps (2 per epoch): does a save, written once
-#     later calls are queued, still cost the device time?
+# 1a. The same with a periodic save every SAVES steps (200: 2 per epoch): does a save, written
+#     once later calls are queued, still cost the device time? (8 files come back: 7 JSONs)
 JAX_COMPILATION_CACHE_DIR=$(mktemp -d) step end_to_end_saves "$PY" -m benchmarks.end_to_end \
   --json "$WORK/end_to_end_${NAME}_saves$SAVES.json" "${E2E[@]}" \
   --config.checkpoint_every_steps=$SAVES
