@@ -506,7 +506,9 @@ class Loop:
   def write_mid_epoch(self, progress: Progress, step: int, state, sums) -> None:
     with progress.timed("checkpoints"):  # one fetch: the NaN check and the saved sums
       sums = self.fetch(progress, sums)
-      self.check_finite(progress, sums["nonfinite"], step)  # never save past a NaN/inf step
+      count = int(sums["nonfinite"])  # never save past a NaN/inf step
+      self.raise_if_nonfinite(count, progress.nonfinite_checked, progress.checked_step, step)
+      progress.nonfinite_checked, progress.checked_step = count, step
       self.ckpt.save(step, state, epoch_sums=sums)
     self.last_save = time.perf_counter()
 
@@ -569,13 +571,6 @@ class Loop:
   def fetch(self, progress: Progress, tree):
     progress.host_syncs += 1
     return self.spec.par.to_host(tree)
-
-  def check_finite(self, progress: Progress, count, step: int) -> None:
-    """Raises NonFiniteError if a step of this epoch since the last check, up to `step`, had
-    a NaN/inf loss or gradient (unless skip_nonfinite_updates). `count`: the epoch's count up
-    to `step`, fetched."""
-    self.raise_if_nonfinite(int(count), progress.nonfinite_checked, progress.checked_step, step)
-    progress.nonfinite_checked, progress.checked_step = int(count), step
 
   def raise_if_nonfinite(self, count: int, checked: int, checked_step: int, step: int) -> None:
     """NonFiniteError if more than the `checked` non-finite steps (known up to `checked_step`)
