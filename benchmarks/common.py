@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import ast
 import collections
 import json
 import os
@@ -74,23 +73,3 @@ def mean_std(values) -> list[float] | None:
     return None
   return [float(statistics.mean(values)),
           float(statistics.stdev(values)) if len(values) > 1 else 0.0]
-
-
-def parse_override(argument: str) -> tuple[str, object]:
-  """--config.field=value -> (field, value), the value as Python would read it."""
-  field, value = argument.removeprefix("--config.").split("=", 1)
-  try:
-    return field, ast.literal_eval(value)
-  except (ValueError, SyntaxError):
-    return field, value
-
-
-def load_config(path: str, overrides=()):
-  """A config file's get_config() (`FILE:ARG` passes ARG) with `--config.field=value`
-  overrides applied, as `fmnist_jax.main` would resolve it (top-level fields)."""
-  from fmnist_jax import config_file
-  config = config_file.load(path)
-  for argument in overrides:
-    field, value = parse_override(argument)
-    config[field] = type(config[field])(value) if isinstance(config[field], tuple) else value
-  return config

@@ -40,12 +40,12 @@ def _parse_args(argv):
 
 def run_seed(config: str, seed: int, root: pathlib.Path, overrides: list[str]) -> dict:
   """The run's result.json plus this benchmark's additions (seed<N>.recipe.json)."""
-  from fmnist_jax import workdir as workdir_lib
+  from fmnist_jax import config_file, workdir as workdir_lib
   run, extra_path = root / f"seed{seed}", root / f"seed{seed}.recipe.json"
   extra = json.loads(extra_path.read_text()) if extra_path.exists() else {}
   result = workdir_lib.read_result(run)
   if result is not None:
-    asked = common.load_config(config, [f"--config.seed={seed}", "--config.write_report=False",
+    asked = config_file.load_with_overrides(config, [f"--config.seed={seed}", "--config.write_report=False",
                                         *overrides])
     changes = workdir_lib.config_changes(run, asked)
     if changes:

@@ -28,17 +28,15 @@ import tempfile
 from benchmarks import common
 
 
-def _variants(path: str) -> tuple:
+def _variants(path: str) -> dict:
   from fmnist_jax import config_file
-  module = config_file.load_module(path)
-  return module.get_config, module.VARIANTS
+  return config_file.load_module(path).VARIANTS
 
 
-def run_variant(get_config, name: str, root: pathlib.Path, seed: int, both_ways: bool,
+def run_variant(path: str, name: str, root: pathlib.Path, seed: int, both_ways: bool,
                 overrides=()) -> dict:
-  from fmnist_jax import train, workdir
-  config = get_config(name)
-  config.update(dict(common.parse_override(o) for o in overrides))
+  from fmnist_jax import config_file, train, workdir
+  config = config_file.load_with_overrides(f"{path}:{name}" if name else path, overrides)
   config.update({"seed": seed, "stop_at_accuracy": 0.0, "write_report": False,
                  "keep_checkpoints": 1, "keep_best_checkpoints": 0})
   run = root / f"{name or 'base'}_seed{seed}"
@@ -110,18 +108,18 @@ def main(argv=None):
   parser.add_argument("--seeds", type=int, nargs="*", default=[],
                       help="more seeds for the chosen variant")
   args, overrides = parser.parse_known_args(argv)  # --config.field=value: to every run
-  get_config, variants = _variants(args.config)
+  variants = _variants(args.config)
   names = [n for n in variants if not args.only or n in args.only or (n or "base") in args.only]
   report = {**common.machine(), "config": args.config, "rule": args.choose,
             "overrides": overrides, "results": []}
   with tempfile.TemporaryDirectory() as tmp:
     for name in names:
-      report["results"].append(run_variant(get_config, name, pathlib.Path(tmp), args.seed,
+      report["results"].append(run_variant(args.config, name, pathlib.Path(tmp), args.seed,
                                            bool(args.seeds), overrides))
     chosen = choose(report["results"], args.choose)
     report["chosen"] = chosen["name"]
     if args.seeds:
-      runs = [chosen] + [run_variant(get_config, chosen["name"], pathlib.Path(tmp), seed, True,
+      runs = [chosen] + [run_variant(args.config, chosen["name"], pathlib.Path(tmp), seed, True,
                                      overrides) for seed in args.seeds]
       report["chosen_seed_runs"] = runs[1:]
       report["seeds_summary"] = summarize_seeds(runs)

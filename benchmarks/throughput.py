@@ -67,11 +67,11 @@ def _parse_args(argv):
 def load_config(args):
   """The benchmarked model's config: a config file, or a run's resolved config.json."""
   import ml_collections
-  from benchmarks import common
   if args.config_json:
     with open(args.config_json) as f:
       return ml_collections.ConfigDict(json.load(f))
-  return common.load_config(args.config)
+  from fmnist_jax import config_file
+  return config_file.load(args.config)
 
 
 def measured_cpu_peak() -> float:

@@ -16,10 +16,12 @@ mismatch: a CheckpointError naming the shapes, and nothing is moved.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import shutil
 import time
+from typing import Any
 
 import jax
 import numpy as np
@@ -28,7 +30,7 @@ from absl import logging
 from orbax.checkpoint import checkpoint_managers as policies
 
 
-from fmnist_jax.errors import CheckpointError  # re-exported: checkpointing.CheckpointError
+from fmnist_jax.errors import CheckpointError, NonFiniteError
 
 
 def _saved_tree(state, epoch_sums=None):
@@ -75,10 +77,6 @@ class Checkpointer:
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_handlers=ocp.StandardCheckpointHandler())
     self._saved = set(self.manager.all_steps())
-    # The running train sums of the epoch the restored checkpoint was saved in (host values;
-    # None for a checkpoint saved without them): a resumed epoch's averages then cover all
-    # of its steps, as in a run that was never interrupted.
-    self.restored_epoch_sums = None
 
   def save(self, step: int, state, metrics=None, epoch_sums=None) -> None:
     """Saves `state` (and the epoch's running train sums, host values, if given) as `step`,
@@ -92,23 +90,10 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def all_steps(self) -> list[int]:
-    return sorted(self.manager.all_steps())
-
   def reached_preemption(self, call: int) -> bool:
     """Several processes: whether all agreed to stop at `call` (JAX's preemption sync service,
     started by jax.distributed.initialize, gets the notice on any of them)."""
     return self.manager.reached_preemption(call)
-
-  def best_step(self) -> int | None:
-    """The kept step with the highest validation accuracy; None if none has one.
-
-    (Orbax's own best_step() needs options.best_fn and silently returns the latest step
-    without it; retention here is a preservation policy, so the metrics are read directly.)
-    """
-    scored = [(metrics["val_accuracy"], step) for step in self.manager.all_steps()
-              if (metrics := self.manager.metrics(step)) and "val_accuracy" in metrics]
-    return max(scored)[1] if scored else None
 
   def check_compatible(self, step: int, state) -> dict:
     """CheckpointError naming every parameter whose saved shape differs from `state`'s (the
@@ -143,19 +128,23 @@ class Checkpointer:
     return saved
 
   def restore(self, step: int, state):
-    """Restores `step` into the structure, shapes and shardings of `state`."""
+    """Restores `step` into the structure, shapes and shardings of `state`. Returns the state
+    and the checkpoint's extras: {"epoch_sums": the running train sums of the epoch it was
+    saved in} (host values; {} for a checkpoint saved without them), so that a resumed epoch's
+    averages cover all of its steps."""
     saved = self.check_compatible(step, state)
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _saved_tree(state))
     if "epoch_sums" in saved:  # restored as numpy, in their saved shapes and dtypes
       target["epoch_sums"] = {key: np.zeros(meta.shape, meta.dtype)
                               for key, meta in dict(saved["epoch_sums"]).items()}
     restored = self.manager.restore(step, args=ocp.args.StandardRestore(target))
-    self.restored_epoch_sums = restored.pop("epoch_sums", None)
-    return state.replace(**restored)
+    extras = {"epoch_sums": restored.pop("epoch_sums")} if "epoch_sums" in restored else {}
+    return state.replace(**restored), extras
 
   def restore_latest(self, state):
-    """The newest checkpoint that restores. Damaged newer ones are then moved aside, with a
-    warning; if none restores, a CheckpointError and nothing is moved."""
+    """(state, extras) of the newest checkpoint that restores ((state, {}) when there is
+    none). Damaged newer ones are then moved aside, with a warning; if none restores, a
+    CheckpointError and nothing is moved."""
     failures = []
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
@@ -175,7 +164,7 @@ class Checkpointer:
           f"{type(failures[0][1]).__name__}: {str(failures[0][1]).splitlines()[0][:300]}). "
           "Nothing was changed: restore them from a copy, or use a new --workdir (or move "
           "checkpoints/ away) to train from scratch.")
-    return state
+    return state, {}
 
   def _set_aside_unreadable_metadata(self, read_only: bool) -> None:
     """Orbax's manager cannot even open a directory holding a checkpoint whose metadata file
@@ -219,3 +208,64 @@ class Checkpointer:
     """Waits for every save to be complete on disk."""
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+@dataclasses.dataclass
+class _Request:
+  step: int
+  state: Any          # the state at `step` (a copy, when training goes on)
+  sums: Any           # the run's counters and the epoch's running train sums at `step`
+  row: dict | None    # an evaluation's scalars, written with it (metrics.jsonl, best_fn)
+  always: bool        # saved whatever checkpoint_every_seconds says
+
+
+class Saver:
+  """When the state is written. Each save is requested with the state at its step and written
+  by `flush`, which the loop calls once the device has later calls queued, so that no save
+  waits for the device: requests are written oldest first, never past a non-finite step, and
+  an evaluation's row always, its checkpoint at most every checkpoint_every_seconds (unless
+  `always`: the run's last state)."""
+
+  def __init__(self, ckpt: Checkpointer, config, fetch, write_row, start_step: int):
+    self.ckpt, self.fetch, self.write_row = ckpt, fetch, write_row
+    # Several processes must all save the same steps: a clock of their own would not agree.
+    self.every_seconds = config.checkpoint_every_seconds if jax.process_count() == 1 else 0.0
+    self.skip_nonfinite = config.skip_nonfinite_updates
+    self.requests: list[_Request] = []
+    self.finite_through = start_step
+    self.last_save = time.perf_counter()  # (a restored checkpoint was just read)
+
+  def request(self, step: int, state, sums, row: dict | None = None,
+              always: bool = False) -> None:
+    self.requests.append(_Request(step, state, sums, row, always))
+
+  def check_finite(self, step: int, sums) -> None:
+    """NonFiniteError if the run's non-finite counter (`sums`, host values) is not 0 by
+    `step`, unless such updates are skipped (then it counts them)."""
+    if int(sums["nonfinite"]) and not self.skip_nonfinite:
+      raise NonFiniteError(
+          f"non-finite loss or gradient in steps {self.finite_through + 1}-{step}: the run "
+          "stopped without saving them, and the checkpoints already written are intact. Lower "
+          "learning_rate, or set --config.skip_nonfinite_updates=True to drop such updates.")
+    self.finite_through = max(self.finite_through, step)
+
+  def flush(self, checked_only: bool = False) -> None:
+    """Writes every request, oldest first (`checked_only`: those whose evaluation checked
+    them; the others are dropped, as when an error ends the run)."""
+    requests, self.requests = sorted(self.requests, key=lambda r: r.step), []
+    for request in requests:
+      if checked_only and request.row is None:
+        continue
+      sums = request.sums
+      if any(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(sums)):
+        sums = self.fetch(sums)
+        self.check_finite(request.step, sums)
+      if request.row is not None:
+        self.write_row(request.step, request.row)
+      now = time.perf_counter()
+      if request.row is None or request.always or now - self.last_save >= self.every_seconds:
+        self.ckpt.save(request.step, request.state, metrics=request.row, epoch_sums=sums)
+        self.last_save = now
+
+  def drop_after(self, step: int) -> None:
+    self.requests = [r for r in self.requests if r.step <= step]

@@ -49,3 +49,29 @@ def load(spec: str) -> ml_collections.ConfigDict:
                       "ml_collections.ConfigDict: build it as configs/default.py does, or start "
                       "from `config = default.get_config()`.")
   return config
+
+
+def load_with_overrides(spec: str, overrides=()) -> ml_collections.ConfigDict:
+  """`FILE[:ARG]` with `--config.FIELD=VALUE` overrides applied by ml_collections' config_flags,
+  exactly as `python -m fmnist_jax.main --config FILE ...` applies them. A ConfigError for a
+  field the config has not (naming the closest) or a value of the wrong type."""
+  import difflib
+  from absl import flags
+  from ml_collections import config_flags
+  config = load(spec)
+  for override in overrides:
+    field = override.removeprefix("--config.").split("=", 1)[0].split(".")[0]
+    if field not in config:
+      close = difflib.get_close_matches(field, list(config.keys()), n=3, cutoff=0.6)
+      raise ConfigError(f"--config.{field}: {spec.partition(':')[0]} has no field {field!r}"
+                        + (f"; did you mean {', '.join(close)}?" if close else
+                           "; its fields are listed in configs/default.py."))
+  argv = ["fmnist_jax", f"--config={spec}", *overrides]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True,
+                                  sys_argv=argv)
+  try:
+    values(argv)
+  except flags.Error as e:
+    raise ConfigError(str(e)) from None
+  return values.config

@@ -1,5 +1,6 @@
-"""Metrics of a saved checkpoint over a whole split: predictions, classification report,
-confusion matrix. Reads a workdir (fmnist_jax.workdir) and its checkpoints; never trains."""
+"""Evaluation: the training loop's (every batch of every split dispatched, then one fetch and
+host sums), and a saved checkpoint's over a whole split for the report (predictions,
+classification report, confusion matrix, calibration). Never trains."""
 
 from __future__ import annotations
 
@@ -7,12 +8,28 @@ import pathlib
 
 import jax
 import numpy as np
-from sklearn import metrics as skmetrics
 
-from fmnist_jax import checkpointing, models, state as state_lib, workdir as workdir_lib
+from fmnist_jax import checkpointing, models, state as state_lib, steps, workdir as workdir_lib
 from fmnist_jax.dataset import CLASS_NAMES
-from fmnist_jax.errors import ReportError  # re-exported: evaluate.ReportError
+from fmnist_jax.errors import ReportError
 from fmnist_jax.parallel import Parallelism
+
+
+def dispatch(eval_fn, params, eval_sets: dict) -> dict[str, list]:
+  """Every batch of every split dispatched, nothing fetched: {split: [metrics on device]}."""
+  return {name: [eval_fn(params, batch) for batch in batches]
+          for name, batches in eval_sets.items()}
+
+
+def summarize(fetched: dict[str, list]) -> dict[str, dict]:
+  """{split: {'loss', 'accuracy', 'count'}} from dispatch's metrics, fetched (summed in
+  float64)."""
+  results = {}
+  for name, metrics in fetched.items():
+    sums = {key: sum(np.asarray(m[key], np.float64) for m in metrics) for key in metrics[0]}
+    loss, accuracy = steps.summarize(sums)
+    results[name] = {"loss": loss, "accuracy": accuracy, "count": int(sums["count"])}
+  return results
 
 
 def restore_params(workdir: pathlib.Path, config, which: str = "last"):
@@ -24,17 +41,26 @@ def restore_params(workdir: pathlib.Path, config, which: str = "last"):
   state = Parallelism("jit", jax.devices()[:1]).replicate(
       state_lib.initial_state(config, conv_impl="xla"))  # the inference form, as in training
   model = models.create_model(config, conv_impl="xla")
+  step = best_checkpoint(workdir) if which == "best" else None
   ckpt = checkpointing.Checkpointer(directory, config, read_only=True)
   try:
-    step = ckpt.best_step() if which == "best" else ckpt.latest_step()
+    step = step if which == "best" else ckpt.latest_step()
     if step is None:
       raise ReportError(f"{directory} holds no {which} checkpoint"
                         + (" (best needs validation metrics: validation_size > 0)."
                            if which == "best" else "."))
-    state = ckpt.restore(step, state)
+    state, _ = ckpt.restore(step, state)
   finally:
     ckpt.close()
   return model, state.eval_params, step  # the EMA when the run kept one
+
+
+def best_checkpoint(workdir: pathlib.Path) -> int | None:
+  """The kept checkpoint whose evaluation has the highest validation accuracy (None without
+  a validation split): workdir.best_by_val among the complete checkpoints."""
+  kept = checkpointing.complete_steps(pathlib.Path(workdir) / workdir_lib.CHECKPOINTS)
+  best = workdir_lib.best_by_val(workdir_lib.read_metrics(workdir), steps=set(kept))
+  return best and best["step"]
 
 
 def predict(model, params, images: np.ndarray, batch_size: int = 1000, *,
@@ -52,6 +78,7 @@ def predict(model, params, images: np.ndarray, batch_size: int = 1000, *,
 def classification_report(labels: np.ndarray, predictions: np.ndarray,
                           class_names=CLASS_NAMES) -> dict:
   """Per-class precision / recall / F1 / support, plus accuracy and macro / weighted averages."""
+  from sklearn import metrics as skmetrics  # (the report's; not on the training path)
   return skmetrics.classification_report(labels, predictions, labels=range(len(class_names)),
                                          target_names=list(class_names), output_dict=True,
                                          zero_division=0)
@@ -59,6 +86,7 @@ def classification_report(labels: np.ndarray, predictions: np.ndarray,
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int = 10):
   """counts[true, predicted]."""
+  from sklearn import metrics as skmetrics
   return skmetrics.confusion_matrix(labels, predictions, labels=range(num_classes))
 
 

@@ -63,11 +63,38 @@ class _QuietLibraries(std_logging.Filter):
     self.verbose = verbose
 
   def filter(self, record):
-    if self.verbose or any(part in record.pathname for part in self.OURS):
+    if self.verbose or _is_ours(record):
       return True
     message = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
     return record.levelno >= std_logging.WARNING and self.DISK_FULL not in message and not any(
         text in message for text in self.BENIGN)
+
+
+def _is_ours(record) -> bool:
+  return any(part in record.pathname for part in _QuietLibraries.OURS)
+
+
+class _ConsoleFormat(std_logging.Formatter):
+  """The project's lines as `HH:MM:SS message` (warnings and errors say so); the libraries'
+  keep absl's prefix, which names their file."""
+
+  def __init__(self, absl_format: std_logging.Formatter):
+    super().__init__()
+    self.absl_format = absl_format
+
+  def format(self, record):
+    if not _is_ours(record):
+      return self.absl_format.format(record)
+    level = "" if record.levelno < std_logging.WARNING else f"{record.levelname.lower()}: "
+    return f"{self.formatTime(record, '%H:%M:%S')} {level}{record.getMessage()}"
+
+
+def configure_console(verbose: bool) -> None:
+  """absl's handler: the libraries' INFO lines hidden unless `verbose`; the project's lines
+  without absl's file:line prefix."""
+  handler = logging.get_absl_handler()
+  handler.addFilter(_QuietLibraries(verbose))
+  handler.setFormatter(_ConsoleFormat(handler.formatter or logging.PythonFormatter()))
 
 
 def _quiet_unraisable(unraisable) -> None:
@@ -124,20 +151,20 @@ def train_and_report(config, workdir: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  logging.get_absl_handler().addFilter(_QuietLibraries(FLAGS.verbose))
+  configure_console(FLAGS.verbose)
   if not FLAGS.verbose:
     quiet_cut_short_writers()
   initialize_distributed()
   import jax
-  from fmnist_jax import train
   from fmnist_jax.errors import FmnistError
+  from fmnist_jax.preemption import Preempted
   logging.info("JAX process %d/%d, %d local devices: %s", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.local_devices())
   cache = configure_compilation_cache(FLAGS.config.get("compilation_cache_dir", ""))
   logging.info("compilation cache: %s", cache or "off")
   try:
     train_and_report(FLAGS.config, FLAGS.workdir)
-  except train.Preempted as e:
+  except Preempted as e:
     logging.warning("%s", e)
     sys.exit(e.exit_code)
   except KeyboardInterrupt:
@@ -161,14 +188,14 @@ def _flag_values(argv, name: str) -> list[str]:
 def check_command_line(argv) -> str | None:
   """A one-paragraph error for what absl would answer with a traceback, or None: a --config
   file that is missing, not valid Python or without get_config(); a --config.FIELD that the
-  config has not (with the closest valid names); an empty --workdir. Runs before flags are
-  parsed and before jax is imported."""
-  import difflib
+  config has not (with the closest valid names) or a value of the wrong type; an empty
+  --workdir. Runs before flags are parsed and before jax is imported."""
   from fmnist_jax import config_file
   from fmnist_jax.errors import ConfigError
   if any(not value.strip() for value in _flag_values(argv, "workdir")):
     return ("error: --workdir is empty: name a directory for the run (it is created if "
             "missing), e.g. --workdir runs/default.")
+  overrides = [arg for arg in argv if arg.startswith("--config.") and "=" in arg]
   for value in _flag_values(argv, "config"):
     path = value.partition(":")[0]  # ml_collections allows "file.py:arg"
     if not os.path.isfile(path):
@@ -177,17 +204,9 @@ def check_command_line(argv) -> str | None:
               "configs/speedrun.py, configs/no_dropout.py, configs/wide.py and "
               "configs/tiny.py.")
     try:
-      config = config_file.load(value)
+      config_file.load_with_overrides(value, overrides)
     except ConfigError as e:
       return f"error: {e}"
-    for arg in argv:
-      if arg.startswith("--config.") and "=" in arg:
-        field = arg[len("--config."):].split("=", 1)[0].split(".")[0]
-        if field not in config:
-          close = difflib.get_close_matches(field, list(config.keys()), n=3, cutoff=0.6)
-          return (f"error: --config.{field}: {path} has no field {field!r}" +
-                  (f"; did you mean {', '.join(close)}?" if close else
-                   "; its fields are listed in configs/default.py."))
   return None
 
 

@@ -10,7 +10,7 @@ device: stopping waits for it, so the window's device work is all in the trace).
 to WORKDIR/plugins/profile/<time>/ (where `tensorboard --logdir WORKDIR` looks), with a
 perfetto_trace.json.gz beside XLA's own files. Python's function calls are not traced: they
 would slow the very host loop the trace is taken to look at; the loop's phases (train calls,
-evaluation, checkpoints, ...) are TraceAnnotations (train.Progress.timed) instead. Writing the
+evaluation, checkpoints, ...) are TraceAnnotations (progress.Progress.timed) instead. Writing the
 trace takes seconds (tens on a CPU, where XLA's threads log every op): progress lines and the
 ETA leave them out, as they leave out compilation, but the run's wall time counts them
 (result.json's host_seconds["profiler"] says how many), so take timings from a run without a
@@ -19,6 +19,7 @@ trace.
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import time
 
@@ -29,12 +30,14 @@ from absl import logging
 class StepProfiler:
   """Traces the train steps from `first` to `last` on this process ((0, 0): nothing)."""
 
-  def __init__(self, workdir: pathlib.Path | str, steps: tuple[int, int]):
+  def __init__(self, workdir: pathlib.Path | str, steps: tuple[int, int],
+               paused=contextlib.nullcontext):
     self.workdir = pathlib.Path(workdir)
     self.first, self.last = (int(s) for s in steps)
     self.tracing = False
     self.done = self.last <= self.first
     self.seconds = 0.0  # spent starting and writing the trace (counted in the run's time)
+    self.paused = paused  # (progress.Progress.paused: left out of images/s and the ETA)
 
   def after_call(self, step: int, outputs=None) -> None:
     """Called once each train call is dispatched, `step` the step it reaches; `outputs`: what
@@ -52,8 +55,9 @@ class StepProfiler:
       start = time.perf_counter()
       options = jax.profiler.ProfileOptions()
       options.python_tracer_level = 0  # (see the module's docstring)
-      jax.profiler.start_trace(str(self.workdir), create_perfetto_trace=True,
-                               profiler_options=options)
+      with self.paused():
+        jax.profiler.start_trace(str(self.workdir), create_perfetto_trace=True,
+                                 profiler_options=options)
       self.tracing = True
       self.seconds += time.perf_counter() - start
 
@@ -64,7 +68,8 @@ class StepProfiler:
     self.tracing, self.done = False, True
     jax.block_until_ready(outputs)
     start = time.perf_counter()
-    jax.profiler.stop_trace()
+    with self.paused():
+      jax.profiler.stop_trace()
     self.seconds += time.perf_counter() - start
     logging.info("profile of the train steps %d-%d written to %s/plugins/profile/ in %.1f s "
                  "(python -m benchmarks.trace_gaps %s: where the device waited)", self.first,

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fmnist_jax import checkpointing, dataset, evaluate, input_pipeline  # noqa: E402
+from fmnist_jax import dataset, evaluate, input_pipeline  # noqa: E402
 from fmnist_jax import workdir as workdir_lib  # noqa: E402
 from fmnist_jax.dataset import CLASS_NAMES  # noqa: E402
 from fmnist_jax.errors import FmnistError  # noqa: E402
@@ -151,16 +151,6 @@ def _class_table(report: dict) -> list[str]:
   return lines
 
 
-def _best_step(workdir: pathlib.Path, config):
-  if not (workdir / workdir_lib.CHECKPOINTS).is_dir():
-    return None
-  ckpt = checkpointing.Checkpointer(workdir / workdir_lib.CHECKPOINTS, config, read_only=True)
-  try:
-    return ckpt.best_step()
-  finally:
-    ckpt.close()
-
-
 # --- the report -------------------------------------------------------------------------------
 
 def write_report(workdir: str, splits: dict | None = None) -> pathlib.Path:
@@ -181,8 +171,8 @@ def write_report(workdir: str, splits: dict | None = None) -> pathlib.Path:
       "curves": plot_curves(rows, out / "curves.png"),
   }
   checkpoints = ["best", "last"]
-  if "val" not in splits or _best_step(workdir, config) is None:
-    checkpoints = ["last"]  # no validation metrics saved with any checkpoint
+  if evaluate.best_checkpoint(workdir) is None:
+    checkpoints = ["last"]  # no validation split: the last checkpoint, and the report says so
   numbers = {"workdir": str(workdir), "final_metrics": rows[-1],
              "checkpoints": _evaluate_checkpoints(workdir, config, checkpoints, splits["test"],
                                                   figures, out)}
@@ -228,7 +218,7 @@ def _headline(workdir, config, rows, numbers) -> list[str]:
   starts = workdir_lib.read_run_info(workdir)
   result = workdir_lib.read_result(workdir) or {}
   last = numbers["checkpoints"]["last"]
-  final, best = rows[-1], max(rows, key=lambda r: r.get("val_accuracy", r["test_accuracy"]))
+  final, best = rows[-1], workdir_lib.best_by_val(rows)
   command = " ".join(starts[0]["argv"][1:]) if starts else "?"
   lines = [
       ("command", f"`{command}`" + (f" ({len(starts)} starts)" if len(starts) > 1 else "")),
@@ -246,9 +236,9 @@ def _headline(workdir, config, rows, numbers) -> list[str]:
                    f"({result.get('compile_seconds', 0):.1f} s compiling)"),
       ("final", f"test accuracy {100 * final['test_accuracy']:.2f}%, test loss "
                 f"{final['test_loss']:.4f}"),
-      ("best by validation", f"val accuracy {100 * best.get('val_accuracy', 0):.2f}% at step "
+      ("best by validation", f"val accuracy {100 * best['val_accuracy']:.2f}% at step "
                              f"{best['step']} (test {100 * best['test_accuracy']:.2f}%)"
-       if "val_accuracy" in best else "no validation split")]
+       if best else "no validation split: the last checkpoint is reported")]
   return ["| | |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in lines] + [""]
 
 

@@ -194,6 +194,31 @@ def config_changes(workdir, config) -> dict[str, tuple]:
           if old.get(field) != new.get(field)}
 
 
+# Fields that change what a saved step count means: a resume with another value would take the
+# step count of one run for a position in another.
+STEP_FIELDS = ("batch_size", "validation_size")
+
+
+def check_resume(workdir: pathlib.Path, config) -> None:
+  """The resume policy: says what changed since the workdir's last start; refuses a change of
+  STEP_FIELDS when there are checkpoints to resume from, unless
+  config.resume_with_changed_steps."""
+  from fmnist_jax.checkpointing import complete_steps
+  changes = config_changes(workdir, config)
+  if not changes:
+    return
+  logging.warning("the config differs from the one this workdir recorded last: %s", "; ".join(
+      f"{field} {old!r} -> {new!r}" for field, (old, new) in changes.items()))
+  changed = [field for field in STEP_FIELDS if field in changes]
+  resumable = bool(complete_steps(workdir / CHECKPOINTS))
+  if changed and resumable and not config.get("resume_with_changed_steps", False):
+    raise ConfigError(
+        f"resuming {workdir} with a changed {', '.join(changed)} ("
+        + ", ".join(f"{f} {changes[f][0]} -> {changes[f][1]}" for f in changed)
+        + ") would reinterpret its saved step count: use a new --workdir, or "
+        "--config.resume_with_changed_steps=True to continue from the saved step anyway.")
+
+
 def read_run_info(workdir) -> list[dict]:
   """One dict per start of the run, oldest first."""
   return _read_jsonl(pathlib.Path(workdir) / RUN_INFO_FILE)
@@ -209,6 +234,15 @@ def read_metrics(workdir, required: bool = False) -> list[dict]:
     raise ReportError(f"{workdir} has no metrics.jsonl (or it is empty): the run recorded no "
                       "evaluation yet. Train at least one epoch first.")
   return rows
+
+
+def best_by_val(rows: list[dict], steps=None) -> dict | None:
+  """The evaluation row with the highest validation accuracy, among `steps` if given (e.g. the
+  checkpoints kept); None without a validation split. The one rule for "best": chosen on
+  validation, never on test."""
+  scored = [row for row in rows
+            if "val_accuracy" in row and (steps is None or row.get("step") in steps)]
+  return max(scored, key=lambda row: row["val_accuracy"]) if scored else None
 
 
 def _py(value):
@@ -278,8 +312,7 @@ class MetricsWriter:
 def write_result(workdir, **result) -> None:
   """WORKDIR/result.json: how the run ended, its last evaluation and its best by validation."""
   workdir = pathlib.Path(workdir)
-  scored = [row for row in read_metrics(workdir) if "val_accuracy" in row]
-  result["best_by_val"] = max(scored, key=lambda r: r["val_accuracy"]) if scored else None
+  result["best_by_val"] = best_by_val(read_metrics(workdir))
   result["end_unix_time"] = time.time()
   write_atomically(workdir / RESULT_FILE, json.dumps(result, indent=1) + "\n")
 

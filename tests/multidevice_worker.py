@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from conftest import synthetic_arrays, tiny_config
-from fmnist_jax import input_pipeline, models, state as state_lib, steps, train
+from fmnist_jax import evaluate, input_pipeline, models, state as state_lib, steps
 from fmnist_jax.parallel import Parallelism
 
 
@@ -43,7 +43,8 @@ def eval_metrics(mode, devices, count=75, batch_size=16):
   images, labels = synthetic_arrays(count, seed=4)
   batches = input_pipeline.eval_batches(images, labels, par, batch_size)
   eval_fn = par.compile_eval(functools.partial(steps.eval_step, apply_fn=model.apply))
-  return train.eval_metrics(eval_fn, par.replicate(state.params), {"x": batches}, par)["x"]
+  dispatched = evaluate.dispatch(eval_fn, par.replicate(state.params), {"x": batches})
+  return evaluate.summarize(par.to_host(dispatched))["x"]
 
 
 def main():

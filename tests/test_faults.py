@@ -17,7 +17,7 @@ import optax
 import pytest
 
 from conftest import ROOT, replicated_state, synthetic_arrays, tiny_config
-from fmnist_jax import checkpointing, errors, state as state_lib, steps, train
+from fmnist_jax import checkpointing, errors, preemption, state as state_lib, steps, train
 
 
 
@@ -27,7 +27,7 @@ def _restore(workdir, config, step=None):
                                     read_only=True)
   try:
     state = replicated_state(config)
-    return ckpt.restore(step, state) if step is not None else ckpt.restore_latest(state)
+    return (ckpt.restore(step, state) if step is not None else ckpt.restore_latest(state))[0]
   finally:
     ckpt.close()
 
@@ -118,7 +118,7 @@ def test_sigterm_saves_waits_and_exits_with_the_preemption_code(synthetic_tfds, 
                                                                 uninterrupted):
   command = _main_command(tmp_path / "run", synthetic_tfds["data_dir"], "device")
   returncode, stderr = _start_and_signal(command, tmp_path / "run", signal.SIGTERM)
-  assert returncode == train.Preempted.exit_code, stderr[-3000:]
+  assert returncode == preemption.Preempted.exit_code, stderr[-3000:]
   assert "preempted (SIGTERM): checkpoint saved at step" in stderr
   step = int(stderr.split("checkpoint saved at step ")[1].split(";")[0])
   preempted = _restore(tmp_path / "run", _tiny())
@@ -197,8 +197,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(small_
                           checkpoint_every_steps=2, steps_per_call=1)
   with pytest.raises(errors.NonFiniteError, match=r"non-finite loss or gradient in steps \d+"):
     train.train_and_evaluate(exploding, str(tmp_path))
-  steps = checkpointing.Checkpointer(tmp_path / "checkpoints", tiny_config(),
-                                     read_only=True).all_steps()
+  steps = checkpointing.complete_steps(tmp_path / "checkpoints")
   restored = _restore(tmp_path, tiny_config(), step=12)
   _assert_identical(good, restored)
   for step in steps:  # whatever was saved after step 12 is finite
@@ -315,7 +314,7 @@ def test_a_workdir_holding_a_source_tree_is_refused(small_splits, tmp_path):
 def test_ctrl_c_saves_like_sigterm_and_a_second_one_aborts(synthetic_tfds, tmp_path):
   command = _main_command(tmp_path / "run", synthetic_tfds["data_dir"], "device")
   returncode, stderr = _start_and_signal(command, tmp_path / "run", signal.SIGINT)
-  assert returncode == train.Preempted.exit_code, stderr[-3000:]
+  assert returncode == preemption.Preempted.exit_code, stderr[-3000:]
   assert "interrupted (Ctrl-C): checkpoint saved at step" in stderr
   assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
   step = int(stderr.split("checkpoint saved at step ")[1].split(";")[0])
@@ -333,7 +332,7 @@ def test_ctrl_c_saves_like_sigterm_and_a_second_one_aborts(synthetic_tfds, tmp_p
   time.sleep(0.3)
   process.send_signal(signal.SIGINT)
   _, stderr = process.communicate(timeout=300)
-  assert process.returncode not in (0, train.Preempted.exit_code) or \
+  assert process.returncode not in (0, preemption.Preempted.exit_code) or \
       "checkpoint saved at step" in stderr, stderr[-3000:]
   assert "Traceback" not in stderr, stderr[-3000:]
   assert int(_restore(tmp_path / "twice", _tiny()).step) > 0
@@ -402,16 +401,16 @@ def test_a_run_preempted_mid_epoch_writes_the_rows_of_an_uninterrupted_one(small
   equals the uninterrupted run's (12 steps per epoch; preempted after step 14)."""
   config = tiny_config(num_epochs=3, steps_per_call=1, checkpoint_every_steps=1000)
   train.train_and_evaluate(config, str(tmp_path / "straight"))
-  reached = train.PreemptionWatch.reached
+  reached = preemption.PreemptionWatch.reached
 
   def preempted_at_14(watch):
     return reached(watch) or watch.calls == 14
-  train.PreemptionWatch.reached = preempted_at_14
+  preemption.PreemptionWatch.reached = preempted_at_14
   try:
-    with pytest.raises(train.Preempted, match="checkpoint saved at step 14"):
+    with pytest.raises(preemption.Preempted, match="checkpoint saved at step 14"):
       train.train_and_evaluate(config, str(tmp_path / "run"))
   finally:
-    train.PreemptionWatch.reached = reached
+    preemption.PreemptionWatch.reached = reached
   caplog.set_level("INFO")
   train.train_and_evaluate(config, str(tmp_path / "run"))
   assert "resuming at step 14: epoch 1.17, 224 examples seen" in caplog.text
@@ -461,7 +460,7 @@ def test_a_full_disk_stops_with_one_line_naming_the_last_checkpoint(small_splits
   save = checkpointing.Checkpointer.save
 
   def save_then_fill(ckpt, step, *args, **kwargs):
-    if ckpt.all_steps():
+    if checkpointing.complete_steps(ckpt.directory):
       raise OSError(errno.ENOSPC, "No space left on device", str(ckpt.directory / str(step)))
     return save(ckpt, step, *args, **kwargs)
   monkeypatch.setattr(checkpointing.Checkpointer, "save", save_then_fill)

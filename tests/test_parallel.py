@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, tiny_config
-from fmnist_jax import train
+from fmnist_jax import preemption
 from test_main import _final_params, _metrics
 
 TESTS = os.path.dirname(__file__)
@@ -115,7 +115,7 @@ def test_sigterm_to_one_of_two_processes_saves_both_at_the_same_step(synthetic_t
   assert all(p.poll() is None for p in procs), "the run ended before it could be interrupted"
   procs[1].send_signal(signal.SIGTERM)
   logs = [p.communicate(timeout=600)[1] for p in procs]
-  assert [p.returncode for p in procs] == [train.Preempted.exit_code] * 2, logs[0][-3000:]
+  assert [p.returncode for p in procs] == [preemption.Preempted.exit_code] * 2, logs[0][-3000:]
   steps = [int(re.search(r"checkpoint saved at step (\d+)", log).group(1)) for log in logs]
   assert steps[0] == steps[1] and 0 < steps[0] < 150
   step, _ = _final_params(tmp_path, tiny_config())

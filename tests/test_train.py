@@ -7,7 +7,7 @@ import pytest
 
 from configs import default
 from conftest import synthetic_arrays, tiny_config
-from fmnist_jax import input_pipeline, models, state as state_lib, steps, train
+from fmnist_jax import evaluate, input_pipeline, models, state as state_lib, steps
 from fmnist_jax.parallel import Parallelism
 
 
@@ -110,7 +110,8 @@ def test_eval_counts_every_example_exactly_once(count, batch_size):
   par = Parallelism("jit")
   batches = input_pipeline.eval_batches(images, labels, par, batch_size)
   eval_fn = par.compile_eval(functools.partial(steps.eval_step, apply_fn=model.apply))
-  result = train.eval_metrics(eval_fn, state.params, {"test": batches}, par)["test"]
+  dispatched = evaluate.dispatch(eval_fn, state.params, {"test": batches})
+  result = evaluate.summarize(par.to_host(dispatched))["test"]
   assert result["count"] == count
   logits = model.apply({"params": state.params}, models.normalize(images), train=False)
   expected_loss = float(steps.cross_entropy(logits, labels).mean())
@@ -119,28 +120,32 @@ def test_eval_counts_every_example_exactly_once(count, batch_size):
   assert result["accuracy"] == pytest.approx(expected_accuracy)
 
 
-def test_host_sum_accumulates_in_pieces_like_in_one_go():
-  """The loop sums each epoch's metrics piecewise, at every log line: same totals, in float64."""
-  par = Parallelism("jit")
-  calls = [{"loss": jnp.float32(0.1 * i), "correct": jnp.int32(i), "count": jnp.int32(16)}
-           for i in range(7)]
-  whole = train.host_sum(par, calls)
-  first = train.host_sum(par, calls[:3])
-  pieces = train.host_sum(par, calls[3:], first)
-  assert pieces == whole and whole["count"] == 112 and whole["correct"] == 21
-  assert first == train.host_sum(par, calls[:3])  # the running sum passed in is not changed
-  assert steps.summarize(pieces) == pytest.approx((2.1 / 112, 21 / 112))
-
-
 @pytest.mark.parametrize("optimizer,schedule", [("adam", "constant"), ("adamw", "cosine"),
                                                 ("sgd", "warmup_cosine")])
-def test_every_optimizer_and_schedule_builds_and_steps(optimizer, schedule):
+def test_every_optimizer_and_schedule_steps_as_defined(optimizer, schedule):
+  """Each optimizer's defining update on a fixed gradient: Adam's first step is lr * sign(g);
+  AdamW adds the decoupled decay lr * wd * w; SGD's Nesterov momentum (0.9) gives
+  lr(1) * (1 + m + m^2) * g at the second step of the same gradient (lr(0) = 0 in warm-up)."""
   config = tiny_config(optimizer=optimizer, schedule=schedule, warmup_epochs=1.0,
-                       weight_decay=1e-4)
-  _, state = _state(config)
+                       weight_decay=0.05, learning_rate=0.1, momentum=0.9)
+  learning_rate = state_lib.create_learning_rate_fn(config, steps_per_epoch=10, total_steps=100)
+  tx = state_lib.create_optimizer(config, learning_rate)
+  params, grads = jnp.array([1.0, -2.0, 3.0]), jnp.array([0.5, 0.5, -0.25])
+  opt_state = tx.init(params)
+  updates = []
+  for _ in range(2):
+    update, opt_state = tx.update(grads, opt_state, params)
+    updates.append(np.asarray(update))
+  lr0, lr1, m = float(learning_rate(0)), float(learning_rate(1)), 0.9
+  expected = {"adam": -lr0 * np.sign(grads),
+              "adamw": -lr0 * (np.sign(grads) + 0.05 * np.asarray(params)),
+              "sgd": -lr1 * (1 + m + m * m) * np.asarray(grads)}[optimizer]
+  np.testing.assert_allclose(updates[1 if optimizer == "sgd" else 0], expected, rtol=1e-5)
+  if optimizer == "sgd":
+    assert lr0 == 0.0 and not np.any(updates[0])  # the warm-up starts from 0
+  _, state = _state(config)  # and the whole train step runs with it
   new_state, metrics = jax.jit(steps.train_step)(state, _batch(16, seed=2))
-  assert np.isfinite(float(metrics["loss"]))
-  assert int(new_state.step) == 1
+  assert np.isfinite(float(metrics["loss"])) and int(new_state.step) == 1
 
 
 def test_learning_rate_schedules_at_chosen_steps():

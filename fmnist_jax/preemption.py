@@ -1,0 +1,60 @@
+"""Stopping for a preemption notice (SIGTERM, a first Ctrl-C, or JAX's preemption sync service
+on several processes) at the same step on every process, after saving."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import jax
+from absl import logging
+
+
+class Preempted(Exception):
+  """SIGTERM (or a first Ctrl-C) arrived; the state was checkpointed at `step` and the run
+  should exit."""
+  exit_code = 75  # EX_TEMPFAIL: "try again", as schedulers that requeue understand it
+
+  def __init__(self, step: int, reason: str = "SIGTERM"):
+    what = "interrupted" if reason == "Ctrl-C" else "preempted"
+    super().__init__(f"{what} ({reason}): checkpoint saved at step {step}; run the same "
+                     "command again to resume")
+    self.step = step
+
+
+class PreemptionWatch:
+  """Whether to stop for a preemption notice, at the same step on every process.
+
+  One process: SIGTERM, or a first Ctrl-C (SIGINT), sets a flag, read between compiled calls;
+  a second Ctrl-C aborts at once. Several processes: JAX's preemption sync service agrees on a
+  call number at which all processes save (`reached_preemption`: the checkpoint manager's).
+  """
+
+  def __init__(self, reached_preemption):
+    self.reached_preemption = reached_preemption
+    self.calls, self.requested, self.reason = 0, False, "SIGTERM"
+    self._previous = {}
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._on_signal)
+
+  def _on_signal(self, signum, frame):
+    if signum == signal.SIGINT:
+      self.reason = "Ctrl-C"
+      signal.signal(signal.SIGINT, signal.default_int_handler)  # a second one aborts
+      logging.warning("Ctrl-C: saving a checkpoint after the current step (Ctrl-C again to "
+                      "abort at once; the checkpoints already written stay intact)")
+    else:
+      logging.warning("SIGTERM received: saving a checkpoint after the current step")
+    self.requested = True
+
+  def reached(self) -> bool:
+    """Call once after every compiled train call, on every process."""
+    self.calls += 1
+    if jax.process_count() > 1:
+      return self.reached_preemption(self.calls)
+    return self.requested
+
+  def close(self):
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous)

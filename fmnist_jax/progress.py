@@ -1,0 +1,140 @@
+"""The run's clock and its console: training seconds with compilation and trace writing left
+out, host syncs, the host's seconds per phase, progress lines with images/s and the ETA, and the
+run's last line. One object per run, modelled on big_vision's `chrono`."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import time
+
+import jax
+from absl import logging
+
+from fmnist_jax import steps
+
+
+class CompileTimer:
+  """Seconds spent tracing, lowering and compiling in XLA (from jax.monitoring's events), the
+  number of XLA compilations (a persistent-cache hit is none) and how often each function was
+  traced (one train program per run: {'train_call': 1})."""
+  EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
+            "/jax/core/compile/jaxpr_to_mlir_module_duration",
+            "/jax/core/compile/backend_compile_duration")
+
+  def __init__(self):
+    self.seconds, self.compilations = 0.0, 0
+    self.traced = collections.Counter()
+    jax.monitoring.register_event_duration_secs_listener(self._listen)
+
+  def _listen(self, event, duration, **kwargs):
+    if event in self.EVENTS:
+      self.seconds += duration
+      self.compilations += event == self.EVENTS[-1]
+    if event == self.EVENTS[0]:
+      self.traced[str(kwargs.get("fun_name", "?"))] += 1
+
+  def close(self):
+    jax.monitoring.unregister_event_duration_listener(self._listen)
+
+
+def format_seconds(seconds: float) -> str:
+  seconds = int(seconds)
+  return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else \
+      f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class Progress:
+  """Where the run is in time. `excluded` seconds (compiling, writing a trace) are left out of
+  images/s and the ETA; the ETA runs at the whole run's pace, evaluations included."""
+
+  def __init__(self, start_step: int, total_steps: int, batch_size: int, to_host, *,
+               flops_per_image: float = 0.0, peak_flops: float | None = None,
+               show: bool = True, clock=time.perf_counter):
+    self.start_step, self.total_steps, self.batch_size = start_step, total_steps, batch_size
+    self.to_host, self.flops_per_image, self.peak_flops = to_host, flops_per_image, peak_flops
+    self.show, self.clock = show, clock
+    self.start = clock()
+    self.compile = CompileTimer()
+    self.paused_seconds = 0.0
+    self.host_syncs = 0
+    self.host_seconds = collections.defaultdict(float)
+    self.interval = (start_step, self.start, 0.0)  # (step, time, excluded) of the last line
+
+  @property
+  def excluded(self) -> float:
+    return self.compile.seconds + self.paused_seconds
+
+  def elapsed(self) -> float:
+    """Seconds since the loop started, all of them."""
+    return self.clock() - self.start
+
+  @contextlib.contextmanager
+  def timed(self, phase: str):
+    """Host seconds per phase of the loop (result.json's host_seconds), named in a trace."""
+    start = self.clock()
+    try:
+      with jax.profiler.TraceAnnotation(phase):
+        yield
+    finally:
+      self.host_seconds[phase] += self.clock() - start
+
+  @contextlib.contextmanager
+  def paused(self):
+    """Seconds left out of images/s and the ETA, as compiling is (a trace's writing)."""
+    start = self.clock()
+    try:
+      yield
+    finally:
+      self.paused_seconds += self.clock() - start
+
+  def fetch(self, tree):
+    """Device values to the host: each call is one host sync."""
+    self.host_syncs += 1
+    return self.to_host(tree)
+
+  def restart_interval(self, step: int) -> None:
+    """The next line's images/s counts from here (an epoch's end, once its evaluation is in)."""
+    self.interval = (step, self.clock(), self.excluded)
+
+  def line(self, step: int, epoch: int, sums) -> dict:
+    """Logs a progress line for `step` from the epoch's summed train metrics (host values);
+    returns its scalars."""
+    loss, accuracy = steps.summarize(sums)
+    now, excluded = self.clock(), self.excluded
+    last_step, last_time, last_excluded = self.interval
+    self.interval = (step, now, excluded)
+    seconds = max(now - last_time - (excluded - last_excluded), 1e-9)
+    images_per_second = (step - last_step) * self.batch_size / seconds
+    pace = (step - self.start_step) / max(now - self.start - excluded, 1e-9)
+    eta = (self.total_steps - step) / max(pace, 1e-9)
+    flops = images_per_second * self.flops_per_image
+    peak = f" ({100 * flops / self.peak_flops:.1f}% of peak)" if self.peak_flops else ""
+    if self.show:
+      logging.info("step %d/%d epoch %d | train loss %.4f acc %.4f | %s img/s | ETA %s | "
+                   "%.2f TFLOP/s%s", step, self.total_steps, epoch + 1, loss, accuracy,
+                   f"{images_per_second:,.0f}", format_seconds(eta), flops / 1e12, peak)
+    return {"train_loss": loss, "train_accuracy": accuracy,
+            "images_per_second": images_per_second}
+
+  def record(self, step: int, steps_per_epoch: int) -> dict:
+    """What result.json says of the run's time."""
+    epochs = max(step - self.start_step, 1) / steps_per_epoch
+    return {"train_seconds": self.elapsed(), "compile_seconds": self.compile.seconds,
+            "compilations": self.compile.compilations, "traced": dict(self.compile.traced),
+            "host_syncs": self.host_syncs, "host_syncs_per_epoch": self.host_syncs / epochs,
+            "host_seconds": dict(self.host_seconds)}
+
+  def summary(self, stop_reason: str, step: int, final: dict, workdir) -> None:
+    """The last line of a run: where it ended, its metrics, its time, its files."""
+    seconds, compiling = self.elapsed(), self.compile.seconds
+    trained = (step - self.start_step) * self.batch_size
+    split = "test" if "test_accuracy" in final else "val"
+    logging.info(
+        "done (%s) at step %d, epoch %.2f: %s accuracy %.4f, loss %.4f | %.1f s (%.1f s "
+        "compiling), %s img/s | %s: metrics.jsonl, result.json, checkpoints/", stop_reason,
+        step, final["epoch"], split, final[f"{split}_accuracy"], final[f"{split}_loss"],
+        seconds, compiling, f"{trained / max(seconds - compiling, 1e-9):,.0f}", workdir)
+
+  def close(self) -> None:
+    self.compile.close()
