@@ -30,7 +30,7 @@ from absl import logging
 from orbax.checkpoint import checkpoint_managers as policies
 
 
-from fmnist_jax.errors import CheckpointError, NonFiniteError
+from fmnist_jax.errors import CheckpointError, DiskFullError, NonFiniteError
 
 
 def _saved_tree(state, epoch_sums=None):
@@ -50,6 +50,17 @@ def complete_steps(directory: pathlib.Path) -> list[int]:
   if not directory.is_dir():
     return []
   return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+def disk_full(directory: pathlib.Path, error: Exception) -> DiskFullError:
+  """One line for a full disk: where, what is saved, how to go on."""
+  saved = complete_steps(directory)
+  what = (f"the last complete checkpoint is step {saved[-1]} (a save cut short is never taken "
+          "for one)" if saved else "no checkpoint was complete yet")
+  return DiskFullError(
+      f"no space left on the device holding {directory.parent} ({type(error).__name__} while "
+      f"writing; {what}). Free space there, or move the workdir to a larger disk, then run the "
+      "same command again to resume.")
 
 
 def _val_accuracy(metrics) -> float:

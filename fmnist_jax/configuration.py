@@ -75,6 +75,10 @@ def _check_values(config, check) -> None:
   check(0 <= config.momentum < 1, f"momentum={config.momentum!r} must be in [0, 1).")
   check(0 <= config.stop_at_accuracy <= 1,
         f"stop_at_accuracy={config.stop_at_accuracy!r} must be in [0, 1] (0: off).")
+  check(not (config.stop_at_accuracy and config.stop_metric == "val_accuracy"
+             and config.validation_size == 0),
+        "stop_metric='val_accuracy' needs the val split: set validation_size > 0 or stop on "
+        "test_accuracy.")
   profile = config.profile_steps
   check(isinstance(profile, (tuple, list)) and len(profile) == 2
         and all(_is_int(s) and s >= 0 for s in profile) and profile[0] <= profile[1],

@@ -56,7 +56,7 @@ class Progress:
     self.show, self.clock = show, clock
     self.start = clock()
     self.compile = CompileTimer()
-    self.paused_seconds = 0.0
+    self.paused_seconds, self.ready = 0.0, False
     self.host_syncs = 0
     self.host_seconds = collections.defaultdict(float)
     self.interval = (start_step, self.start, 0.0)  # (step, time, excluded) of the last line
@@ -116,6 +116,20 @@ class Progress:
                    f"{images_per_second:,.0f}", format_seconds(eta), flops / 1e12, peak)
     return {"train_loss": loss, "train_accuracy": accuracy,
             "images_per_second": images_per_second}
+
+  def program_ready(self) -> None:
+    """Says, once, how long compiling (or loading) the train program took."""
+    if self.ready:
+      return
+    self.ready = True
+    logging.info("train program ready: %.1f s compiling so far (%d XLA compilations; none "
+                 "when the compilation cache had it); left out of img/s and ETA",
+                 self.compile.seconds, self.compile.compilations)
+
+  def evaluation_line(self, step: int, scalars: dict) -> None:
+    logging.info("epoch %.2f step %d | %s", scalars["epoch"], step,
+                 " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                          for k, v in scalars.items() if k != "epoch"))
 
   def record(self, step: int, steps_per_epoch: int) -> dict:
     """What result.json says of the run's time."""

@@ -1,15 +1,10 @@
 """The training loop: set up a run, restore it, train it, say how it ended.
 
 The host runs ahead of the device: between compiled calls it only dispatches. Host work that
-needs a value from the device (a progress line, an epoch's evaluation, a checkpoint) is a task
-in `Deferred`, run once the loop has dispatched the call that reaches the task's step, so the
-device has that call queued while the host waits for and handles the value:
-
-  a progress line      one call after its log point
-  an epoch's end       its evaluation and a copy of its state are dispatched behind its last
-                       call and fetched LEAD_CALLS calls into the next epoch
-  a save               written once the next save point's (or epoch end's) calls are queued
-
+needs a device value is a task in `Deferred`, run once the loop has dispatched the call that
+reaches the task's step, so that the device has work queued while the host handles it: a
+progress line one call after its log point; an epoch's evaluation (dispatched behind its last
+call) LEAD_CALLS calls into the next epoch; a save once the next save point's calls are queued.
 The compiled code lives in `steps` (what a step computes) and `parallel` (how it is compiled).
 """
 
@@ -81,10 +76,6 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
                         f"({len(splits['train'][0])} examples).")
     eval_sets = {name: input_pipeline.eval_batches(*splits[name], par, config.eval_batch_size)
                  for name in ("val", "test") if name in splits}
-    if config.stop_at_accuracy and config.stop_metric.removesuffix("_accuracy") not in eval_sets:
-      raise ConfigError(f"stop_metric={config.stop_metric!r} needs the "
-                        f"{config.stop_metric.removesuffix('_accuracy')} split: set "
-                        "validation_size > 0 or stop on test_accuracy.")
   except BaseException:
     if lock:
       lock.release()
@@ -116,22 +107,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return loop.last_eval
   except Exception as e:
     if is_disk_full(e) and not isinstance(e, DiskFullError):
-      raise _disk_full(run.workdir, e) from None
+      raise checkpointing.disk_full(run.workdir / workdir_lib.CHECKPOINTS, e) from None
     raise
   finally:
     if run.lock:
       run.lock.release()
-
-
-def _disk_full(workdir: pathlib.Path, error: Exception) -> DiskFullError:
-  """One line for a full disk: where, what is saved, how to go on."""
-  saved = checkpointing.complete_steps(workdir / workdir_lib.CHECKPOINTS)
-  what = (f"the last complete checkpoint is step {saved[-1]} (a save cut short is never taken "
-          "for one)" if saved else "no checkpoint was complete yet")
-  return DiskFullError(
-      f"no space left on the device holding {workdir} ({type(error).__name__} while writing; "
-      f"{what}). Free space there, or move the workdir to a larger disk, then run the same "
-      "command again to resume.")
 
 
 def _restore(run: Run):
@@ -222,7 +202,7 @@ class Loop:
     self.preemption = PreemptionWatch(ckpt.reached_preemption)
     self.profiler = profiling.StepProfiler(
         run.workdir, config.profile_steps if run.is_chief else (0, 0), self.progress.paused)
-    self.deferred, self.program_ready = Deferred(), False
+    self.deferred = Deferred()
     self.zeros = par.replicate(steps.zero_metrics())
     if resumed_sums is not None and start_step % run.steps_per_epoch == 0:
       resumed_sums = dict(steps.zero_metrics(), nonfinite=resumed_sums["nonfinite"])
@@ -245,7 +225,8 @@ class Loop:
           with progress.timed("train calls"):  # input batches, dispatch (and compilation)
             state, sums = self.train_fn(state, batches, sums, np.int32(num))
           step += num
-          self.after_call(step, sums)
+          self.profiler.after_call(step, sums)
+          progress.program_ready()  # (said once: the first call compiled or loaded it)
           self.deferred.run(step)  # what the device has now passed: lines, evaluations, saves
           if _crossed(step, num, config.log_every_steps):
             self.deferred.add(step + 1, self.log_task(step, epoch, sums))
@@ -283,15 +264,6 @@ class Loop:
     self.deferred.run()
     self.save()
     return state, step
-
-  def after_call(self, step: int, sums) -> None:
-    self.profiler.after_call(step, sums)
-    if not self.program_ready:  # the first call compiled (or loaded) the train program
-      self.program_ready = True
-      compile_timer = self.progress.compile
-      logging.info("train program ready: %.1f s compiling so far (%d XLA compilations; none "
-                   "when the compilation cache had it); left out of img/s and ETA",
-                   compile_timer.seconds, compile_timer.compilations)
 
   def log_task(self, step: int, epoch: int, sums):
     """A progress line's task; its values start their way to the host now."""
@@ -338,9 +310,7 @@ class Loop:
     scalars["elapsed_seconds"] = self.progress.elapsed()
     if int(train_sums["nonfinite"]):  # (only when such updates are skipped)
       scalars["skipped_updates"] = int(train_sums["nonfinite"])
-    logging.info("epoch %.2f step %d | %s", scalars["epoch"], step,
-                 " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                          for k, v in scalars.items() if k != "epoch"))
+    self.progress.evaluation_line(step, scalars)
     return scalars
 
   def write_row(self, step: int, scalars: dict) -> None:

@@ -278,6 +278,9 @@ def test_a_damaged_config_json_stops_before_training_and_is_kept(small_splits, t
     (["--config.learning_rate=inf"], "learning_rate=inf must be > 0 and finite"),
     (["--config.seed=18446744073709551616"], "must be below 2**63"),
     (["--config.num_classes=5"], "Fashion-MNIST has 10 classes"),
+    (["--config.stop_at_accuracy=0.5", "--config.validation_size=0"],
+     "stop_metric='val_accuracy' needs the val split"),
+    (["--config.batch_size=abc"], "--config.batch_size=abc: invalid literal"),
 ])
 def test_user_mistakes_get_one_line_and_no_workdir(tmp_path, args, message):
   workdir = tmp_path / "w"
