@@ -94,8 +94,10 @@ class Progress:
     return self.to_host(tree)
 
   def restart_interval(self, step: int) -> None:
-    """The next line's images/s counts from here (an epoch's end, once its evaluation is in)."""
-    self.interval = (step, self.clock(), self.excluded)
+    """The next line's images/s counts from here (an epoch's end, once its evaluation is in),
+    unless a line past `step` was printed already."""
+    if step >= self.interval[0]:
+      self.interval = (step, self.clock(), self.excluded)
 
   def line(self, step: int, epoch: int, sums) -> dict:
     """Logs a progress line for `step` from the epoch's summed train metrics (host values);

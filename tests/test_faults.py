@@ -322,23 +322,41 @@ def test_ctrl_c_saves_like_sigterm_and_a_second_one_aborts(synthetic_tfds, tmp_p
   assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
   step = int(stderr.split("checkpoint saved at step ")[1].split(";")[0])
   assert int(_restore(tmp_path / "run", _tiny()).step) == step
-  # Twice: the run stops at once, with one line, and what was saved stays restorable.
-  command = _main_command(tmp_path / "twice", synthetic_tfds["data_dir"], "device")
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_aborts_at_once_with_one_line(synthetic_tfds, tmp_path):
+  """Calls of ~1 s (29 steps of 2,048 images): the second Ctrl-C, 0.3 s after the first one's
+  warning, lands while the first one's save waits for the current call, and aborts it."""
+  workdir = tmp_path / "twice"
+  command = [sys.executable, "-m", "fmnist_jax.main", "--config", "configs/tiny.py",
+             "--workdir", str(workdir), f"--config.data_dir={synthetic_tfds['data_dir']}",
+             "--config.batch_size=2048", "--config.steps_per_call=29",
+             "--config.checkpoint_every_steps=0", "--config.num_epochs=100"]
   process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
-  checkpoints = tmp_path / "twice" / "checkpoints"
-  deadline = time.time() + 300
-  while time.time() < deadline and not (
-      checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())):
+  checkpoints, lines = workdir / "checkpoints", []
+  for line in process.stderr:  # the first epoch's checkpoint: something to keep intact
+    lines.append(line)
+    if "epoch 1.00 step 29" in line:
+      break
+  deadline = time.time() + 60
+  while not checkpoints.is_dir() or not checkpointing.complete_steps(checkpoints):
+    assert time.time() < deadline and process.poll() is None, "".join(lines)[-3000:]
     time.sleep(0.05)
   process.send_signal(signal.SIGINT)
+  for line in process.stderr:
+    lines.append(line)
+    if "Ctrl-C: saving a checkpoint" in line:
+      break
   time.sleep(0.3)
   process.send_signal(signal.SIGINT)
-  _, stderr = process.communicate(timeout=300)
-  assert process.returncode not in (0, preemption.Preempted.exit_code) or \
-      "checkpoint saved at step" in stderr, stderr[-3000:]
-  assert "Traceback" not in stderr, stderr[-3000:]
-  assert int(_restore(tmp_path / "twice", _tiny()).step) > 0
+  stderr = "".join(lines) + process.communicate(timeout=300)[1]
+  assert process.returncode == 1, stderr[-3000:]
+  last = stderr.strip().splitlines()[-1]
+  assert last.startswith("aborted (Ctrl-C): the checkpoints already written are intact"), last
+  assert "checkpoint saved at step" not in stderr and "Traceback" not in stderr
+  assert int(_restore(workdir, tiny_config(batch_size=2048)).step) % 29 == 0
 
 
 def test_a_second_run_on_a_workdir_in_use_is_refused(small_splits, tmp_path):
@@ -402,7 +420,7 @@ def test_a_run_preempted_mid_epoch_writes_the_rows_of_an_uninterrupted_one(small
   """The epoch's running train sums are saved with a mid-epoch checkpoint: the resumed
   epoch's train loss and accuracy average all of its steps, and every row of metrics.jsonl
   equals the uninterrupted run's (12 steps per epoch; preempted after step 14)."""
-  config = tiny_config(num_epochs=3, steps_per_call=1, checkpoint_every_steps=1000)
+  config = tiny_config(num_epochs=3, steps_per_call=1, checkpoint_every_steps=0)
   train.train_and_evaluate(config, str(tmp_path / "straight"))
   reached = preemption.PreemptionWatch.reached
 

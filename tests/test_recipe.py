@@ -157,10 +157,10 @@ def test_a_stop_after_the_next_epochs_first_calls_keeps_the_epochs_state(small_s
   bit-identical to step 12 of a run that does not stop."""
   from fmnist_jax import checkpointing
   from conftest import replicated_state
-  config = tiny_config(num_epochs=3, steps_per_call=4, checkpoint_every_steps=1000,
+  config = tiny_config(num_epochs=3, steps_per_call=4, checkpoint_every_steps=0,
                        keep_checkpoints=5)
   train.train_and_evaluate(config, str(tmp_path / "straight"))
-  stopping = tiny_config(num_epochs=3, steps_per_call=4, checkpoint_every_steps=1000,
+  stopping = tiny_config(num_epochs=3, steps_per_call=4, checkpoint_every_steps=0,
                          keep_checkpoints=5,
                          stop_at_accuracy=0.01, stop_metric="val_accuracy")
   train.train_and_evaluate(stopping, str(tmp_path / "stopped"))
