@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every accelerator measurement in one go (~7 minutes on one H100/H200): end to end vs the
+# Every accelerator measurement in one go: end to end vs the
 # step (without and with periodic saves), a profile of where the device waits in a run, the
 # step at batch 128 by steps per call, the speedrun's choice on validation and its time to 93%
 # over 5 seeds with a cold and a warm compilation cache, and the best accuracy.

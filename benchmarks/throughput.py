@@ -2,7 +2,7 @@
 
     python -m benchmarks.throughput --json benchmarks/results/cpu.json [--batch-sizes 128 512]
         [--cpu-devices 2] [--config configs/default.py | --config-json RUN/config.json]
-    python -m benchmarks.throughput --json /tmp/quick.json --quick   # one setting, ~20 s
+    python -m benchmarks.throughput --json /tmp/quick.json --quick   # one setting
 
 Measures the compiled programs the training loop itself runs (steps.train_call and
 steps.eval_step, compiled by parallel.Parallelism) on synthetic data already in memory:

@@ -25,7 +25,7 @@ def get_config():
   config.dropout_rates = (0.25, 0.4, 0.3)  # after pool1, after pool2, after dense1
   config.dtype = "float32"                 # float32 | bfloat16 | float16 (on CPU: matmul operands)
   # Training convolutions: "xla" (lax.conv) or "im2col" (matmul form with a hand-written
-  # backward; same parameters and function, ~1.9x faster training on CPU); "auto" picks im2col
+  # backward; same parameters and function, faster training on CPU); "auto" picks im2col
   # on CPU and xla on GPU/TPU. Evaluation always uses "xla", the faster form for inference.
   config.conv_impl = "auto"
 
@@ -69,8 +69,7 @@ def get_config():
   # --- Logging and checkpoints ----------------------------------------------------------------
   config.log_every_steps = 100
   # Saves come at epoch ends, at most every checkpoint_every_seconds (0: every epoch), at the
-  # end, and on SIGTERM/Ctrl-C. A save costs the host tens of milliseconds: on a GPU, more than
-  # half an epoch of steps. (An epoch takes 0.15-20 s here, so mid-epoch saves are off.)
+  # end, and on SIGTERM/Ctrl-C; a save's host work is deferred until later calls are queued.
   config.checkpoint_every_seconds = 10.0
   config.checkpoint_every_steps = 0     # > 0: also every N steps, mid-epoch
   config.keep_checkpoints = 2           # the latest N ...

@@ -1,6 +1,6 @@
 """Getting Fashion-MNIST: tfds when prepared, else an offline build from local IDX files.
 
-Order (DESIGN.md): already prepared in `data_dir` -> build from local IDX files (`idx_dir`,
+Order: already prepared in `data_dir` -> build from local IDX files (`idx_dir`,
 `$FMNIST_IDX_DIR`, or Debian's `dataset-fashion-mnist`) -> tfds' own download.
 
 The offline build reuses tfds' own `FashionMNIST` builder (same name, version, features and

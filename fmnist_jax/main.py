@@ -126,7 +126,7 @@ def configure_compilation_cache(cache_dir: str) -> str | None:
     return None
   jax.config.update("jax_compilation_cache_dir", cache_dir)
   # Every program, not only those that took over a second (jax's default): a short run's
-  # dozen small programs add up to seconds on a GPU.
+  # many small programs add up.
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   return cache_dir

@@ -43,9 +43,9 @@ def resolve_conv_impl(conv_impl: str) -> str:
 
 # --- the matmul form of a 3x3 VALID convolution (CPU fast path) ------------------------------
 #
-# XLA's CPU convolution *weight gradient* runs at ~27 GFLOP/s on a 2-core CPU against ~200 for a
-# matmul of the same size (docs/performance.md). The same convolution as a patch matrix times
-# the kernel, with a hand-written backward that reuses the patches, trains ~2x faster.
+# XLA's CPU convolution *weight gradient* runs far below a matmul of the same size
+# (docs/performance.md): the same convolution as a patch matrix times the kernel, with a
+# hand-written backward that reuses the patches, trains faster there.
 
 def _matmul(a, b, dtype):
   """a @ b with the operands in `dtype`, accumulated and returned in float32. bfloat16 operands
@@ -134,8 +134,8 @@ class CNN(nn.Module):
   dropout_rates: Sequence[float] = (0.25, 0.4, 0.3)
   dtype: jnp.dtype = jnp.float32
   conv_impl: str = "xla"  # "xla": lax.conv; "im2col": the matmul form
-  # The xla form's 2x2 max-pool: "reshape" (reshape + max: 1.2-1.6x faster on GPU) or "window"
-  # (nn.max_pool's reduce_window: ~2.8x faster for inference on CPU). The same values.
+  # The xla form's 2x2 max-pool: "reshape" (reshape + max: the faster on GPU) or "window"
+  # (nn.max_pool's reduce_window: the faster for inference on CPU). The same values.
   pool_impl: str = "reshape"
 
   def _conv(self, x, features, name, pool):

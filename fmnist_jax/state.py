@@ -56,7 +56,7 @@ class TrainState(train_state.TrainState):
 
 def create_train_state(config, model, tx, image_shape=(28, 28, 1)) -> TrainState:
   """The initial state. Parameters and dropout key both derive from config.seed. One compiled
-  program (op by op, the optimizer's init alone would compile dozens: seconds on a GPU)."""
+  program (op by op, the optimizer's init alone would compile dozens)."""
   ema = bool(config.get("ema_decay", 0.0))
 
   @jax.jit

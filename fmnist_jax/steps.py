@@ -55,7 +55,7 @@ class StepOptions:
 
 def resolve_microbatches(config, num_devices: int, platform: str) -> int:
   """config.microbatches; 0 ("auto") means chunks of 32 images on CPU, where cache-sized chunks
-  train ~1.2x faster (docs/performance.md), and the whole batch on GPU/TPU. The chunking
+  train faster (docs/performance.md), and the whole batch on GPU/TPU. The chunking
   depends on the global batch only, so results stay the same on any device count."""
   if config.microbatches:
     return config.microbatches

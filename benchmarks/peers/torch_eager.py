@@ -19,7 +19,7 @@ from benchmarks.peers import median_images_per_second, parse_args
 
 def keep_freed_memory():
   """glibc's malloc returns large freed blocks to the OS and maps them again on the next step,
-  which costs PyTorch eager up to 30% here (PEERS.md): keep them (what
+  which slows PyTorch eager (docs/peers.md): keep them (what
   MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ do), so the peer is timed at its best."""
   try:
     libc = ctypes.CDLL("libc.so.6")
@@ -54,7 +54,7 @@ def main(argv=None):
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
     steps = args.train_images // batch_size
-    # Loaded before timing (PEERS.md: fresh buffers every step cost up to 25% here).
+    # Loaded before timing: fresh buffers every step would time the allocator.
     x = torch.rand(steps, batch_size, 1, 28, 28)
     y = torch.randint(0, 10, (steps, batch_size))
 
