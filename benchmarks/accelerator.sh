@@ -9,8 +9,9 @@
 #
 # Needs jax (with CUDA or TPU), flax, optax, orbax-checkpoint, ml-collections, tensorboard,
 # and the Fashion-MNIST IDX files ($FMNIST_IDX_DIR or Debian's package); no TensorFlow.
-# Each step writes its JSON (and markdown and logs) into a work folder; the JSONs are copied
-# into OUT_DIR as soon as each step ends, and the rest is packed into OUT_DIR/logs.tar.gz.
+# Each step writes its JSON (and logs) into a work folder; the JSONs are copied into OUT_DIR as
+# soon as each step ends, and the rest is packed into OUT_DIR/logs.tar.gz. Every JSON records
+# the git commit; on a copied tree without .git, set FMNIST_JAX_COMMIT=$(git rev-parse HEAD).
 set -uo pipefail
 OUT=${1:?usage: accelerator.sh OUT_DIR [NAME]}
 NAME=${2:-gpu}
@@ -65,7 +66,7 @@ JAX_COMPILATION_CACHE_DIR=$(mktemp -d) step end_to_end_saves "$PY" -m benchmarks
 # 1b. Where the device waits in such a run: a profile of two epochs and their ends.
 step profile "$PY" -m fmnist_jax.main --config configs/default.py --workdir "$WORK/profiled" \
   --config.write_report=False "${PROFILE[@]}"
-step trace_gaps "$PY" -m benchmarks.trace_gaps "$WORK/profiled" \
+step trace_gaps "$PY" -m fmnist_jax.trace_gaps "$WORK/profiled" \
   --json "$WORK/trace_gaps_$NAME.json"
 
 # 2. The step at batch 128: do more steps per compiled call pay?

@@ -1,4 +1,4 @@
-"""What every benchmark shares: the machine header, the JSON + markdown writer, and starting
+"""What every benchmark shares: the machine and commit header, the JSON writer, and starting
 `python -m fmnist_jax.main` in a subprocess with its output streamed and kept in a log."""
 
 from __future__ import annotations
@@ -13,13 +13,9 @@ import time
 
 
 def machine() -> dict:
-  """Where and with what a result was measured: devices, host CPU, versions, XLA flags."""
+  """Where, with what and from which commit a result was measured (hardware.provenance)."""
   from fmnist_jax import hardware
-  info = hardware.device_info()
-  return {"platform": info["platform"], "device_kind": info["device_kind"],
-          "device_count": info["device_count"], "processor": info["host_cpu"],
-          "cpu_count": info["host_cpu_count"], "xla_flags": os.environ.get("XLA_FLAGS", ""),
-          "versions": hardware.package_versions(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+  return hardware.provenance()
 
 
 def machine_line(report: dict) -> str:
@@ -30,13 +26,13 @@ def machine_line(report: dict) -> str:
 
 
 def write(json_path, report: dict, markdown: str) -> pathlib.Path:
-  """Writes the JSON and, beside it with .md, the markdown; returns the markdown's path."""
+  """Writes the JSON (what benchmarks/results/ keeps; its index is made from the JSONs) and
+  prints the markdown summary. Returns the JSON's path."""
   json_path = pathlib.Path(json_path)
   json_path.parent.mkdir(parents=True, exist_ok=True)
   json_path.write_text(json.dumps(report, indent=1) + "\n")
-  markdown_path = json_path.with_suffix(".md")
-  markdown_path.write_text(markdown.rstrip("\n") + "\n")
-  return markdown_path
+  print(markdown.rstrip("\n"), flush=True)
+  return json_path
 
 
 def run_main(config: str, workdir, overrides=(), log_path=None, env=None) -> float:

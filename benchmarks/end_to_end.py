@@ -83,7 +83,6 @@ def main(argv=None):
           f"({result.get('compilations')} programs), {result.get('host_syncs_per_epoch', 0):.1f}"
           f" host syncs per epoch. {common.machine_line(report)}")
   common.write(args.json, report, line)
-  print(line)
   return report
 
 

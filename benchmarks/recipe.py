@@ -128,7 +128,6 @@ def main(argv=None):
             "seeds": args.seeds, "summary": summary, "runs": results}
   markdown = HEADER + "\n" + to_markdown(summary)
   common.write(args.json, report, markdown)
-  print(markdown)
   return report
 
 

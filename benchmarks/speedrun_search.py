@@ -125,7 +125,6 @@ def main(argv=None):
       report["seeds_summary"] = summarize_seeds(runs)
   markdown = _markdown(report)
   common.write(args.json, report, markdown)
-  print(markdown)
   return report
 
 

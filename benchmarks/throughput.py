@@ -229,8 +229,8 @@ def main(argv=None):
       print(_line(results[-1]), flush=True)
   report.update(cpu_matmul_flops=cpu_peak, argv=sys.argv[1:] if argv is None else argv,
                 results=results)
-  markdown = common.write(args.json, report, to_markdown(report))
-  print(f"wrote {args.json} and {markdown}")
+  common.write(args.json, report, to_markdown(report))
+  print(f"wrote {args.json}")
   return report
 
 

@@ -98,8 +98,6 @@ def main(argv=None):
       report["runs"] += runs
       report["summary"][tag] = summarize(runs)
       common.write(args.json, report, _markdown(report))  # after each: a cut run keeps some
-  markdown = _markdown(report)
-  print(markdown)
   return report
 
 

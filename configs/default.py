@@ -80,7 +80,7 @@ def get_config():
   config.async_checkpointing = True
   config.write_report = True            # WORKDIR/report/ at the end (fmnist_jax.report)
   # A jax.profiler trace of the train steps from `first` to `last` into WORKDIR/plugins/profile/
-  # (TensorBoard's Profile tab, ui.perfetto.dev; `python -m benchmarks.trace_gaps WORKDIR`
+  # (TensorBoard's Profile tab, ui.perfetto.dev; `python -m fmnist_jax.trace_gaps WORKDIR`
   # lists where the device waited). (0, 0): off.
   config.profile_steps = (0, 0)
 

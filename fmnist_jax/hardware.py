@@ -10,6 +10,8 @@ import importlib.metadata
 import os
 import pathlib
 import platform
+import subprocess
+import sys
 
 import jax
 
@@ -57,6 +59,36 @@ def device_info() -> dict:
           "device_count": len(devices), "local_device_count": jax.local_device_count(),
           "process_count": jax.process_count(), "host_cpu": host_cpu(),
           "host_cpu_count": os.cpu_count()}
+
+
+def source_revision() -> dict:
+  """The git commit of the code that runs and whether its checkout had uncommitted changes
+  (tracked files); where there is no git checkout (a copied tree), $FMNIST_JAX_COMMIT."""
+  root = pathlib.Path(__file__).resolve().parents[1]
+
+  def git(*args):
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                          timeout=30).stdout.strip()
+  try:
+    commit = git("rev-parse", "HEAD")
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None
+  except (OSError, subprocess.SubprocessError):
+    commit, dirty = "", None
+  return {"git_commit": commit or os.environ.get("FMNIST_JAX_COMMIT") or None,
+          "git_dirty": dirty}
+
+
+def provenance() -> dict:
+  """Where, with what and from which code a result was measured: devices, host CPU, versions,
+  XLA flags, git commit, the command and the time. Every benchmark JSON records it."""
+  import time
+  info = device_info()
+  return {"platform": info["platform"], "device_kind": info["device_kind"],
+          "device_count": info["device_count"], "processor": info["host_cpu"],
+          "cpu_count": info["host_cpu_count"], "xla_flags": os.environ.get("XLA_FLAGS", ""),
+          "versions": package_versions(), **source_revision(),
+          "command": " ".join(["python", *sys.orig_argv[1:]]),
+          "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 def peak_flops(device_kind: str, dtype: str) -> float | None:

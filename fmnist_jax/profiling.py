@@ -2,7 +2,7 @@
 and TensorBoard's Profile tab (with xprof installed).
 
     python -m fmnist_jax.main ... --config.profile_steps="(1000, 1500)"
-    python -m benchmarks.trace_gaps WORKDIR   # where the device waited, and for what
+    python -m fmnist_jax.trace_gaps WORKDIR   # where the device waited, and for what
 
 The trace starts once the host has dispatched the call that reaches step `first` and stops
 once the device has finished the call that reaches step `last` (the host runs ahead of the
@@ -72,5 +72,5 @@ class StepProfiler:
       jax.profiler.stop_trace()
     self.seconds += time.perf_counter() - start
     logging.info("profile of the train steps %d-%d written to %s/plugins/profile/ in %.1f s "
-                 "(python -m benchmarks.trace_gaps %s: where the device waited)", self.first,
+                 "(python -m fmnist_jax.trace_gaps %s: where the device waited)", self.first,
                  self.last, self.workdir, self.seconds, self.workdir)

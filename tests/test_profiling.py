@@ -6,7 +6,7 @@ import json
 import jax
 import pytest
 
-from benchmarks import trace_gaps
+from fmnist_jax import trace_gaps
 from conftest import tiny_config
 from fmnist_jax import profiling, train
 

@@ -2,7 +2,7 @@
 
     python -m fmnist_jax.main --config configs/default.py --workdir runs/p \
         --config.profile_steps="(2000, 3000)"
-    python -m benchmarks.trace_gaps runs/p [--top 10] [--json trace_gaps.json]
+    python -m fmnist_jax.trace_gaps runs/p [--top 10] [--json trace_gaps.json]
 
 Reads the newest perfetto_trace.json.gz under WORKDIR/plugins/profile/ (or the trace file
 given). The device's busy time is the union of the events on its lanes: the /device:* processes
@@ -22,7 +22,7 @@ import json
 import pathlib
 import zlib
 
-from benchmarks import common
+from fmnist_jax import hardware
 
 UNTRACED = "(Python between traced calls)"
 
@@ -149,13 +149,13 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("path", help="a workdir (its newest trace) or a perfetto_trace.json.gz")
   parser.add_argument("--top", type=int, default=10, help="how many of the longest gaps to list")
-  parser.add_argument("--json", help="also write the summary here (and .md beside it)")
+  parser.add_argument("--json", help="also write the summary here, as JSON")
   args = parser.parse_args()
   summary = summarize(find_trace(args.path), args.top)
   text = markdown(summary)
   if args.json:
-    summary["machine"] = common.machine()
-    common.write(args.json, summary, text)
+    summary["machine"] = hardware.provenance()
+    pathlib.Path(args.json).write_text(json.dumps(summary, indent=1) + "\n")
   print(text)
 
 
