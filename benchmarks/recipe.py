@@ -60,6 +60,7 @@ def run_seed(config: str, seed: int, root: pathlib.Path, overrides: list[str]) -
     print(f"seed {seed}: reusing {run}", flush=True)
   if "both_ways" not in extra:
     extra["both_ways"] = evaluate_both_ways(run)
+  extra["test_loss_by_epoch"] = [row["test_loss"] for row in workdir_lib.read_metrics(run)]
   extra_path.write_text(json.dumps(extra, indent=1) + "\n")
   return {**result, **extra}
 

@@ -1,0 +1,130 @@
+"""benchmarks/results/README.md: one row per result JSON (its figure, machine, commit, date and
+command), made from the JSONs themselves, so that every figure the docs quote can be traced to
+the code that produced it.
+
+  python -m benchmarks.results_index            # rewrites benchmarks/results/README.md
+  python -m benchmarks.results_index --check    # exit 1 if it is not current
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+INDEX = RESULTS / "README.md"
+
+
+def _pm(value, scale=1.0, digits=2) -> str:
+  return "–" if value is None else f"{value[0] * scale:.{digits}f} ± {value[1] * scale:.{digits}f}"
+
+
+def _throughput(d: dict) -> str:
+  train = [r for r in d["results"] if r.get("step") == "train"]
+  best = max(train or d["results"], key=lambda r: r["images_per_second"])
+  return (f"{best['step']} step, batch {best['batch_size']}, {best.get('dtype', '?')}: "
+          f"{best['images_per_second']:,.0f} images/s (the fastest of {len(d['results'])} "
+          "settings)")
+
+
+def _time_to_accuracy(d: dict) -> str:
+  return "; ".join(f"{tag}: {s['reached']}/{s['runs']} seeds to {d['target']:.0%}, "
+                   f"{_pm(s['train_seconds'], digits=1)} s training, "
+                   f"{_pm(s['process_seconds'], digits=1)} s from process start"
+                   for tag, s in d["summary"].items())
+
+
+def _search(d: dict) -> str:
+  text = f"chosen by `{d['rule']}`: {d['chosen'] or 'base'}"
+  summary = d.get("seeds_summary", {})
+  if "test_accuracy_flip_average" in summary:
+    text += (f"; test {_pm(summary['test_accuracy_plain'], 100)}% single view, "
+             f"{_pm(summary['test_accuracy_flip_average'], 100)}% flip-averaged")
+  return text
+
+
+def _peers(d: dict) -> str:
+  return "; ".join(f"{r.get('name', r.get('peer', '?'))} batch {r.get('batch_size', '?')}: "
+                   f"{r.get('images_per_second', r.get('median_images_per_second', 0)):,.0f} "
+                   "images/s" for r in d["results"])
+
+
+def figure(d: dict) -> str:
+  """The headline figure of one result JSON, by what kind of result it is."""
+  if "ratio" in d:
+    return (f"whole run {d['end_to_end_images_per_second']:,.0f} vs step "
+            f"{d['microbenchmark_images_per_second']:,.0f} images/s: {d['ratio']:.0%}")
+  if "busy_percent" in d:
+    return f"device busy {d['busy_percent']}% of {d['window_ms']:,.0f} ms"
+  if "rule" in d:
+    return _search(d)
+  if "target" in d:
+    return _time_to_accuracy(d)
+  if "summary" in d:
+    s = d["summary"]
+    return (f"{s['seeds']} seeds, {s['epochs']:.0f} epochs: test {_pm(s['test_accuracy'], 100)}%"
+            + (f" ({_pm(s['test_accuracy_flip_average'], 100)}% flip-averaged)"
+               if "test_accuracy_flip_average" in s else ""))
+  if "peers" in d:
+    return _peers(d)
+  if "GFLOP" in d.get("unit", ""):
+    return f"{len(d['results'])} matmul shapes, GFLOP/s by operand dtype"
+  return _throughput(d)
+
+
+def _machine(d: dict) -> str:
+  m = d.get("machine", d)
+  kind = m.get("device_kind", "cpu")
+  host = m.get("processor") or "?"
+  where = host if kind == "cpu" else f"{kind} x{m.get('device_count', 1)}"
+  return f"{where} ({m.get('cpu_count', '?')} CPUs)"
+
+
+def _commit(d: dict) -> str:
+  m = d.get("machine", d)
+  commit = m.get("git_commit")
+  if not commit:
+    return "not recorded"
+  return commit[:10] + (" + changes" if m.get("git_dirty") else "")
+
+
+def _command(d: dict) -> str:
+  m = d.get("machine", d)
+  if m.get("command"):
+    return m["command"]
+  if "config" in d:
+    return f"(not recorded; config {d['config']} {' '.join(d.get('overrides', []))})".strip()
+  return "(not recorded)"
+
+
+def build() -> str:
+  rows = ["# Results", "",
+          "One row per JSON in this folder, made by `python -m benchmarks.results_index` from the",
+          "JSONs (do not edit by hand). Each JSON also holds the versions and every number.", "",
+          "| file | figure | machine | commit | date | command |",
+          "| --- | --- | --- | --- | --- | --- |"]
+  for path in sorted(RESULTS.glob("*.json")):
+    d = json.loads(path.read_text())
+    date = d.get("time", d.get("machine", {}).get("time", "?"))[:10]
+    cells = [f"`{path.name}`", figure(d), _machine(d), _commit(d), date, f"`{_command(d)}`"]
+    rows.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+  return "\n".join(rows) + "\n"
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--check", action="store_true", help="exit 1 if the index is not current")
+  args = parser.parse_args(argv)
+  text = build()
+  if args.check:
+    current = INDEX.exists() and INDEX.read_text() == text
+    print(f"{INDEX} is {'current' if current else 'stale: run python -m benchmarks.results_index'}")
+    sys.exit(0 if current else 1)
+  INDEX.write_text(text)
+  print(f"wrote {INDEX} ({text.count(chr(10)) - 7} results)")
+
+
+if __name__ == "__main__":
+  main()
