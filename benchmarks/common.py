@@ -69,3 +69,19 @@ def mean_std(values) -> list[float] | None:
     return None
   return [float(statistics.mean(values)),
           float(statistics.stdev(values)) if len(values) > 1 else 0.0]
+
+
+def checked_overrides(parser, config: str, extra: list[str]) -> list[str]:
+  """The `--config.FIELD=VALUE` arguments a benchmark passes on, checked before anything runs
+  by the parser `python -m fmnist_jax.main` uses; any other argument is the parser's error."""
+  from fmnist_jax import config_file
+  from fmnist_jax.errors import ConfigError
+  unknown = [arg for arg in extra if not (arg.startswith("--config.") and "=" in arg)]
+  if unknown:
+    parser.error(f"unrecognized arguments: {' '.join(unknown)} (besides its own flags, a "
+                 "benchmark takes only --config.FIELD=VALUE)")
+  try:
+    config_file.load_with_overrides(config, extra)
+  except ConfigError as e:
+    parser.error(str(e))
+  return extra

@@ -61,6 +61,7 @@ def main(argv=None):
   if args.epochs < 1:
     parser.error("--epochs must be at least 1")
   from benchmarks import common
+  common.checked_overrides(parser, args.config, overrides)
   with tempfile.TemporaryDirectory() as tmp:
     run = pathlib.Path(tmp, "run")
     common.run_main(args.config, run, [f"--config.num_epochs={args.epochs}", *overrides],

@@ -35,7 +35,8 @@ def _parse_args(argv):
   parser.add_argument("--workdir-root", required=True)
   parser.add_argument("--json", required=True)
   parser.add_argument("--name", help="label in the table (default: the config file's stem)")
-  return parser.parse_known_args(argv)
+  args, overrides = parser.parse_known_args(argv)
+  return args, common.checked_overrides(parser, args.config, overrides)
 
 
 def run_seed(config: str, seed: int, root: pathlib.Path, overrides: list[str]) -> dict:

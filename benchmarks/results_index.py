@@ -46,9 +46,9 @@ def _search(d: dict) -> str:
 
 
 def _peers(d: dict) -> str:
-  return "; ".join(f"{r.get('name', r.get('peer', '?'))} batch {r.get('batch_size', '?')}: "
-                   f"{r.get('images_per_second', r.get('median_images_per_second', 0)):,.0f} "
-                   "images/s" for r in d["results"])
+  return "; ".join(f"{r['step']} b{r['batch_size']}: " + ", ".join(
+      f"{r['fmnist_jax'] / r[peer]:.2f}x {peer}" for peer in d["peers"] if r.get(peer))
+      for r in d["results"] if r["step"] == "train")
 
 
 def figure(d: dict) -> str:

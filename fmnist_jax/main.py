@@ -20,16 +20,32 @@ from fmnist_jax import dataset
 dataset.quiet_tensorflow()  # before TensorFlow is imported
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the report.")
-config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
-flags.DEFINE_bool("distributed", False,
-                  "Call jax.distributed.initialize() with auto-detection (TPU pod, SLURM, ...).")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
-flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
-flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
-flags.DEFINE_bool("verbose", False, "Also show the libraries' INFO logs (JAX, TensorFlow, "
-                  "tfds, Orbax); by default only their warnings and errors.")
-flags.mark_flags_as_required(["config", "workdir"])
+
+
+def define_flags(values: flags.FlagValues = FLAGS, sys_argv=None) -> None:
+  """The command line's flags (on `values`; `sys_argv`: where config_flags looks for the
+  --config.FIELD overrides, sys.argv by default)."""
+  flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the report.",
+                      flag_values=values)
+  config_flags.DEFINE_config_file(
+      "config", None, "Training config file: FILE or FILE:VARIANT, e.g. configs/default.py, "
+      "configs/best.py, configs/speedrun.py:b1024_e30; override fields with "
+      "--config.FIELD=VALUE.", flag_values=values, lock_config=True, sys_argv=sys_argv)
+  flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with "
+                    "auto-detection (TPU pod, SLURM, ...).", flag_values=values)
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).",
+                      flag_values=values)
+  flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).",
+                       flag_values=values)
+  flags.DEFINE_integer("process_id", None, "This process's index (multi-process).",
+                       flag_values=values)
+  flags.DEFINE_bool("verbose", False, "Also show the libraries' INFO logs (JAX, TensorFlow, "
+                    "tfds, Orbax); by default only their warnings and errors.",
+                    flag_values=values)
+  flags.mark_flags_as_required(["config", "workdir"], flag_values=values)
+
+
+define_flags()
 
 
 def initialize_distributed():

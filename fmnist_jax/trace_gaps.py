@@ -145,12 +145,12 @@ def markdown(summary: dict) -> str:
   return "\n".join(lines)
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("path", help="a workdir (its newest trace) or a perfetto_trace.json.gz")
   parser.add_argument("--top", type=int, default=10, help="how many of the longest gaps to list")
   parser.add_argument("--json", help="also write the summary here, as JSON")
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
   summary = summarize(find_trace(args.path), args.top)
   text = markdown(summary)
   if args.json:

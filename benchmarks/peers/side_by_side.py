@@ -4,8 +4,7 @@ Alternates the benchmarks, each in its own process (Keras-TF: benchmarks/peers/k
 PyTorch eager: benchmarks/peers/torch_eager.py; fmnist_jax: benchmarks/throughput.py with the
 CPU defaults: jit, device-resident data, im2col, 10 steps per call, automatic micro-batches),
 for several rounds, and reports the median of each and fmnist_jax's ratio to each peer.
-Keras-TF needs tensorflow-cpu (already a dependency) and keras; PyTorch needs torch
-(`pip install -e '.[peers]'`).
+Keras-TF needs tensorflow-cpu and keras, PyTorch needs torch: `pip install -e '.[peers]'`.
 
   python -m benchmarks.peers.side_by_side --rounds 5 --peers keras_tf torch_eager \
       --json benchmarks/results/peers_cpu.json
