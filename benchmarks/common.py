@@ -61,6 +61,42 @@ def run_main(config: str, workdir, overrides=(), log_path=None, env=None) -> flo
   return seconds
 
 
+def run(config: str, workdir, overrides=(), log_path=None, env=None) -> dict:
+  """One training run through `python -m fmnist_jax.main`, with the benchmarks' one clock and
+  one reuse rule: a workdir that holds a finished run of the same config is reused (with the
+  clocks of the process that made it, kept in WORKDIR.clocks.json); one of another config is
+  refused. Returns the run's result.json with its evaluations (`rows`) and the clocks:
+
+    training_seconds         the loop's start to its last evaluation, that evaluation included
+                             and compilation excluded (airbench's convention)
+    process_seconds          the process, start to exit
+    process_seconds_to_end   the process's start to the end of training (result.json written)
+  """
+  from fmnist_jax import config_file, workdir as workdir_lib
+  workdir = pathlib.Path(workdir)
+  clocks_path = workdir.with_name(f"{workdir.name}.clocks.json")
+  result = workdir_lib.read_result(workdir)
+  if result is None:
+    start = time.time()
+    seconds = run_main(config, workdir, overrides, log_path, env)
+    result = workdir_lib.read_result(workdir)
+    clocks = {"process_seconds": seconds,
+              "process_seconds_to_end": result["end_unix_time"] - start}
+    clocks_path.write_text(json.dumps(clocks) + "\n")
+  else:
+    asked = config_file.load_with_overrides(config, ["--config.write_report=False", *overrides])
+    changes = workdir_lib.config_changes(workdir, asked)
+    if changes:
+      sys.exit(f"error: {workdir} finished with another config than the one asked for ("
+               + "; ".join(f"{k} {old!r} there, {new!r} asked" for k, (old, new) in
+                           changes.items()) + "): remove it or use another folder.")
+    print(f"reusing the finished run in {workdir}", flush=True)
+    clocks = json.loads(clocks_path.read_text()) if clocks_path.exists() else {}
+  rows = workdir_lib.read_metrics(workdir, required=True)
+  return {**result, **clocks, "rows": rows,
+          "training_seconds": rows[-1]["elapsed_seconds"] - result["compile_seconds"]}
+
+
 def mean_std(values) -> list[float] | None:
   """[mean, sample std] of the values that are not None (std 0 for one value); None if none."""
   import statistics

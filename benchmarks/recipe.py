@@ -1,10 +1,10 @@
 """Accuracy of a training recipe over several seeds: mean and std of test accuracy and loss.
 
 Runs `python -m fmnist_jax.main` once per seed (each in WORKDIR_ROOT/seed<N>, its log in
-seed<N>.log), reads each run's result.json, and writes a JSON and a markdown row set. Runs that
-already finished are reused, so an interrupted sweep continues where it stopped. What this
-benchmark adds to a run (process seconds, the evaluation both ways) goes to seed<N>.recipe.json
-beside the run: a run's own files are never rewritten.
+seed<N>.log; common.run: a finished run is reused, so an interrupted sweep continues where it
+stopped), and writes a JSON and prints a markdown row set. What this benchmark adds to a run
+(the evaluation both ways) goes to seed<N>.recipe.json beside the run: a run's own files are
+never rewritten.
 
   python -m benchmarks.recipe --config configs/best.py --seeds 0 1 2 \
       --workdir-root runs/recipe/best --json benchmarks/results/recipe_best.json
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import sys
 
 import numpy as np
 
@@ -40,30 +39,16 @@ def _parse_args(argv):
 
 
 def run_seed(config: str, seed: int, root: pathlib.Path, overrides: list[str]) -> dict:
-  """The run's result.json plus this benchmark's additions (seed<N>.recipe.json)."""
-  from fmnist_jax import config_file, workdir as workdir_lib
-  run, extra_path = root / f"seed{seed}", root / f"seed{seed}.recipe.json"
+  """One seed's run (common.run: reused when finished) plus the last checkpoint evaluated
+  both ways, kept beside it in seed<N>.recipe.json."""
+  run = common.run(config, root / f"seed{seed}", [f"--config.seed={seed}", *overrides])
+  extra_path = root / f"seed{seed}.recipe.json"
   extra = json.loads(extra_path.read_text()) if extra_path.exists() else {}
-  result = workdir_lib.read_result(run)
-  if result is not None:
-    asked = config_file.load_with_overrides(config, [f"--config.seed={seed}", "--config.write_report=False",
-                                        *overrides])
-    changes = workdir_lib.config_changes(run, asked)
-    if changes:
-      sys.exit(f"error: {run} finished with another config than the one asked for ("
-               + "; ".join(f"{k} {old!r} there, {new!r} asked" for k, (old, new) in
-                           changes.items()) + "): remove it or use another --workdir-root.")
-  if result is None:
-    extra = {"process_seconds": common.run_main(config, run,
-                                                [f"--config.seed={seed}", *overrides])}
-    result = workdir_lib.read_result(run)
-  else:
-    print(f"seed {seed}: reusing {run}", flush=True)
   if "both_ways" not in extra:
-    extra["both_ways"] = evaluate_both_ways(run)
-  extra["test_loss_by_epoch"] = [row["test_loss"] for row in workdir_lib.read_metrics(run)]
-  extra_path.write_text(json.dumps(extra, indent=1) + "\n")
-  return {**result, **extra}
+    extra["both_ways"] = evaluate_both_ways(root / f"seed{seed}")
+    extra_path.write_text(json.dumps(extra, indent=1) + "\n")
+  rows = run.pop("rows")
+  return {**run, **extra, "test_loss_by_epoch": [row["test_loss"] for row in rows]}
 
 
 def evaluate_both_ways(workdir: pathlib.Path) -> dict:
@@ -94,7 +79,7 @@ def summarize(name: str, results: list[dict]) -> dict:
   if best:
     summary["best_val_accuracy"] = common.mean_std([b["val_accuracy"] for b in best])
     summary["test_accuracy_at_best_val"] = common.mean_std([b["test_accuracy"] for b in best])
-  summary["train_seconds"] = common.mean_std([r["train_seconds"] for r in results])
+  summary["train_seconds"] = common.mean_std([r["training_seconds"] for r in results])
   both = [r["both_ways"] for r in results if "both_ways" in r]
   if len(both) == len(results):
     for name in ("val", "test"):

@@ -1,8 +1,9 @@
 """Choose a recipe on the validation split: train a config file's variants, rank them on val.
 
-Each variant of `--config` (its VARIANTS dict, selected as `--config FILE:NAME` would) is
-trained once in this process (seed 0, the last 5,000 training images held out, no stopping
-rule) and evaluated on val and test after every epoch. Test accuracy is recorded but never
+Each variant of `--config` (its VARIANTS dict, selected as `--config FILE:NAME`) is trained
+once through `python -m fmnist_jax.main` (common.run: the benchmarks' one clock; seed 0, the
+last 5,000 training images held out, no stopping rule) and evaluated on val and test after
+every epoch. Test accuracy is recorded but never
 used to choose. Training seconds exclude compilation. The rule (`--choose`):
 
   fastest:ACC  the variant with the least training time whose final val accuracy >= ACC
@@ -35,25 +36,22 @@ def _variants(path: str) -> dict:
 
 def run_variant(path: str, name: str, root: pathlib.Path, seed: int, both_ways: bool,
                 overrides=()) -> dict:
-  from fmnist_jax import config_file, train, workdir
-  config = config_file.load_with_overrides(f"{path}:{name}" if name else path, overrides)
-  config.update({"seed": seed, "stop_at_accuracy": 0.0, "write_report": False,
-                 "keep_checkpoints": 1, "keep_best_checkpoints": 0})
-  run = root / f"{name or 'base'}_seed{seed}"
-  train.train_and_evaluate(config, str(run))
-  result, rows = workdir.read_result(run), workdir.read_metrics(run)
-  out = {"name": name, "seed": seed, "batch_size": config.batch_size,
-         "num_epochs": config.num_epochs, "eval_flip_average": config.eval_flip_average,
-         "final_val_accuracy": rows[-1]["val_accuracy"],
+  """One variant, one seed, through main (common.run's clocks), evaluated on val and test
+  after every epoch; no stop, one checkpoint kept."""
+  run = common.run(f"{path}:{name}" if name else path, root / f"{name or 'base'}_seed{seed}",
+                   [*overrides, f"--config.seed={seed}", "--config.stop_at_accuracy=0.0",
+                    "--config.keep_checkpoints=1", "--config.keep_best_checkpoints=0"])
+  rows = run["rows"]
+  out = {"name": name, "seed": seed, "final_val_accuracy": rows[-1]["val_accuracy"],
          "best_val_accuracy": max(r["val_accuracy"] for r in rows),
          "final_test_accuracy": rows[-1]["test_accuracy"],
          "val_accuracy_by_epoch": [r["val_accuracy"] for r in rows],
          "test_accuracy_by_epoch": [r["test_accuracy"] for r in rows],
-         "train_seconds": result["train_seconds"], "compile_seconds": result["compile_seconds"],
-         "train_seconds_excluding_compile": result["train_seconds"] - result["compile_seconds"]}
+         "process_seconds": run["process_seconds"], "compile_seconds": run["compile_seconds"],
+         "train_seconds_excluding_compile": run["training_seconds"]}
   if both_ways:
     from benchmarks.recipe import evaluate_both_ways
-    out["both_ways"] = evaluate_both_ways(run)
+    out["both_ways"] = evaluate_both_ways(root / f"{name or 'base'}_seed{seed}")
   print(f"{name or 'base'} seed {seed}: val {out['final_val_accuracy']:.4f} test "
         f"{out['final_test_accuracy']:.4f} in {out['train_seconds_excluding_compile']:.1f} s"
         + (f" | both ways {out['both_ways']}" if both_ways else ""), flush=True)

@@ -23,33 +23,23 @@ import argparse
 import os
 import pathlib
 import tempfile
-import time
 
 from benchmarks import common
 
 
 def one_run(args, overrides, seed: int, cache_dir: str, root: pathlib.Path, tag: str) -> dict:
-  """One seed through main; its clocks and its evaluations."""
-  from fmnist_jax import workdir as workdir_lib
-  workdir = root / f"{tag}_seed{seed}"
-  start = time.time()
-  process_seconds = common.run_main(
-      args.config, workdir, [f"--config.stop_at_accuracy={args.target}",
-                             "--config.stop_metric=test_accuracy", f"--config.seed={seed}",
-                             *overrides],
-      log_path=pathlib.Path(args.json).with_name(f"{pathlib.Path(args.json).stem}.{tag}"
-                                                 f"_seed{seed}.log"),
-      env={"JAX_COMPILATION_CACHE_DIR": cache_dir})
-  result, rows = workdir_lib.read_result(workdir), workdir_lib.read_metrics(workdir)
-  reached = result["stop_reason"] == "target_reached"
-  last = rows[-1]
+  """One seed through main (common.run's clocks); its evaluations."""
+  run = common.run(args.config, root / f"{tag}_seed{seed}",
+                   [f"--config.stop_at_accuracy={args.target}",
+                    "--config.stop_metric=test_accuracy", f"--config.seed={seed}", *overrides],
+                   env={"JAX_COMPILATION_CACHE_DIR": cache_dir})
+  reached, last = run["stop_reason"] == "target_reached", run["rows"][-1]
   return {"seed": seed, "cache": tag, "reached": reached, "epochs": last["epoch"],
-          "test_accuracy": last["test_accuracy"],
-          "train_seconds": last["elapsed_seconds"] - result["compile_seconds"],
-          "process_seconds_to_target": (result["end_unix_time"] - start) if reached else None,
-          "process_seconds": process_seconds, "compile_seconds": result["compile_seconds"],
-          "compilations": result.get("compilations"),
-          "test_accuracy_by_epoch": [r["test_accuracy"] for r in rows]}
+          "test_accuracy": last["test_accuracy"], "train_seconds": run["training_seconds"],
+          "process_seconds_to_target": run["process_seconds_to_end"] if reached else None,
+          "process_seconds": run["process_seconds"], "compile_seconds": run["compile_seconds"],
+          "compilations": run.get("compilations"),
+          "test_accuracy_by_epoch": [r["test_accuracy"] for r in run["rows"]]}
 
 
 def summarize(runs: list[dict]) -> dict:

@@ -33,7 +33,8 @@ def test_throughput_benchmark_writes_valid_json(tmp_path):
     assert 0 < r["roofline_percent"] < 100
     assert r["flops_per_image"] > 1e6  # the seed CNN: ~6.5 MFLOP forward per image
   assert {r["conv_impl"] for r in report["results"] if r["step"] == "train"} == {"xla", "im2col"}
-  assert "| train | jit | 2 | 32 |" in out.with_suffix(".md").read_text()
+  assert "| train | jit | 2 | 32 |" in result.stdout  # the markdown summary, printed
+  assert report["git_commit"] and report["command"].startswith("python -m benchmarks.throughput")
 
 
 def test_quick_throughput_is_one_train_and_one_eval_setting(tmp_path):
@@ -59,7 +60,7 @@ def test_matmul_dtype_benchmark_writes_every_shape_and_form(tmp_path):
   for r in report["results"]:
     assert all(r[form] > 0 for form in
                ("float32", "bfloat16 -> float32", "bfloat16 -> bfloat16"))
-  assert out.with_suffix(".md").read_text().count("\n| conv") == 5
+  assert result.stdout.count("\n| conv") == 5
 
 
 def _tiny_run_args(synthetic_tfds):
@@ -87,7 +88,7 @@ def test_recipe_benchmark_summarizes_seeds(synthetic_tfds, tmp_path):
     assert abs(both["test"]["plain"] - run["final"]["test_accuracy"]) <= 2e-3
     assert 0 <= both["test"]["flip_average"] <= 1
   assert len(report["summary"]["test_accuracy_flip_average"]) == 2
-  assert "| tiny | 2 |" in out.with_suffix(".md").read_text()
+  assert "| tiny | 2 |" in result.stdout
   # Asked again with another config: refused, saying what differs (the finished runs stay).
   again = subprocess.run(
       [sys.executable, "-m", "benchmarks.recipe", "--config", "configs/tiny.py", "--seeds", "0",
@@ -117,7 +118,28 @@ def test_time_to_accuracy_runs_seeds_with_a_cold_and_a_warm_cache(synthetic_tfds
   cold, warm = report["summary"]["cold"], report["summary"]["warm"]
   assert cold["reached"] == warm["reached"] == 2 and report["platform"] == "cpu"
   assert warm["compile_seconds"][0] < cold["compile_seconds"][0]  # the cache was used
-  assert "| warm | 2/2 |" in out.with_suffix(".md").read_text()
+  assert "| warm | 2/2 |" in result.stdout
+
+
+def test_speedrun_search_trains_variants_through_main_and_repeats_the_chosen_one(synthetic_tfds,
+                                                                                tmp_path):
+  out = tmp_path / "search.json"
+  result = subprocess.run(
+      [sys.executable, "-m", "benchmarks.speedrun_search", "--config", "configs/speedrun.py",
+       "--only", "b512_e20", "b1024_e20", "--choose", "fastest:0.0", "--seeds", "1",
+       "--json", str(out), "--config.conv_features=(4,8,8)", "--config.dense_features=16",
+       *_tiny_run_args(synthetic_tfds)],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(out.read_text())
+  assert [r["name"] for r in report["results"]] == ["b512_e20", "b1024_e20"]
+  fastest = min(report["results"], key=lambda r: r["train_seconds_excluding_compile"])
+  assert report["chosen"] == fastest["name"]  # every variant reaches 0.0: the fastest
+  for run in report["results"] + report["chosen_seed_runs"]:
+    assert 0 < run["train_seconds_excluding_compile"] < run["process_seconds"]
+    assert len(run["val_accuracy_by_epoch"]) == 1  # 8 steps: one evaluation
+  assert report["seeds_summary"]["seeds"] == [0, 1]
+  assert report["git_commit"] and "benchmarks.speedrun_search" in report["command"]
 
 
 def test_speedrun_search_rule_picks_the_fastest_variant_reaching_the_threshold():
@@ -154,5 +176,6 @@ def test_peer_comparison_runs_side_by_side(tmp_path, peers):
       assert abs(r[f"ratio_{peer}"] - r["fmnist_jax"] / r[peer]) < 1e-9
   assert ("torch" in report["versions"]) == ("torch_eager" in peers)
   assert report["processor"]  # the host CPU's model: CPU figures mean little without it
-  table = out.with_suffix(".md").read_text().splitlines()
-  assert report["processor"] in table[0] and len([l for l in table if l.startswith("|")]) == 4
+  table = result.stdout.splitlines()
+  assert any(report["processor"] in line for line in table)
+  assert len([line for line in table if line.startswith(("| train", "| eval"))]) == 2

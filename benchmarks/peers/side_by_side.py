@@ -92,15 +92,12 @@ def main(argv=None):
     for name in args.peers:
       row[f"ratio_{name}"] = row["fmnist_jax"] / row[name]
     rows.append(row)
-  result = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rounds": args.rounds,
-            "processor": report["processor"] if report else None,
-            "cpu_count": os.cpu_count(), "peers": args.peers,
-            "versions": {**(report["versions"] if report else {}),
+  from benchmarks import common
+  machine = common.machine()
+  result = {**machine, "rounds": args.rounds, "peers": args.peers,
+            "versions": {**machine["versions"],
                          **{k: v for peer in versions.values() for k, v in peer.items()}},
             "results": rows}
-  path = pathlib.Path(args.json)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(result, indent=1) + "\n")
   header = ["step", "batch", *(f"{PEERS[n]} images/s" for n in args.peers),
             "fmnist_jax images/s", *(f"vs {PEERS[n]}" for n in args.peers)]
   lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
@@ -110,8 +107,7 @@ def main(argv=None):
     lines.append("| " + " | ".join(cells) + " |")
   lines.insert(0, f"{result['time']}, {result['processor']}, {result['cpu_count']} CPUs, "
                   f"medians of {args.rounds} rounds\n")
-  path.with_suffix(".md").write_text("\n".join(lines) + "\n")
-  print("\n".join(lines))
+  common.write(args.json, result, "\n".join(lines))
 
 
 if __name__ == "__main__":
