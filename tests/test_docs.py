@@ -122,3 +122,29 @@ def test_the_results_index_is_current_and_every_cited_json_exists():
                                         r"speedrun_search|best_accuracy|trace_gaps|cpu_|"
                                         r"matmul)", name) and "<" not in name:
         assert name in present, f"{path.name} cites {name}, which is not in benchmarks/results/"
+
+
+def test_every_test_the_docs_name_exists():
+  """docs/faults.md promises a test per row: each named test (or test file) is there."""
+  defined = set()
+  for path in (ROOT / "tests").glob("test_*.py"):
+    defined.add(path.stem)
+    defined.update(re.findall(r"^def (test_\w+)", path.read_text(), flags=re.M))
+  for path in DOCS:
+    for name in re.findall(r"`(test_\w+)", path.read_text()):
+      assert name in defined, f"{path.name} names {name}, which no test file defines"
+
+
+def _slug(heading: str) -> str:
+  """GitHub's anchor for a heading: lower case, punctuation dropped, spaces as hyphens."""
+  return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_between_the_docs_points_at_a_file_and_heading_that_exist():
+  for path in DOCS:
+    for target, anchor in re.findall(r"\]\(([^)#\s]+\.md)(?:#([^)]+))?\)", path.read_text()):
+      linked = (path.parent / target).resolve()
+      assert linked.exists(), f"{path.name} links to {target}, which does not exist"
+      if anchor:
+        headings = re.findall(r"^#+ (.+)$", linked.read_text(), flags=re.M)
+        assert anchor in {_slug(h) for h in headings}, f"{path.name}: no #{anchor} in {target}"

@@ -1,6 +1,6 @@
 """Faults: kills, preemption, damaged or mismatched checkpoints, NaN/inf, bad input.
 
-Each case here is a row of README.md's "Faults and bad input" table.
+Each case here is a row of docs/faults.md's "Faults and bad input" table.
 """
 
 import json
