@@ -62,15 +62,15 @@ def main(argv=None):
     parser.error("--epochs must be at least 1")
   from benchmarks import common
   common.checked_overrides(parser, args.config, overrides)
+  machine = common.machine()  # (the code that runs: recorded before it runs)
   with tempfile.TemporaryDirectory() as tmp:
     run = pathlib.Path(tmp, "run")
-    common.run_main(args.config, run, [f"--config.num_epochs={args.epochs}", *overrides],
-                    log_path=pathlib.Path(args.json).with_suffix(".log"))
+    common.run_main(args.config, run, [f"--config.num_epochs={args.epochs}", *overrides])
     measured = _end_to_end(run)
     micro = _microbenchmark(run, tmp)
   micro_train = next(r for r in micro["results"] if r["step"] == "train")
   ratio = measured["end_to_end_images_per_second"] / micro_train["images_per_second"]
-  report = {**common.machine(), "config": args.config, "overrides": overrides,
+  report = {**machine, "config": args.config, "overrides": overrides,
             "epochs": args.epochs, **measured,
             "microbenchmark_images_per_second": micro_train["images_per_second"],
             "microbenchmark_setting": {k: v for k, v in micro_train.items() if k != "repeats"},

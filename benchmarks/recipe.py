@@ -107,11 +107,12 @@ HEADER = ("| recipe | seeds | epochs | test accuracy % (final) | test loss (fina
 
 def main(argv=None):
   args, overrides = _parse_args(argv)
+  machine = common.machine()  # (the code that runs: recorded before it runs)
   name = args.name or pathlib.Path(args.config).stem
   root = pathlib.Path(args.workdir_root)
   results = [run_seed(args.config, seed, root, overrides) for seed in args.seeds]
   summary = summarize(name, results)
-  report = {**common.machine(), "config": args.config, "overrides": overrides,
+  report = {**machine, "config": args.config, "overrides": overrides,
             "seeds": args.seeds, "summary": summary, "runs": results}
   markdown = HEADER + "\n" + to_markdown(summary)
   common.write(args.json, report, markdown)

@@ -69,6 +69,8 @@ def main(argv=None):
   parser.add_argument("--train-images", type=int, default=25_600)
   parser.add_argument("--eval-images", type=int, default=51_200)
   args = parser.parse_args(argv)
+  from benchmarks import common
+  machine = common.machine()  # (the code that runs: recorded before it runs)
   runs = {name: [] for name in [*args.peers, "fmnist_jax"]}
   versions, report = {}, None
   for round_ in range(args.rounds):
@@ -92,8 +94,6 @@ def main(argv=None):
     for name in args.peers:
       row[f"ratio_{name}"] = row["fmnist_jax"] / row[name]
     rows.append(row)
-  from benchmarks import common
-  machine = common.machine()
   result = {**machine, "rounds": args.rounds, "peers": args.peers,
             "versions": {**machine["versions"],
                          **{k: v for peer in versions.values() for k, v in peer.items()}},
