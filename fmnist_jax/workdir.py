@@ -2,7 +2,7 @@
 
     WORKDIR/config.json       the resolved config of the first start (config.stepN.json: a
                               resumed start's changed config, beside it)
-    WORKDIR/run_info.jsonl    one line per start: time, host, argv, devices, versions
+    WORKDIR/run_info.jsonl    one line per start: time, host, argv, devices, versions, git commit
     WORKDIR/metrics.jsonl     one line per evaluation (what the report and compare read)
     WORKDIR/events.out.tfevents.*   the same scalars for TensorBoard
     WORKDIR/result.json       how the run ended: last evaluation, best by validation, seconds
@@ -156,7 +156,8 @@ def record_start(workdir: pathlib.Path, config, parallelism: str, **extra) -> No
     write_atomically(config_path, config_json)
   info = {"time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
           "host": socket.gethostname(), "argv": sys.argv, "parallelism": parallelism,
-          **hardware.device_info(), "versions": hardware.package_versions(), **extra}
+          **hardware.device_info(), "versions": hardware.package_versions(),
+          **hardware.source_revision(), **extra}
   _append_jsonl(workdir / RUN_INFO_FILE, info)
 
 

@@ -43,6 +43,7 @@ def test_trains_and_evaluates_after_every_epoch(small_splits, tmp_path):
   assert (tmp_path / "config.json").exists() and (tmp_path / "run_info.jsonl").exists()
   info = json.loads((tmp_path / "run_info.jsonl").read_text().splitlines()[0])
   assert info["platform"] == "cpu" and info["versions"]["jax"] == jax.__version__
+  assert len(info["git_commit"]) == 40 and info["git_dirty"] in (True, False)
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path))
   assert 24 in checkpointing.complete_steps(tmp_path / "checkpoints")
 
