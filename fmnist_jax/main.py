@@ -46,6 +46,7 @@ def define_flags(values: flags.FlagValues = FLAGS, sys_argv=None) -> None:
 
 
 define_flags()
+_FLAG_NAMES = frozenset(FLAGS) | {"help", "helpshort", "helpfull", "helpxml"}
 
 
 def initialize_distributed():
@@ -132,14 +133,22 @@ def quiet_cut_short_writers() -> None:
                           category=RuntimeWarning)
 
 
-def configure_compilation_cache(cache_dir: str) -> str | None:
+def configure_compilation_cache(cache_dir: str) -> str:
   """JAX's persistent compilation cache, so that a repeated or resumed run skips XLA's
   compilation: $JAX_COMPILATION_CACHE_DIR if set, else config.compilation_cache_dir ("" turns
-  it off). Every program is cached, however fast it compiled. Returns the directory used."""
+  it off). Every program is cached, however fast it compiled. Returns what the console says:
+  the folder used, or "off" and why."""
   import jax
   cache_dir = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.expanduser(cache_dir)
   if not cache_dir:
-    return None
+    return "off"
+  try:
+    os.makedirs(cache_dir, exist_ok=True)
+    usable = os.access(cache_dir, os.W_OK | os.X_OK)
+  except OSError:
+    usable = False
+  if not usable:
+    return f"off ({cache_dir} is not a writable folder)"
   jax.config.update("jax_compilation_cache_dir", cache_dir)
   # Every program, not only those that took over a second (jax's default): a short run's
   # many small programs add up.
@@ -176,8 +185,8 @@ def main(argv):
   from fmnist_jax.preemption import Preempted
   logging.info("JAX process %d/%d, %d local devices: %s", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.local_devices())
-  cache = configure_compilation_cache(FLAGS.config.get("compilation_cache_dir", ""))
-  logging.info("compilation cache: %s", cache or "off")
+  logging.info("compilation cache: %s",
+               configure_compilation_cache(FLAGS.config.get("compilation_cache_dir", "")))
   try:
     train_and_report(FLAGS.config, FLAGS.workdir)
   except Preempted as e:
@@ -220,9 +229,14 @@ def check_command_line(argv) -> str | None:
               "configs/speedrun.py, configs/no_dropout.py, configs/wide.py and "
               "configs/tiny.py.")
     try:
-      config_file.load_with_overrides(value, overrides)
+      config = config_file.load_with_overrides(value, overrides)
     except ConfigError as e:
       return f"error: {e}"
+    for arg in argv:  # a config field given as a flag of its own
+      name = arg[2:].split("=", 1)[0] if arg.startswith("--") else ""
+      if name in config and name not in _FLAG_NAMES:
+        return (f"error: {arg.split('=', 1)[0]} is not a flag of fmnist_jax.main but a field of "
+                f"the config: write --config.{arg[2:]}")
   return None
 
 

@@ -82,6 +82,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     raise
   total_steps = (config.num_train_steps if config.num_train_steps > 0
                  else config.num_epochs * train_data.steps_per_epoch)
+  profiling.check_window(config.profile_steps, total_steps, lock)
   return Run(config, par, path, train_data, eval_sets, train_data.steps_per_epoch, total_steps,
              options, lock)
 
@@ -95,6 +96,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   run = setup(config, workdir)
   try:
     state, step, extras, ckpt = _restore(run)
+    if _finished(run, step):
+      ckpt.close()
+      return {}
     loop = Loop(run, ckpt, step, extras.get("epoch_sums"))
     gc.collect()
     gc.freeze()  # what lives for the whole run stays out of the collector's walks
@@ -133,11 +137,23 @@ def _restore(run: Run):
            f"{step * run.config.batch_size:,} examples seen" if step else "starting at step 0")
   logging.info("%s; %d steps/epoch, %d steps in all; %s", run.par, run.steps_per_epoch,
                run.total_steps, where)
-  if step >= run.total_steps:
-    logging.warning("already finished at step %d of %d: nothing to train (raise num_epochs or "
-                    "num_train_steps to train on, or use a new --workdir)", step,
-                    run.total_steps)
   return state, step, extras, ckpt
+
+
+def _finished(run: Run, step: int) -> bool:
+  """Whether the run restored at `step` has nothing left to train: it reached total_steps, or
+  the stop_at_accuracy it still asks for. Says so, and rebuilds a missing or stale result.json
+  (a kill after the last checkpoint) from the step's metrics row."""
+  target = workdir_lib.reached_target(run.workdir, run.config, step)
+  if step < run.total_steps and not target:
+    return False
+  logging.warning("already finished at step %d of %d%s: nothing to train (raise %s to train "
+                  "on, or use a new --workdir)", step, run.total_steps,
+                  " (stop_at_accuracy reached)" if target else "",
+                  "stop_at_accuracy" if target else "num_epochs or num_train_steps")
+  if run.is_chief and workdir_lib.rebuild_result(run.workdir, step, target):
+    logging.warning("result.json was missing or stale: rebuilt from metrics.jsonl")
+  return True
 
 
 class TargetReached(Exception):
@@ -204,9 +220,11 @@ class Loop:
         run.workdir, config.profile_steps if run.is_chief else (0, 0), self.progress.paused)
     self.deferred = Deferred()
     self.zeros = par.replicate(steps.zero_metrics())
-    if resumed_sums is not None and start_step % run.steps_per_epoch == 0:
-      resumed_sums = dict(steps.zero_metrics(), nonfinite=resumed_sums["nonfinite"])
-    self.start_sums = par.replicate(resumed_sums or steps.zero_metrics())
+    resumed_sums = {**steps.zero_metrics(), **(resumed_sums or {})}
+    if start_step % run.steps_per_epoch == 0:  # (the run-wide counters only)
+      resumed_sums = dict(steps.zero_metrics(), nonfinite=resumed_sums["nonfinite"],
+                          diverged=resumed_sums["diverged"])
+    self.start_sums = par.replicate(resumed_sums)
 
   def train(self, state, step: int):
     """Trains from `step` to the end of the run, or to stop_at_accuracy; returns the final
@@ -252,7 +270,7 @@ class Loop:
           self.deferred.run()
         if preempt:
           raise Preempted(step, self.preemption.reason)
-        sums = dict(self.zeros, nonfinite=sums["nonfinite"])  # (a count for the whole run)
+        sums = dict(self.zeros, nonfinite=sums["nonfinite"], diverged=sums["diverged"])
     except TargetReached as reached:
       self.deferred.clear()  # (the next epoch's first calls: dropped)
       self.saver.drop_after(reached.step)
@@ -286,8 +304,8 @@ class Loop:
     config = self.run.config
     with self.progress.timed("evaluation"):
       train_sums, fetched = self.progress.fetch((sums, evaluation))
-    self.saver.check_finite(step, train_sums)
     scalars = self.epoch_scalars(step, train_sums, evaluate.summarize(fetched))
+    self.saver.check_finite(step, train_sums, scalars)
     self.last_eval = scalars
     self.progress.restart_interval(step)  # (the calls queued since run behind its evaluation)
     reached = bool(config.stop_at_accuracy) and \

@@ -41,7 +41,8 @@ REPORT = "report"
 
 # What a run writes: a directory holding anything else, and no config.json, is not a run's.
 RUN_FILES = (CONFIG_FILE, LOCK_FILE, RUN_INFO_FILE, METRICS_FILE, RESULT_FILE, CHECKPOINTS, REPORT,
-             "checkpoints_damaged", "config.step*.json", "events.out.tfevents.*")
+             "checkpoints_damaged", "config.step*.json", "events.out.tfevents.*",
+             ".*.tmp")  # (write_atomically's temporary files, left by a kill)
 
 
 def check(workdir: str) -> None:
@@ -318,6 +319,33 @@ def write_result(workdir, **result) -> None:
   write_atomically(workdir / RESULT_FILE, json.dumps(result, indent=1) + "\n")
 
 
+def reached_target(workdir, config, step: int) -> bool:
+  """Whether result.json says the run stopped at `step` on a stop_at_accuracy it still meets
+  (a requeued job reruns the command of a run that already reached its target)."""
+  result = read_result(workdir) or {}
+  return (bool(config.stop_at_accuracy) and result.get("stop_reason") == "target_reached"
+          and result.get("step") == step
+          and result.get("final", {}).get(config.stop_metric, -1) >= config.stop_at_accuracy)
+
+
+def rebuild_result(workdir, step: int, target: bool) -> bool:
+  """Writes result.json of a finished run anew from its metrics row at `step`, if result.json
+  is missing or describes another step; returns whether it did."""
+  result = read_result(workdir)
+  rows = [row for row in read_metrics(workdir) if row.get("step") == step]
+  if (result and result.get("step") == step) or not rows:
+    return False
+  write_result(workdir, stop_reason="target_reached" if target else "completed", step=step,
+               final={k: v for k, v in rows[-1].items() if k != "step"}, rebuilt=True)
+  return True
+
+
 def read_result(workdir) -> dict | None:
+  """result.json, or None if there is none or it is damaged (a warning names it)."""
   path = pathlib.Path(workdir) / RESULT_FILE
-  return json.loads(path.read_text()) if path.exists() else None
+  try:
+    result = json.loads(path.read_text()) if path.exists() else None
+  except ValueError as e:  # (a kill or a full disk cut it short)
+    logging.warning("%s is damaged and ignored (%s)", path, str(e)[:100])
+    return None
+  return result if isinstance(result, dict) else None
