@@ -85,11 +85,11 @@ def compare(workdirs: list[str], out: str) -> pathlib.Path:
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
   for name, s in summary.items():
     lines.append(
-        f"| {name} | {s['epochs']:g} | {100 * s['final_test_accuracy']:.2f}% | "
-        + (f"{100 * s['test_accuracy_at_best_val']:.2f}% ({s['best_val_epoch']:g}) | "
+        f"| {name} | {s['epochs']:.2f} | {100 * s['final_test_accuracy']:.2f}% | "
+        + (f"{100 * s['test_accuracy_at_best_val']:.2f}% ({s['best_val_epoch']:.2f}) | "
            if s["test_accuracy_at_best_val"] is not None else "no validation split | ")
         + f"{s['final_test_loss']:.4f} | "
-        f"{s['lowest_test_loss']:.4f} ({s['lowest_test_loss_epoch']:g}) | "
+        f"{s['lowest_test_loss']:.4f} ({s['lowest_test_loss_epoch']:.2f}) | "
         f"{100 * s['final_train_accuracy']:.2f}% | {100 * s['train_test_gap']:.2f} pts | "
         + (f"{100 * s['last_checkpoint_test_ece']:.2f}% |"
            if s.get("last_checkpoint_test_ece") is not None else "– |"))

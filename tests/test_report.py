@@ -95,7 +95,7 @@ def test_compare_draws_validation_and_handles_a_single_evaluation(small_splits, 
   train.train_and_evaluate(tiny_config(num_train_steps=6), str(tmp_path / "short"))
   out = compare.compare([str(tmp_path / "short")], str(tmp_path / "cmp"))
   table = (out / "compare.md").read_text()
-  assert "| short | 0.5 |" in table  # one evaluation, half an epoch: not "0"
+  assert "| short | 0.50 |" in table  # one evaluation, half an epoch: not "0"
   import matplotlib.image
   assert matplotlib.image.imread(out / "compare.png").shape[0] > 100
 
@@ -110,3 +110,20 @@ def test_expected_calibration_error_matches_a_hand_computed_example():
   assert sum(result["bin_count"]) == 4
   perfect = evaluate.calibration(np.array([1.0, 1.0]), np.array([True, True]))
   assert perfect["ece"] == pytest.approx(0.0)
+
+
+def test_the_report_says_what_its_numbers_show(small_splits, tmp_path):
+  """One evaluation (a few steps): "1 evaluation", an epoch axis, the class counts as they are
+  (the small splits are not balanced), and a command row that can be pasted."""
+  workdir = tmp_path / "run"
+  train.train_and_evaluate(tiny_config(num_train_steps=3), str(workdir))
+  info = workdir / "run_info.jsonl"
+  row = json.loads(info.read_text().splitlines()[0])
+  row["argv"] = ["/x/fmnist_jax/main.py", "--config", "configs/tiny.py", "--workdir", "runs/a b"]
+  info.write_text(json.dumps(row) + "\n")
+  text = (report.write_report(str(workdir)) / "report.md").read_text()
+  assert "1 evaluation; final step 3" in text
+  assert "| command | `python -m fmnist_jax.main --config configs/tiny.py --workdir 'runs/a b'`" \
+      in text
+  counts = np.bincount(small_splits["train"][1], minlength=10)
+  assert f"train: from {counts.min()} (" in text and "the classes are balanced" not in text
