@@ -162,15 +162,23 @@ def train_and_report(config, workdir: str) -> None:
   report is one command away)."""
   import jax
   from fmnist_jax import train
-  train.train_and_evaluate(config, workdir)
-  if not config.write_report or jax.process_index() != 0:
-    return
-  if jax.process_count() > 1:
+  from fmnist_jax.errors import ReportError
+
+  def report() -> None:  # (run while the run still holds the workdir's lock)
+    from fmnist_jax import report  # matplotlib and scikit-learn only when needed
+    try:
+      logging.info("report written to %s", report.write_report(workdir))
+    except KeyboardInterrupt:
+      raise ReportError(
+          "interrupted (Ctrl-C) while writing the report: the training is complete and saved, "
+          f"and the previous report (if any) is intact; write it with `python -m "
+          f"fmnist_jax.report --workdir {workdir}`.") from None
+  chief = jax.process_index() == 0 and config.write_report
+  train.train_and_evaluate(config, workdir,
+                           then=report if chief and jax.process_count() == 1 else None)
+  if chief and jax.process_count() > 1:
     logging.info("multi-process run: write the report with "
                  "`python -m fmnist_jax.report --workdir %s`", workdir)
-    return
-  from fmnist_jax import report  # matplotlib and scikit-learn only when needed
-  logging.info("report written to %s", report.write_report(workdir))
 
 
 def main(argv):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 import sys
 
 import matplotlib
@@ -155,12 +156,15 @@ def _class_table(report: dict) -> list[str]:
 # --- the report -------------------------------------------------------------------------------
 
 def write_report(workdir: str, splits: dict | None = None) -> pathlib.Path:
-  """Writes WORKDIR/report/; returns its path. `splits` (name -> arrays) saves a reload."""
+  """Writes WORKDIR/report/ as a whole: into WORKDIR/.report.tmp/, swapped in at the end, so
+  that an interrupted report leaves the previous one (or none), never a mix. Returns its
+  path. `splits` (name -> arrays) saves a reload."""
   workdir = pathlib.Path(workdir)
   config = workdir_lib.read_config(workdir)
   rows = workdir_lib.read_metrics(workdir, required=True)
-  out = workdir / workdir_lib.REPORT
-  out.mkdir(exist_ok=True)
+  out = workdir / f".{workdir_lib.REPORT}.tmp"
+  shutil.rmtree(out, ignore_errors=True)  # (an interrupted report's)
+  out.mkdir()
   if splits is None:
     splits = input_pipeline.load_splits(config)
   figures = {
@@ -178,10 +182,20 @@ def write_report(workdir: str, splits: dict | None = None) -> pathlib.Path:
              "class_balance": _class_balance(splits),
              "checkpoints": _evaluate_checkpoints(workdir, config, checkpoints, splits["test"],
                                                   figures, out)}
-  workdir_lib.write_atomically(out / "metrics.json", json.dumps(numbers, indent=2))
-  workdir_lib.write_atomically(out / "report.md",
-                               "\n".join(_markdown(workdir, config, rows, numbers, figures)))
-  return out
+  (out / "metrics.json").write_text(json.dumps(numbers, indent=2))
+  (out / "report.md").write_text("\n".join(_markdown(workdir, config, rows, numbers, figures)))
+  return _swap_in(out, workdir / workdir_lib.REPORT)
+
+
+def _swap_in(new: pathlib.Path, final: pathlib.Path) -> pathlib.Path:
+  """`new` becomes `final`; the old one is removed only once the new one is in place."""
+  old = final.with_name(f".{final.name}.old.tmp")
+  shutil.rmtree(old, ignore_errors=True)
+  if final.exists():
+    final.rename(old)
+  new.rename(final)
+  shutil.rmtree(old, ignore_errors=True)
+  return final
 
 
 def _evaluate_checkpoints(workdir, config, checkpoints, test, figures, out) -> dict:
@@ -314,9 +328,18 @@ def main(argv=None):
   args = parser.parse_args(argv)
   dataset.quiet_tensorflow()
   try:
+    workdir_lib.read_config(args.workdir)  # (not a run's workdir: that error first)
+    lock = workdir_lib.Lock(pathlib.Path(args.workdir))  # not while a run trains or reports
+  except FmnistError as e:
+    sys.exit(f"error: {e}")
+  except OSError as e:
+    sys.exit(f"error: cannot write the report into {args.workdir}: {e.strerror or e}")
+  try:
     out = write_report(args.workdir)
   except FmnistError as e:
     sys.exit(f"error: {e}")
+  finally:
+    lock.release()
   print(f"report written to {out}/report.md")
 
 

@@ -87,8 +87,10 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
              options, lock)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       then=None) -> dict[str, float]:
   """Trains, evaluates after every epoch and at the end, checkpoints; returns the last eval.
+  `then()` runs once the run has finished, with the workdir still locked (the report).
 
   Raises ConfigError/ValueError/DataError on bad input before compiling anything,
   NonFiniteError on a NaN/inf step, and Preempted after saving when SIGTERM arrives.
@@ -98,6 +100,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state, step, extras, ckpt = _restore(run)
     if _finished(run, step):
       ckpt.close()
+      if then:
+        then()
       return {}
     loop = Loop(run, ckpt, step, extras.get("epoch_sums"))
     gc.collect()
@@ -108,6 +112,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       gc.unfreeze()
       loop.close()
     loop.finish(state, step)
+    if then:
+      then()
     return loop.last_eval
   except Exception as e:
     if is_disk_full(e) and not isinstance(e, DiskFullError):

@@ -42,7 +42,7 @@ REPORT = "report"
 # What a run writes: a directory holding anything else, and no config.json, is not a run's.
 RUN_FILES = (CONFIG_FILE, LOCK_FILE, RUN_INFO_FILE, METRICS_FILE, RESULT_FILE, CHECKPOINTS, REPORT,
              "checkpoints_damaged", "config.step*.json", "events.out.tfevents.*",
-             ".*.tmp")  # (write_atomically's temporary files, left by a kill)
+             ".*.tmp")  # (write_atomically's and the report's temporary files, left by a kill)
 
 
 def check(workdir: str) -> None:

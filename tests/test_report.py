@@ -3,8 +3,11 @@ import json
 import numpy as np
 import pytest
 
-from conftest import tiny_config
-from fmnist_jax import compare, evaluate, report, train
+import subprocess
+import sys
+
+from conftest import ROOT, tiny_config
+from fmnist_jax import compare, errors, evaluate, main, report, train, workdir as workdir_lib
 
 
 def test_classification_report_and_confusion_matrix_match_a_hand_computed_example():
@@ -127,3 +130,46 @@ def test_the_report_says_what_its_numbers_show(small_splits, tmp_path):
       in text
   counts = np.bincount(small_splits["train"][1], minlength=10)
   assert f"train: from {counts.min()} (" in text and "the classes are balanced" not in text
+
+
+def test_an_interrupted_report_leaves_the_previous_one_whole(trained_workdir, monkeypatch):
+  out = report.write_report(str(trained_workdir))
+  before = {p.name: p.read_bytes() for p in out.iterdir()}
+  train.train_and_evaluate(tiny_config(num_epochs=3, keep_checkpoints=1), str(trained_workdir))
+
+  def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(report, "plot_examples", interrupted)  # late in the report
+  with pytest.raises(KeyboardInterrupt):
+    report.write_report(str(trained_workdir))
+  assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # not a mix
+  monkeypatch.undo()
+  report.write_report(str(trained_workdir))  # the next one replaces the leftover
+  assert not (trained_workdir / ".report.tmp").exists()
+  assert (out / "report.md").exists()
+
+
+def test_the_report_is_written_while_the_run_holds_the_workdir(small_splits, tmp_path,
+                                                              monkeypatch):
+  """main writes the report before it releases the lock; the report command refuses a
+  workdir that a run holds."""
+  seen = []
+  write = report.write_report
+
+  def checking_write(workdir, *args, **kwargs):
+    with pytest.raises(errors.ConfigError, match="is in use by another run"):
+      workdir_lib.Lock(tmp_path / "run")
+    seen.append(workdir)
+    return write(workdir, *args, **kwargs)
+  monkeypatch.setattr(report, "write_report", checking_write)
+  main.train_and_report(tiny_config(num_train_steps=6, write_report=True), str(tmp_path / "run"))
+  assert seen and (tmp_path / "run" / "report" / "report.md").exists()
+  held = workdir_lib.Lock(tmp_path / "run")
+  try:
+    result = subprocess.run([sys.executable, "-m", "fmnist_jax.report", "--workdir",
+                             str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+  finally:
+    held.release()
+  assert result.returncode != 0 and "is in use by another run" in result.stderr
+  assert "Traceback" not in result.stderr
