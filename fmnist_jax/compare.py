@@ -104,6 +104,8 @@ def main(argv=None):
   parser.add_argument("workdirs", nargs="+")
   parser.add_argument("--out", default="runs/compare")
   args = parser.parse_args(argv)
+  from fmnist_jax import console
+  console.configure()
   try:
     compare(args.workdirs, args.out)
   except FmnistError as e:

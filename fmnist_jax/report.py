@@ -327,6 +327,8 @@ def main(argv=None):
   parser.add_argument("--workdir", required=True)
   args = parser.parse_args(argv)
   dataset.quiet_tensorflow()
+  from fmnist_jax import console
+  console.configure()
   try:
     workdir_lib.read_config(args.workdir)  # (not a run's workdir: that error first)
     lock = workdir_lib.Lock(pathlib.Path(args.workdir))  # not while a run trains or reports

@@ -448,9 +448,9 @@ def test_a_run_preempted_mid_epoch_writes_the_rows_of_an_uninterrupted_one(small
 
 _CUT_SHORT_WRITER = """
 import asyncio, sys
-from fmnist_jax import main
+from fmnist_jax import console
 if sys.argv[1] == "quiet":
-  main.quiet_cut_short_writers()
+  console.quiet_cut_short_writers()
 async def write():
   pass
 loop = asyncio.new_event_loop()

@@ -173,3 +173,9 @@ def test_the_report_is_written_while_the_run_holds_the_workdir(small_splits, tmp
     held.release()
   assert result.returncode != 0 and "is in use by another run" in result.stderr
   assert "Traceback" not in result.stderr
+  free = subprocess.run([sys.executable, "-m", "fmnist_jax.report", "--workdir",
+                         str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True,
+                        timeout=300)
+  assert free.returncode == 0, free.stderr[-3000:]
+  # Orbax's notes on normal use (checkpoints opened read-only) stay quiet, as in main.
+  assert "read only" not in free.stderr and "WARNING:absl" not in free.stderr, free.stderr
