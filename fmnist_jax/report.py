@@ -254,7 +254,7 @@ def _headline(workdir, config, rows, numbers) -> list[str]:
   result = workdir_lib.read_result(workdir) or {}
   last = numbers["checkpoints"]["last"]
   final, best = rows[-1], workdir_lib.best_by_val(rows)
-  command = _command(starts[0]["argv"]) if starts else "?"
+  command = _command(starts[0]["argv"]) if starts and starts[0].get("argv") else "?"
   lines = [
       ("command", f"`{command}`" + (f" ({len(starts)} starts)" if len(starts) > 1 else "")),
       ("model", f"CNN, conv {tuple(config.conv_features)}, dense {config.dense_features}, "

@@ -19,6 +19,7 @@ import fcntl
 import json
 import os
 import pathlib
+import re
 import socket
 import sys
 import time
@@ -52,6 +53,9 @@ def check(workdir: str) -> None:
     raise ConfigError("--workdir is empty: name a directory for the run (it is created if "
                       "missing), e.g. --workdir runs/default.")
   path = pathlib.Path(workdir).expanduser()
+  if (path / CHECKPOINTS).exists() and not (path / CHECKPOINTS).is_dir():
+    raise ConfigError(f"{path / CHECKPOINTS} is a file, where the run keeps its checkpoints: "
+                      "move it away, or pick another --workdir.")
   if not path.is_dir() or (path / CONFIG_FILE).exists():
     return
   foreign = sorted(p.name for p in path.iterdir()
@@ -166,7 +170,8 @@ def _read_config_text(path: pathlib.Path) -> str:
   """config.json's text, checked to be JSON: a ConfigError (nothing overwritten) if not."""
   try:
     text = path.read_text()
-    json.loads(text)
+    if not isinstance(json.loads(text), dict):
+      raise ValueError("not a JSON object of config fields")
     return text
   except ValueError as e:  # UnicodeDecodeError and JSONDecodeError both
     raise ConfigError(f"{path} is damaged ({type(e).__name__}: {str(e)[:100]}): restore it, "
@@ -185,8 +190,9 @@ def config_changes(workdir, config) -> dict[str, tuple]:
   """{field: (recorded, now)} for each top-level field that differs from the config this
   workdir recorded last (config.json, or the newest config.stepN.json); {} for a new run."""
   workdir = pathlib.Path(workdir)
-  recorded = sorted(workdir.glob("config.step*.json"),
-                    key=lambda p: int(p.stem.removeprefix("config.step") or 0))
+  recorded = sorted((p for p in workdir.glob("config.step*.json")
+                     if re.fullmatch(r"config\.step\d+\.json", p.name)),  # (not a stray copy)
+                    key=lambda p: int(p.stem.removeprefix("config.step")))
   path = recorded[-1] if recorded else workdir / CONFIG_FILE
   if not path.exists():
     return {}
@@ -228,10 +234,22 @@ def read_run_info(workdir) -> list[dict]:
 
 # --- metrics.jsonl and TensorBoard -----------------------------------------------------------
 
+METRICS_REQUIRED = ("step", "epoch", "train_loss", "train_accuracy", "test_loss",
+                    "test_accuracy")
+
+
 def read_metrics(workdir, required: bool = False) -> list[dict]:
   """The rows of WORKDIR/metrics.jsonl, one per evaluation ([] if none yet, or a ReportError
   when `required`)."""
-  rows = _read_jsonl(pathlib.Path(workdir) / METRICS_FILE)
+  path = pathlib.Path(workdir) / METRICS_FILE
+  rows = []
+  for row in _read_jsonl(path):
+    missing = [key for key in METRICS_REQUIRED if key not in row]
+    if missing:
+      logging.warning("%s: the row %.80s lacks %s and is skipped", path, json.dumps(row),
+                      ", ".join(missing))
+    else:
+      rows.append(row)
   if required and not rows:
     raise ReportError(f"{workdir} has no metrics.jsonl (or it is empty): the run recorded no "
                       "evaluation yet. Train at least one epoch first.")

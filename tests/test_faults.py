@@ -658,3 +658,34 @@ def test_a_finished_runs_missing_or_stale_result_is_rebuilt(small_splits, tmp_pa
   assert rebuilt["step"] == 24 and rebuilt["stop_reason"] == "completed" and rebuilt["rebuilt"]
   assert rebuilt["final"] == pytest.approx(expected["final"])
   assert rebuilt["best_by_val"] == expected["best_by_val"]
+
+
+@pytest.mark.parametrize("damage", ["config is a list", "run_info without argv",
+                                    "metrics row without train_accuracy",
+                                    "stray config copy", "checkpoints is a file"])
+def test_damaged_or_stray_run_files_get_one_line_not_a_traceback(small_splits, tmp_path,
+                                                                 damage):
+  """The run and the report on a workdir with a damaged or stray file: a one-line error
+  (FmnistError, which main and the report print as one line) or a warning, never another
+  exception."""
+  from fmnist_jax import report
+  train.train_and_evaluate(tiny_config(num_epochs=1), str(tmp_path))
+  if damage == "config is a list":
+    (tmp_path / "config.json").write_text("[1, 2]")
+  elif damage == "run_info without argv":
+    (tmp_path / "run_info.jsonl").write_text('{"time": "2026-12-01"}\n')
+  elif damage == "metrics row without train_accuracy":
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+      f.write('{"step": 30, "epoch": 2.5, "test_accuracy": 0.5}\n')
+  elif damage == "stray config copy":
+    (tmp_path / "config.step5 (copy).json").write_text("{}")
+  else:
+    import shutil
+    shutil.rmtree(tmp_path / "checkpoints")
+    (tmp_path / "checkpoints").write_text("not a folder")
+  for action in (lambda: train.train_and_evaluate(tiny_config(num_epochs=2), str(tmp_path)),
+                 lambda: report.write_report(str(tmp_path))):
+    try:
+      action()
+    except errors.FmnistError as e:
+      assert "\n" not in str(e).strip() or "Invalid config" in str(e), str(e)
