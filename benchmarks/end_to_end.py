@@ -61,6 +61,7 @@ def main(argv=None):
   if args.epochs < 1:
     parser.error("--epochs must be at least 1")
   from benchmarks import common
+  common.checked_json(parser, args.json)
   common.checked_overrides(parser, args.config, overrides)
   machine = common.machine()  # (the code that runs: recorded before it runs)
   with tempfile.TemporaryDirectory() as tmp:

@@ -303,6 +303,12 @@ def main(argv=None):
   if not args.prepare:
     parser.error("nothing to do: pass --prepare")
   quiet_tensorflow()
+  target = pathlib.Path(args.data_dir or default_data_dir(""))
+  existing = next(p for p in [target, *target.parents] if p.exists())
+  if not existing.is_dir() or not os.access(existing, os.W_OK):
+    raise SystemExit(f"error: cannot prepare fashion_mnist in {target}: {existing} is "
+                     f"{'not a folder' if not existing.is_dir() else 'not writable'}; pass a "
+                     "writable --data_dir.")
   try:
     data_dir = prepare(args.data_dir, args.idx_dir)
   except DataError as e:

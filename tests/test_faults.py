@@ -689,3 +689,48 @@ def test_damaged_or_stray_run_files_get_one_line_not_a_traceback(small_splits, t
       action()
     except errors.FmnistError as e:
       assert "\n" not in str(e).strip() or "Invalid config" in str(e), str(e)
+
+
+@pytest.mark.parametrize("case", ["compare: missing run", "compare: --out is a file",
+                                  "throughput: --json X.md", "throughput: --json DIR",
+                                  "throughput: --batch-sizes 0",
+                                  "throughput: damaged --config-json",
+                                  "dataset: --prepare into a file"])
+def test_tools_refuse_bad_arguments_in_one_line_before_they_work(tmp_path, case):
+  (tmp_path / "file").write_text("not a folder")
+  (tmp_path / "damaged.json").write_text('{"batch_size": ')
+  command, message = {
+      "compare: missing run": (["fmnist_jax.compare", str(tmp_path / "nope"), "--out",
+                                str(tmp_path / "out")], "no such run folder"),
+      "compare: --out is a file": (["fmnist_jax.compare", str(tmp_path), "--out",
+                                    str(tmp_path / "file")], "is a file"),
+      "throughput: --json X.md": (["benchmarks.throughput", "--json", str(tmp_path / "x.md")],
+                                  "name a .json file"),
+      "throughput: --json DIR": (["benchmarks.throughput", "--json", str(tmp_path)],
+                                 "name a .json file"),
+      "throughput: --batch-sizes 0": (["benchmarks.throughput", "--json",
+                                       str(tmp_path / "x.json"), "--batch-sizes", "0"],
+                                      "--batch-sizes must be positive"),
+      "throughput: damaged --config-json": (["benchmarks.throughput", "--json",
+                                             str(tmp_path / "x.json"), "--config-json",
+                                             str(tmp_path / "damaged.json")],
+                                            "cannot read the config"),
+      "dataset: --prepare into a file": (["fmnist_jax.dataset", "--prepare", "--data_dir",
+                                          str(tmp_path / "file" / "tfds")], "not a folder"),
+  }[case]
+  start = time.time()
+  result = subprocess.run([sys.executable, "-m", *command], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+  assert not (tmp_path / "x.json").exists() and time.time() - start < 60  # nothing measured
+
+
+def test_compare_leaves_out_a_damaged_reports_calibration(small_splits, tmp_path):
+  from fmnist_jax import compare
+  train.train_and_evaluate(tiny_config(num_train_steps=6), str(tmp_path / "run"))
+  (tmp_path / "run" / "report").mkdir()
+  (tmp_path / "run" / "report" / "metrics.json").write_text('{"checkpoints": ')
+  compare.compare([str(tmp_path / "run")], str(tmp_path / "out"))
+  summary = json.loads((tmp_path / "out" / "compare.json").read_text())
+  assert summary["run"]["last_checkpoint_test_ece"] is None
