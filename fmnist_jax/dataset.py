@@ -238,8 +238,8 @@ def prepare(data_dir: str = "", idx_dir: str = "",
             checksums: Mapping[str, str] | None = None) -> str:
   """Makes sure tfds has fashion_mnist in data_dir; returns the data_dir used."""
   data_dir = default_data_dir(data_dir)
-  with _hidden_gpus():
-    if is_prepared(data_dir):
+  with _hidden_gpus(), _preparing(data_dir):
+    if is_prepared(data_dir):  # (also when another process prepared it while this one waited)
       return data_dir
     local = find_idx_dir(idx_dir)
     if local is not None:
@@ -255,6 +255,20 @@ def prepare(data_dir: str = "", idx_dir: str = "",
           "Debian's dataset-fashion-mnist (`make data`), or set config.idx_dir / "
           "$FMNIST_IDX_DIR to a directory with the four IDX files.") from e
   return data_dir
+
+
+@contextlib.contextmanager
+def _preparing(data_dir: str):
+  """One process prepares a data_dir at a time (an flock on DATA_DIR/.fashion_mnist.lock):
+  two runs starting at once in an empty data_dir would otherwise build the same folders."""
+  import fcntl
+  os.makedirs(data_dir, exist_ok=True)
+  with open(os.path.join(data_dir, f".{DATASET_NAME}.lock"), "a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
