@@ -20,6 +20,7 @@ import contextlib
 import gzip
 import hashlib
 import importlib.util
+import io
 import os
 import pathlib
 import tempfile
@@ -218,15 +219,27 @@ def _check_idx_consistency(contents: Mapping[str, bytes], idx_dir) -> None:
 def build_from_idx(data_dir: str, idx_dir: pathlib.Path,
                    checksums: Mapping[str, str] | None = None) -> None:
   """Verifies local IDX files and prepares tfds' fashion_mnist from them in `data_dir`."""
+  import logging as std_logging
+  import tensorflow_datasets as tfds
+  from absl import logging
   contents = verify_idx_files(idx_dir, checksums)
   _check_idx_consistency(contents, idx_dir)
+  logging.info("building tfds' copy of fashion_mnist in %s from the IDX files in %s (once: "
+               "later runs load it)", data_dir, idx_dir)
+  tfds_logger, level = std_logging.getLogger("absl"), std_logging.getLogger("absl").level
   with tempfile.TemporaryDirectory(prefix="fmnist_idx_") as tmp:
     paths = {}
     for key, raw in contents.items():  # tfds' parser reads decompressed files.
       paths[key] = os.path.join(tmp, IDX_FILES[key])
       with open(paths[key], "wb") as f:
         f.write(raw)
-    _local_builder(data_dir, paths).download_and_prepare()
+    tfds.disable_progress_bar()  # (its bars and "Downloading and preparing": one line above)
+    tfds_logger.setLevel(std_logging.ERROR)
+    try:
+      with contextlib.redirect_stdout(io.StringIO()):  # (tfds prints its banner there)
+        _local_builder(data_dir, paths).download_and_prepare()
+    finally:
+      tfds_logger.setLevel(level)
 
 
 def is_prepared(data_dir: str) -> bool:
@@ -317,6 +330,8 @@ def main(argv=None):
   if not args.prepare:
     parser.error("nothing to do: pass --prepare")
   quiet_tensorflow()
+  from fmnist_jax import console
+  console.configure()
   target = pathlib.Path(args.data_dir or default_data_dir(""))
   existing = next(p for p in [target, *target.parents] if p.exists())
   if not existing.is_dir() or not os.access(existing, os.W_OK):

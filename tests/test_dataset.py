@@ -144,4 +144,6 @@ def test_two_processes_preparing_one_data_dir_at_once_both_succeed(synthetic_tfd
   for process, (out, err) in zip(processes, outputs):
     assert process.returncode == 0, err[-3000:]
     assert "fashion_mnist is prepared in" in out
+    # One line of the project's own while it builds: no tfds banner, bars or warnings.
+    assert "Downloading and preparing" not in out + err and "%|" not in out + err, err
   assert dataset.is_prepared(str(tmp_path / "tfds"))
