@@ -253,6 +253,11 @@ def prepare(data_dir: str = "", idx_dir: str = "",
   data_dir = default_data_dir(data_dir)
   with _hidden_gpus(), _preparing(data_dir):
     if is_prepared(data_dir):  # (also when another process prepared it while this one waited)
+      if idx_dir:  # what the user named is not read: say so
+        from absl import logging
+        logging.warning("idx_dir=%r is not used: tfds' copy of fashion_mnist in %s is "
+                        "already prepared (delete %s to rebuild it from the IDX files)", idx_dir,
+                        data_dir, os.path.join(data_dir, DATASET_NAME))
       return data_dir
     local = find_idx_dir(idx_dir)
     if local is not None:

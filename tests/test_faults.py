@@ -734,3 +734,13 @@ def test_compare_leaves_out_a_damaged_reports_calibration(small_splits, tmp_path
   compare.compare([str(tmp_path / "run")], str(tmp_path / "out"))
   summary = json.loads((tmp_path / "out" / "compare.json").read_text())
   assert summary["run"]["last_checkpoint_test_ece"] is None
+
+
+def test_an_explicit_idx_dir_that_is_not_read_is_said_so(synthetic_tfds, tmp_path, caplog):
+  """With tfds' copy already prepared, the IDX files are not read: a named idx_dir (here one
+  that does not exist) gets a line saying it was not used."""
+  caplog.set_level("WARNING")
+  train.train_and_evaluate(tiny_config(data_dir=synthetic_tfds["data_dir"],
+                                       idx_dir=str(tmp_path / "nonexistent"),
+                                       num_train_steps=2), str(tmp_path / "w"))
+  assert f"idx_dir='{tmp_path / 'nonexistent'}' is not used: tfds' copy" in caplog.text
