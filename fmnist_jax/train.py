@@ -1,10 +1,9 @@
 """The training loop: set up a run, restore it, train it, say how it ended.
 
-The host runs ahead of the device: between compiled calls it only dispatches. Host work that
-needs a device value is a task in `Deferred`, run once the loop has dispatched the call that
-reaches the task's step, so that the device has work queued while the host handles it: a
-progress line one call after its log point; an epoch's evaluation (dispatched behind its last
-call) LEAD_CALLS calls into the next epoch; a save once the next save point's calls are queued.
+The host runs ahead of the device. Host work that needs a device value is a task in
+`Deferred`, run once the loop has dispatched the call that reaches the task's step: a progress
+line one call after its log point; an epoch's evaluation (dispatched behind its last call)
+LEAD_CALLS calls into the next epoch; a save once the next save point's calls are queued.
 The compiled code lives in `steps` (what a step computes) and `parallel` (how it is compiled).
 """
 
@@ -91,30 +90,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        then=None) -> dict[str, float]:
   """Trains, evaluates after every epoch and at the end, checkpoints; returns the last eval.
   `then()` runs once the run has finished, with the workdir still locked (the report).
-
   Raises ConfigError/ValueError/DataError on bad input before compiling anything,
-  NonFiniteError on a NaN/inf step, and Preempted after saving when SIGTERM arrives.
-  """
+  NonFiniteError on a NaN/inf step, and Preempted after saving when SIGTERM arrives."""
   run = setup(config, workdir)
   try:
     state, step, extras, ckpt = _restore(run)
-    if _finished(run, step):
+    last_eval = {}
+    if workdir_lib.finished(run.workdir, run.config, step, run.total_steps, run.is_chief):
       ckpt.close()
-      if then:
-        then()
-      return {}
-    loop = Loop(run, ckpt, step, extras.get("epoch_sums"))
-    gc.collect()
-    gc.freeze()  # what lives for the whole run stays out of the collector's walks
-    try:
-      state, step = loop.train(state, step)
-    finally:
-      gc.unfreeze()
-      loop.close()
-    loop.finish(state, step)
+    else:
+      loop = Loop(run, ckpt, step, extras.get("epoch_sums"))
+      gc.collect()
+      gc.freeze()  # what lives for the whole run stays out of the collector's walks
+      try:
+        state, step = loop.train(state, step)
+      finally:
+        gc.unfreeze()
+        loop.close()
+      loop.finish(state, step)
+      last_eval = loop.last_eval
     if then:
       then()
-    return loop.last_eval
+    return last_eval
   except Exception as e:
     if is_disk_full(e) and not isinstance(e, DiskFullError):
       raise checkpointing.disk_full(run.workdir / workdir_lib.CHECKPOINTS, e) from None
@@ -146,25 +143,8 @@ def _restore(run: Run):
   return state, step, extras, ckpt
 
 
-def _finished(run: Run, step: int) -> bool:
-  """Whether the run restored at `step` has nothing left to train: it reached total_steps, or
-  the stop_at_accuracy it still asks for. Says so, and rebuilds a missing or stale result.json
-  (a kill after the last checkpoint) from the step's metrics row."""
-  target = workdir_lib.reached_target(run.workdir, run.config, step)
-  if step < run.total_steps and not target:
-    return False
-  logging.warning("already finished at step %d of %d%s: nothing to train (raise %s to train "
-                  "on, or use a new --workdir)", step, run.total_steps,
-                  " (stop_at_accuracy reached)" if target else "",
-                  "stop_at_accuracy" if target else "num_epochs or num_train_steps")
-  if run.is_chief and workdir_lib.rebuild_result(run.workdir, step, target):
-    logging.warning("result.json was missing or stale: rebuilt from metrics.jsonl")
-  return True
-
-
 class TargetReached(Exception):
   """An epoch's evaluation reached stop_at_accuracy: the run ends with that epoch's state."""
-
   def __init__(self, step: int, state):
     super().__init__(f"stop_at_accuracy reached at step {step}")
     self.step, self.state = step, state
@@ -173,7 +153,6 @@ class TargetReached(Exception):
 class Deferred:
   """Host work waiting on the device: (due step, task) pairs, each run in the order added
   once the loop has dispatched the call that reaches its step."""
-
   def __init__(self):
     self.tasks = []
 
@@ -185,9 +164,6 @@ class Deferred:
     while (due := next((t for t in self.tasks if t[0] <= step), None)) is not None:
       self.tasks.remove(due)
       due[1]()
-
-  def clear(self) -> None:
-    self.tasks.clear()
 
 
 def _crossed(step: int, num_steps: int, every: int) -> bool:
@@ -278,11 +254,11 @@ class Loop:
           raise Preempted(step, self.preemption.reason)
         sums = dict(self.zeros, nonfinite=sums["nonfinite"], diverged=sums["diverged"])
     except TargetReached as reached:
-      self.deferred.clear()  # (the next epoch's first calls: dropped)
+      self.deferred.tasks.clear()  # (the next epoch's first calls: dropped)
       self.saver.drop_after(reached.step)
       state, step, self.stop_reason = reached.state, reached.step, "target_reached"
     except BaseException:
-      self.deferred.clear()
+      self.deferred.tasks.clear()
       self.save(checked_only=True)  # the last evaluated epoch's row and checkpoint
       raise
     self.deferred.run()

@@ -337,6 +337,22 @@ def write_result(workdir, **result) -> None:
   write_atomically(workdir / RESULT_FILE, json.dumps(result, indent=1) + "\n")
 
 
+def finished(workdir, config, step: int, total_steps: int, chief: bool = True) -> bool:
+  """Whether a run restored at `step` has nothing left to train: it reached total_steps, or
+  the stop_at_accuracy it still asks for. Says so, and (on the chief process) rebuilds a
+  missing or stale result.json (a kill after the last checkpoint) from the step's row."""
+  target = reached_target(workdir, config, step)
+  if step < total_steps and not target:
+    return False
+  logging.warning("already finished at step %d of %d%s: nothing to train (raise %s to train "
+                  "on, or use a new --workdir)", step, total_steps,
+                  " (stop_at_accuracy reached)" if target else "",
+                  "stop_at_accuracy" if target else "num_epochs or num_train_steps")
+  if chief and rebuild_result(workdir, step, target):
+    logging.warning("result.json was missing or stale: rebuilt from metrics.jsonl")
+  return True
+
+
 def reached_target(workdir, config, step: int) -> bool:
   """Whether result.json says the run stopped at `step` on a stop_at_accuracy it still meets
   (a requeued job reruns the command of a run that already reached its target)."""
