@@ -114,7 +114,7 @@ def main(argv):
   initialize_distributed()
   import jax
   from fmnist_jax.errors import FmnistError
-  from fmnist_jax.preemption import Preempted
+  from fmnist_jax.preemption import ABORTED, Preempted
   logging.info("JAX process %d/%d, %d local devices: %s", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.local_devices())
   logging.info("compilation cache: %s",
@@ -125,8 +125,7 @@ def main(argv):
     logging.warning("%s", e)
     sys.exit(e.exit_code)
   except KeyboardInterrupt:
-    sys.exit("aborted (Ctrl-C): the checkpoints already written are intact; run the same "
-             "command again to resume from the latest.")
+    sys.exit(ABORTED.decode().strip())
   except (FmnistError, OSError) as e:
     sys.exit(f"error: {e}")
 

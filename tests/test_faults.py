@@ -744,3 +744,30 @@ def test_an_explicit_idx_dir_that_is_not_read_is_said_so(synthetic_tfds, tmp_pat
                                        idx_dir=str(tmp_path / "nonexistent"),
                                        num_train_steps=2), str(tmp_path / "w"))
   assert f"idx_dir='{tmp_path / 'nonexistent'}' is not used: tfds' copy" in caplog.text
+
+
+@pytest.mark.slow
+def test_ctrl_c_twice_while_the_first_program_compiles_ends_in_one_line(synthetic_tfds,
+                                                                        tmp_path):
+  """Two Ctrl-C 50 ms apart as the train program compiles (no compilation cache): the run
+  either saves (the two were taken for one) or aborts, in one line; never a crash."""
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  command = [sys.executable, "-m", "fmnist_jax.main", "--config", "configs/tiny.py",
+             "--workdir", str(tmp_path / "w"), f"--config.data_dir={synthetic_tfds['data_dir']}",
+             "--config.compilation_cache_dir=", "--config.num_epochs=50"]
+  process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, env=env)
+  lines = []
+  for line in process.stderr:
+    lines.append(line)
+    if "steps/epoch" in line:  # set up: the first program compiles next
+      break
+  time.sleep(0.3)
+  process.send_signal(signal.SIGINT)
+  time.sleep(0.05)
+  process.send_signal(signal.SIGINT)
+  stderr = "".join(lines) + process.communicate(timeout=300)[1]
+  assert process.returncode in (1, preemption.Preempted.exit_code), stderr[-3000:]
+  assert "Fatal Python error" not in stderr and "Traceback" not in stderr, stderr[-3000:]
+  last = stderr.strip().splitlines()[-1]
+  assert "aborted (Ctrl-C)" in last or "checkpoint saved at step" in last, last
