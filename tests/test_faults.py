@@ -695,7 +695,8 @@ def test_damaged_or_stray_run_files_get_one_line_not_a_traceback(small_splits, t
                                   "throughput: --json X.md", "throughput: --json DIR",
                                   "throughput: --batch-sizes 0",
                                   "throughput: damaged --config-json",
-                                  "dataset: --prepare into a file"])
+                                  "dataset: --prepare into a file",
+                                  "time_to_accuracy: a flag it does not have"])
 def test_tools_refuse_bad_arguments_in_one_line_before_they_work(tmp_path, case):
   (tmp_path / "file").write_text("not a folder")
   (tmp_path / "damaged.json").write_text('{"batch_size": ')
@@ -717,6 +718,10 @@ def test_tools_refuse_bad_arguments_in_one_line_before_they_work(tmp_path, case)
                                             "cannot read the config"),
       "dataset: --prepare into a file": (["fmnist_jax.dataset", "--prepare", "--data_dir",
                                           str(tmp_path / "file" / "tfds")], "not a folder"),
+      "time_to_accuracy: a flag it does not have": (
+          ["benchmarks.time_to_accuracy", "--config", "configs/tiny.py", "--json",
+           str(tmp_path / "x.json"), "--workdir", str(tmp_path / "out")],
+          "unrecognized arguments: --workdir"),
   }[case]
   start = time.time()
   result = subprocess.run([sys.executable, "-m", *command], cwd=ROOT, capture_output=True,
