@@ -121,3 +121,14 @@ def checked_overrides(parser, config: str, extra: list[str]) -> list[str]:
   except ConfigError as e:
     parser.error(str(e))
   return extra
+
+
+def checked_json(parser, path: str) -> str:
+  """--json checked before anything is measured: a .json file whose folder can be written."""
+  target = pathlib.Path(path)
+  if target.suffix != ".json" or target.is_dir():
+    parser.error(f"--json {path}: name a .json file for the results")
+  folder = next(p for p in [target.parent, *target.parent.parents] if p.exists())
+  if not folder.is_dir() or not os.access(folder, os.W_OK):
+    parser.error(f"--json {path}: {folder} cannot be written")
+  return path

@@ -61,6 +61,7 @@ def main(argv=None):
   if args.epochs < 1:
     parser.error("--epochs must be at least 1")
   from benchmarks import common
+  common.checked_json(parser, args.json)
   common.checked_overrides(parser, args.config, overrides)
   machine = common.machine()  # (the code that runs: recorded before it runs)
   with tempfile.TemporaryDirectory() as tmp:
@@ -81,7 +82,7 @@ def main(argv=None):
           f"{'2-' + str(args.epochs) if args.epochs > 1 else '1, less compile'}; evaluation "
           f"and checkpoints included) vs {micro_train['images_per_second']:,.0f} in the step "
           f"microbenchmark: {100 * ratio:.0f}%. Compile {result['compile_seconds']:.1f} s "
-          f"({result.get('compilations')} programs), {result.get('host_syncs_per_epoch', 0):.1f}"
+          f"({result.get('compilations')} programs), {result.get('host_syncs_per_epoch') or 0:.1f}"
           f" host syncs per epoch. {common.machine_line(report)}")
   common.write(args.json, report, line)
   return report

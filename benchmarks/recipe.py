@@ -35,6 +35,7 @@ def _parse_args(argv):
   parser.add_argument("--json", required=True)
   parser.add_argument("--name", help="label in the table (default: the config file's stem)")
   args, overrides = parser.parse_known_args(argv)
+  common.checked_json(parser, args.json)
   return args, common.checked_overrides(parser, args.config, overrides)
 
 

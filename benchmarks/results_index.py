@@ -18,7 +18,9 @@ INDEX = RESULTS / "README.md"
 
 
 def _pm(value, scale=1.0, digits=2) -> str:
-  return "–" if value is None else f"{value[0] * scale:.{digits}f} ± {value[1] * scale:.{digits}f}"
+  if value is None:
+    return "–"
+  return f"{value[0] * scale:.{digits}f} ± {value[1] * scale:.{digits}f}"
 
 
 def _throughput(d: dict) -> str:

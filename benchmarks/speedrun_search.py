@@ -106,6 +106,7 @@ def main(argv=None):
   parser.add_argument("--seeds", type=int, nargs="*", default=[],
                       help="more seeds for the chosen variant")
   args, overrides = parser.parse_known_args(argv)  # --config.field=value: to every run
+  common.checked_json(parser, args.json)
   common.checked_overrides(parser, args.config, overrides)
   variants = _variants(args.config)
   names = [n for n in variants if not args.only or n in args.only or (n or "base") in args.only]

@@ -54,6 +54,17 @@ def _parse_args(argv):
                       help="a smoke run in well under a minute: the first of each list, one "
                       "step per call, few images, one repeat")
   args = parser.parse_args(argv)
+  from benchmarks import common
+  common.checked_json(parser, args.json)
+  for name in ("batch_sizes", "steps_per_call", "microbatches"):
+    if any(value < 1 for value in getattr(args, name)):
+      parser.error(f"--{name.replace('_', '-')} must be positive integers")
+  if min(args.train_images, args.eval_images, args.repeats) < 1:
+    parser.error("--train-images, --eval-images and --repeats must be positive")
+  try:
+    load_config(args)
+  except (OSError, ValueError) as e:  # (a damaged --config-json; ConfigError is a ValueError)
+    parser.error(f"cannot read the config: {str(e).splitlines()[0][:200]}")
   if args.quick:
     for name in ("batch_sizes", "parallelism", "input_modes", "microbatches", "dtypes",
                  "conv_impls"):

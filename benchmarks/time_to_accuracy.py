@@ -75,6 +75,7 @@ def main(argv=None):
   parser.add_argument("--caches", nargs="+", choices=("cold", "warm"), default=["cold", "warm"])
   parser.add_argument("--json", required=True)
   args, overrides = parser.parse_known_args(argv)
+  common.checked_json(parser, args.json)
   common.checked_overrides(parser, args.config, overrides)
   report = {**common.machine(), "config": args.config, "overrides": overrides,
             "target": args.target, "seeds": args.seeds, "runs": [], "summary": {}}

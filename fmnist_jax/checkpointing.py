@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import pathlib
 import shutil
 import time
@@ -250,14 +251,28 @@ class Saver:
               always: bool = False) -> None:
     self.requests.append(_Request(step, state, sums, row, always))
 
-  def check_finite(self, step: int, sums) -> None:
+  def check_finite(self, step: int, sums, row: dict | None = None) -> None:
     """NonFiniteError if the run's non-finite counter (`sums`, host values) is not 0 by
-    `step`, unless such updates are skipped (then it counts them)."""
+    `step`, unless such updates are skipped (then it counts them); or if the model diverged
+    anyway: an update made the parameters NaN/inf (optax stopped skipping), or its evaluation
+    `row` holds a NaN/inf."""
+    steps = f"steps {self.finite_through + 1}-{step}"
     if int(sums["nonfinite"]) and not self.skip_nonfinite:
       raise NonFiniteError(
-          f"non-finite loss or gradient in steps {self.finite_through + 1}-{step}: the run "
-          "stopped without saving them, and the checkpoints already written are intact. Lower "
-          "learning_rate, or set --config.skip_nonfinite_updates=True to drop such updates.")
+          f"non-finite loss or gradient in {steps}: the run stopped without saving them, and "
+          "the checkpoints already written are intact. Lower learning_rate and run the same "
+          "command again (it resumes from the last checkpoint), or drop such updates with "
+          "--config.skip_nonfinite_updates=True in a new --workdir (it changes the optimizer "
+          "state).")
+    diverged = [key for key, value in (row or {}).items()
+                if isinstance(value, float) and not math.isfinite(value)]
+    if int(sums.get("diverged", 0)) or diverged:
+      raise NonFiniteError(
+          f"the model diverged in {steps} (" + (f"{', '.join(diverged)} NaN/inf" if diverged
+                                                 else "its parameters NaN/inf")
+          + "; skipped updates are applied after 5 in a row). The run stopped without saving "
+          "it; the checkpoints already written are intact. Lower learning_rate and run the "
+          "same command again.")
     self.finite_through = max(self.finite_through, step)
 
   def flush(self, checked_only: bool = False) -> None:

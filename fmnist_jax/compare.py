@@ -18,8 +18,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from absl import logging  # noqa: E402
+
 from fmnist_jax import workdir as workdir_lib  # noqa: E402
-from fmnist_jax.errors import FmnistError  # noqa: E402
+from fmnist_jax.errors import FmnistError, ReportError  # noqa: E402
 
 
 def summarize_run(rows: list[dict]) -> dict:
@@ -51,9 +53,14 @@ def labels(workdirs: list[str]) -> list[str]:
 
 def compare(workdirs: list[str], out: str) -> pathlib.Path:
   out_path = pathlib.Path(out)
-  out_path.mkdir(parents=True, exist_ok=True)
+  missing = [w for w in workdirs if not pathlib.Path(w).is_dir()]
+  if missing:
+    raise ReportError(f"{', '.join(missing)}: no such run folder (pass the --workdir of runs).")
+  if out_path.exists() and not out_path.is_dir():
+    raise ReportError(f"--out {out} is a file: pass a folder for compare.png, .md and .json.")
   runs = {name: workdir_lib.read_metrics(w, required=True)
           for name, w in zip(labels(workdirs), workdirs)}
+  out_path.mkdir(parents=True, exist_ok=True)  # (only once every run has been read)
   fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(12, 4.5))
   for i, (name, rows) in enumerate(runs.items()):
     epochs = [r["epoch"] for r in rows]
@@ -76,20 +83,23 @@ def compare(workdirs: list[str], out: str) -> pathlib.Path:
   summary = {name: summarize_run(rows) for name, rows in runs.items()}
   for name, w in zip(runs, workdirs):  # calibration, where the run's report measured it
     report = pathlib.Path(w) / workdir_lib.REPORT / "metrics.json"
-    if report.exists():
-      last = json.loads(report.read_text())["checkpoints"]["last"]
-      summary[name]["last_checkpoint_test_ece"] = last.get("calibration", {}).get("ece")
+    try:
+      last = json.loads(report.read_text())["checkpoints"]["last"] if report.exists() else {}
+    except (ValueError, KeyError, TypeError):
+      logging.warning("%s is damaged: its calibration is left out", report)
+      last = {}
+    summary[name]["last_checkpoint_test_ece"] = last.get("calibration", {}).get("ece")
   (out_path / "compare.json").write_text(json.dumps(summary, indent=2))
   lines = ["| run | epochs | final test acc | test acc at best val (epoch) | final test loss | "
            "lowest test loss (epoch) | final train acc | train − test gap | test ECE |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
   for name, s in summary.items():
     lines.append(
-        f"| {name} | {s['epochs']:g} | {100 * s['final_test_accuracy']:.2f}% | "
-        + (f"{100 * s['test_accuracy_at_best_val']:.2f}% ({s['best_val_epoch']:g}) | "
+        f"| {name} | {s['epochs']:.2f} | {100 * s['final_test_accuracy']:.2f}% | "
+        + (f"{100 * s['test_accuracy_at_best_val']:.2f}% ({s['best_val_epoch']:.2f}) | "
            if s["test_accuracy_at_best_val"] is not None else "no validation split | ")
         + f"{s['final_test_loss']:.4f} | "
-        f"{s['lowest_test_loss']:.4f} ({s['lowest_test_loss_epoch']:g}) | "
+        f"{s['lowest_test_loss']:.4f} ({s['lowest_test_loss_epoch']:.2f}) | "
         f"{100 * s['final_train_accuracy']:.2f}% | {100 * s['train_test_gap']:.2f} pts | "
         + (f"{100 * s['last_checkpoint_test_ece']:.2f}% |"
            if s.get("last_checkpoint_test_ece") is not None else "– |"))
@@ -104,6 +114,8 @@ def main(argv=None):
   parser.add_argument("workdirs", nargs="+")
   parser.add_argument("--out", default="runs/compare")
   args = parser.parse_args(argv)
+  from fmnist_jax import console
+  console.configure()
   try:
     compare(args.workdirs, args.out)
   except FmnistError as e:

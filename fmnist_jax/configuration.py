@@ -81,8 +81,9 @@ def _check_values(config, check) -> None:
         "test_accuracy.")
   profile = config.profile_steps
   check(isinstance(profile, (tuple, list)) and len(profile) == 2
-        and all(_is_int(s) and s >= 0 for s in profile) and profile[0] <= profile[1],
-        f"profile_steps={profile!r} must be (first, last) train steps with 0 <= first <= last, "
+        and all(_is_int(s) and s >= 0 for s in profile)
+        and (tuple(profile) == (0, 0) or profile[0] < profile[1]),
+        f"profile_steps={profile!r} must be (first, last) train steps with 0 <= first < last, "
         "e.g. (1000, 1500); (0, 0) turns the trace off.")
   check(config.augment_translate <= 8,
         f"augment_translate={config.augment_translate!r}: shifts of more than 8 of 28 pixels "

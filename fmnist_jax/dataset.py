@@ -20,6 +20,7 @@ import contextlib
 import gzip
 import hashlib
 import importlib.util
+import io
 import os
 import pathlib
 import tempfile
@@ -218,15 +219,27 @@ def _check_idx_consistency(contents: Mapping[str, bytes], idx_dir) -> None:
 def build_from_idx(data_dir: str, idx_dir: pathlib.Path,
                    checksums: Mapping[str, str] | None = None) -> None:
   """Verifies local IDX files and prepares tfds' fashion_mnist from them in `data_dir`."""
+  import logging as std_logging
+  import tensorflow_datasets as tfds
+  from absl import logging
   contents = verify_idx_files(idx_dir, checksums)
   _check_idx_consistency(contents, idx_dir)
+  logging.info("building tfds' copy of fashion_mnist in %s from the IDX files in %s (once: "
+               "later runs load it)", data_dir, idx_dir)
+  tfds_logger, level = std_logging.getLogger("absl"), std_logging.getLogger("absl").level
   with tempfile.TemporaryDirectory(prefix="fmnist_idx_") as tmp:
     paths = {}
     for key, raw in contents.items():  # tfds' parser reads decompressed files.
       paths[key] = os.path.join(tmp, IDX_FILES[key])
       with open(paths[key], "wb") as f:
         f.write(raw)
-    _local_builder(data_dir, paths).download_and_prepare()
+    tfds.disable_progress_bar()  # (its bars and "Downloading and preparing": one line above)
+    tfds_logger.setLevel(std_logging.ERROR)
+    try:
+      with contextlib.redirect_stdout(io.StringIO()):  # (tfds prints its banner there)
+        _local_builder(data_dir, paths).download_and_prepare()
+    finally:
+      tfds_logger.setLevel(level)
 
 
 def is_prepared(data_dir: str) -> bool:
@@ -238,8 +251,13 @@ def prepare(data_dir: str = "", idx_dir: str = "",
             checksums: Mapping[str, str] | None = None) -> str:
   """Makes sure tfds has fashion_mnist in data_dir; returns the data_dir used."""
   data_dir = default_data_dir(data_dir)
-  with _hidden_gpus():
-    if is_prepared(data_dir):
+  with _hidden_gpus(), _preparing(data_dir):
+    if is_prepared(data_dir):  # (also when another process prepared it while this one waited)
+      if idx_dir:  # what the user named is not read: say so
+        from absl import logging
+        logging.warning("idx_dir=%r is not used: tfds' copy of fashion_mnist in %s is "
+                        "already prepared (delete %s to rebuild it from the IDX files)", idx_dir,
+                        data_dir, os.path.join(data_dir, DATASET_NAME))
       return data_dir
     local = find_idx_dir(idx_dir)
     if local is not None:
@@ -255,6 +273,20 @@ def prepare(data_dir: str = "", idx_dir: str = "",
           "Debian's dataset-fashion-mnist (`make data`), or set config.idx_dir / "
           "$FMNIST_IDX_DIR to a directory with the four IDX files.") from e
   return data_dir
+
+
+@contextlib.contextmanager
+def _preparing(data_dir: str):
+  """One process prepares a data_dir at a time (an flock on DATA_DIR/.fashion_mnist.lock):
+  two runs starting at once in an empty data_dir would otherwise build the same folders."""
+  import fcntl
+  os.makedirs(data_dir, exist_ok=True)
+  with open(os.path.join(data_dir, f".{DATASET_NAME}.lock"), "a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
@@ -303,6 +335,14 @@ def main(argv=None):
   if not args.prepare:
     parser.error("nothing to do: pass --prepare")
   quiet_tensorflow()
+  from fmnist_jax import console
+  console.configure()
+  target = pathlib.Path(args.data_dir or default_data_dir(""))
+  existing = next(p for p in [target, *target.parents] if p.exists())
+  if not existing.is_dir() or not os.access(existing, os.W_OK):
+    raise SystemExit(f"error: cannot prepare fashion_mnist in {target}: {existing} is "
+                     f"{'not a folder' if not existing.is_dir() else 'not writable'}; pass a "
+                     "writable --data_dir.")
   try:
     data_dir = prepare(args.data_dir, args.idx_dir)
   except DataError as e:

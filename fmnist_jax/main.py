@@ -7,15 +7,13 @@ Open MPI). Override config fields with `--config.batch_size=512`.
 Trains (fmnist_jax.train), then writes the report (fmnist_jax.report) into WORKDIR/report/.
 """
 
-import logging as std_logging
 import os
 import sys
-import warnings
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fmnist_jax import dataset
+from fmnist_jax import console, dataset
 
 dataset.quiet_tensorflow()  # before TensorFlow is imported
 
@@ -46,6 +44,7 @@ def define_flags(values: flags.FlagValues = FLAGS, sys_argv=None) -> None:
 
 
 define_flags()
+_FLAG_NAMES = frozenset(FLAGS) | {"help", "helpshort", "helpfull", "helpxml"}
 
 
 def initialize_distributed():
@@ -60,86 +59,22 @@ def initialize_distributed():
     jax.distributed.initialize()
 
 
-class _QuietLibraries(std_logging.Filter):
-  """The console shows the project's lines; of the libraries' (Orbax logs every save step,
-  tfds every split it opens, JAX the backends it did not find), their warnings and errors only,
-  less those that describe normal use (a periodic save without metrics, a report opening
-  checkpoints read-only). --verbose shows everything."""
-  BENIGN = ("Requested `tracked_metric`", "Given directory is read only",
-            "setting save_interval_steps=0")
-
-  # A full disk: the run stops with one line of its own (errors.DiskFullError), not Orbax's
-  # tracebacks from each of its writer threads.
-  DISK_FULL = "No space left on device"
-
-  OURS = (f"{os.sep}fmnist_jax{os.sep}", f"{os.sep}benchmarks{os.sep}")
-
-  def __init__(self, verbose: bool = False):
-    super().__init__()
-    self.verbose = verbose
-
-  def filter(self, record):
-    if self.verbose or _is_ours(record):
-      return True
-    message = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
-    return record.levelno >= std_logging.WARNING and self.DISK_FULL not in message and not any(
-        text in message for text in self.BENIGN)
-
-
-def _is_ours(record) -> bool:
-  return any(part in record.pathname for part in _QuietLibraries.OURS)
-
-
-class _ConsoleFormat(std_logging.Formatter):
-  """The project's lines as `HH:MM:SS message` (warnings and errors say so); the libraries'
-  keep absl's prefix, which names their file."""
-
-  def __init__(self, absl_format: std_logging.Formatter):
-    super().__init__()
-    self.absl_format = absl_format
-
-  def format(self, record):
-    if not _is_ours(record):
-      return self.absl_format.format(record)
-    level = "" if record.levelno < std_logging.WARNING else f"{record.levelname.lower()}: "
-    return f"{self.formatTime(record, '%H:%M:%S')} {level}{record.getMessage()}"
-
-
-def configure_console(verbose: bool) -> None:
-  """absl's handler: the libraries' INFO lines hidden unless `verbose`; the project's lines
-  without absl's file:line prefix."""
-  handler = logging.get_absl_handler()
-  handler.addFilter(_QuietLibraries(verbose))
-  handler.setFormatter(_ConsoleFormat(handler.formatter or logging.PythonFormatter()))
-
-
-def _quiet_unraisable(unraisable) -> None:
-  """Orbax's writer threads, cut short by a full disk, leave callbacks for an event loop that
-  is gone; Python would print each as a traceback. The run's own error line says what
-  happened: those are dropped, anything else is printed as usual."""
-  if not (isinstance(unraisable.exc_value, RuntimeError)
-          and "Event loop is closed" in str(unraisable.exc_value)):
-    sys.__unraisablehook__(unraisable)
-
-
-def quiet_cut_short_writers() -> None:
-  """What Orbax's writer threads leave when a full disk cuts them short, dropped so that the
-  run's own error line stays its last: "Event loop is closed" tracebacks, and the coroutines
-  that were handed to that closed loop, which Python reports as "never awaited" whenever they
-  are collected (at exit, after the error line). The project itself has no coroutines."""
-  sys.unraisablehook = _quiet_unraisable
-  warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited",
-                          category=RuntimeWarning)
-
-
-def configure_compilation_cache(cache_dir: str) -> str | None:
+def configure_compilation_cache(cache_dir: str) -> str:
   """JAX's persistent compilation cache, so that a repeated or resumed run skips XLA's
   compilation: $JAX_COMPILATION_CACHE_DIR if set, else config.compilation_cache_dir ("" turns
-  it off). Every program is cached, however fast it compiled. Returns the directory used."""
+  it off). Every program is cached, however fast it compiled. Returns what the console says:
+  the folder used, or "off" and why."""
   import jax
   cache_dir = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.expanduser(cache_dir)
   if not cache_dir:
-    return None
+    return "off"
+  try:
+    os.makedirs(cache_dir, exist_ok=True)
+    usable = os.access(cache_dir, os.W_OK | os.X_OK)
+  except OSError:
+    usable = False
+  if not usable:
+    return f"off ({cache_dir} is not a writable folder)"
   jax.config.update("jax_compilation_cache_dir", cache_dir)
   # Every program, not only those that took over a second (jax's default): a short run's
   # many small programs add up.
@@ -153,39 +88,44 @@ def train_and_report(config, workdir: str) -> None:
   report is one command away)."""
   import jax
   from fmnist_jax import train
-  train.train_and_evaluate(config, workdir)
-  if not config.write_report or jax.process_index() != 0:
-    return
-  if jax.process_count() > 1:
+  from fmnist_jax.errors import ReportError
+
+  def report() -> None:  # (run while the run still holds the workdir's lock)
+    from fmnist_jax import report  # matplotlib and scikit-learn only when needed
+    try:
+      logging.info("report written to %s", report.write_report(workdir))
+    except KeyboardInterrupt:
+      raise ReportError(
+          "interrupted (Ctrl-C) while writing the report: the training is complete and saved, "
+          f"and the previous report (if any) is intact; write it with `python -m "
+          f"fmnist_jax.report --workdir {workdir}`.") from None
+  chief = jax.process_index() == 0 and config.write_report
+  train.train_and_evaluate(config, workdir,
+                           then=report if chief and jax.process_count() == 1 else None)
+  if chief and jax.process_count() > 1:
     logging.info("multi-process run: write the report with "
                  "`python -m fmnist_jax.report --workdir %s`", workdir)
-    return
-  from fmnist_jax import report  # matplotlib and scikit-learn only when needed
-  logging.info("report written to %s", report.write_report(workdir))
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  configure_console(FLAGS.verbose)
-  if not FLAGS.verbose:
-    quiet_cut_short_writers()
+  console.configure(FLAGS.verbose)
   initialize_distributed()
   import jax
   from fmnist_jax.errors import FmnistError
-  from fmnist_jax.preemption import Preempted
+  from fmnist_jax.preemption import ABORTED, Preempted
   logging.info("JAX process %d/%d, %d local devices: %s", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.local_devices())
-  cache = configure_compilation_cache(FLAGS.config.get("compilation_cache_dir", ""))
-  logging.info("compilation cache: %s", cache or "off")
+  logging.info("compilation cache: %s",
+               configure_compilation_cache(FLAGS.config.get("compilation_cache_dir", "")))
   try:
     train_and_report(FLAGS.config, FLAGS.workdir)
   except Preempted as e:
     logging.warning("%s", e)
     sys.exit(e.exit_code)
   except KeyboardInterrupt:
-    sys.exit("aborted (Ctrl-C): the checkpoints already written are intact; run the same "
-             "command again to resume from the latest.")
+    sys.exit(ABORTED.decode().strip())
   except (FmnistError, OSError) as e:
     sys.exit(f"error: {e}")
 
@@ -220,9 +160,14 @@ def check_command_line(argv) -> str | None:
               "configs/speedrun.py, configs/no_dropout.py, configs/wide.py and "
               "configs/tiny.py.")
     try:
-      config_file.load_with_overrides(value, overrides)
+      config = config_file.load_with_overrides(value, overrides)
     except ConfigError as e:
       return f"error: {e}"
+    for arg in argv:  # a config field given as a flag of its own
+      name = arg[2:].split("=", 1)[0] if arg.startswith("--") else ""
+      if name in config and name not in _FLAG_NAMES:
+        return (f"error: {arg.split('=', 1)[0]} is not a flag of fmnist_jax.main but a field of "
+                f"the config: write --config.{arg[2:]}")
   return None
 
 

@@ -3,6 +3,7 @@ on several processes) at the same step on every process, after saving."""
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 
@@ -20,6 +21,18 @@ class Preempted(Exception):
     super().__init__(f"{what} ({reason}): checkpoint saved at step {step}; run the same "
                      "command again to resume")
     self.step = step
+
+
+ABORTED = (b"aborted (Ctrl-C): the checkpoints already written are intact; run the same "
+           b"command again to resume from the latest.\n")
+
+
+def _abort(signum, frame):
+  """A second Ctrl-C: out at once, without unwinding through XLA's compiler or Orbax's
+  writers (which crash or print tracebacks when interrupted). A save cut short is never taken
+  for a checkpoint, so what was written stays intact."""
+  os.write(2, ABORTED)
+  os._exit(1)
 
 
 class PreemptionWatch:
@@ -41,7 +54,7 @@ class PreemptionWatch:
   def _on_signal(self, signum, frame):
     if signum == signal.SIGINT:
       self.reason = "Ctrl-C"
-      signal.signal(signal.SIGINT, signal.default_int_handler)  # a second one aborts
+      signal.signal(signal.SIGINT, _abort)  # a second one aborts
       logging.warning("Ctrl-C: saving a checkpoint after the current step (Ctrl-C again to "
                       "abort at once; the checkpoints already written stay intact)")
     else:

@@ -26,6 +26,19 @@ import time
 import jax
 from absl import logging
 
+from fmnist_jax.errors import ConfigError
+
+
+def check_window(steps: tuple[int, int], total_steps: int, lock=None) -> None:
+  """A ConfigError (releasing `lock`) for a window that starts after the run's last step."""
+  first, last = (int(s) for s in steps)
+  if last and first >= total_steps:
+    if lock:
+      lock.release()
+    raise ConfigError(f"profile_steps=({first}, {last}) traces nothing: the run ends at step "
+                      f"{total_steps}. Pick a window inside it, e.g. ({total_steps // 4}, "
+                      f"{total_steps // 2}), or (0, 0) for none.")
+
 
 class StepProfiler:
   """Traces the train steps from `first` to `last` on this process ((0, 0): nothing)."""
@@ -47,6 +60,7 @@ class StepProfiler:
     if self.done or step < self.first:
       return
     if self.tracing:
+      self.traced = (self.traced[0], step)
       if step >= self.last:
         self.stop(outputs)
     elif step >= self.last:
@@ -58,7 +72,7 @@ class StepProfiler:
       with self.paused():
         jax.profiler.start_trace(str(self.workdir), create_perfetto_trace=True,
                                  profiler_options=options)
-      self.tracing = True
+      self.tracing, self.traced = True, (step, step)
       self.seconds += time.perf_counter() - start
 
   def stop(self, outputs=None) -> None:
@@ -72,5 +86,5 @@ class StepProfiler:
       jax.profiler.stop_trace()
     self.seconds += time.perf_counter() - start
     logging.info("profile of the train steps %d-%d written to %s/plugins/profile/ in %.1f s "
-                 "(python -m fmnist_jax.trace_gaps %s: where the device waited)", self.first,
-                 self.last, self.workdir, self.seconds, self.workdir)
+                 "(python -m fmnist_jax.trace_gaps %s: where the device waited)",
+                 self.traced[0] + 1, self.traced[1], self.workdir, self.seconds, self.workdir)

@@ -38,6 +38,13 @@ class CompileTimer:
     jax.monitoring.unregister_event_duration_listener(self._listen)
 
 
+def format_flops(flops_per_second: float) -> str:
+  for unit, scale in (("TFLOP/s", 1e12), ("GFLOP/s", 1e9)):
+    if flops_per_second >= scale:
+      return f"{flops_per_second / scale:.2f} {unit}"
+  return f"{flops_per_second / 1e6:.2f} MFLOP/s"
+
+
 def format_seconds(seconds: float) -> str:
   seconds = int(seconds)
   return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else \
@@ -112,10 +119,12 @@ class Progress:
     eta = (self.total_steps - step) / max(pace, 1e-9)
     flops = images_per_second * self.flops_per_image
     peak = f" ({100 * flops / self.peak_flops:.1f}% of peak)" if self.peak_flops else ""
-    if self.show:
-      logging.info("step %d/%d epoch %d | train loss %.4f acc %.4f | %s img/s | ETA %s | "
-                   "%.2f TFLOP/s%s", step, self.total_steps, epoch + 1, loss, accuracy,
-                   f"{images_per_second:,.0f}", format_seconds(eta), flops / 1e12, peak)
+    if self.show:  # (no ETA on the last line: nothing is left)
+      logging.info("step %d/%d epoch %d | train loss %.4f acc %.4f | %s img/s | %s%s%s",
+                   step, self.total_steps, epoch + 1, loss, accuracy,
+                   f"{images_per_second:,.0f}",
+                   f"ETA {format_seconds(eta)} | " if step < self.total_steps else "",
+                   format_flops(flops), peak)
     return {"train_loss": loss, "train_accuracy": accuracy,
             "images_per_second": images_per_second}
 
@@ -124,8 +133,8 @@ class Progress:
     if self.ready:
       return
     self.ready = True
-    logging.info("train program ready: %.1f s compiling so far (%d XLA compilations; none "
-                 "when the compilation cache had it); left out of img/s and ETA",
+    logging.info("train program ready: %.1f s of compiling, left out of img/s and the ETA "
+                 "(%d programs compiled by XLA; the others came from the compilation cache)",
                  self.compile.seconds, self.compile.compilations)
 
   def evaluation_line(self, step: int, scalars: dict) -> None:
@@ -135,10 +144,11 @@ class Progress:
 
   def record(self, step: int, steps_per_epoch: int) -> dict:
     """What result.json says of the run's time."""
-    epochs = max(step - self.start_step, 1) / steps_per_epoch
+    epochs = (step - self.start_step) / steps_per_epoch
     return {"train_seconds": self.elapsed(), "compile_seconds": self.compile.seconds,
             "compilations": self.compile.compilations, "traced": dict(self.compile.traced),
-            "host_syncs": self.host_syncs, "host_syncs_per_epoch": self.host_syncs / epochs,
+            "host_syncs": self.host_syncs,  # (per epoch: only where a whole one was trained)
+            "host_syncs_per_epoch": self.host_syncs / epochs if epochs >= 1 else None,
             "host_seconds": dict(self.host_seconds)}
 
   def summary(self, stop_reason: str, step: int, final: dict, workdir) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 import sys
 
 import matplotlib
@@ -75,6 +76,7 @@ def plot_curves(rows: list[dict], path: pathlib.Path, title: str = "Training cur
   ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
   ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
   for ax in (ax_acc, ax_loss):
+    ax.set_xlim(0, max(1.0, epochs[-1]) * 1.05)  # (a single evaluation: still an epoch axis)
     ax.grid(alpha=0.3)
     ax.legend()
   fig.suptitle(title + " (train: running average over each epoch, in training mode)")
@@ -154,12 +156,15 @@ def _class_table(report: dict) -> list[str]:
 # --- the report -------------------------------------------------------------------------------
 
 def write_report(workdir: str, splits: dict | None = None) -> pathlib.Path:
-  """Writes WORKDIR/report/; returns its path. `splits` (name -> arrays) saves a reload."""
+  """Writes WORKDIR/report/ as a whole: into WORKDIR/.report.tmp/, swapped in at the end, so
+  that an interrupted report leaves the previous one (or none), never a mix. Returns its
+  path. `splits` (name -> arrays) saves a reload."""
   workdir = pathlib.Path(workdir)
   config = workdir_lib.read_config(workdir)
   rows = workdir_lib.read_metrics(workdir, required=True)
-  out = workdir / workdir_lib.REPORT
-  out.mkdir(exist_ok=True)
+  out = workdir / f".{workdir_lib.REPORT}.tmp"
+  shutil.rmtree(out, ignore_errors=True)  # (an interrupted report's)
+  out.mkdir()
   if splits is None:
     splits = input_pipeline.load_splits(config)
   figures = {
@@ -174,12 +179,23 @@ def write_report(workdir: str, splits: dict | None = None) -> pathlib.Path:
   if evaluate.best_checkpoint(workdir) is None:
     checkpoints = ["last"]  # no validation split: the last checkpoint, and the report says so
   numbers = {"workdir": str(workdir), "final_metrics": rows[-1],
+             "class_balance": _class_balance(splits),
              "checkpoints": _evaluate_checkpoints(workdir, config, checkpoints, splits["test"],
                                                   figures, out)}
-  workdir_lib.write_atomically(out / "metrics.json", json.dumps(numbers, indent=2))
-  workdir_lib.write_atomically(out / "report.md",
-                               "\n".join(_markdown(workdir, config, rows, numbers, figures)))
-  return out
+  (out / "metrics.json").write_text(json.dumps(numbers, indent=2))
+  (out / "report.md").write_text("\n".join(_markdown(workdir, config, rows, numbers, figures)))
+  return _swap_in(out, workdir / workdir_lib.REPORT)
+
+
+def _swap_in(new: pathlib.Path, final: pathlib.Path) -> pathlib.Path:
+  """`new` becomes `final`; the old one is removed only once the new one is in place."""
+  old = final.with_name(f".{final.name}.old.tmp")
+  shutil.rmtree(old, ignore_errors=True)
+  if final.exists():
+    final.rename(old)
+  new.rename(final)
+  shutil.rmtree(old, ignore_errors=True)
+  return final
 
 
 def _evaluate_checkpoints(workdir, config, checkpoints, test, figures, out) -> dict:
@@ -213,13 +229,32 @@ def _evaluate_checkpoints(workdir, config, checkpoints, test, figures, out) -> d
   return numbers
 
 
+def _command(argv: list[str]) -> str:
+  """The command line of a start, as it can be pasted again."""
+  import shlex
+  program = ("python -m fmnist_jax.main" if argv[0].endswith(("fmnist_jax/main.py", "-m"))
+             else shlex.quote(argv[0]))
+  return " ".join([program, *map(shlex.quote, argv[1:])])
+
+
+def _class_balance(splits: dict) -> str:
+  """What the class counts of each split show."""
+  parts = []
+  for name, (_, labels) in splits.items():
+    counts = np.bincount(labels, minlength=len(CLASS_NAMES))
+    parts.append(f"{name}: {counts[0]:,} images in every class" if counts.min() == counts.max()
+                 else f"{name}: from {counts.min():,} ({CLASS_NAMES[counts.argmin()]}) to "
+                 f"{counts.max():,} ({CLASS_NAMES[counts.argmax()]}) images per class")
+  return "; ".join(parts)
+
+
 def _headline(workdir, config, rows, numbers) -> list[str]:
   """The run at a glance: what was trained, how, where, how long, and how well."""
   starts = workdir_lib.read_run_info(workdir)
   result = workdir_lib.read_result(workdir) or {}
   last = numbers["checkpoints"]["last"]
   final, best = rows[-1], workdir_lib.best_by_val(rows)
-  command = " ".join(starts[0]["argv"][1:]) if starts else "?"
+  command = _command(starts[0]["argv"]) if starts and starts[0].get("argv") else "?"
   lines = [
       ("command", f"`{command}`" + (f" ({len(starts)} starts)" if len(starts) > 1 else "")),
       ("model", f"CNN, conv {tuple(config.conv_features)}, dense {config.dense_features}, "
@@ -247,11 +282,12 @@ def _markdown(workdir, config, rows, numbers, figures) -> list[str]:
   steps = [numbers["checkpoints"][w]["step"] for w in checkpoints]
   sections = checkpoints if len(set(steps)) == len(steps) else checkpoints[-1:]
   md = [f"# Report: `{workdir}`", ""] + _headline(workdir, config, rows, numbers) + [
-        f"{len(rows)} evaluations; final step {rows[-1]['step']}, epoch {rows[-1]['epoch']:.2f}. "
+        f"{len(rows)} evaluation{'s' if len(rows) != 1 else ''}; final step {rows[-1]['step']}, "
+        f"epoch {rows[-1]['epoch']:.2f}. "
         "All numbers are in `metrics.json`.", "",
         "## Data", "",
         f"![class distribution]({figures['class_distribution']})", "",
-        "Class distribution of each split: the classes are balanced.", "",
+        f"Class distribution of each split: {numbers['class_balance']}.", "",
         f"![train samples]({figures['samples_train']})", "",
         "Training images, one row per class.", "",
         f"![test samples]({figures['samples_test']})", "", "Test images, one row per class.", "",
@@ -291,10 +327,21 @@ def main(argv=None):
   parser.add_argument("--workdir", required=True)
   args = parser.parse_args(argv)
   dataset.quiet_tensorflow()
+  from fmnist_jax import console
+  console.configure()
+  try:
+    workdir_lib.read_config(args.workdir)  # (not a run's workdir: that error first)
+    lock = workdir_lib.Lock(pathlib.Path(args.workdir))  # not while a run trains or reports
+  except FmnistError as e:
+    sys.exit(f"error: {e}")
+  except OSError as e:
+    sys.exit(f"error: cannot write the report into {args.workdir}: {e.strerror or e}")
   try:
     out = write_report(args.workdir)
   except FmnistError as e:
     sys.exit(f"error: {e}")
+  finally:
+    lock.release()
   print(f"report written to {out}/report.md")
 
 

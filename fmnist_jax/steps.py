@@ -4,7 +4,8 @@ Plain functions of arrays, compiled by `parallel.Parallelism` for jit or pmap. T
 imports jax, flax, optax and the model only: no file I/O, no checkpointing, no TensorFlow.
 
 Metrics are sums, never means, so that they add up across steps, calls and devices:
-{'loss': summed loss, 'correct', 'count', 'nonfinite'}.
+{'loss': summed loss, 'correct', 'count', 'nonfinite' (steps with a NaN/inf loss or gradient),
+'diverged' (steps after which a parameter is NaN/inf)}.
 """
 
 from __future__ import annotations
@@ -116,7 +117,8 @@ def train_step(state, batch, *, axis_name=None, options=StepOptions()):
     grads = jax.lax.pmean(grads, axis_name)
   # A step with a NaN/inf loss or gradient is counted apart (the loop stops on it, or, with
   # skip_nonfinite_updates, optax.apply_if_finite drops its update) and left out of the means.
-  finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+  # Elementwise, as apply_if_finite tests: a finite gradient whose norm overflows is applied.
+  finite = jnp.isfinite(loss) & all_finite(grads)
   metrics = {"loss": jnp.where(finite, loss * labels.shape[0], 0.0),
              "correct": jnp.where(finite, correct, 0),
              "count": jnp.where(finite, labels.shape[0], 0).astype(jnp.int32),
@@ -124,6 +126,8 @@ def train_step(state, batch, *, axis_name=None, options=StepOptions()):
   if axis_name is not None:
     metrics = jax.lax.psum(metrics, axis_name)
   new_state = state.apply_gradients(grads=grads)
+  # Whether the update made a parameter NaN/inf (apply_if_finite gives up after 5 in a row).
+  metrics["diverged"] = jnp.logical_not(all_finite(new_state.params)).astype(jnp.int32)
   if options.ema_decay:
     # The usual warm-up of the decay, so early averages are not dominated by the init.
     decay = jnp.minimum(options.ema_decay, (1.0 + state.step) / (10.0 + state.step))
@@ -156,6 +160,11 @@ def train_steps(state, batches, *, axis_name=None, options=StepOptions(), active
   return state, jax.tree.map(lambda m: m.sum(0), metrics)
 
 
+def all_finite(tree) -> jax.Array:
+  """Whether every element of every array in `tree` is finite."""
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
 def add_metrics(sums, metrics):
   """Running sums of metrics, on device."""
   return jax.tree.map(lambda s, m: s + m.astype(s.dtype), sums, metrics)
@@ -164,7 +173,8 @@ def add_metrics(sums, metrics):
 def zero_metrics() -> dict[str, Any]:
   """The running sums' starting point, on the host: float32 loss, int32 counts."""
   return {"loss": np.zeros((), np.float32), "correct": np.zeros((), np.int32),
-          "count": np.zeros((), np.int32), "nonfinite": np.zeros((), np.int32)}
+          "count": np.zeros((), np.int32), "nonfinite": np.zeros((), np.int32),
+          "diverged": np.zeros((), np.int32)}
 
 
 def train_call(state, batches, sums, active, *, axis_name=None, options=StepOptions()):

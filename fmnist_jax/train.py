@@ -1,10 +1,9 @@
 """The training loop: set up a run, restore it, train it, say how it ended.
 
-The host runs ahead of the device: between compiled calls it only dispatches. Host work that
-needs a device value is a task in `Deferred`, run once the loop has dispatched the call that
-reaches the task's step, so that the device has work queued while the host handles it: a
-progress line one call after its log point; an epoch's evaluation (dispatched behind its last
-call) LEAD_CALLS calls into the next epoch; a save once the next save point's calls are queued.
+The host runs ahead of the device. Host work that needs a device value is a task in
+`Deferred`, run once the loop has dispatched the call that reaches the task's step: a progress
+line one call after its log point; an epoch's evaluation (dispatched behind its last call)
+LEAD_CALLS calls into the next epoch; a save once the next save point's calls are queued.
 The compiled code lives in `steps` (what a step computes) and `parallel` (how it is compiled).
 """
 
@@ -82,29 +81,37 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     raise
   total_steps = (config.num_train_steps if config.num_train_steps > 0
                  else config.num_epochs * train_data.steps_per_epoch)
+  profiling.check_window(config.profile_steps, total_steps, lock)
   return Run(config, par, path, train_data, eval_sets, train_data.steps_per_epoch, total_steps,
              options, lock)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       then=None) -> dict[str, float]:
   """Trains, evaluates after every epoch and at the end, checkpoints; returns the last eval.
-
+  `then()` runs once the run has finished, with the workdir still locked (the report).
   Raises ConfigError/ValueError/DataError on bad input before compiling anything,
-  NonFiniteError on a NaN/inf step, and Preempted after saving when SIGTERM arrives.
-  """
+  NonFiniteError on a NaN/inf step, and Preempted after saving when SIGTERM arrives."""
   run = setup(config, workdir)
   try:
     state, step, extras, ckpt = _restore(run)
-    loop = Loop(run, ckpt, step, extras.get("epoch_sums"))
-    gc.collect()
-    gc.freeze()  # what lives for the whole run stays out of the collector's walks
-    try:
-      state, step = loop.train(state, step)
-    finally:
-      gc.unfreeze()
-      loop.close()
-    loop.finish(state, step)
-    return loop.last_eval
+    last_eval = {}
+    if workdir_lib.finished(run.workdir, run.config, step, run.total_steps, run.is_chief):
+      ckpt.close()
+    else:
+      loop = Loop(run, ckpt, step, extras.get("epoch_sums"))
+      gc.collect()
+      gc.freeze()  # what lives for the whole run stays out of the collector's walks
+      try:
+        state, step = loop.train(state, step)
+      finally:
+        gc.unfreeze()
+        loop.close()
+      loop.finish(state, step)
+      last_eval = loop.last_eval
+    if then:
+      then()
+    return last_eval
   except Exception as e:
     if is_disk_full(e) and not isinstance(e, DiskFullError):
       raise checkpointing.disk_full(run.workdir / workdir_lib.CHECKPOINTS, e) from None
@@ -133,16 +140,11 @@ def _restore(run: Run):
            f"{step * run.config.batch_size:,} examples seen" if step else "starting at step 0")
   logging.info("%s; %d steps/epoch, %d steps in all; %s", run.par, run.steps_per_epoch,
                run.total_steps, where)
-  if step >= run.total_steps:
-    logging.warning("already finished at step %d of %d: nothing to train (raise num_epochs or "
-                    "num_train_steps to train on, or use a new --workdir)", step,
-                    run.total_steps)
   return state, step, extras, ckpt
 
 
 class TargetReached(Exception):
   """An epoch's evaluation reached stop_at_accuracy: the run ends with that epoch's state."""
-
   def __init__(self, step: int, state):
     super().__init__(f"stop_at_accuracy reached at step {step}")
     self.step, self.state = step, state
@@ -151,7 +153,6 @@ class TargetReached(Exception):
 class Deferred:
   """Host work waiting on the device: (due step, task) pairs, each run in the order added
   once the loop has dispatched the call that reaches its step."""
-
   def __init__(self):
     self.tasks = []
 
@@ -163,9 +164,6 @@ class Deferred:
     while (due := next((t for t in self.tasks if t[0] <= step), None)) is not None:
       self.tasks.remove(due)
       due[1]()
-
-  def clear(self) -> None:
-    self.tasks.clear()
 
 
 def _crossed(step: int, num_steps: int, every: int) -> bool:
@@ -204,9 +202,11 @@ class Loop:
         run.workdir, config.profile_steps if run.is_chief else (0, 0), self.progress.paused)
     self.deferred = Deferred()
     self.zeros = par.replicate(steps.zero_metrics())
-    if resumed_sums is not None and start_step % run.steps_per_epoch == 0:
-      resumed_sums = dict(steps.zero_metrics(), nonfinite=resumed_sums["nonfinite"])
-    self.start_sums = par.replicate(resumed_sums or steps.zero_metrics())
+    resumed_sums = {**steps.zero_metrics(), **(resumed_sums or {})}
+    if start_step % run.steps_per_epoch == 0:  # (the run-wide counters only)
+      resumed_sums = dict(steps.zero_metrics(), nonfinite=resumed_sums["nonfinite"],
+                          diverged=resumed_sums["diverged"])
+    self.start_sums = par.replicate(resumed_sums)
 
   def train(self, state, step: int):
     """Trains from `step` to the end of the run, or to stop_at_accuracy; returns the final
@@ -252,13 +252,13 @@ class Loop:
           self.deferred.run()
         if preempt:
           raise Preempted(step, self.preemption.reason)
-        sums = dict(self.zeros, nonfinite=sums["nonfinite"])  # (a count for the whole run)
+        sums = dict(self.zeros, nonfinite=sums["nonfinite"], diverged=sums["diverged"])
     except TargetReached as reached:
-      self.deferred.clear()  # (the next epoch's first calls: dropped)
+      self.deferred.tasks.clear()  # (the next epoch's first calls: dropped)
       self.saver.drop_after(reached.step)
       state, step, self.stop_reason = reached.state, reached.step, "target_reached"
     except BaseException:
-      self.deferred.clear()
+      self.deferred.tasks.clear()
       self.save(checked_only=True)  # the last evaluated epoch's row and checkpoint
       raise
     self.deferred.run()
@@ -286,8 +286,8 @@ class Loop:
     config = self.run.config
     with self.progress.timed("evaluation"):
       train_sums, fetched = self.progress.fetch((sums, evaluation))
-    self.saver.check_finite(step, train_sums)
     scalars = self.epoch_scalars(step, train_sums, evaluate.summarize(fetched))
+    self.saver.check_finite(step, train_sums, scalars)
     self.last_eval = scalars
     self.progress.restart_interval(step)  # (the calls queued since run behind its evaluation)
     reached = bool(config.stop_at_accuracy) and \

@@ -19,6 +19,7 @@ import fcntl
 import json
 import os
 import pathlib
+import re
 import socket
 import sys
 import time
@@ -41,7 +42,8 @@ REPORT = "report"
 
 # What a run writes: a directory holding anything else, and no config.json, is not a run's.
 RUN_FILES = (CONFIG_FILE, LOCK_FILE, RUN_INFO_FILE, METRICS_FILE, RESULT_FILE, CHECKPOINTS, REPORT,
-             "checkpoints_damaged", "config.step*.json", "events.out.tfevents.*")
+             "checkpoints_damaged", "config.step*.json", "events.out.tfevents.*",
+             ".*.tmp")  # (write_atomically's and the report's temporary files, left by a kill)
 
 
 def check(workdir: str) -> None:
@@ -51,6 +53,9 @@ def check(workdir: str) -> None:
     raise ConfigError("--workdir is empty: name a directory for the run (it is created if "
                       "missing), e.g. --workdir runs/default.")
   path = pathlib.Path(workdir).expanduser()
+  if (path / CHECKPOINTS).exists() and not (path / CHECKPOINTS).is_dir():
+    raise ConfigError(f"{path / CHECKPOINTS} is a file, where the run keeps its checkpoints: "
+                      "move it away, or pick another --workdir.")
   if not path.is_dir() or (path / CONFIG_FILE).exists():
     return
   foreign = sorted(p.name for p in path.iterdir()
@@ -165,7 +170,8 @@ def _read_config_text(path: pathlib.Path) -> str:
   """config.json's text, checked to be JSON: a ConfigError (nothing overwritten) if not."""
   try:
     text = path.read_text()
-    json.loads(text)
+    if not isinstance(json.loads(text), dict):
+      raise ValueError("not a JSON object of config fields")
     return text
   except ValueError as e:  # UnicodeDecodeError and JSONDecodeError both
     raise ConfigError(f"{path} is damaged ({type(e).__name__}: {str(e)[:100]}): restore it, "
@@ -184,8 +190,9 @@ def config_changes(workdir, config) -> dict[str, tuple]:
   """{field: (recorded, now)} for each top-level field that differs from the config this
   workdir recorded last (config.json, or the newest config.stepN.json); {} for a new run."""
   workdir = pathlib.Path(workdir)
-  recorded = sorted(workdir.glob("config.step*.json"),
-                    key=lambda p: int(p.stem.removeprefix("config.step") or 0))
+  recorded = sorted((p for p in workdir.glob("config.step*.json")
+                     if re.fullmatch(r"config\.step\d+\.json", p.name)),  # (not a stray copy)
+                    key=lambda p: int(p.stem.removeprefix("config.step")))
   path = recorded[-1] if recorded else workdir / CONFIG_FILE
   if not path.exists():
     return {}
@@ -227,10 +234,22 @@ def read_run_info(workdir) -> list[dict]:
 
 # --- metrics.jsonl and TensorBoard -----------------------------------------------------------
 
+METRICS_REQUIRED = ("step", "epoch", "train_loss", "train_accuracy", "test_loss",
+                    "test_accuracy")
+
+
 def read_metrics(workdir, required: bool = False) -> list[dict]:
   """The rows of WORKDIR/metrics.jsonl, one per evaluation ([] if none yet, or a ReportError
   when `required`)."""
-  rows = _read_jsonl(pathlib.Path(workdir) / METRICS_FILE)
+  path = pathlib.Path(workdir) / METRICS_FILE
+  rows = []
+  for row in _read_jsonl(path):
+    missing = [key for key in METRICS_REQUIRED if key not in row]
+    if missing:
+      logging.warning("%s: the row %.80s lacks %s and is skipped", path, json.dumps(row),
+                      ", ".join(missing))
+    else:
+      rows.append(row)
   if required and not rows:
     raise ReportError(f"{workdir} has no metrics.jsonl (or it is empty): the run recorded no "
                       "evaluation yet. Train at least one epoch first.")
@@ -318,6 +337,49 @@ def write_result(workdir, **result) -> None:
   write_atomically(workdir / RESULT_FILE, json.dumps(result, indent=1) + "\n")
 
 
+def finished(workdir, config, step: int, total_steps: int, chief: bool = True) -> bool:
+  """Whether a run restored at `step` has nothing left to train: it reached total_steps, or
+  the stop_at_accuracy it still asks for. Says so, and (on the chief process) rebuilds a
+  missing or stale result.json (a kill after the last checkpoint) from the step's row."""
+  target = reached_target(workdir, config, step)
+  if step < total_steps and not target:
+    return False
+  logging.warning("already finished at step %d of %d%s: nothing to train (raise %s to train "
+                  "on, or use a new --workdir)", step, total_steps,
+                  " (stop_at_accuracy reached)" if target else "",
+                  "stop_at_accuracy" if target else "num_epochs or num_train_steps")
+  if chief and rebuild_result(workdir, step, target):
+    logging.warning("result.json was missing or stale: rebuilt from metrics.jsonl")
+  return True
+
+
+def reached_target(workdir, config, step: int) -> bool:
+  """Whether result.json says the run stopped at `step` on a stop_at_accuracy it still meets
+  (a requeued job reruns the command of a run that already reached its target)."""
+  result = read_result(workdir) or {}
+  return (bool(config.stop_at_accuracy) and result.get("stop_reason") == "target_reached"
+          and result.get("step") == step
+          and result.get("final", {}).get(config.stop_metric, -1) >= config.stop_at_accuracy)
+
+
+def rebuild_result(workdir, step: int, target: bool) -> bool:
+  """Writes result.json of a finished run anew from its metrics row at `step`, if result.json
+  is missing or describes another step; returns whether it did."""
+  result = read_result(workdir)
+  rows = [row for row in read_metrics(workdir) if row.get("step") == step]
+  if (result and result.get("step") == step) or not rows:
+    return False
+  write_result(workdir, stop_reason="target_reached" if target else "completed", step=step,
+               final={k: v for k, v in rows[-1].items() if k != "step"}, rebuilt=True)
+  return True
+
+
 def read_result(workdir) -> dict | None:
+  """result.json, or None if there is none or it is damaged (a warning names it)."""
   path = pathlib.Path(workdir) / RESULT_FILE
-  return json.loads(path.read_text()) if path.exists() else None
+  try:
+    result = json.loads(path.read_text()) if path.exists() else None
+  except ValueError as e:  # (a kill or a full disk cut it short)
+    logging.warning("%s is damaged and ignored (%s)", path, str(e)[:100])
+    return None
+  return result if isinstance(result, dict) else None

@@ -118,3 +118,32 @@ def test_a_gzip_file_overwritten_in_the_middle_is_a_clear_error(tmp_path):
   path.write_bytes(bytes(data))
   with pytest.raises(dataset.DataError, match="train-images-idx3-ubyte.gz.*damaged"):
     dataset.read_idx_splits(str(tmp_path), checksums)
+
+
+_PREPARE = """
+import json, sys
+from fmnist_jax import dataset
+dataset.IDX_SHA256.update(json.loads(sys.argv[1]))  # the synthetic IDX files' checksums
+dataset.main(sys.argv[2:])
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_preparing_one_data_dir_at_once_both_succeed(synthetic_tfds, tmp_path):
+  """Two runs starting at once in an empty data dir: one prepares, the other waits for it."""
+  import json
+  import subprocess
+  import sys
+  from conftest import ROOT
+  command = [sys.executable, "-c", _PREPARE, json.dumps(synthetic_tfds["checksums"]),
+             "--prepare", "--data_dir", str(tmp_path / "tfds"),
+             "--idx_dir", str(synthetic_tfds["idx_dir"])]
+  processes = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for _ in range(2)]
+  outputs = [p.communicate(timeout=600) for p in processes]
+  for process, (out, err) in zip(processes, outputs):
+    assert process.returncode == 0, err[-3000:]
+    assert "fashion_mnist is prepared in" in out
+    # One line of the project's own while it builds: no tfds banner, bars or warnings.
+    assert "Downloading and preparing" not in out + err and "%|" not in out + err, err
+  assert dataset.is_prepared(str(tmp_path / "tfds"))

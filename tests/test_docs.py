@@ -61,7 +61,8 @@ class _Parsed(Exception):
 def _parse_with_argparse(module, argv, monkeypatch):
   """Runs the module's main(argv) up to its argparse parse, which must succeed; stops there.
   Returns (namespace, unparsed extra arguments)."""
-  real_known, real_full = argparse.ArgumentParser.parse_known_args, argparse.ArgumentParser.parse_args
+  real_known = argparse.ArgumentParser.parse_known_args
+  real_full = argparse.ArgumentParser.parse_args
   inside_full = []
 
   def known(self, args=None, namespace=None):

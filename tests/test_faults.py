@@ -4,6 +4,7 @@ Each case here is a row of docs/faults.md's "Faults and bad input" table.
 """
 
 import json
+import os
 import pathlib
 import signal
 import subprocess
@@ -447,9 +448,9 @@ def test_a_run_preempted_mid_epoch_writes_the_rows_of_an_uninterrupted_one(small
 
 _CUT_SHORT_WRITER = """
 import asyncio, sys
-from fmnist_jax import main
+from fmnist_jax import console
 if sys.argv[1] == "quiet":
-  main.quiet_cut_short_writers()
+  console.quiet_cut_short_writers()
 async def write():
   pass
 loop = asyncio.new_event_loop()
@@ -515,3 +516,263 @@ def test_a_full_tmpfs_gives_one_error_line_and_a_rerun_with_space_is_bit_identic
     _assert_identical(uninterrupted("device"), _restore(disk / "run", _tiny()))
   finally:
     subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+# --- round three: nothing lost, nothing stale, one clear line -------------------------------
+
+def _finite(state) -> bool:
+  return all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state.params))
+
+
+def test_a_run_that_skips_updates_stops_once_it_diverges_and_saves_no_nan(small_splits,
+                                                                          tmp_path):
+  """skip_nonfinite_updates drops NaN/inf updates, but optax gives up after 5 in a row and
+  applies them: from then on the state is NaN, and the run stops as the plain path does."""
+  skipping = dict(skip_nonfinite_updates=True, steps_per_call=1, keep_checkpoints=10)
+  train.train_and_evaluate(tiny_config(num_train_steps=20, **skipping), str(tmp_path))
+  rows_before = (tmp_path / "metrics.jsonl").read_text()
+  result_before = (tmp_path / "result.json").read_text()
+  with pytest.raises(errors.NonFiniteError, match="the model diverged"):
+    train.train_and_evaluate(tiny_config(num_train_steps=50, learning_rate=1e30, **skipping),
+                             str(tmp_path))
+  config = tiny_config(**skipping)
+  kept = checkpointing.complete_steps(tmp_path / "checkpoints")
+  assert 20 in kept and max(kept) < 50, kept  # the good one kept, the run stopped short
+  for step in kept:
+    assert _finite(_restore(tmp_path, config, step=step)), step
+  assert "NaN" not in (tmp_path / "metrics.jsonl").read_text().replace(rows_before, "")
+  assert (tmp_path / "result.json").read_text() == result_before  # not "completed"
+
+
+def test_skipped_updates_count_only_what_optax_dropped(monkeypatch):
+  """A gradient whose global norm overflows, each element finite, is applied by
+  optax.apply_if_finite (an elementwise test): it is not counted as skipped."""
+  monkeypatch.setattr(steps.optax, "global_norm", lambda tree: jnp.float32(jnp.inf))
+  config = tiny_config(skip_nonfinite_updates=True)
+  state = state_lib.initial_state(config)
+  images, labels = synthetic_arrays(16)
+  new, metrics = jax.jit(steps.train_step)(state, {"image": images, "label": labels})
+  assert int(metrics["nonfinite"]) == 0 and int(metrics["count"]) == 16
+  assert int(new.opt_state.notfinite_count) == 0
+
+
+def test_the_non_finite_stop_advises_what_the_workdir_accepts(small_splits, tmp_path):
+  train.train_and_evaluate(tiny_config(num_train_steps=12), str(tmp_path))
+  with pytest.raises(errors.NonFiniteError) as error:
+    train.train_and_evaluate(tiny_config(num_train_steps=24, learning_rate=1e30,
+                                         steps_per_call=1), str(tmp_path))
+  assert "new --workdir" in str(error.value)  # skipping changes the optimizer state
+  with pytest.raises(checkpointing.CheckpointError):  # as the advice says: not this workdir
+    train.train_and_evaluate(tiny_config(num_train_steps=24, skip_nonfinite_updates=True),
+                             str(tmp_path))
+
+
+def test_a_workdir_holding_only_the_projects_temporary_files_is_accepted(small_splits,
+                                                                         tmp_path):
+  """What a kill during the first config.json write leaves: its temporary file, the lock and
+  run_info.jsonl."""
+  (tmp_path / ".config.json.tmp").write_text('{"batch_si')
+  (tmp_path / ".lock").write_text("")
+  (tmp_path / "run_info.jsonl").write_text('{"time": "x"}\n')
+  train.train_and_evaluate(tiny_config(num_train_steps=6), str(tmp_path))
+  assert json.loads((tmp_path / "result.json").read_text())["step"] == 6
+
+
+def test_a_config_field_given_without_its_prefix_is_named_with_it(tmp_path):
+  result = _main("--config", "configs/tiny.py", "--workdir", str(tmp_path / "w"),
+                 "--num_train_steps=20")
+  assert result.returncode != 0 and "Traceback" not in result.stderr
+  assert "--config.num_train_steps=20" in result.stderr, result.stderr[-2000:]
+  assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("kind", ["file", "read-only"])
+def test_an_unusable_compilation_cache_is_said_to_be_off(synthetic_tfds, tmp_path, kind):
+  cache = tmp_path / "cache"
+  if kind == "file":
+    cache.write_text("not a folder")
+  else:
+    cache.mkdir()
+    cache.chmod(0o500)
+    if os.access(cache, os.W_OK):  # (root writes anywhere: nothing to test)
+      pytest.skip("this user can write to a read-only folder")
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  result = subprocess.run(
+      [sys.executable, "-m", "fmnist_jax.main", "--config", "configs/tiny.py", "--workdir",
+       str(tmp_path / "w"), f"--config.data_dir={synthetic_tfds['data_dir']}",
+       "--config.num_train_steps=2", f"--config.compilation_cache_dir={cache}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"compilation cache: off ({cache} is not a writable folder)" in result.stderr
+  assert "UserWarning" not in result.stderr
+
+
+@pytest.mark.parametrize("window,message", [((5, 5), "first < last"),
+                                            ((100, 200), "the run ends at step 20")])
+def test_a_profile_window_that_can_trace_nothing_is_refused(small_splits, tmp_path, window,
+                                                            message):
+  with pytest.raises(errors.ConfigError, match=message):
+    train.train_and_evaluate(tiny_config(num_train_steps=20, profile_steps=window),
+                             str(tmp_path / "w"))
+  assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_a_run_that_reached_its_target_is_finished_when_its_command_runs_again(small_splits,
+                                                                              tmp_path,
+                                                                              caplog):
+  config = tiny_config(num_epochs=4, stop_at_accuracy=0.01, checkpoint_every_steps=0)
+  train.train_and_evaluate(config, str(tmp_path))
+  result = (tmp_path / "result.json").read_text()
+  assert json.loads(result)["stop_reason"] == "target_reached"
+  before = _snapshot(tmp_path)
+  caplog.set_level("WARNING")
+  train.train_and_evaluate(config, str(tmp_path))  # a requeued job: the same command
+  assert "already finished at step 12 of 48 (stop_at_accuracy reached)" in caplog.text
+  assert (tmp_path / "result.json").read_text() == result
+  assert {k: v for k, v in _snapshot(tmp_path).items() if "run_info" not in k} == \
+      {k: v for k, v in before.items() if "run_info" not in k}
+  higher = tiny_config(num_epochs=4, stop_at_accuracy=0.999, checkpoint_every_steps=0)
+  train.train_and_evaluate(higher, str(tmp_path))  # a higher target trains on
+  assert json.loads((tmp_path / "result.json").read_text())["step"] == 48
+
+
+@pytest.mark.parametrize("damage", ["missing", "stale", "cut short"])
+def test_a_finished_runs_missing_or_stale_result_is_rebuilt(small_splits, tmp_path, damage,
+                                                            caplog):
+  """A kill between the final checkpoint and result.json leaves it missing (or a resumed
+  run's old one); a rerun of the command rebuilds it from the last metrics row."""
+  config = tiny_config(num_epochs=2)
+  train.train_and_evaluate(config, str(tmp_path))
+  path = tmp_path / "result.json"
+  expected = json.loads(path.read_text())
+  if damage == "missing":
+    path.unlink()
+  elif damage == "stale":
+    path.write_text(json.dumps({**expected, "step": 12}))
+  else:
+    path.write_text(path.read_text()[:40])
+  caplog.set_level("WARNING")
+  train.train_and_evaluate(config, str(tmp_path))
+  assert "result.json was missing or stale: rebuilt from metrics.jsonl" in caplog.text
+  rebuilt = json.loads(path.read_text())
+  assert rebuilt["step"] == 24 and rebuilt["stop_reason"] == "completed" and rebuilt["rebuilt"]
+  assert rebuilt["final"] == pytest.approx(expected["final"])
+  assert rebuilt["best_by_val"] == expected["best_by_val"]
+
+
+@pytest.mark.parametrize("damage", ["config is a list", "run_info without argv",
+                                    "metrics row without train_accuracy",
+                                    "stray config copy", "checkpoints is a file"])
+def test_damaged_or_stray_run_files_get_one_line_not_a_traceback(small_splits, tmp_path,
+                                                                 damage):
+  """The run and the report on a workdir with a damaged or stray file: a one-line error
+  (FmnistError, which main and the report print as one line) or a warning, never another
+  exception."""
+  from fmnist_jax import report
+  train.train_and_evaluate(tiny_config(num_epochs=1), str(tmp_path))
+  if damage == "config is a list":
+    (tmp_path / "config.json").write_text("[1, 2]")
+  elif damage == "run_info without argv":
+    (tmp_path / "run_info.jsonl").write_text('{"time": "2026-12-01"}\n')
+  elif damage == "metrics row without train_accuracy":
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+      f.write('{"step": 30, "epoch": 2.5, "test_accuracy": 0.5}\n')
+  elif damage == "stray config copy":
+    (tmp_path / "config.step5 (copy).json").write_text("{}")
+  else:
+    import shutil
+    shutil.rmtree(tmp_path / "checkpoints")
+    (tmp_path / "checkpoints").write_text("not a folder")
+  for action in (lambda: train.train_and_evaluate(tiny_config(num_epochs=2), str(tmp_path)),
+                 lambda: report.write_report(str(tmp_path))):
+    try:
+      action()
+    except errors.FmnistError as e:
+      assert "\n" not in str(e).strip() or "Invalid config" in str(e), str(e)
+
+
+@pytest.mark.parametrize("case", ["compare: missing run", "compare: --out is a file",
+                                  "throughput: --json X.md", "throughput: --json DIR",
+                                  "throughput: --batch-sizes 0",
+                                  "throughput: damaged --config-json",
+                                  "dataset: --prepare into a file",
+                                  "time_to_accuracy: a flag it does not have"])
+def test_tools_refuse_bad_arguments_in_one_line_before_they_work(tmp_path, case):
+  (tmp_path / "file").write_text("not a folder")
+  (tmp_path / "damaged.json").write_text('{"batch_size": ')
+  command, message = {
+      "compare: missing run": (["fmnist_jax.compare", str(tmp_path / "nope"), "--out",
+                                str(tmp_path / "out")], "no such run folder"),
+      "compare: --out is a file": (["fmnist_jax.compare", str(tmp_path), "--out",
+                                    str(tmp_path / "file")], "is a file"),
+      "throughput: --json X.md": (["benchmarks.throughput", "--json", str(tmp_path / "x.md")],
+                                  "name a .json file"),
+      "throughput: --json DIR": (["benchmarks.throughput", "--json", str(tmp_path)],
+                                 "name a .json file"),
+      "throughput: --batch-sizes 0": (["benchmarks.throughput", "--json",
+                                       str(tmp_path / "x.json"), "--batch-sizes", "0"],
+                                      "--batch-sizes must be positive"),
+      "throughput: damaged --config-json": (["benchmarks.throughput", "--json",
+                                             str(tmp_path / "x.json"), "--config-json",
+                                             str(tmp_path / "damaged.json")],
+                                            "cannot read the config"),
+      "dataset: --prepare into a file": (["fmnist_jax.dataset", "--prepare", "--data_dir",
+                                          str(tmp_path / "file" / "tfds")], "not a folder"),
+      "time_to_accuracy: a flag it does not have": (
+          ["benchmarks.time_to_accuracy", "--config", "configs/tiny.py", "--json",
+           str(tmp_path / "x.json"), "--workdir", str(tmp_path / "out")],
+          "unrecognized arguments: --workdir"),
+  }[case]
+  start = time.time()
+  result = subprocess.run([sys.executable, "-m", *command], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+  assert not (tmp_path / "x.json").exists() and time.time() - start < 60  # nothing measured
+
+
+def test_compare_leaves_out_a_damaged_reports_calibration(small_splits, tmp_path):
+  from fmnist_jax import compare
+  train.train_and_evaluate(tiny_config(num_train_steps=6), str(tmp_path / "run"))
+  (tmp_path / "run" / "report").mkdir()
+  (tmp_path / "run" / "report" / "metrics.json").write_text('{"checkpoints": ')
+  compare.compare([str(tmp_path / "run")], str(tmp_path / "out"))
+  summary = json.loads((tmp_path / "out" / "compare.json").read_text())
+  assert summary["run"]["last_checkpoint_test_ece"] is None
+
+
+def test_an_explicit_idx_dir_that_is_not_read_is_said_so(synthetic_tfds, tmp_path, caplog):
+  """With tfds' copy already prepared, the IDX files are not read: a named idx_dir (here one
+  that does not exist) gets a line saying it was not used."""
+  caplog.set_level("WARNING")
+  train.train_and_evaluate(tiny_config(data_dir=synthetic_tfds["data_dir"],
+                                       idx_dir=str(tmp_path / "nonexistent"),
+                                       num_train_steps=2), str(tmp_path / "w"))
+  assert f"idx_dir='{tmp_path / 'nonexistent'}' is not used: tfds' copy" in caplog.text
+
+
+@pytest.mark.slow
+def test_ctrl_c_twice_while_the_first_program_compiles_ends_in_one_line(synthetic_tfds,
+                                                                        tmp_path):
+  """Two Ctrl-C 50 ms apart as the train program compiles (no compilation cache): the run
+  either saves (the two were taken for one) or aborts, in one line; never a crash."""
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  command = [sys.executable, "-m", "fmnist_jax.main", "--config", "configs/tiny.py",
+             "--workdir", str(tmp_path / "w"), f"--config.data_dir={synthetic_tfds['data_dir']}",
+             "--config.compilation_cache_dir=", "--config.num_epochs=50"]
+  process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, env=env)
+  lines = []
+  for line in process.stderr:
+    lines.append(line)
+    if "steps/epoch" in line:  # set up: the first program compiles next
+      break
+  time.sleep(0.3)
+  process.send_signal(signal.SIGINT)
+  time.sleep(0.05)
+  process.send_signal(signal.SIGINT)
+  stderr = "".join(lines) + process.communicate(timeout=300)[1]
+  assert process.returncode in (1, preemption.Preempted.exit_code), stderr[-3000:]
+  assert "Fatal Python error" not in stderr and "Traceback" not in stderr, stderr[-3000:]
+  last = stderr.strip().splitlines()[-1]
+  assert "aborted (Ctrl-C)" in last or "checkpoint saved at step" in last, last

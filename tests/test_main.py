@@ -213,7 +213,7 @@ def test_console_ends_with_a_summary_and_a_rerun_says_it_is_finished(synthetic_t
                    r"[\d.]+ \| [\d.]+ s \([\d.]+ s compiling\), [\d,]+ img/s \| .*: "
                    r"metrics.jsonl, result.json, checkpoints/", first.stderr), first.stderr[-2000:]
   assert "tracked_metric" not in first.stderr  # Orbax's notes on normal use stay quiet
-  assert re.search(r"train program ready: [\d.]+ s compiling so far", first.stderr)
+  assert re.search(r"train program ready: [\d.]+ s of compiling", first.stderr)
   again = _run_main(*args)
   assert again.returncode == 0 and "already finished at step 6 of 6" in again.stderr
 

@@ -72,6 +72,8 @@ def test_host_syncs_and_phases_are_counted_and_recorded():
   clock.now += 1.0
   record = progress.record(step=30, steps_per_epoch=10)
   assert record["host_syncs"] == 1 and record["host_syncs_per_epoch"] == 0.5
+  short = progress.record(step=15, steps_per_epoch=10)  # half an epoch: not extrapolated
+  assert short["host_syncs_per_epoch"] is None
   assert record["host_seconds"] == {"evaluation": 0.25}
   assert record["train_seconds"] == pytest.approx(1.25)
   progress.close()
@@ -80,3 +82,19 @@ def test_host_syncs_and_phases_are_counted_and_recorded():
 def test_format_seconds():
   assert progress_lib.format_seconds(59) == "0m59s"
   assert progress_lib.format_seconds(3600 + 120) == "1h02m"
+
+
+def test_a_short_runs_lines_say_what_they_can(caplog):
+  """A tiny model's FLOP/s in the unit that shows them; no ETA on the last line."""
+  caplog.set_level(logging.INFO)
+  clock = FakeClock()
+  progress = _progress(clock, total_steps=20)
+  clock.now += 1.0
+  progress.line(10, 0, _sums(10))  # 100 images/s x 1 MFLOP
+  assert "| 100.00 MFLOP/s" in caplog.text and "ETA 0m01s" in caplog.text
+  clock.now += 1.0
+  progress.line(20, 0, _sums(20))
+  assert "ETA" not in caplog.text.splitlines()[-1]
+  assert progress_lib.format_flops(2.5e6) == "2.50 MFLOP/s"
+  assert progress_lib.format_flops(3e12) == "3.00 TFLOP/s"
+  progress.close()

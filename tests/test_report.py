@@ -3,8 +3,11 @@ import json
 import numpy as np
 import pytest
 
-from conftest import tiny_config
-from fmnist_jax import compare, evaluate, report, train
+import subprocess
+import sys
+
+from conftest import ROOT, tiny_config
+from fmnist_jax import compare, errors, evaluate, main, report, train, workdir as workdir_lib
 
 
 def test_classification_report_and_confusion_matrix_match_a_hand_computed_example():
@@ -95,7 +98,7 @@ def test_compare_draws_validation_and_handles_a_single_evaluation(small_splits, 
   train.train_and_evaluate(tiny_config(num_train_steps=6), str(tmp_path / "short"))
   out = compare.compare([str(tmp_path / "short")], str(tmp_path / "cmp"))
   table = (out / "compare.md").read_text()
-  assert "| short | 0.5 |" in table  # one evaluation, half an epoch: not "0"
+  assert "| short | 0.50 |" in table  # one evaluation, half an epoch: not "0"
   import matplotlib.image
   assert matplotlib.image.imread(out / "compare.png").shape[0] > 100
 
@@ -110,3 +113,69 @@ def test_expected_calibration_error_matches_a_hand_computed_example():
   assert sum(result["bin_count"]) == 4
   perfect = evaluate.calibration(np.array([1.0, 1.0]), np.array([True, True]))
   assert perfect["ece"] == pytest.approx(0.0)
+
+
+def test_the_report_says_what_its_numbers_show(small_splits, tmp_path):
+  """One evaluation (a few steps): "1 evaluation", an epoch axis, the class counts as they are
+  (the small splits are not balanced), and a command row that can be pasted."""
+  workdir = tmp_path / "run"
+  train.train_and_evaluate(tiny_config(num_train_steps=3), str(workdir))
+  info = workdir / "run_info.jsonl"
+  row = json.loads(info.read_text().splitlines()[0])
+  row["argv"] = ["/x/fmnist_jax/main.py", "--config", "configs/tiny.py", "--workdir", "runs/a b"]
+  info.write_text(json.dumps(row) + "\n")
+  text = (report.write_report(str(workdir)) / "report.md").read_text()
+  assert "1 evaluation; final step 3" in text
+  assert "| command | `python -m fmnist_jax.main --config configs/tiny.py --workdir 'runs/a b'`" \
+      in text
+  counts = np.bincount(small_splits["train"][1], minlength=10)
+  assert f"train: from {counts.min()} (" in text and "the classes are balanced" not in text
+
+
+def test_an_interrupted_report_leaves_the_previous_one_whole(trained_workdir, monkeypatch):
+  out = report.write_report(str(trained_workdir))
+  before = {p.name: p.read_bytes() for p in out.iterdir()}
+  train.train_and_evaluate(tiny_config(num_epochs=3, keep_checkpoints=1), str(trained_workdir))
+
+  def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(report, "plot_examples", interrupted)  # late in the report
+  with pytest.raises(KeyboardInterrupt):
+    report.write_report(str(trained_workdir))
+  assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # not a mix
+  monkeypatch.undo()
+  report.write_report(str(trained_workdir))  # the next one replaces the leftover
+  assert not (trained_workdir / ".report.tmp").exists()
+  assert (out / "report.md").exists()
+
+
+def test_the_report_is_written_while_the_run_holds_the_workdir(small_splits, tmp_path,
+                                                              monkeypatch):
+  """main writes the report before it releases the lock; the report command refuses a
+  workdir that a run holds."""
+  seen = []
+  write = report.write_report
+
+  def checking_write(workdir, *args, **kwargs):
+    with pytest.raises(errors.ConfigError, match="is in use by another run"):
+      workdir_lib.Lock(tmp_path / "run")
+    seen.append(workdir)
+    return write(workdir, *args, **kwargs)
+  monkeypatch.setattr(report, "write_report", checking_write)
+  main.train_and_report(tiny_config(num_train_steps=6, write_report=True), str(tmp_path / "run"))
+  assert seen and (tmp_path / "run" / "report" / "report.md").exists()
+  held = workdir_lib.Lock(tmp_path / "run")
+  try:
+    result = subprocess.run([sys.executable, "-m", "fmnist_jax.report", "--workdir",
+                             str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+  finally:
+    held.release()
+  assert result.returncode != 0 and "is in use by another run" in result.stderr
+  assert "Traceback" not in result.stderr
+  free = subprocess.run([sys.executable, "-m", "fmnist_jax.report", "--workdir",
+                         str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True,
+                        timeout=300)
+  assert free.returncode == 0, free.stderr[-3000:]
+  # Orbax's notes on normal use (checkpoints opened read-only) stay quiet, as in main.
+  assert "read only" not in free.stderr and "WARNING:absl" not in free.stderr, free.stderr
