@@ -98,9 +98,10 @@ def test_command_line_trains_on_tfds_data_in_streaming_mode(synthetic_tfds, tmp_
                      f"--config.data_dir={synthetic_tfds['data_dir']}",
                      "--config.input_mode=tfds", "--config.num_train_steps=6")
   assert result.returncode == 0, result.stderr[-3000:]
-  # A progress line: step, epoch, images/s, ETA (10 steps per call: logged at step 6).
-  assert re.search(r"step 6/6 epoch 1 \| train loss [\d.]+ acc [\d.]+ \| [\d,]+ img/s \| ETA",
-                   result.stderr), result.stderr[-2000:]
+  # A progress line: step, epoch, images/s, FLOP/s (10 steps per call: logged at step 6; the
+  # last line has no ETA).
+  assert re.search(r"step 6/6 epoch 1 \| train loss [\d.]+ acc [\d.]+ \| [\d,]+ img/s \| "
+                   r"[\d.]+ [MGT]FLOP/s", result.stderr), result.stderr[-2000:]
   rows = _metrics(tmp_path)
   assert rows[-1]["step"] == 6 and rows[-1]["test_count"] == 10_000
 
