@@ -226,7 +226,8 @@ def build_from_idx(data_dir: str, idx_dir: pathlib.Path,
   _check_idx_consistency(contents, idx_dir)
   logging.info("building tfds' copy of fashion_mnist in %s from the IDX files in %s (once: "
                "later runs load it)", data_dir, idx_dir)
-  tfds_logger, level = std_logging.getLogger("absl"), std_logging.getLogger("absl").level
+  tfds_logger = std_logging.getLogger("absl")  # (tfds logs through absl)
+  level = tfds_logger.level
   with tempfile.TemporaryDirectory(prefix="fmnist_idx_") as tmp:
     paths = {}
     for key, raw in contents.items():  # tfds' parser reads decompressed files.

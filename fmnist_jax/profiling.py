@@ -29,12 +29,10 @@ from absl import logging
 from fmnist_jax.errors import ConfigError
 
 
-def check_window(steps: tuple[int, int], total_steps: int, lock=None) -> None:
-  """A ConfigError (releasing `lock`) for a window that starts after the run's last step."""
+def check_window(steps: tuple[int, int], total_steps: int) -> None:
+  """A ConfigError for a window that starts after the run's last step."""
   first, last = (int(s) for s in steps)
   if last and first >= total_steps:
-    if lock:
-      lock.release()
     raise ConfigError(f"profile_steps=({first}, {last}) traces nothing: the run ends at step "
                       f"{total_steps}. Pick a window inside it, e.g. ({total_steps // 4}, "
                       f"{total_steps // 2}), or (0, 0) for none.")

@@ -75,13 +75,13 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
                         f"({len(splits['train'][0])} examples).")
     eval_sets = {name: input_pipeline.eval_batches(*splits[name], par, config.eval_batch_size)
                  for name in ("val", "test") if name in splits}
+    total_steps = (config.num_train_steps if config.num_train_steps > 0
+                   else config.num_epochs * train_data.steps_per_epoch)
+    profiling.check_window(config.profile_steps, total_steps)
   except BaseException:
     if lock:
       lock.release()
     raise
-  total_steps = (config.num_train_steps if config.num_train_steps > 0
-                 else config.num_epochs * train_data.steps_per_epoch)
-  profiling.check_window(config.profile_steps, total_steps, lock)
   return Run(config, par, path, train_data, eval_sets, train_data.steps_per_epoch, total_steps,
              options, lock)
 
