@@ -115,6 +115,21 @@ def test_reshape_max_pool_floors_odd_sizes_like_nn_max_pool():
   np.testing.assert_array_equal(models.max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))
 
 
+def test_max_pool_gradient_is_jnp_max_s_exactly_with_ties_shared():
+  """The hand-written pooling gradient equals autodiff of reshape + max bit for bit, ties
+  (frequent on ReLU'd zero backgrounds) shared equally, odd sizes floored."""
+  def reference(x):
+    b, h, w, c = x.shape
+    return x[:, :h // 2 * 2, :w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+  rng = np.random.default_rng(0)
+  for shape in [(4, 26, 26, 8), (3, 11, 11, 5)]:
+    x = jnp.asarray(rng.integers(-2, 3, shape).astype(np.float32))  # many 2-, 3-, 4-way ties
+    dy = jnp.asarray(rng.normal(size=reference(x).shape).astype(np.float32))
+    np.testing.assert_array_equal(models.max_pool_2x2(x), reference(x))
+    np.testing.assert_array_equal(jax.vjp(models.max_pool_2x2, x)[1](dy)[0],
+                                  jax.vjp(reference, x)[1](dy)[0])
+
+
 def test_both_max_pool_forms_give_the_same_values_and_gradients():
   """The xla form pools by reshape + max on GPU/TPU and by reduce_window on CPU."""
   window = models.CNN(dropout_rates=(0.0, 0.0, 0.0), pool_impl="window")
