@@ -13,6 +13,10 @@ def get_config():
   # --- Data -----------------------------------------------------------------------------------
   config.data_dir = ""           # tfds data dir; "" -> $TFDS_DATA_DIR or ~/tensorflow_datasets
   config.idx_dir = ""            # local IDX files; "" -> $FMNIST_IDX_DIR or Debian's package
+  # The decoded splits as .npy files (fmnist_jax/data_cache.py): later starts read them in a
+  # fraction of a second, without TensorFlow. "" turns it off; $FMNIST_JAX_DATA_CACHE_DIR,
+  # when set, takes precedence.
+  config.data_cache_dir = "~/.cache/fmnist_jax/data"
   config.validation_size = 5000  # last N training images held out for model selection (0: none)
   # "device": whole split on the accelerator, on-device shuffling (fastest for this dataset);
   # "tfds": tf.data streaming (shuffle, batch, prefetch), per-process split, the general path.

@@ -254,11 +254,7 @@ def prepare(data_dir: str = "", idx_dir: str = "",
   data_dir = default_data_dir(data_dir)
   with _hidden_gpus(), _preparing(data_dir):
     if is_prepared(data_dir):  # (also when another process prepared it while this one waited)
-      if idx_dir:  # what the user named is not read: say so
-        from absl import logging
-        logging.warning("idx_dir=%r is not used: tfds' copy of fashion_mnist in %s is "
-                        "already prepared (delete %s to rebuild it from the IDX files)", idx_dir,
-                        data_dir, os.path.join(data_dir, DATASET_NAME))
+      warn_idx_dir_unused(idx_dir, data_dir)
       return data_dir
     local = find_idx_dir(idx_dir)
     if local is not None:
@@ -274,6 +270,15 @@ def prepare(data_dir: str = "", idx_dir: str = "",
           "Debian's dataset-fashion-mnist (`make data`), or set config.idx_dir / "
           "$FMNIST_IDX_DIR to a directory with the four IDX files.") from e
   return data_dir
+
+
+def warn_idx_dir_unused(idx_dir: str, data_dir: str) -> None:
+  """What the user named is not read (tfds' copy is prepared): say so."""
+  if idx_dir:
+    from absl import logging
+    logging.warning("idx_dir=%r is not used: tfds' copy of fashion_mnist in %s is "
+                    "already prepared (delete %s to rebuild it from the IDX files)", idx_dir,
+                    data_dir, os.path.join(data_dir, DATASET_NAME))
 
 
 @contextlib.contextmanager

@@ -22,13 +22,14 @@ exactly once on any number of devices or processes.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Iterator
 
 import jax
 import numpy as np
 
-from fmnist_jax import dataset
+from fmnist_jax import data_cache, dataset
 from fmnist_jax.errors import ConfigError
 from fmnist_jax.parallel import Parallelism
 
@@ -132,19 +133,24 @@ def eval_batches(images: np.ndarray, labels: np.ndarray, par: Parallelism,
 
 
 def load_splits(config) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-  """train/val/test as in-memory arrays: tfds (prepared offline if needed) where TensorFlow is
-  installed, else the verified IDX files in tfds' order."""
-  if dataset.tensorflow_available():
-    data_dir = dataset.prepare(config.data_dir, config.idx_dir)
-    return {name: dataset.load_arrays(data_dir, split)
-            for name, split in split_names(config.validation_size).items()}
-  arrays = dataset.read_idx_splits(config.idx_dir)
+  """train/val/test as in-memory arrays (the last validation_size training examples are val):
+  from the decoded-data cache (fmnist_jax.data_cache) when it holds them, else from tfds
+  (prepared offline if needed) where TensorFlow is installed, else from the verified IDX files
+  in tfds' order. The three give the same arrays."""
+  arrays = data_cache.load(config, functools.partial(_read_source, config))
   images, labels = arrays["train"]
-  size = dataset.NUM_TRAIN - config.validation_size
+  size = len(labels) - config.validation_size
   splits = {"train": (images[:size], labels[:size]), "test": arrays["test"]}
   if config.validation_size:
     splits["val"] = (images[size:], labels[size:])
   return splits
+
+
+def _read_source(config) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  if dataset.tensorflow_available():
+    data_dir = dataset.prepare(config.data_dir, config.idx_dir)
+    return {split: dataset.load_arrays(data_dir, split) for split in ("train", "test")}
+  return dataset.read_idx_splits(config.idx_dir)
 
 
 def check_input_mode(config) -> None:

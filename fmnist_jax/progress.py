@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
 import time
 
 import jax
@@ -51,16 +52,58 @@ def format_seconds(seconds: float) -> str:
       f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def process_start_time() -> float | None:
+  """time.time() when this process started (Linux: /proc, to 1/100 s), else None."""
+  try:
+    with open("/proc/self/stat") as f:
+      ticks = int(f.read().rpartition(")")[2].split()[19])  # field 22: start, in clock ticks
+    with open("/proc/uptime") as f:
+      uptime = float(f.read().split()[0])
+    return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+  except (OSError, ValueError, IndexError):
+    return None
+
+
+class Startup:
+  """Seconds from the process's start to its first train call dispatched, by phase: imports
+  (the interpreter, the modules, JAX's backend), data (checks, reading and placing the
+  splits, the workdir), state (the initial or restored state, the checkpointer, the loop's
+  set-up), compile (compiling or loading the train program) and first_call (the rest of the
+  first call). Without /proc, imports count from this object's creation."""
+  PHASES = ("imports", "data", "state", "compile", "first_call")
+
+  def __init__(self):
+    self.seconds = {}
+    self.last = process_start_time() or time.time()
+    self.mark("imports")
+
+  def mark(self, phase: str) -> None:
+    """Ends `phase` now."""
+    now = time.time()
+    self.seconds[phase], self.last = now - self.last, now
+
+  def first_call(self, compile_seconds: float) -> None:
+    """Ends the last two phases once the first call returns: `compile_seconds` of the time
+    since the state was ready went to XLA (or to loading from its cache)."""
+    now = time.time()
+    self.seconds["compile"] = min(compile_seconds, now - self.last)
+    self.seconds["first_call"], self.last = now - self.last - self.seconds["compile"], now
+
+  def record(self) -> dict:
+    return {**{k: round(v, 3) for k, v in self.seconds.items()},
+            "total": round(sum(self.seconds.values()), 3)}
+
+
 class Progress:
   """Where the run is in time. `excluded` seconds (compiling, writing a trace) are left out of
   images/s and the ETA; the ETA runs at the whole run's pace, evaluations included."""
 
   def __init__(self, start_step: int, total_steps: int, batch_size: int, to_host, *,
                flops_per_image: float = 0.0, peak_flops: float | None = None,
-               show: bool = True, clock=time.perf_counter):
+               show: bool = True, clock=time.perf_counter, startup: Startup | None = None):
     self.start_step, self.total_steps, self.batch_size = start_step, total_steps, batch_size
     self.to_host, self.flops_per_image, self.peak_flops = to_host, flops_per_image, peak_flops
-    self.show, self.clock = show, clock
+    self.show, self.clock, self.startup = show, clock, startup
     self.start = clock()
     self.compile = CompileTimer()
     self.paused_seconds, self.ready = 0.0, False
@@ -133,6 +176,8 @@ class Progress:
     if self.ready:
       return
     self.ready = True
+    if self.startup:
+      self.startup.first_call(self.compile.seconds)
     logging.info("train program ready: %.1f s of compiling, left out of img/s and the ETA "
                  "(%d programs compiled by XLA; the others came from the compilation cache)",
                  self.compile.seconds, self.compile.compilations)
@@ -149,7 +194,8 @@ class Progress:
             "compilations": self.compile.compilations, "traced": dict(self.compile.traced),
             "host_syncs": self.host_syncs,  # (per epoch: only where a whole one was trained)
             "host_syncs_per_epoch": self.host_syncs / epochs if epochs >= 1 else None,
-            "host_seconds": dict(self.host_seconds)}
+            "host_seconds": dict(self.host_seconds),
+            **({"startup_seconds": self.startup.record()} if self.startup else {})}
 
   def summary(self, stop_reason: str, step: int, final: dict, workdir) -> None:
     """The last line of a run: where it ended, its metrics, its time, its files."""

@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 from fmnist_jax import augment, models
+from fmnist_jax.errors import ConfigError
 
 AUGMENT_STREAM = 1  # fold_in(step_key, AUGMENT_STREAM): augmentation draws, apart from dropout's
 
@@ -64,6 +65,14 @@ def resolve_microbatches(config, num_devices: int, platform: str) -> int:
   if platform == "cpu" and config.batch_size % chunk == 0 and chunk % num_devices == 0:
     return config.batch_size // chunk
   return 1
+
+
+def check_microbatches(config, microbatches: int, num_devices: int) -> None:
+  if config.batch_size % (microbatches * num_devices):
+    raise ConfigError(
+        f"batch_size {config.batch_size} does not split into microbatches={config.microbatches}"
+        f" chunks on each of {num_devices} devices: make batch_size a multiple of "
+        f"{config.microbatches * num_devices}, lower microbatches, or use 0 (auto).")
 
 
 def accumulate_gradient(grad_fn, params, images, labels, key, microbatches: int):

@@ -26,7 +26,7 @@ from fmnist_jax.configuration import validate_config
 from fmnist_jax.errors import ConfigError, DiskFullError, is_disk_full
 from fmnist_jax.parallel import Parallelism
 from fmnist_jax.preemption import Preempted, PreemptionWatch
-from fmnist_jax.progress import Progress
+from fmnist_jax.progress import Progress, Startup
 
 LEAD_CALLS = 2  # an epoch's evaluation is fetched once this many calls of the next are queued
 
@@ -58,11 +58,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   par.check_batch_size(config.batch_size, "batch_size")
   par.check_batch_size(config.eval_batch_size, "eval_batch_size")
   options = steps.StepOptions.from_config(config, par.num_devices, par.devices[0].platform)
-  if config.batch_size % (options.microbatches * par.num_devices):
-    raise ConfigError(
-        f"batch_size {config.batch_size} does not split into microbatches={config.microbatches}"
-        f" chunks on each of {par.num_devices} devices: make batch_size a multiple of "
-        f"{config.microbatches * par.num_devices}, lower microbatches, or use 0 (auto).")
+  steps.check_microbatches(config, options.microbatches, par.num_devices)
   workdir_lib.check(workdir)
   splits = input_pipeline.load_splits(config)  # (a data error leaves no workdir behind)
   path = workdir_lib.prepare(workdir)
@@ -92,14 +88,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   `then()` runs once the run has finished, with the workdir still locked (the report).
   Raises ConfigError/ValueError/DataError on bad input before compiling anything,
   NonFiniteError on a NaN/inf step, and Preempted after saving when SIGTERM arrives."""
+  startup = Startup()
   run = setup(config, workdir)
+  startup.mark("data")
   try:
     state, step, extras, ckpt = _restore(run)
     last_eval = {}
     if workdir_lib.finished(run.workdir, run.config, step, run.total_steps, run.is_chief):
       ckpt.close()
     else:
-      loop = Loop(run, ckpt, step, extras.get("epoch_sums"))
+      loop = Loop(run, ckpt, step, extras.get("epoch_sums"), startup)
       gc.collect()
       gc.freeze()  # what lives for the whole run stays out of the collector's walks
       try:
@@ -175,7 +173,7 @@ class Loop:
   """One run's compiled functions, its clock, its saver and the loop over its train calls."""
 
   def __init__(self, run: Run, ckpt: checkpointing.Checkpointer, start_step: int,
-               resumed_sums=None):
+               resumed_sums, startup: Startup):
     config, par = run.config, run.par
     self.run, self.ckpt, self.stopping, self.last_eval = run, ckpt, False, {}
     self.stop_reason = "completed"
@@ -191,7 +189,8 @@ class Loop:
     peak = hardware.peak_flops(par.devices[0].device_kind, config.dtype)
     self.progress = Progress(start_step, run.total_steps, config.batch_size, par.to_host,
                              flops_per_image=models.flops_per_image(config),
-                             peak_flops=peak and peak * par.num_devices, show=run.is_chief)
+                             peak_flops=peak and peak * par.num_devices, show=run.is_chief,
+                             startup=startup)
     self.writer = workdir_lib.MetricsWriter(run.workdir) if run.is_chief else None
     if self.writer:
       self.writer.write_hparams(config)
@@ -207,6 +206,7 @@ class Loop:
       resumed_sums = dict(steps.zero_metrics(), nonfinite=resumed_sums["nonfinite"],
                           diverged=resumed_sums["diverged"])
     self.start_sums = par.replicate(resumed_sums)
+    startup.mark("state")
 
   def train(self, state, step: int):
     """Trains from `step` to the end of the run, or to stop_at_accuracy; returns the final

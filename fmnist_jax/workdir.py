@@ -23,6 +23,7 @@ import re
 import socket
 import sys
 import time
+import types
 
 import ml_collections
 import numpy as np
@@ -275,6 +276,10 @@ class MetricsWriter:
   tensorboard's own event writer)."""
 
   def __init__(self, workdir: pathlib.Path):
+    # The event writer makes a folder and opens a local file through tensorboard.compat.tf,
+    # which is all of TensorFlow when that is installed (seconds of start-up); tensorboard's
+    # own "notf" switch makes it use its built-in stub instead.
+    sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("notf"))
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
     self.workdir = pathlib.Path(workdir)
     self._events = EventFileWriter(str(self.workdir))

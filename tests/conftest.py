@@ -20,6 +20,10 @@ _CACHE = tempfile.mkdtemp(prefix="fmnist_jax_xla_cache_")
 atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# The decoded-data cache too: the tests' synthetic sources never land in the user's cache.
+_DATA_CACHE = tempfile.mkdtemp(prefix="fmnist_jax_data_cache_")
+atexit.register(shutil.rmtree, _DATA_CACHE, ignore_errors=True)
+os.environ.setdefault("FMNIST_JAX_DATA_CACHE_DIR", _DATA_CACHE)
 
 from fmnist_jax import dataset  # noqa: E402
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, replicated_state, tiny_config
-from fmnist_jax import checkpointing, input_pipeline, train
+from fmnist_jax import checkpointing, input_pipeline, progress, train
 from fmnist_jax.parallel import Parallelism
 
 REQUIRED = {"step", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
@@ -149,6 +149,12 @@ def test_one_train_program_per_run_even_with_uneven_last_calls(small_splits, tmp
   for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
   assert result["host_syncs_per_epoch"] > 0 and result["compile_seconds"] > 0
+  startup = result["startup_seconds"]  # from process start to the first call, by phase
+  assert list(startup) == list(progress.Startup.PHASES) + ["total"]
+  assert all(v >= 0 for v in startup.values()) and startup["compile"] > 0
+  assert startup["total"] == pytest.approx(sum(startup[p] for p in progress.Startup.PHASES),
+                                           abs=0.01)
+  assert startup["imports"] > 0.2  # counted from the process's start, not from the loop's
 
 
 def test_epoch_end_saves_wait_for_checkpoint_every_seconds(small_splits, tmp_path):
