@@ -144,13 +144,16 @@ def _flag_values(argv, name: str) -> list[str]:
 def check_command_line(argv) -> str | None:
   """A one-paragraph error for what absl would answer with a traceback, or None: a --config
   file that is missing, not valid Python or without get_config(); a --config.FIELD that the
-  config has not (with the closest valid names) or a value of the wrong type; an empty
-  --workdir. Runs before flags are parsed and before jax is imported."""
-  from fmnist_jax import config_file
+  config has not (with the closest valid names) or a value of the wrong type; a --workdir
+  that is empty, a file, or a folder of something else (workdir.check). Runs before flags are
+  parsed and before jax is imported."""
+  from fmnist_jax import config_file, workdir as workdir_lib
   from fmnist_jax.errors import ConfigError
-  if any(not value.strip() for value in _flag_values(argv, "workdir")):
-    return ("error: --workdir is empty: name a directory for the run (it is created if "
-            "missing), e.g. --workdir runs/default.")
+  for workdir in _flag_values(argv, "workdir"):
+    try:
+      workdir_lib.check(workdir)
+    except ConfigError as e:
+      return f"error: {e}"
   overrides = [arg for arg in argv if arg.startswith("--config.") and "=" in arg]
   for value in _flag_values(argv, "config"):
     path = value.partition(":")[0]  # ml_collections allows "file.py:arg"

@@ -29,7 +29,6 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from fmnist_jax import hardware
 from fmnist_jax.errors import ConfigError, ReportError
 
 CONFIG_FILE = "config.json"
@@ -54,6 +53,9 @@ def check(workdir: str) -> None:
     raise ConfigError("--workdir is empty: name a directory for the run (it is created if "
                       "missing), e.g. --workdir runs/default.")
   path = pathlib.Path(workdir).expanduser()
+  if path.exists() and not path.is_dir():
+    raise ConfigError(f"--workdir {workdir} exists and is not a directory: pass a directory "
+                      "(it is created if missing).")
   if (path / CHECKPOINTS).exists() and not (path / CHECKPOINTS).is_dir():
     raise ConfigError(f"{path / CHECKPOINTS} is a file, where the run keeps its checkpoints: "
                       "move it away, or pick another --workdir.")
@@ -153,6 +155,7 @@ def write_atomically(path: pathlib.Path, text: str) -> None:
 
 def record_start(workdir: pathlib.Path, config, parallelism: str, **extra) -> None:
   """Writes config.json (the resolved config) and appends this start to run_info.jsonl."""
+  from fmnist_jax import hardware  # (imports jax, which the command-line checks do without)
   config_json = config.to_json_best_effort(indent=2, sort_keys=True)
   config_path = workdir / CONFIG_FILE
   if config_path.exists() and _read_config_text(config_path) != config_json:

@@ -127,6 +127,30 @@ def test_command_line_rejects_a_workdir_that_is_a_file(tmp_path):
   assert target.read_text() == "precious"
 
 
+_WATCHING_IMPORTS = ("import atexit, runpy, sys; atexit.register(lambda: print('heavy imports:', "
+                     "[m for m in ('jax', 'tensorflow', 'orbax', 'flax') if m in sys.modules], "
+                     "file=sys.stderr)); sys.argv[0] = 'fmnist_jax.main'; "
+                     "runpy.run_module('fmnist_jax.main', run_name='__main__')")
+
+
+@pytest.mark.parametrize("mistake,message", [
+    (["--workdir", "FILE"], "is not a directory"),
+    (["--workdir", "DIR", "--config", "configs/nope.py"], "does not exist"),
+    (["--workdir", "DIR", "--batch_size=3"], "write --config.batch_size=3"),
+])
+def test_command_line_mistakes_are_refused_before_jax_is_imported(tmp_path, mistake, message):
+  (tmp_path / "file").write_text("precious")
+  args = [a.replace("FILE", str(tmp_path / "file")).replace("DIR", str(tmp_path / "run"))
+          for a in mistake]
+  if "--config" not in args:
+    args += ["--config", "configs/tiny.py"]
+  result = subprocess.run([sys.executable, "-c", _WATCHING_IMPORTS, *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+  assert "heavy imports: []" in result.stderr
+  assert not (tmp_path / "run").exists()
+
+
 def test_command_line_reports_a_missing_config_file(tmp_path):
   result = _run_main("--config", "configs/nope.py", "--workdir", str(tmp_path / "w"))
   assert result.returncode != 0 and "nope.py" in result.stderr
