@@ -21,9 +21,6 @@ import optax
 from fmnist_jax import augment, models
 from fmnist_jax.errors import ConfigError
 
-# Micro-batch chunks unrolled per scan iteration: XLA's CPU runtime then runs one chunk's
-# operations beside another's, and both cores stay busy (docs/performance.md).
-UNROLL = 4
 AUGMENT_STREAM = 1  # fold_in(step_key, AUGMENT_STREAM): augmentation draws, apart from dropout's
 
 
@@ -97,7 +94,7 @@ def accumulate_gradient(grad_fn, params, images, labels, key, microbatches: int)
     return jax.tree.map(jnp.add, carry, (loss, correct, grads)), None
   zeros = (jnp.zeros(()), jnp.zeros((), jnp.int32), jax.tree.map(jnp.zeros_like, params))
   (loss, correct, grads), _ = jax.lax.scan(
-      body, zeros, (chunked(images), chunked(labels), jnp.arange(m)), unroll=min(m, UNROLL))
+      body, zeros, (chunked(images), chunked(labels), jnp.arange(m)))
   return (loss / m, correct), jax.tree.map(lambda g: g / m, grads)
 
 
