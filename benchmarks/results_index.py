@@ -71,6 +71,14 @@ def figure(d: dict) -> str:
                if "test_accuracy_flip_average" in s else ""))
   if "peers" in d:
     return _peers(d)
+  if "warm_median" in d:
+    w = d["warm_median"]
+    return (f"start-up, warm caches: {w['total']:.2f} s to the first train call (imports "
+            f"{w['imports']:.2f}, compile {w['compile']:.2f}); cold {d['cold']['total']:.1f} s")
+  if "calls" in d and d.get("results") and "parts" in d["results"][0]:
+    return "; ".join(f"step profile b{r['batch_size']}: {r['op_ms_per_step']:.1f} ms of "
+                     f"operations/step, largest: {r['parts'][0]['part']} "
+                     f"({r['parts'][0]['share']:.0%})" for r in d["results"])
   if "GFLOP" in d.get("unit", ""):
     return f"{len(d['results'])} matmul shapes, GFLOP/s by operand dtype"
   return _throughput(d)
