@@ -178,3 +178,57 @@ def test_peer_comparison_runs_side_by_side(tmp_path, peers):
   table = result.stdout.splitlines()
   assert any(report["processor"] in line for line in table)
   assert len([line for line in table if line.startswith(("| train", "| eval"))]) == 2
+
+
+def test_step_profile_charges_exclusive_time_to_the_parts_of_the_network():
+  """A while loop's time is its body's operations, counted once; an operation is charged to
+  the part its source names; XLA's own copies have a part of their own."""
+  from benchmarks import step_profile
+  hlo = "\n".join([
+      '  %while.1 = (f32[]) while(%t), metadata={op_name="jit(f)/Dropout_0/jit(_uniform)/while"}',
+      '  %add.2 = u32[8] add(%a, %b), metadata={op_name="jit(f)/Dropout_0/jit(_uniform)/add"}',
+      '  %ynn_fusion.3 = f32[9,4] fusion(%p), metadata={op_name="jit(f)/transpose(jvp(CNN))'
+      '/CNN._conv/conv2/dot_general"}',
+      '  %ynn_fusion.4 = f32[9,4] fusion(%p), metadata={op_name="jit(f)/jvp(CNN)/CNN._conv'
+      '/conv2/dot_general"}',
+      "  %copy.5 = f32[9,4] copy(%x)"])
+  sources = step_profile.op_sources(hlo)
+  assert sources["copy.5"] == "(none)"
+  events = [{"ph": "X", "pid": 1, "tid": 1, "name": "while.1", "ts": 0, "dur": 100},
+            {"ph": "X", "pid": 1, "tid": 1, "name": "add.2", "ts": 10, "dur": 30},
+            {"ph": "X", "pid": 1, "tid": 1, "name": "add.2", "ts": 50, "dur": 30},
+            {"ph": "X", "pid": 1, "tid": 2, "name": "ynn_fusion.3", "ts": 0, "dur": 7},
+            {"ph": "X", "pid": 1, "tid": 2, "name": "ynn_fusion.4", "ts": 7, "dur": 5},
+            {"ph": "X", "pid": 1, "tid": 2, "name": "copy.5", "ts": 12, "dur": 2},
+            {"ph": "X", "pid": 1, "tid": 2, "name": "ThunkExecutor::Execute", "ts": 0, "dur": 20}]
+  times = step_profile.exclusive_times(events, sources)
+  assert times == {"while.1": 40, "add.2": 60, "ynn_fusion.3": 7, "ynn_fusion.4": 5,
+                   "copy.5": 2}
+  assert {name: step_profile.part_of(sources[name]) for name in times} == {
+      "while.1": "dropout: random bits and masks", "add.2": "dropout: random bits and masks",
+      "ynn_fusion.3": "convolutions: gradient matmuls",
+      "ynn_fusion.4": "convolutions: forward matmuls",
+      "copy.5": "copies and layouts XLA added (no source op)"}
+
+
+def test_step_profile_flops_by_part_add_up_to_the_step_s(tmp_path):
+  from benchmarks import step_profile
+  from fmnist_jax import config_file, models
+  config = config_file.load(str(ROOT / "configs/default.py"))
+  flops = step_profile.part_flops(config, batch_size=2)
+  assert sum(flops.values()) == 2 * models.flops_per_image(config, train=True)
+
+
+def test_step_profile_traces_the_loop_s_train_call(tmp_path):
+  out = tmp_path / "profile.json"
+  subprocess.run([sys.executable, "-m", "benchmarks.step_profile", "--json", str(out),
+                  "--config", "configs/tiny.py", "--batch-sizes", "16", "--calls", "1"],
+                 cwd=ROOT, check=True, capture_output=True, timeout=600)
+  result = json.loads(out.read_text())["results"][0]
+  parts = {p["part"]: p for p in result["parts"]}
+  assert result["steps_traced"] == 10 and result["images_per_second"] > 0
+  assert sum(p["ms_per_step"] for p in parts.values()) == pytest.approx(
+      result["op_ms_per_step"], rel=1e-3)
+  for part in ("convolutions: forward matmuls", "convolutions: gradient matmuls",
+               "dropout: random bits and masks", "max-pool, bias, ReLU (forward and gradient)"):
+    assert parts[part]["ms_per_step"] > 0, part
