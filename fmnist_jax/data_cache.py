@@ -114,6 +114,8 @@ def load(config, read_source: Callable[[], Splits]) -> Splits:
       logging.warning("the data cache %s is damaged (%s): rebuilt from the source", entry, e)
       cached = None
     if cached is not None:
+      if dataset.tensorflow_available():  # (the source is tfds' copy, as in dataset.prepare)
+        dataset.warn_idx_dir_unused(config.idx_dir, dataset.default_data_dir(config.data_dir))
       return cached
   splits = read_source()
   files = source_files(config) if directory else None  # (tfds may have prepared it just now)
