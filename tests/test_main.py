@@ -252,8 +252,9 @@ def test_console_ends_with_a_summary_and_a_rerun_says_it_is_finished(synthetic_t
 def test_console_shows_the_projects_lines_and_verbose_the_libraries(synthetic_tfds, tmp_path):
   args = ("--config", "configs/tiny.py", f"--config.data_dir={synthetic_tfds['data_dir']}",
           "--config.num_train_steps=6")
-  quiet = _run_main(*args, "--workdir", str(tmp_path / "quiet"))
-  verbose = _run_main(*args, "--workdir", str(tmp_path / "verbose"), "--verbose")
+  no_cache = {"FMNIST_JAX_DATA_CACHE_DIR": ""}  # tfds reads the data: its INFO lines appear
+  quiet = _run_main(*args, "--workdir", str(tmp_path / "quiet"), env=no_cache)
+  verbose = _run_main(*args, "--workdir", str(tmp_path / "verbose"), "--verbose", env=no_cache)
   assert quiet.returncode == verbose.returncode == 0, quiet.stderr[-2000:]
   for library_line in ("dataset_info.py", "xla_bridge.py"):  # tfds INFO, JAX's backend search
     assert library_line not in quiet.stderr and library_line in verbose.stderr, library_line
