@@ -100,10 +100,11 @@ class Progress:
 
   def __init__(self, start_step: int, total_steps: int, batch_size: int, to_host, *,
                flops_per_image: float = 0.0, peak_flops: float | None = None,
-               show: bool = True, clock=time.perf_counter, startup: Startup | None = None):
+               show: bool = True, clock=time.perf_counter):
     self.start_step, self.total_steps, self.batch_size = start_step, total_steps, batch_size
     self.to_host, self.flops_per_image, self.peak_flops = to_host, flops_per_image, peak_flops
-    self.show, self.clock, self.startup = show, clock, startup
+    self.show, self.clock = show, clock
+    self.startup: Startup | None = None  # the loop's, when it records its start-up phases
     self.start = clock()
     self.compile = CompileTimer()
     self.paused_seconds, self.ready = 0.0, False

@@ -189,8 +189,8 @@ class Loop:
     peak = hardware.peak_flops(par.devices[0].device_kind, config.dtype)
     self.progress = Progress(start_step, run.total_steps, config.batch_size, par.to_host,
                              flops_per_image=models.flops_per_image(config),
-                             peak_flops=peak and peak * par.num_devices, show=run.is_chief,
-                             startup=startup)
+                             peak_flops=peak and peak * par.num_devices, show=run.is_chief)
+    self.progress.startup = startup
     self.writer = workdir_lib.MetricsWriter(run.workdir) if run.is_chief else None
     if self.writer:
       self.writer.write_hparams(config)
