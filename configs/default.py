@@ -58,6 +58,11 @@ def get_config():
   config.stop_at_accuracy = 0.0
   config.stop_metric = "val_accuracy"  # val_accuracy | test_accuracy
   config.skip_nonfinite_updates = False  # True: drop NaN/inf updates instead of stopping
+  # Many models in one compiled program (fmnist_jax/population.py): (field, values) pairs, the
+  # members the product of the values in the order written, e.g. (("seed", (0, 1, 2)),). A
+  # population may vary the seed, learning_rate, weight_decay, label_smoothing, ema_decay,
+  # dropout_rates and the augment_* fields. (): one model.
+  config.population = ()
 
   # --- Parallelism and speed ------------------------------------------------------------------
   config.parallelism = "jit"     # jit (jit over a device Mesh, NamedSharding) | pmap

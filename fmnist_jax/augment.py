@@ -9,6 +9,10 @@ global batch do not depend on the device count. Evaluation never augments.
 - horizontal flip with probability 1/2 (Fashion-MNIST's classes are left-right symmetric);
 - random erasing (Zhong et al., 2017), simplified to a square: with probability `prob`, a
   `size` x `size` square at a random position (clipped at the borders) is set to zero.
+
+In a population (many models in one program) each member's values are traced; shapes come
+from the population's largest shift (`pad`), and a member draws exactly what a single run with
+its values draws.
 """
 
 from __future__ import annotations
@@ -17,12 +21,20 @@ import jax
 import jax.numpy as jnp
 
 
-def random_translate(key, images, pad: int):
+def _off(value) -> bool:
+  """A static 0/False (a traced value may be anything)."""
+  return isinstance(value, (bool, int, float)) and not value
+
+
+def random_translate(key, images, shift, pad: int | None = None):
+  """Shift by up to +-`shift` pixels; `pad` (static, >= shift) is the padding, `shift` by
+  default."""
+  pad = shift if pad is None else pad
   if pad == 0:
     return images
   batch, height, width, _ = images.shape
   padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  offsets = jax.random.randint(key, (batch, 2), 0, 2 * pad + 1)
+  offsets = jax.random.randint(key, (batch, 2), 0, 2 * shift + 1) + (pad - shift)
 
   def crop(image, offset):
     return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0),
@@ -30,13 +42,13 @@ def random_translate(key, images, pad: int):
   return jax.vmap(crop)(padded, offsets)
 
 
-def random_flip(key, images):
-  flip = jax.random.bernoulli(key, 0.5, (images.shape[0], 1, 1, 1))
+def random_flip(key, images, enabled=True):
+  flip = jax.random.bernoulli(key, 0.5, (images.shape[0], 1, 1, 1)) & enabled
   return jnp.where(flip, images[:, :, ::-1, :], images)
 
 
 def random_erase(key, images, size: int, prob: float):
-  if size == 0 or prob == 0:
+  if _off(size) or _off(prob):
     return images
   batch, height, width, _ = images.shape
   key_apply, key_y, key_x = jax.random.split(key, 3)
@@ -50,11 +62,11 @@ def random_erase(key, images, size: int, prob: float):
   return jnp.where(apply & inside, jnp.zeros((), images.dtype), images)
 
 
-def augment(key, images, *, translate: int = 0, flip: bool = False, erase_size: int = 0,
-            erase_prob: float = 0.0):
+def augment(key, images, *, translate=0, flip=False, erase_size=0, erase_prob=0.0,
+            pad: int | None = None):
   """All enabled augmentations, each with its own key; the identity when none is enabled."""
   key_translate, key_flip, key_erase = jax.random.split(key, 3)
-  images = random_translate(key_translate, images, translate)
-  if flip:
-    images = random_flip(key_flip, images)
+  images = random_translate(key_translate, images, translate, pad)
+  if not _off(flip):
+    images = random_flip(key_flip, images, flip)
   return random_erase(key_erase, images, erase_size, erase_prob)

@@ -257,7 +257,7 @@ class Saver:
     anyway: an update made the parameters NaN/inf (optax stopped skipping), or its evaluation
     `row` holds a NaN/inf."""
     steps = f"steps {self.finite_through + 1}-{step}"
-    if int(sums["nonfinite"]) and not self.skip_nonfinite:
+    if int(np.sum(sums["nonfinite"])) and not self.skip_nonfinite:
       raise NonFiniteError(
           f"non-finite loss or gradient in {steps}: the run stopped without saving them, and "
           "the checkpoints already written are intact. Lower learning_rate and run the same "
@@ -266,7 +266,7 @@ class Saver:
           "state).")
     diverged = [key for key, value in (row or {}).items()
                 if isinstance(value, float) and not math.isfinite(value)]
-    if int(sums.get("diverged", 0)) or diverged:
+    if int(np.sum(sums.get("diverged", 0))) or diverged:
       raise NonFiniteError(
           f"the model diverged in {steps} (" + (f"{', '.join(diverged)} NaN/inf" if diverged
                                                  else "its parameters NaN/inf")

@@ -28,7 +28,8 @@ def summarize(fetched: dict[str, list]) -> dict[str, dict]:
   for name, metrics in fetched.items():
     sums = {key: sum(np.asarray(m[key], np.float64) for m in metrics) for key in metrics[0]}
     loss, accuracy = steps.summarize(sums)
-    results[name] = {"loss": loss, "accuracy": accuracy, "count": int(sums["count"])}
+    # (a population: the members' mean; each member counts every example once)
+    results[name] = {"loss": loss, "accuracy": accuracy, "count": int(np.max(sums["count"]))}
   return results
 
 

@@ -56,25 +56,30 @@ def epoch_order(seed: int, epoch: int, num_examples: int, steps: int, batch_size
 
 class DeviceTrainData:
   """The training split resident on the devices. Each epoch's order is sent to the devices
-  once; each call is one gather of its steps' batches, on device."""
+  once; each call is one gather of its steps' batches, on device. With several `seeds` (a
+  population), each member has its own order: batches (steps, members, batch, ...), member m's
+  those of a single run with seeds[m]."""
 
   def __init__(self, images: np.ndarray, labels: np.ndarray, par: Parallelism,
-               batch_size: int, seed: int):
-    self.par, self.batch_size, self.seed = par, batch_size, seed
+               batch_size: int, seed: int, seeds: tuple = ()):
+    self.par, self.batch_size, self.seed, self.seeds = par, batch_size, seed, tuple(seeds)
     self.num_examples = len(images)
     self.steps_per_epoch = self.num_examples // batch_size
     self.data = par.replicate({"image": images, "label": labels})
+    batch_axis = 2 if self.seeds else 1
 
     def gather(data, order, start, steps: int):
       index = jax.lax.dynamic_slice_in_dim(order, start, steps)
-      return jax.tree.map(lambda x: par.batch_layout(x[index], batch_axis=1), data)
+      return jax.tree.map(lambda x: par.batch_layout(x[index], batch_axis=batch_axis), data)
     self.gather = jax.jit(gather, static_argnums=3)
 
   def epoch_order(self, epoch: int, pad_steps: int = 0):
-    """The epoch's batches of indices on the devices, with `pad_steps` rows of zeros after."""
-    order = epoch_order(self.seed, epoch, self.num_examples, self.steps_per_epoch,
-                        self.batch_size)
-    return self.par.replicate(np.pad(order, ((0, pad_steps), (0, 0))))
+    """The epoch's batches of indices on the devices, with `pad_steps` rows of zeros after:
+    (steps, batch), or (steps, members, batch) for a population."""
+    orders = [epoch_order(seed, epoch, self.num_examples, self.steps_per_epoch,
+                          self.batch_size) for seed in self.seeds or (self.seed,)]
+    order = np.stack(orders, 1) if self.seeds else orders[0]
+    return self.par.replicate(np.pad(order, ((0, pad_steps),) + ((0, 0),) * (order.ndim - 1)))
 
   def batches(self, epoch: int, first_step: int, steps_per_call: int) -> Iterator:
     """(batches with steps_per_call steps, how many of them are the epoch's) per call."""
@@ -161,10 +166,11 @@ def check_input_mode(config) -> None:
                       "tensorflow-datasets`, or use --config.input_mode=device (the default).")
 
 
-def create_train_data(config, par: Parallelism, splits):
+def create_train_data(config, par: Parallelism, splits, seeds: tuple = ()):
+  """The config's training batches; `seeds`: a population's members' data orders."""
   if config.input_mode == "device":
     images, labels = splits["train"]
-    return DeviceTrainData(images, labels, par, config.batch_size, config.seed)
+    return DeviceTrainData(images, labels, par, config.batch_size, config.seed, seeds)
   data_dir = dataset.default_data_dir(config.data_dir)
   return TfdsTrainData(data_dir, split_names(config.validation_size)["train"], par,
                        config.batch_size, config.seed)

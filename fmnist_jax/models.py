@@ -139,6 +139,20 @@ class Im2colConv(nn.Module):
     return conv3x3_im2col(x, kernel, self.dtype), bias
 
 
+class Dropout(nn.Module):
+  """nn.Dropout whose rate may also be a traced value (each member of a population has its
+  own): the same key (same name, hence the same `make_rng` path), mask and scaling as
+  nn.Dropout. A traced rate of 0 keeps everything, as nn.Dropout(0) does."""
+
+  @nn.compact
+  def __call__(self, x, rate, *, train: bool):
+    if not train or (isinstance(rate, (int, float)) and rate == 0):
+      return x
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape)
+    return jax.lax.select(mask, x / keep, jnp.zeros_like(x))
+
+
 def _dot_general_in(dtype):
   """A dot_general for nn.Dense: operands in `dtype`, float32 accumulation and result."""
   def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
@@ -178,22 +192,23 @@ class CNN(nn.Module):
     return max_pool_2x2(y) if self.pool_impl == "reshape" else nn.max_pool(y, (2, 2), (2, 2))
 
   @nn.compact
-  def __call__(self, x, *, train: bool):
+  def __call__(self, x, *, train: bool, dropout_rates=None):
+    """`dropout_rates` (three values, possibly traced) replaces the module's own."""
     conv1, conv2, conv3 = self.conv_features
-    drop1, drop2, drop3 = self.dropout_rates
+    drop1, drop2, drop3 = self.dropout_rates if dropout_rates is None else dropout_rates
     matmul_form = self.conv_impl == "im2col" and self.dtype != jnp.float32
     activations = jnp.float32 if self.conv_impl == "im2col" else self.dtype
     dense = functools.partial(Dense, dtype=activations,
                               dot_general=_dot_general_in(self.dtype) if matmul_form else None)
     x = x.astype(activations)
     x = self._conv(x, conv1, "conv1", pool=True)
-    x = nn.Dropout(drop1, deterministic=not train)(x)
+    x = Dropout()(x, drop1, train=train)
     x = self._conv(x, conv2, "conv2", pool=True)
-    x = nn.Dropout(drop2, deterministic=not train)(x)
+    x = Dropout()(x, drop2, train=train)
     x = self._conv(x, conv3, "conv3", pool=False)
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(dense(self.dense_features, name="dense1")(x))
-    x = nn.Dropout(drop3, deterministic=not train)(x)
+    x = Dropout()(x, drop3, train=train)
     x = dense(self.num_classes, name="logits")(x)
     return x.astype(jnp.float32)
 

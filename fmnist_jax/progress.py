@@ -1,6 +1,7 @@
 """The run's clock and its console: training seconds with compilation and trace writing left
 out, host syncs, the host's seconds per phase, progress lines with images/s and the ETA, and the
-run's last line. One object per run, modelled on big_vision's `chrono`."""
+run's last line. One object per run, modelled on big_vision's `chrono`. And `Deferred`: the
+host work that waits until the device has passed a step."""
 
 from __future__ import annotations
 
@@ -211,3 +212,24 @@ class Progress:
 
   def close(self) -> None:
     self.compile.close()
+
+
+class Deferred:
+  """Host work waiting on the device: (due step, task) pairs, each run in the order added
+  once the loop has dispatched the call that reaches its step."""
+  def __init__(self):
+    self.tasks = []
+
+  def add(self, due_step: int, task) -> None:
+    self.tasks.append((due_step, task))
+
+  def run(self, step: float = float("inf")) -> None:
+    """Runs the tasks due by `step` (all by default), also those they add."""
+    while (due := next((t for t in self.tasks if t[0] <= step), None)) is not None:
+      self.tasks.remove(due)
+      due[1]()
+
+
+def crossed(step: int, num_steps: int, every: int) -> bool:
+  """Whether the last call (num_steps steps, ending at `step`) passed a multiple of `every`."""
+  return bool(every) and step // every != (step - num_steps) // every

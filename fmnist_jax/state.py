@@ -19,21 +19,24 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
 
 
-def create_learning_rate_fn(config, steps_per_epoch: int, total_steps: int):
+def create_learning_rate_fn(config, steps_per_epoch: int, total_steps: int, peak=None):
+  """The config's schedule, peaking at config.learning_rate (or `peak`)."""
+  peak = config.learning_rate if peak is None else peak
   if config.schedule == "constant":
-    return optax.constant_schedule(config.learning_rate)
+    return optax.constant_schedule(peak)
   if config.schedule == "cosine":
-    return optax.cosine_decay_schedule(config.learning_rate, total_steps)
+    return optax.cosine_decay_schedule(peak, total_steps)
   warmup = int(config.warmup_epochs * steps_per_epoch)
-  return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup,
-                                            max(total_steps, warmup + 1))
+  return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(total_steps, warmup + 1))
 
 
-def create_optimizer(config, learning_rate_fn) -> optax.GradientTransformation:
+def create_optimizer(config, learning_rate_fn, weight_decay=None) -> optax.GradientTransformation:
+  """The config's optimizer; `weight_decay` (possibly traced) replaces config.weight_decay."""
   if config.optimizer == "adam":
     tx = optax.adam(learning_rate_fn)
   elif config.optimizer == "adamw":
-    tx = optax.adamw(learning_rate_fn, weight_decay=config.weight_decay)
+    tx = optax.adamw(learning_rate_fn, weight_decay=config.weight_decay
+                     if weight_decay is None else weight_decay)
   else:
     tx = optax.sgd(learning_rate_fn, momentum=config.momentum, nesterov=True)
   if config.get("skip_nonfinite_updates", False):
@@ -42,11 +45,25 @@ def create_optimizer(config, learning_rate_fn) -> optax.GradientTransformation:
   return tx
 
 
+def member_optimizer(config, steps_per_epoch: int, total_steps: int):
+  """The optimizer of a population's members: each member's learning rate and weight decay are
+  values in its optimizer state (optax.inject_hyperparams), so one compiled program serves
+  any values. The schedule has the config's shape, scaled to the member's peak."""
+  unit = create_learning_rate_fn(config, steps_per_epoch, total_steps, peak=1.0)
+
+  def optimizer(learning_rate, weight_decay):
+    return create_optimizer(config, lambda count: learning_rate * unit(count), weight_decay)
+  return optax.inject_hyperparams(optimizer)(learning_rate=config.learning_rate,
+                                             weight_decay=config.weight_decay)
+
+
 class TrainState(train_state.TrainState):
-  """Flax TrainState plus the base dropout key (step keys are fold_in(dropout_key, step)) and,
-  when config.ema_decay > 0, an exponential moving average of the parameters."""
+  """Flax TrainState plus the base dropout key (step keys are fold_in(dropout_key, step)),
+  when config.ema_decay > 0, an exponential moving average of the parameters, and in a
+  population (fmnist_jax.population) each member's values of the fields it varies."""
   dropout_key: jax.Array
   ema_params: Any = None
+  hparams: Any = None
 
   @property
   def eval_params(self):
@@ -58,14 +75,15 @@ def create_train_state(config, model, tx, image_shape=(28, 28, 1)) -> TrainState
   """The initial state. Parameters and dropout key both derive from config.seed. One compiled
   program (op by op, the optimizer's init alone would compile dozens)."""
   ema = bool(config.get("ema_decay", 0.0))
+  return jax.jit(lambda: init_state(model, tx, config.seed, ema, image_shape))()
 
-  @jax.jit
-  def init():
-    params_key, dropout_key = jax.random.split(jax.random.PRNGKey(config.seed))
-    params = model.init(params_key, jnp.zeros((1,) + image_shape), train=False)["params"]
-    return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
-                             dropout_key=dropout_key, ema_params=params if ema else None)
-  return init()
+
+def init_state(model, tx, seed, ema: bool, image_shape=(28, 28, 1), hparams=None) -> TrainState:
+  """A state from `seed` (a traced value under vmap: a population's members)."""
+  params_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
+  params = model.init(params_key, jnp.zeros((1,) + image_shape), train=False)["params"]
+  return TrainState.create(apply_fn=model.apply, params=params, tx=tx, dropout_key=dropout_key,
+                           ema_params=params if ema else None, hparams=hparams)
 
 
 def initial_state(config, steps_per_epoch: int = 1, total_steps: int = 1, *,

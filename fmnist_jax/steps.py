@@ -24,8 +24,9 @@ from fmnist_jax.errors import ConfigError
 AUGMENT_STREAM = 1  # fold_in(step_key, AUGMENT_STREAM): augmentation draws, apart from dropout's
 
 
-def cross_entropy(logits, labels, label_smoothing: float = 0.0):
-  if not label_smoothing:
+def cross_entropy(logits, labels, label_smoothing=0.0):
+  """Mean-free cross-entropy per example; `label_smoothing` may be a traced value."""
+  if isinstance(label_smoothing, (int, float)) and not label_smoothing:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
   return optax.softmax_cross_entropy(logits, targets)
@@ -103,21 +104,27 @@ def train_step(state, batch, *, axis_name=None, options=StepOptions()):
 
   Under pmap (axis_name given) the batch is this device's shard: gradients are averaged and
   metrics summed over the axis, and each device folds its index into the dropout key.
+  In a population (`state.hparams`, one member's values under vmap) the varying fields come
+  from there and a member that has stopped keeps its state.
   Returns the new state and summed metrics {'loss', 'correct', 'count', 'nonfinite'}.
   """
+  hyper = member_values(state.hparams, options)
   step_key = jax.random.fold_in(state.dropout_key, state.step)
   if axis_name is not None:
     step_key = jax.random.fold_in(step_key, jax.lax.axis_index(axis_name))
   images, labels = batch["image"], batch["label"]
   if options.augments:
     images = augment.augment(jax.random.fold_in(step_key, AUGMENT_STREAM), images,
-                             translate=options.translate, flip=options.flip,
-                             erase_size=options.erase_size, erase_prob=options.erase_prob)
+                             translate=hyper["translate"], flip=hyper["flip"],
+                             erase_size=hyper["erase_size"], erase_prob=hyper["erase_prob"],
+                             pad=options.translate)
   images = models.normalize(images)
+  rates = {} if state.hparams is None else {"dropout_rates": hyper["dropout_rates"]}
 
   def loss_fn(params, images, labels, key):
-    logits = state.apply_fn({"params": params}, images, train=True, rngs={"dropout": key})
-    loss = cross_entropy(logits, labels, options.label_smoothing).mean()
+    logits = state.apply_fn({"params": params}, images, train=True, rngs={"dropout": key},
+                            **rates)
+    loss = cross_entropy(logits, labels, hyper["label_smoothing"]).mean()
     return loss, jnp.sum(jnp.argmax(logits, -1) == labels)
   (loss, correct), grads = accumulate_gradient(jax.value_and_grad(loss_fn, has_aux=True),
                                                state.params, images, labels, step_key,
@@ -139,10 +146,37 @@ def train_step(state, batch, *, axis_name=None, options=StepOptions()):
   metrics["diverged"] = jnp.logical_not(all_finite(new_state.params)).astype(jnp.int32)
   if options.ema_decay:
     # The usual warm-up of the decay, so early averages are not dominated by the init.
-    decay = jnp.minimum(options.ema_decay, (1.0 + state.step) / (10.0 + state.step))
+    decay = jnp.minimum(hyper["ema_decay"], (1.0 + state.step) / (10.0 + state.step))
     new_state = new_state.replace(ema_params=optax.incremental_update(
         new_state.params, state.ema_params, 1.0 - decay))
+  if state.hparams is not None:
+    return _keep_if_stopped(state.hparams["active"], state, new_state, metrics)
   return new_state, metrics
+
+
+def member_values(hparams, options: StepOptions) -> dict:
+  """The values a step uses for the fields a population may vary: a member's (traced) where
+  the population varies them and the options' (static: the single-run code path) where no
+  member departs from 0/off."""
+  values = {"label_smoothing": options.label_smoothing, "ema_decay": options.ema_decay,
+            "translate": options.translate, "flip": options.flip,
+            "erase_size": options.erase_size, "erase_prob": options.erase_prob}
+  if hparams is None:
+    return values
+  return {**{key: hparams[key] if value else value for key, value in values.items()},
+          "dropout_rates": hparams["dropout_rates"]}
+
+
+def _keep_if_stopped(active, state, new_state, metrics):
+  """A stopped member (stop_at_accuracy reached) keeps its state and adds no metrics; the
+  step counter, shared by the population, advances."""
+  def keep(new, old):
+    return jnp.where(active, new, old)
+  new_state = new_state.replace(
+      params=jax.tree.map(keep, new_state.params, state.params),
+      opt_state=jax.tree.map(keep, new_state.opt_state, state.opt_state),
+      ema_params=jax.tree.map(keep, new_state.ema_params, state.ema_params))
+  return new_state, jax.tree.map(lambda m: jnp.where(active, m, jnp.zeros_like(m)), metrics)
 
 
 def train_steps(state, batches, *, axis_name=None, options=StepOptions(), active=None):
@@ -179,11 +213,13 @@ def add_metrics(sums, metrics):
   return jax.tree.map(lambda s, m: s + m.astype(s.dtype), sums, metrics)
 
 
-def zero_metrics() -> dict[str, Any]:
-  """The running sums' starting point, on the host: float32 loss, int32 counts."""
-  return {"loss": np.zeros((), np.float32), "correct": np.zeros((), np.int32),
-          "count": np.zeros((), np.int32), "nonfinite": np.zeros((), np.int32),
-          "diverged": np.zeros((), np.int32)}
+def zero_metrics(members: int = 0) -> dict[str, Any]:
+  """The running sums' starting point, on the host: float32 loss, int32 counts; one of each
+  per member for a population of `members`."""
+  shape = (members,) if members else ()
+  return {"loss": np.zeros(shape, np.float32), "correct": np.zeros(shape, np.int32),
+          "count": np.zeros(shape, np.int32), "nonfinite": np.zeros(shape, np.int32),
+          "diverged": np.zeros(shape, np.int32)}
 
 
 def train_call(state, batches, sums, active, *, axis_name=None, options=StepOptions()):
@@ -208,6 +244,7 @@ def eval_step(params, batch, *, apply_fn=None, axis_name=None, flip_average: boo
 
 
 def summarize(sums: dict[str, Any]) -> tuple[float, float]:
-  """(mean loss, accuracy) from summed metrics (host values)."""
-  count = float(sums["count"]) or float("nan")
-  return float(sums["loss"]) / count, float(sums["correct"]) / count
+  """(mean loss, accuracy) from summed metrics (host values; a population's pooled over its
+  members, i.e. the members' mean)."""
+  count = float(np.sum(sums["count"])) or float("nan")
+  return float(np.sum(sums["loss"])) / count, float(np.sum(sums["correct"])) / count

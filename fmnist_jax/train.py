@@ -20,13 +20,13 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from fmnist_jax import checkpointing, evaluate, hardware, input_pipeline, models
+from fmnist_jax import checkpointing, evaluate, hardware, input_pipeline, models, population
 from fmnist_jax import profiling, state as state_lib, steps, workdir as workdir_lib
 from fmnist_jax.configuration import validate_config
 from fmnist_jax.errors import ConfigError, DiskFullError, is_disk_full
 from fmnist_jax.parallel import Parallelism
 from fmnist_jax.preemption import Preempted, PreemptionWatch
-from fmnist_jax.progress import Progress, Startup
+from fmnist_jax.progress import Deferred, Progress, Startup, crossed
 
 LEAD_CALLS = 2  # an epoch's evaluation is fetched once this many calls of the next are queued
 
@@ -43,6 +43,7 @@ class Run:
   total_steps: int
   options: steps.StepOptions
   lock: Any = None  # workdir.Lock, held by process 0 while the run trains
+  members: list = dataclasses.field(default_factory=list)  # a population's (fmnist_jax.population)
 
   @property
   def is_chief(self) -> bool:
@@ -53,19 +54,23 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   """Checks everything that can fail on bad input, reads the data, prepares the workdir.
   Raises ConfigError/DataError/OSError before anything is compiled."""
   validate_config(config)
+  members = population.check(config)
   input_pipeline.check_input_mode(config)
   par = Parallelism(config.parallelism)
   par.check_batch_size(config.batch_size, "batch_size")
   par.check_batch_size(config.eval_batch_size, "eval_batch_size")
   options = steps.StepOptions.from_config(config, par.num_devices, par.devices[0].platform)
   steps.check_microbatches(config, options.microbatches, par.num_devices)
+  if members:
+    options = population.step_options(config, members, options)
   workdir_lib.check(workdir)
   splits = input_pipeline.load_splits(config)  # (a data error leaves no workdir behind)
   path = workdir_lib.prepare(workdir)
   lock = workdir_lib.Lock(path) if jax.process_index() == 0 else None
   try:
     workdir_lib.check_resume(path, config)
-    train_data = input_pipeline.create_train_data(config, par, splits)
+    train_data = input_pipeline.create_train_data(config, par, splits, tuple(
+        population.member_config(config, m).seed for m in members))
     if train_data.steps_per_epoch == 0:
       raise ConfigError(f"batch_size {config.batch_size} is larger than the training split "
                         f"({len(splits['train'][0])} examples).")
@@ -79,7 +84,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
       lock.release()
     raise
   return Run(config, par, path, train_data, eval_sets, train_data.steps_per_epoch, total_steps,
-             options, lock)
+             options, lock, members)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -121,15 +126,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 def _restore(run: Run):
   """The initial state, or the latest checkpoint's: (state, step, extras, checkpointer)."""
-  state = run.par.replicate(state_lib.initial_state(run.config, run.steps_per_epoch,
-                                                    run.total_steps))
+  initial = functools.partial(population.initial_state, run.config, run.members) \
+      if run.members else functools.partial(state_lib.initial_state, run.config)
+  state = run.par.replicate(initial(run.steps_per_epoch, run.total_steps))
   ckpt = checkpointing.Checkpointer(run.workdir / workdir_lib.CHECKPOINTS, run.config)
   try:
     state, extras = ckpt.restore_latest(state)
   except BaseException:
     ckpt.close()  # no async machinery left behind by a refused restore
     raise
-  step = int(run.par.to_host(state.step))
+  step = int(np.ravel(run.par.to_host(state.step))[0])  # (a population's members share it)
   if run.is_chief:
     workdir_lib.record_start(run.workdir, run.config, run.par.mode,
                              steps_per_epoch=run.steps_per_epoch, total_steps=run.total_steps,
@@ -148,27 +154,6 @@ class TargetReached(Exception):
     self.step, self.state = step, state
 
 
-class Deferred:
-  """Host work waiting on the device: (due step, task) pairs, each run in the order added
-  once the loop has dispatched the call that reaches its step."""
-  def __init__(self):
-    self.tasks = []
-
-  def add(self, due_step: int, task) -> None:
-    self.tasks.append((due_step, task))
-
-  def run(self, step: float = float("inf")) -> None:
-    """Runs the tasks due by `step` (all by default), also those they add."""
-    while (due := next((t for t in self.tasks if t[0] <= step), None)) is not None:
-      self.tasks.remove(due)
-      due[1]()
-
-
-def _crossed(step: int, num_steps: int, every: int) -> bool:
-  """Whether the last call (num_steps steps, ending at `step`) passed a multiple of `every`."""
-  return bool(every) and step // every != (step - num_steps) // every
-
-
 class Loop:
   """One run's compiled functions, its clock, its saver and the loop over its train calls."""
 
@@ -177,17 +162,20 @@ class Loop:
     config, par = run.config, run.par
     self.run, self.ckpt, self.stopping, self.last_eval = run, ckpt, False, {}
     self.stop_reason = "completed"
-    self.train_fn = par.compile_train(
-        functools.partial(steps.train_call, options=run.options), num_extra=2)
+    code, members = (population if run.members else steps), len(run.members)
+    self.train_fn = par.compile_train(functools.partial(code.train_call, options=run.options),
+                                      batch_axis=1 + bool(members), num_extra=2)
     eval_model = models.create_model(config, conv_impl="xla")  # same parameters, faster
     self.eval_fn = par.compile_eval(functools.partial(
-        steps.eval_step, apply_fn=eval_model.apply, flip_average=config.eval_flip_average))
+        code.eval_step, apply_fn=eval_model.apply, flip_average=config.eval_flip_average))
+    self.stop_members = members and population.stop_reached(config, run.eval_sets)
     # One program copies the whole state (a copy per leaf would compile one per shape).
     self.copy_state = jax.jit(lambda state: jax.tree.map(jax.numpy.copy, state))
     self.learning_rate = state_lib.create_learning_rate_fn(config, run.steps_per_epoch,
                                                            run.total_steps)
     peak = hardware.peak_flops(par.devices[0].device_kind, config.dtype)
-    self.progress = Progress(start_step, run.total_steps, config.batch_size, par.to_host,
+    self.progress = Progress(start_step, run.total_steps, config.batch_size * max(members, 1),
+                             par.to_host,
                              flops_per_image=models.flops_per_image(config),
                              peak_flops=peak and peak * par.num_devices, show=run.is_chief)
     self.progress.startup = startup
@@ -200,10 +188,10 @@ class Loop:
     self.profiler = profiling.StepProfiler(
         run.workdir, config.profile_steps if run.is_chief else (0, 0), self.progress.paused)
     self.deferred = Deferred()
-    self.zeros = par.replicate(steps.zero_metrics())
-    resumed_sums = {**steps.zero_metrics(), **(resumed_sums or {})}
+    self.zeros = par.replicate(steps.zero_metrics(members))
+    resumed_sums = {**steps.zero_metrics(members), **(resumed_sums or {})}
     if start_step % run.steps_per_epoch == 0:  # (the run-wide counters only)
-      resumed_sums = dict(steps.zero_metrics(), nonfinite=resumed_sums["nonfinite"],
+      resumed_sums = dict(steps.zero_metrics(members), nonfinite=resumed_sums["nonfinite"],
                           diverged=resumed_sums["diverged"])
     self.start_sums = par.replicate(resumed_sums)
     startup.mark("state")
@@ -228,7 +216,7 @@ class Loop:
           self.profiler.after_call(step, sums)
           progress.program_ready()  # (said once: the first call compiled or loaded it)
           self.deferred.run(step)  # what the device has now passed: lines, evaluations, saves
-          if _crossed(step, num, config.log_every_steps):
+          if crossed(step, num, config.log_every_steps):
             self.deferred.add(step + 1, self.log_task(step, epoch, sums))
           preempt = self.preemption.reached()
           if step >= epoch_end:
@@ -237,13 +225,15 @@ class Loop:
             self.saver.request(step, state, sums)
             self.save()
             raise Preempted(step, self.preemption.reason)
-          if _crossed(step, num, every):  # a copy, written at the next save point
+          if crossed(step, num, every):  # a copy, written at the next save point
             with progress.timed("checkpoints"):
               self.saver.request(step, self.copy_state(state), sums)
             self.deferred.add(min(step + every, epoch_end) if overlap else step, self.save)
         # The epoch's end: its evaluation and its state are fetched once later calls queue.
         with progress.timed("evaluation"):
           evaluation = evaluate.dispatch(self.eval_fn, state.eval_params, run.eval_sets)
+          if self.stop_members:  # (members that reached stop_at_accuracy keep their state)
+            state = self.stop_members(state, evaluation)
           end = functools.partial(self.end_epoch, step, self.copy_state(state), sums,
                                   evaluation, next_end)
         self.deferred.add(min(step + LEAD_CALLS * config.steps_per_call, next_end), end)
@@ -287,11 +277,14 @@ class Loop:
     with self.progress.timed("evaluation"):
       train_sums, fetched = self.progress.fetch((sums, evaluation))
     scalars = self.epoch_scalars(step, train_sums, evaluate.summarize(fetched))
+    if self.run.members:  # (the scalars above: the members' means)
+      scalars["members"] = population.member_rows(self.run.members, scalars, train_sums, fetched)
     self.saver.check_finite(step, train_sums, scalars)
     self.last_eval = scalars
     self.progress.restart_interval(step)  # (the calls queued since run behind its evaluation)
-    reached = bool(config.stop_at_accuracy) and \
-        scalars[config.stop_metric] >= config.stop_at_accuracy
+    reached = bool(config.stop_at_accuracy) and min(
+        row[config.stop_metric] for row in scalars.get("members", [scalars])) >= \
+        config.stop_at_accuracy
     self.saver.request(step, state, train_sums, row=scalars, always=reached or self.stopping)
     self.deferred.add(save_due, self.save)
     if reached:
@@ -308,15 +301,15 @@ class Loop:
       scalars[f"{name}_loss"], scalars[f"{name}_accuracy"] = result["loss"], result["accuracy"]
       scalars[f"{name}_count"] = result["count"]
     scalars["elapsed_seconds"] = self.progress.elapsed()
-    if int(train_sums["nonfinite"]):  # (only when such updates are skipped)
-      scalars["skipped_updates"] = int(train_sums["nonfinite"])
+    if np.sum(train_sums["nonfinite"]):  # (only when such updates are skipped)
+      scalars["skipped_updates"] = int(np.sum(train_sums["nonfinite"]))
     self.progress.evaluation_line(step, scalars)
     return scalars
 
   def write_row(self, step: int, scalars: dict) -> None:
     with self.progress.timed("metrics files"):
-      if self.writer:
-        self.writer.write_scalars(step, scalars)
+      for row in (scalars.get("members", [scalars]) if self.writer else []):
+        self.writer.write_scalars(step, row)
 
   def save(self, checked_only: bool = False) -> None:
     with self.progress.timed("checkpoints"):
@@ -342,9 +335,12 @@ class Loop:
     logging.info("process %d: finished at step %d, parameter checksum %.10g",
                  jax.process_index(), step, checksum)
     if run.is_chief and self.last_eval:
+      final = {k: v for k, v in self.last_eval.items() if k != "members"}
+      extra = {"population": population.result(run.members, workdir_lib.read_metrics(
+          run.workdir))} if run.members else {}
       workdir_lib.write_result(
-          run.workdir, stop_reason=self.stop_reason, step=step, final=self.last_eval,
+          run.workdir, stop_reason=self.stop_reason, step=step, final=final, **extra,
           resumed_from_step=self.progress.start_step,
           flops_per_image=self.progress.flops_per_image,
           **self.progress.record(step, run.steps_per_epoch))
-      self.progress.summary(self.stop_reason, step, self.last_eval, run.workdir)
+      self.progress.summary(self.stop_reason, step, final, run.workdir)

@@ -223,6 +223,10 @@ def check_resume(workdir: pathlib.Path, config) -> None:
       f"{field} {old!r} -> {new!r}" for field, (old, new) in changes.items()))
   changed = [field for field in STEP_FIELDS if field in changes]
   resumable = bool(complete_steps(workdir / CHECKPOINTS))
+  if "population" in changes and resumable:
+    raise ConfigError(f"{workdir} holds checkpoints of another population "
+                      f"({changes['population'][0]!r}): resume it with that population, or "
+                      "use a new --workdir.")
   if changed and resumable and not config.get("resume_with_changed_steps", False):
     raise ConfigError(
         f"resuming {workdir} with a changed {', '.join(changed)} ("
@@ -289,20 +293,25 @@ class MetricsWriter:
     self._recorded = None  # steps already in metrics.jsonl, read at the first write only
 
   def write_scalars(self, step: int, scalars: dict) -> None:
-    row = {"step": int(step), **{k: _py(v) for k, v in scalars.items()}}
+    """A row; a population member's row (with `member`) goes to TensorBoard as memberNN/."""
+    row = {"step": int(step), **{k: v if isinstance(v, (list, tuple)) else _py(v)
+                                 for k, v in scalars.items()}}
     path = self.workdir / METRICS_FILE
+    key = (row["step"], row.get("member"))
     if self._recorded is None:  # a resumed run: the file may already hold this step
-      self._recorded = {r.get("step") for r in _read_jsonl(path)}
-    if row["step"] in self._recorded:
+      self._recorded = {(r.get("step"), r.get("member")) for r in _read_jsonl(path)}
+    if key in self._recorded:
       # Written again after a resume (killed between this row and its checkpoint): the new
       # row replaces the old one, atomically.
-      rows = sorted([r for r in _read_jsonl(path) if r.get("step") != row["step"]] + [row],
-                    key=lambda r: r.get("step", 0))
+      rows = [r for r in _read_jsonl(path) if (r.get("step"), r.get("member")) != key] + [row]
+      rows.sort(key=lambda r: (r.get("step", 0), r.get("member") or 0))
       write_atomically(path, "".join(json.dumps(r) + "\n" for r in rows))
     else:
       _append_jsonl(path, row)
-      self._recorded.add(row["step"])
-    self._add_scalars(step, {k: v for k, v in row.items() if k != "step"})
+      self._recorded.add(key)
+    prefix = f"member{row['member']:02d}/" if "member" in row else ""
+    self._add_scalars(step, {prefix + k: v for k, v in row.items() if k not in ("step", "member")
+                             and isinstance(v, (int, float))})
 
   def write_progress(self, step: int, scalars: dict) -> None:
     """A progress line's scalars (train loss and accuracy so far this epoch, learning rate,

@@ -1,0 +1,249 @@
+"""Many models in one compiled program: a population of members that differ in their seed and
+in hyperparameters that change neither a shape nor the program.
+
+`config.population` names the fields that vary and their values, as (field, values) pairs;
+the members are the product of the values in the order written, e.g.
+
+    config.population = (("dropout_rates", ((0.25, 0.4, 0.3), (0.0, 0.0, 0.0))),
+                         ("seed", (0, 1, 2, 3, 4)))
+
+is 10 members: the first five with dropout, seeds 0-4. An empty population is a single run.
+
+The state of all members is one TrainState whose leaves have a leading member axis; the train
+and evaluation programs are the single run's, vmapped over it. Learning rate and weight decay
+live in each member's optimizer state (optax.inject_hyperparams), the other values in
+TrainState.hparams: a new sweep of values reuses the compiled program. Member m draws its
+parameters, dropout masks, augmentations and batch order from its own seed, as a single run
+with its fields does: each member is that single run, up to float rounding.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fmnist_jax import models, state as state_lib, steps
+from fmnist_jax.configuration import validate_config
+from fmnist_jax.errors import ConfigError
+
+# The fields a population may vary (anything else changes shapes or the compiled program).
+VARYING = ("seed", "learning_rate", "weight_decay", "label_smoothing", "ema_decay",
+           "dropout_rates", "augment_translate", "augment_flip", "augment_erase_size",
+           "augment_erase_prob")
+IN_OPTIMIZER = ("learning_rate", "weight_decay")  # (optax.inject_hyperparams' state)
+# hparams keys (steps.member_values) <- config fields
+HPARAMS = {"label_smoothing": "label_smoothing", "ema_decay": "ema_decay",
+           "dropout_rates": "dropout_rates", "translate": "augment_translate",
+           "flip": "augment_flip", "erase_size": "augment_erase_size",
+           "erase_prob": "augment_erase_prob"}
+
+
+def members(config) -> list[dict]:
+  """The members' varying fields, {field: value} each; [] for a single run. Assumes `check`."""
+  pairs = [(field, tuple(values)) for field, values in config.get("population", ())]
+  return [dict(zip([f for f, _ in pairs], combo))
+          for combo in itertools.product(*[values for _, values in pairs])] if pairs else []
+
+
+def member_config(config, member: dict):
+  """The config of the single run that `member` is."""
+  single = config.copy_and_resolve_references()
+  with single.unlocked():
+    single.population = ()
+    for field, value in member.items():
+      single[field] = type(config[field])(value) if field != "dropout_rates" else tuple(value)
+  return single
+
+
+def describe(member: dict) -> str:
+  return " ".join(f"{field}={value}" for field, value in member.items())
+
+
+def check(config) -> list[dict]:
+  """The members, or one ConfigError line naming what to change. Before any data is read."""
+  population = config.get("population", ())
+  if not population:
+    return []
+  if not isinstance(population, (tuple, list)) or not all(
+      isinstance(p, (tuple, list)) and len(p) == 2 and isinstance(p[0], str) for p in population):
+    raise ConfigError(f"population={population!r} must be (field, values) pairs, e.g. "
+                      "(('seed', (0, 1, 2)), ('learning_rate', (1e-3, 3e-3))).")
+  fields = [field for field, _ in population]
+  for field, values in population:
+    if field not in config:
+      raise ConfigError(f"population field {field!r} is not a config field; it may vary "
+                        f"{', '.join(VARYING)}.")
+    if field not in VARYING:
+      raise ConfigError(f"population field {field!r} changes the program or its shapes: run "
+                        f"such values as separate runs; a population may vary "
+                        f"{', '.join(VARYING)}.")
+    if fields.count(field) > 1:
+      raise ConfigError(f"population field {field!r} is named twice: give its values once.")
+    if not isinstance(values, (tuple, list)) or not values:
+      raise ConfigError(f"population values of {field!r} must be a non-empty tuple, got "
+                        f"{values!r}.")
+    _check_types(config, field, values)
+  if config.parallelism != "jit" or config.input_mode != "device":
+    raise ConfigError("a population trains with parallelism='jit' and input_mode='device' "
+                      f"(got {config.parallelism!r}, {config.input_mode!r}): set both.")
+  found = members(config)
+  for index, member in enumerate(found):
+    try:
+      validate_config(member_config(config, member))
+    except ConfigError as e:
+      problems = str(e).removeprefix("Invalid config:\n  - ").replace("\n  - ", "; ")
+      raise ConfigError(f"population member {index} ({describe(member)}): {problems}") from None
+  return found
+
+
+def _check_types(config, field: str, values) -> None:
+  default = config[field]
+  for value in values:
+    if field == "dropout_rates":
+      ok = isinstance(value, (tuple, list)) and len(value) == len(default)
+    elif isinstance(default, bool):
+      ok = isinstance(value, bool)
+    elif isinstance(default, int):
+      ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+      ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok:
+      raise ConfigError(f"population value {value!r} of {field!r} is not a "
+                        f"{type(default).__name__} like the config's {default!r}.")
+  if field == "seed" and any(not 0 <= v < 2 ** 31 for v in values):
+    raise ConfigError("population seeds must be in [0, 2**31): a member's seed is traced as "
+                      "an int32.")
+
+
+def step_options(config, found: list[dict], base: steps.StepOptions) -> steps.StepOptions:
+  """The population's static options: each augmentation's largest value (its shapes), and a
+  field whose every member is 0/off keeps the single run's code path."""
+  def largest(field):
+    return max(member_config(config, m)[field] for m in found)
+  return steps.StepOptions(
+      microbatches=base.microbatches, label_smoothing=largest("label_smoothing"),
+      ema_decay=largest("ema_decay"), translate=largest("augment_translate"),
+      flip=largest("augment_flip"), erase_size=largest("augment_erase_size"),
+      erase_prob=largest("augment_erase_prob"))
+
+
+def initial_state(config, found: list[dict], steps_per_epoch: int, total_steps: int, *,
+                  conv_impl: str | None = None) -> state_lib.TrainState:
+  """All members' initial states, stacked, on the host: member m's parameters and dropout key
+  are those of a single run with its seed."""
+  configs = [member_config(config, m) for m in found]
+  model = models.create_model(config, conv_impl=conv_impl)
+  tx = state_lib.member_optimizer(config, steps_per_epoch, total_steps)
+  ema = any(c.ema_decay for c in configs)
+  column = {key: np.array([c[field] for c in configs], np.float32)
+            for key, field in HPARAMS.items()}
+  column.update(flip=column["flip"].astype(bool), translate=column["translate"].astype(np.int32),
+                erase_size=column["erase_size"].astype(np.int32),
+                active=np.ones(len(configs), bool))
+  optimizer = {field: np.array([c[field] for c in configs], np.float32) for field in IN_OPTIMIZER}
+  seeds = np.array([c.seed for c in configs], np.int32)
+
+  @jax.jit
+  @jax.vmap
+  def init(seed, hparams, optimizer):
+    state = state_lib.init_state(model, tx, seed, ema, hparams=hparams)
+    return state.replace(opt_state=state.opt_state._replace(hyperparams={
+        field: jnp.asarray(value) for field, value in optimizer.items()}))
+  return jax.device_get(init(seeds, column, optimizer))
+
+
+def train_call(state, batches, sums, active, *, axis_name=None, options=steps.StepOptions()):
+  """steps.train_call for every member: batches (steps, members, batch, ...)."""
+  def member(state, batches, sums):
+    return steps.train_call(state, batches, sums, active, axis_name=axis_name, options=options)
+  return jax.vmap(member, in_axes=(0, 1, 0))(state, batches, sums)
+
+
+def eval_step(params, batch, *, apply_fn=None, axis_name=None, flip_average: bool = False):
+  """steps.eval_step for every member's parameters on one batch: metrics per member."""
+  def member(params):
+    return steps.eval_step(params, batch, apply_fn=apply_fn, axis_name=axis_name,
+                           flip_average=flip_average)
+  return jax.vmap(member)(params)
+
+
+def needed_correct(target: float, count: int) -> int:
+  """The fewest correct of `count` whose accuracy (correct / count, float64) is >= target."""
+  need = max(0, math.floor(target * count) - 1)
+  while need / count < target:
+    need += 1
+  return need
+
+
+def stop_reached(config, eval_sets: dict):
+  """state, evaluation -> state with `active` cleared for the members whose evaluation
+  reached stop_at_accuracy (decided on the device, so no call waits for the host: a stopped
+  member's later steps change nothing). None without stop_at_accuracy."""
+  if not config.stop_at_accuracy:
+    return None
+  split = config.stop_metric.removesuffix("_accuracy")
+  count = sum(int(np.sum(batch["mask"])) for batch in eval_sets[split])
+  need = needed_correct(config.stop_at_accuracy, count)
+
+  def update(state, evaluation):
+    correct = sum(metrics["correct"] for metrics in evaluation[split])
+    hparams = dict(state.hparams, active=state.hparams["active"] & (correct < need))
+    return state.replace(hparams=hparams)
+  return jax.jit(update, donate_argnums=0)
+
+
+def member_rows(found: list[dict], scalars: dict, train_sums, fetched: dict) -> list[dict]:
+  """One metrics row per member from an evaluation's fetched per-member sums; `scalars` gives
+  the fields all share (epoch, elapsed_seconds)."""
+  rows = []
+  for index, member in enumerate(found):
+    row = {"member": index, **_plain(member), "epoch": scalars["epoch"]}
+    row["train_loss"], row["train_accuracy"] = steps.summarize(
+        {key: value[index] for key, value in train_sums.items()})
+    for name, metrics in fetched.items():
+      sums = {key: sum(np.asarray(m[key][index], np.float64) for m in metrics)
+              for key in metrics[0]}
+      row[f"{name}_loss"], row[f"{name}_accuracy"] = steps.summarize(sums)
+      row[f"{name}_count"] = int(sums["count"])
+    row["elapsed_seconds"] = scalars["elapsed_seconds"]
+    rows.append(row)
+  return rows
+
+
+def _plain(member: dict) -> dict:
+  return {field: list(value) if isinstance(value, tuple) else value
+          for field, value in member.items()}
+
+
+def setting(row: dict, found: list[dict]) -> str:
+  """A member's setting: its varying fields other than the seed ("" when only seeds vary)."""
+  return describe({k: v for k, v in found[row["member"]].items() if k != "seed"})
+
+
+def result(found: list[dict], rows: list[dict]) -> dict:
+  """result.json's population part: each member's final and best (by validation accuracy)
+  rows, and the mean +- std over the members of each setting."""
+  per_member = []
+  for index in range(len(found)):
+    mine = [r for r in rows if r.get("member") == index]
+    if not mine:
+      continue
+    best = max(mine, key=lambda r: r.get("val_accuracy", r["test_accuracy"]))
+    per_member.append({"member": index, **_plain(found[index]), "final": mine[-1],
+                       "best": best})
+  settings = {}
+  for entry in per_member:
+    settings.setdefault(setting(entry["final"], found), []).append(entry["final"])
+  summary = {name: {key: _mean_std([r[key] for r in finals])
+                    for key in ("test_accuracy", "test_loss", "train_accuracy", "train_loss")}
+             | {"members": len(finals)} for name, finals in settings.items()}
+  return {"members": per_member, "settings": summary}
+
+
+def _mean_std(values) -> list[float]:
+  values = np.asarray(values, np.float64)
+  return [float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0]
