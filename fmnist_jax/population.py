@@ -119,6 +119,12 @@ def _check_types(config, field: str, values) -> None:
                       "an int32.")
 
 
+def member_shards(found: list[dict], num_devices: int | None = None) -> int:
+  """How many device groups split a population's member axis: the most that divide both the
+  member and the device count (0: no population). Each group trains its own members."""
+  return math.gcd(len(found), num_devices or jax.device_count()) if found else 0
+
+
 def step_options(config, found: list[dict], base: steps.StepOptions) -> steps.StepOptions:
   """The population's static options: each augmentation's largest value (its shapes), and a
   field whose every member is 0/off keeps the single run's code path."""

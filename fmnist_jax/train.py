@@ -56,7 +56,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   validate_config(config)
   members = population.check(config)
   input_pipeline.check_input_mode(config)
-  par = Parallelism(config.parallelism)
+  par = Parallelism(config.parallelism, member_shards=population.member_shards(members))
   par.check_batch_size(config.batch_size, "batch_size")
   par.check_batch_size(config.eval_batch_size, "eval_batch_size")
   options = steps.StepOptions.from_config(config, par.num_devices, par.devices[0].platform)
@@ -128,7 +128,7 @@ def _restore(run: Run):
   """The initial state, or the latest checkpoint's: (state, step, extras, checkpointer)."""
   initial = functools.partial(population.initial_state, run.config, run.members) \
       if run.members else functools.partial(state_lib.initial_state, run.config)
-  state = run.par.replicate(initial(run.steps_per_epoch, run.total_steps))
+  state = run.par.place_state(initial(run.steps_per_epoch, run.total_steps))
   ckpt = checkpointing.Checkpointer(run.workdir / workdir_lib.CHECKPOINTS, run.config)
   try:
     state, extras = ckpt.restore_latest(state)
@@ -188,12 +188,12 @@ class Loop:
     self.profiler = profiling.StepProfiler(
         run.workdir, config.profile_steps if run.is_chief else (0, 0), self.progress.paused)
     self.deferred = Deferred()
-    self.zeros = par.replicate(steps.zero_metrics(members))
+    self.zeros = par.place_state(steps.zero_metrics(members))
     resumed_sums = {**steps.zero_metrics(members), **(resumed_sums or {})}
     if start_step % run.steps_per_epoch == 0:  # (the run-wide counters only)
       resumed_sums = dict(steps.zero_metrics(members), nonfinite=resumed_sums["nonfinite"],
                           diverged=resumed_sums["diverged"])
-    self.start_sums = par.replicate(resumed_sums)
+    self.start_sums = par.place_state(resumed_sums)
     startup.mark("state")
 
   def train(self, state, step: int):

@@ -83,3 +83,117 @@ def test_every_member_is_its_single_run(small_splits, tmp_path, name):
     for key in ("test_loss", "val_loss", "train_loss"):
       np.testing.assert_allclose(rows[index][key], alone[key], rtol=1e-5, err_msg=key)
     assert rows[index]["test_accuracy"] == alone["test_accuracy"]
+
+
+STUDY = "(('dropout_rates', ((0.25, 0.4, 0.3), (0.0, 0.0, 0.0))), ('seed', (0, 1)))"
+
+
+def _main(workdir, *flags, env=None):
+  return [sys.executable, "-m", "fmnist_jax.main", "--config", "configs/tiny.py",
+          "--workdir", str(workdir), f"--config.population={STUDY}", *flags]
+
+
+def _stacked(workdir, config):
+  """The latest checkpoint's stacked state."""
+  found = population.members(config)
+  target = Parallelism("jit", member_shards=1).place_state(
+      population.initial_state(config, found, 1, 1))
+  ckpt = checkpointing.Checkpointer(pathlib.Path(workdir) / "checkpoints", config,
+                                    read_only=True)
+  try:
+    return ckpt.restore_latest(target)[0]
+  finally:
+    ckpt.close()
+
+
+@pytest.mark.slow
+def test_sigkill_of_a_population_then_rerun_is_bit_identical(synthetic_tfds, tmp_path):
+  flags = (f"--config.data_dir={synthetic_tfds['data_dir']}", "--config.num_train_steps=300",
+           "--config.checkpoint_every_steps=50", "--config.steps_per_call=1")
+  straight = subprocess.run(_main(tmp_path / "straight", *flags), cwd=ROOT, capture_output=True,
+                            text=True, timeout=600)
+  assert straight.returncode == 0, straight.stderr[-3000:]
+  process = subprocess.Popen(_main(tmp_path / "killed", *flags), cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  checkpoints = tmp_path / "killed" / "checkpoints"
+  deadline = time.time() + 300
+  while time.time() < deadline and process.poll() is None and not (
+      checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())):
+    time.sleep(0.05)
+  assert process.poll() is None, "the run ended before it could be killed"
+  process.send_signal(signal.SIGKILL)
+  process.wait(timeout=60)
+  config = tiny_config(population=eval(STUDY))  # pylint: disable=eval-used
+  assert 0 < int(np.ravel(_stacked(tmp_path / "killed", config).step)[0]) < 300
+  rerun = subprocess.run(_main(tmp_path / "killed", *flags), cwd=ROOT, capture_output=True,
+                         text=True, timeout=600)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  a, b = _stacked(tmp_path / "straight", config), _stacked(tmp_path / "killed", config)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert _rows(tmp_path / "straight")[-4:] == [
+      {**row, "elapsed_seconds": s["elapsed_seconds"]}
+      for row, s in zip(_rows(tmp_path / "killed")[-4:], _rows(tmp_path / "straight")[-4:])]
+
+
+def test_resume_with_another_population_is_refused_and_harms_nothing(small_splits, tmp_path):
+  config = tiny_config(num_train_steps=4, population=(("seed", (0, 1)),))
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  before = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*") if p.is_file()
+            and p.name != ".lock"}
+  with pytest.raises(ConfigError, match="another population") as raised:
+    train.train_and_evaluate(tiny_config(num_train_steps=8, population=(("seed", (0, 1, 2)),)),
+                             str(tmp_path / "run"))
+  assert "\n" not in str(raised.value)
+  assert before == {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")
+                    if p.is_file() and p.name != ".lock"}
+
+
+def test_stopped_members_keep_their_state_and_the_run_ends_when_all_have(small_splits,
+                                                                         tmp_path):
+  """stop_at_accuracy per member: one member reaches it (its state then stays), the run ends
+  when every member has."""
+  config = tiny_config(num_epochs=8, dropout_rates=(0.0, 0.0, 0.0), stop_at_accuracy=0.5,
+                       stop_metric="test_accuracy", population=(("learning_rate", (1e-2, 3e-3)),))
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  rows = _rows(tmp_path / "run")
+  first = {m: min(r["epoch"] for r in rows if r["member"] == m and r["test_accuracy"] >= 0.5)
+           for m in (0, 1)}
+  assert first[0] < first[1], first  # the faster member stopped first ...
+  frozen = [r for r in rows if r["member"] == 0 and r["epoch"] >= first[0]]
+  assert len(frozen) > 1 and len({(r["test_loss"], r["test_accuracy"]) for r in frozen}) == 1
+  assert max(r["epoch"] for r in rows) == first[1]  # ... and the run ended with the last
+  result = json.loads((tmp_path / "run" / "result.json").read_text())
+  assert result["stop_reason"] == "target_reached"
+  assert [m["member"] for m in result["population"]["members"]] == [0, 1]
+
+
+EIGHT_DEVICES = """
+import json, sys
+sys.path.insert(0, "tests")
+from conftest import tiny_config, synthetic_arrays
+from fmnist_jax import input_pipeline, train
+splits = {"train": synthetic_arrays(200, seed=1), "val": synthetic_arrays(40, seed=3),
+          "test": synthetic_arrays(75, seed=2)}
+input_pipeline.load_splits = lambda config: splits
+config = tiny_config(num_train_steps=6, steps_per_call=2, population=%s)
+run = train.setup(config, sys.argv[1])
+run.lock.release()
+print(json.dumps({"mesh": dict(run.par.mesh.shape)}))
+train.train_and_evaluate(config, sys.argv[1])
+"""
+
+
+@pytest.mark.slow
+def test_a_population_on_8_devices_splits_members_and_equals_1_device(small_splits, tmp_path):
+  config = tiny_config(num_train_steps=6, steps_per_call=2, population=eval(STUDY))
+  train.train_and_evaluate(config, str(tmp_path / "one"))
+  env = {**__import__("os").environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  result = subprocess.run([sys.executable, "-c", EIGHT_DEVICES % STUDY, str(tmp_path / "eight")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert json.loads(result.stdout.splitlines()[0])["mesh"] == {"members": 4, "data": 2}
+  for one, eight in zip(_rows(tmp_path / "one"), _rows(tmp_path / "eight"), strict=True):
+    assert one["member"] == eight["member"]
+    np.testing.assert_allclose(eight["test_loss"], one["test_loss"], rtol=1e-5)
+    assert eight["test_accuracy"] == one["test_accuracy"]
