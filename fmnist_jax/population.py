@@ -207,7 +207,7 @@ def member_rows(found: list[dict], scalars: dict, train_sums, fetched: dict) -> 
   the fields all share (epoch, elapsed_seconds)."""
   rows = []
   for index, member in enumerate(found):
-    row = {"member": index, **_plain(member), "epoch": scalars["epoch"]}
+    row = {"member": index, **plain(member), "epoch": scalars["epoch"]}
     row["train_loss"], row["train_accuracy"] = steps.summarize(
         {key: value[index] for key, value in train_sums.items()})
     for name, metrics in fetched.items():
@@ -220,7 +220,8 @@ def member_rows(found: list[dict], scalars: dict, train_sums, fetched: dict) -> 
   return rows
 
 
-def _plain(member: dict) -> dict:
+def plain(member: dict) -> dict:
+  """A member's fields as JSON values."""
   return {field: list(value) if isinstance(value, tuple) else value
           for field, value in member.items()}
 
@@ -239,7 +240,7 @@ def result(found: list[dict], rows: list[dict]) -> dict:
     if not mine:
       continue
     best = max(mine, key=lambda r: r.get("val_accuracy", r["test_accuracy"]))
-    per_member.append({"member": index, **_plain(found[index]), "final": mine[-1],
+    per_member.append({"member": index, **plain(found[index]), "final": mine[-1],
                        "best": best})
   settings = {}
   for entry in per_member:

@@ -162,11 +162,14 @@ def write_report(workdir: str, splits: dict | None = None) -> pathlib.Path:
   workdir = pathlib.Path(workdir)
   config = workdir_lib.read_config(workdir)
   rows = workdir_lib.read_metrics(workdir, required=True)
+  if splits is None:
+    splits = input_pipeline.load_splits(config)
+  if config.get("population"):  # many models: their own report
+    from fmnist_jax import population_report
+    return population_report.write_report(workdir, config, rows, splits)
   out = workdir / f".{workdir_lib.REPORT}.tmp"
   shutil.rmtree(out, ignore_errors=True)  # (an interrupted report's)
   out.mkdir()
-  if splits is None:
-    splits = input_pipeline.load_splits(config)
   figures = {
       "class_distribution": plot_class_distribution(splits, out / "class_distribution.png"),
       "samples_train": plot_samples_per_class(*splits["train"], "Training images per class",
@@ -184,18 +187,7 @@ def write_report(workdir: str, splits: dict | None = None) -> pathlib.Path:
                                                   figures, out)}
   (out / "metrics.json").write_text(json.dumps(numbers, indent=2))
   (out / "report.md").write_text("\n".join(_markdown(workdir, config, rows, numbers, figures)))
-  return _swap_in(out, workdir / workdir_lib.REPORT)
-
-
-def _swap_in(new: pathlib.Path, final: pathlib.Path) -> pathlib.Path:
-  """`new` becomes `final`; the old one is removed only once the new one is in place."""
-  old = final.with_name(f".{final.name}.old.tmp")
-  shutil.rmtree(old, ignore_errors=True)
-  if final.exists():
-    final.rename(old)
-  new.rename(final)
-  shutil.rmtree(old, ignore_errors=True)
-  return final
+  return workdir_lib.swap_in(out, workdir / workdir_lib.REPORT)
 
 
 def _evaluate_checkpoints(workdir, config, checkpoints, test, figures, out) -> dict:

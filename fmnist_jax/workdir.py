@@ -20,6 +20,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import socket
 import sys
 import time
@@ -141,6 +142,18 @@ def _read_jsonl(path: pathlib.Path) -> list[dict]:
 
 
 # --- config.json and run_info.jsonl ----------------------------------------------------------
+
+def swap_in(new: pathlib.Path, final: pathlib.Path) -> pathlib.Path:
+  """The folder `new` becomes `final`; the old one is removed only once the new one is in
+  place."""
+  old = final.with_name(f".{final.name}.old.tmp")
+  shutil.rmtree(old, ignore_errors=True)
+  if final.exists():
+    final.rename(old)
+  new.rename(final)
+  shutil.rmtree(old, ignore_errors=True)
+  return final
+
 
 def write_atomically(path: pathlib.Path, text: str) -> None:
   """Writes `text` to a temporary file beside `path`, then renames it: a full disk or a kill

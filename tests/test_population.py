@@ -197,3 +197,27 @@ def test_a_population_on_8_devices_splits_members_and_equals_1_device(small_spli
     assert one["member"] == eight["member"]
     np.testing.assert_allclose(eight["test_loss"], one["test_loss"], rtol=1e-5)
     assert eight["test_accuracy"] == one["test_accuracy"]
+
+
+def test_the_report_of_a_population_gives_members_settings_and_ensembles_apart(small_splits,
+                                                                               tmp_path):
+  config = tiny_config(num_train_steps=12, population=eval(STUDY))  # pylint: disable=eval-used
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  from fmnist_jax import report
+  report.write_report(str(tmp_path / "run"), splits=small_splits)
+  numbers = json.loads((tmp_path / "run" / "report" / "metrics.json").read_text())
+  rows = {row["member"]: row for row in _rows(tmp_path / "run")}
+  assert [m["member"] for m in numbers["members"]] == [0, 1, 2, 3]
+  for member in numbers["members"]:  # the report's own evaluation agrees with the loop's
+    assert member["test_accuracy"] == pytest.approx(rows[member["member"]]["test_accuracy"])
+    assert member["test_loss"] == pytest.approx(rows[member["member"]]["test_loss"], rel=1e-4)
+  settings = numbers["settings"]
+  assert sorted(s["members"] for s in settings.values()) == [2, 2]
+  for name, summary in settings.items():
+    accuracies = [m["test_accuracy"] for m in numbers["members"] if m["setting"] == name]
+    assert summary["test_accuracy"][0] == pytest.approx(np.mean(accuracies))
+    assert summary["test_accuracy"][1] == pytest.approx(np.std(accuracies, ddof=1))
+  assert set(numbers["ensembles"]) == set(settings)
+  text = (tmp_path / "run" / "report" / "report.md").read_text()
+  assert "## Ensembles (apart" in text and "members.png" in text
+  assert (tmp_path / "run" / "report" / "members.png").stat().st_size > 0
