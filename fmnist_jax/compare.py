@@ -3,7 +3,7 @@
 Overlays the curves of several workdirs and tabulates final test accuracy, the test accuracy at
 the best validation accuracy (chosen on validation, never on test), test loss, and the train -
 test accuracy gap. E.g. configs/default.py vs configs/no_dropout.py is the dropout
-study.
+study. A population's workdir (configs/dropout_study.py) counts as one run per member.
 """
 
 from __future__ import annotations
@@ -51,6 +51,28 @@ def labels(workdirs: list[str]) -> list[str]:
   return names
 
 
+def _runs_of(name: str, workdir: pathlib.Path) -> dict[str, tuple[list[dict], float | None]]:
+  """{label: (metrics rows, test ECE of the last checkpoint where the run's report measured
+  it)}: one entry for a run, one per member for a population (NAME/mN)."""
+  rows = workdir_lib.read_metrics(workdir, required=True)
+  report = workdir / workdir_lib.REPORT / "metrics.json"
+  try:
+    numbers = json.loads(report.read_text()) if report.exists() else {}
+    if "members" in numbers:
+      eces = {m["member"]: m.get("ece") for m in numbers["members"]}
+    else:
+      eces = {None: numbers.get("checkpoints", {}).get("last", {}).get("calibration", {})
+              .get("ece")}
+  except (ValueError, KeyError, TypeError, AttributeError):
+    logging.warning("%s is damaged: its calibration is left out", report)
+    eces = {}
+  members = sorted({r["member"] for r in rows if "member" in r})
+  if not members:
+    return {name: (rows, eces.get(None))}
+  return {f"{name}/m{m}": ([r for r in rows if r.get("member") == m], eces.get(m))
+          for m in members}
+
+
 def compare(workdirs: list[str], out: str) -> pathlib.Path:
   out_path = pathlib.Path(out)
   missing = [w for w in workdirs if not pathlib.Path(w).is_dir()]
@@ -58,8 +80,10 @@ def compare(workdirs: list[str], out: str) -> pathlib.Path:
     raise ReportError(f"{', '.join(missing)}: no such run folder (pass the --workdir of runs).")
   if out_path.exists() and not out_path.is_dir():
     raise ReportError(f"--out {out} is a file: pass a folder for compare.png, .md and .json.")
-  runs = {name: workdir_lib.read_metrics(w, required=True)
-          for name, w in zip(labels(workdirs), workdirs)}
+  runs, eces = {}, {}
+  for name, w in zip(labels(workdirs), workdirs):
+    for run_name, (rows, ece) in _runs_of(name, pathlib.Path(w)).items():
+      runs[run_name], eces[run_name] = rows, ece
   out_path.mkdir(parents=True, exist_ok=True)  # (only once every run has been read)
   fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(12, 4.5))
   for i, (name, rows) in enumerate(runs.items()):
@@ -81,14 +105,8 @@ def compare(workdirs: list[str], out: str) -> pathlib.Path:
   plt.close(fig)
 
   summary = {name: summarize_run(rows) for name, rows in runs.items()}
-  for name, w in zip(runs, workdirs):  # calibration, where the run's report measured it
-    report = pathlib.Path(w) / workdir_lib.REPORT / "metrics.json"
-    try:
-      last = json.loads(report.read_text())["checkpoints"]["last"] if report.exists() else {}
-    except (ValueError, KeyError, TypeError):
-      logging.warning("%s is damaged: its calibration is left out", report)
-      last = {}
-    summary[name]["last_checkpoint_test_ece"] = last.get("calibration", {}).get("ece")
+  for name in runs:
+    summary[name]["last_checkpoint_test_ece"] = eces[name]
   (out_path / "compare.json").write_text(json.dumps(summary, indent=2))
   lines = ["| run | epochs | final test acc | test acc at best val (epoch) | final test loss | "
            "lowest test loss (epoch) | final train acc | train − test gap | test ECE |",

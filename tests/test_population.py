@@ -221,3 +221,10 @@ def test_the_report_of_a_population_gives_members_settings_and_ensembles_apart(s
   text = (tmp_path / "run" / "report" / "report.md").read_text()
   assert "## Ensembles (apart" in text and "members.png" in text
   assert (tmp_path / "run" / "report" / "members.png").stat().st_size > 0
+  from fmnist_jax import compare
+  compare.compare([str(tmp_path / "run")], str(tmp_path / "compare"))
+  compared = json.loads((tmp_path / "compare" / "compare.json").read_text())
+  assert list(compared) == ["run/m0", "run/m1", "run/m2", "run/m3"]  # a run per member
+  for index, member in enumerate(numbers["members"]):
+    assert compared[f"run/m{index}"]["last_checkpoint_test_ece"] == member["ece"]
+    assert compared[f"run/m{index}"]["final_test_accuracy"] == rows[index]["test_accuracy"]
