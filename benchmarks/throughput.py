@@ -12,6 +12,9 @@ device from a resident split; host: a numpy batch handed to the devices every ca
 host pipeline can deliver), steps per compiled call (lax.scan), micro-batches and dtype. The
 model is the config's (default: configs/default.py; a run's config.json measures that run).
 
+`--members 1 4 16 64`: populations (fmnist_jax.population) of N models as one program, against
+one model (N = 1); images/s are summed over the members.
+
 FLOPs per image are counted from the layer shapes (models.flops_per_image); "% of peak" divides
 images/s x FLOPs/image by the devices' peak (hardware.PEAK_FLOPS; on CPU, a measured float32
 matmul). XLA's own count (cost analysis, which misses cuDNN's convolutions on GPU) is shown
@@ -44,6 +47,13 @@ def _parse_args(argv):
   parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
   parser.add_argument("--conv-impls", nargs="+", default=["xla", "im2col"],
                       help="training convolution forms (evaluation always uses xla)")
+  parser.add_argument("--members", type=int, nargs="+", default=[1],
+                      help="population sizes (fmnist_jax.population: N models, seeds 0..N-1, "
+                      "as one program; 1: the single-model program); images/s are summed over "
+                      "members")
+  parser.add_argument("--members-per-pass", type=int, nargs="+", default=[0],
+                      help="population members side by side (vmap) per pass, passes in "
+                      "sequence (lax.map); 0: all in one pass (config.members_per_pass)")
   parser.add_argument("--train-images", type=int, default=25_600,
                       help="training images timed per repeat")
   parser.add_argument("--eval-images", type=int, default=51_200)
@@ -56,7 +66,7 @@ def _parse_args(argv):
   args = parser.parse_args(argv)
   from benchmarks import common
   common.checked_json(parser, args.json)
-  for name in ("batch_sizes", "steps_per_call", "microbatches"):
+  for name in ("batch_sizes", "steps_per_call", "microbatches", "members"):
     if any(value < 1 for value in getattr(args, name)):
       parser.error(f"--{name.replace('_', '-')} must be positive integers")
   if min(args.train_images, args.eval_images, args.repeats) < 1:
@@ -67,7 +77,7 @@ def _parse_args(argv):
     parser.error(f"cannot read the config: {str(e).splitlines()[0][:200]}")
   if args.quick:
     for name in ("batch_sizes", "parallelism", "input_modes", "microbatches", "dtypes",
-                 "conv_impls"):
+                 "conv_impls", "members"):
       setattr(args, name, getattr(args, name)[:1])
     args.steps_per_call = [1]
     args.train_images, args.eval_images, args.repeats = 4 * args.batch_sizes[0], \
@@ -127,17 +137,30 @@ def _timed(call, calls: int, repeats: int, images_per_call: int) -> list[float]:
   return rates
 
 
+def initial(config, members: int, conv_impl: str):
+  """(the step code, the initial state on the host): one model, or a population of `members`
+  (seeds 0..members-1)."""
+  from fmnist_jax import population, state as state_lib, steps
+  if members == 1:
+    return steps, state_lib.initial_state(config, conv_impl=conv_impl)
+  found = [{"seed": seed} for seed in range(members)]
+  return population, population.initial_state(config, found, 1, 1, conv_impl=conv_impl)
+
+
 def measure_train(setting: dict, config, par, data, host_batch, repeats: int, images: int):
   """One train setting: the loop's own compiled call, fed from device or host."""
   import jax
   import numpy as np
-  from fmnist_jax import state as state_lib, steps
-  k, batch_size = setting["steps_per_call"], setting["batch_size"]
+  from fmnist_jax import steps
+  k, batch_size, members = setting["steps_per_call"], setting["batch_size"], setting["members"]
   options = steps.StepOptions(microbatches=setting["microbatches"])
-  train_fn = par.compile_train(functools.partial(steps.train_call, options=options),
-                               num_extra=2)
-  state = par.replicate(state_lib.initial_state(config, conv_impl=setting["conv_impl"]))
-  sums, active = par.replicate(steps.zero_metrics()), np.int32(k)
+  code, state = initial(config, members, setting["conv_impl"])
+  passes = {"per_pass": setting["members_per_pass"]} if members > 1 else {}
+  train_fn = par.compile_train(functools.partial(code.train_call, options=options, **passes),
+                               batch_axis=1 + (members > 1), num_extra=2)
+  state = par.place_state(state)
+  sums = par.place_state(steps.zero_metrics(members if members > 1 else 0))
+  active = np.int32(k)
   if setting["input_mode"] == "device":
     order = data.epoch_order(0, k)
     next_batch = functools.partial(data.gather, data.data, order, 0, k)
@@ -155,45 +178,55 @@ def measure_train(setting: dict, config, par, data, host_batch, repeats: int, im
   calls = max(1, images // (batch_size * k))
   one_step = {"image": jax.ShapeDtypeStruct((1, batch_size, 28, 28, 1), np.uint8),
               "label": jax.ShapeDtypeStruct((1, batch_size), np.int32)}  # a loop body counts once
-  xla = xla_flops(jax.jit(functools.partial(steps.train_steps, options=options)),
-                  holder["state"], one_step)
-  return _timed(call, calls, repeats, k * batch_size), compile_seconds, xla and xla / batch_size
+  xla = members == 1 and xla_flops(jax.jit(functools.partial(steps.train_steps,
+                                                             options=options)),
+                                   holder["state"], one_step)
+  return (_timed(call, calls, repeats, k * batch_size * members), compile_seconds,
+          xla and xla / batch_size)
 
 
 def measure_eval(setting: dict, config, par, images, labels, repeats: int, count: int):
   """The eval step (xla form) on one resident, masked batch."""
   import jax
   from fmnist_jax import input_pipeline, models, state as state_lib, steps
-  batch_size = setting["batch_size"]
+  batch_size, members = setting["batch_size"], setting["members"]
   model = models.create_model(config, conv_impl="xla")
-  params = par.replicate(state_lib.initial_state(config, conv_impl="xla").params)
-  eval_fn = par.compile_eval(functools.partial(steps.eval_step, apply_fn=model.apply))
+  code, state = initial(config, members, "xla")
+  params = par.place_state(state.params)
+  passes = {"per_pass": setting["members_per_pass"]} if members > 1 else {}
+  eval_fn = par.compile_eval(functools.partial(code.eval_step, apply_fn=model.apply, **passes))
   batch = input_pipeline.eval_batches(images[:batch_size], labels[:batch_size], par,
                                       batch_size)[0]
   start = time.perf_counter()
   jax.block_until_ready(eval_fn(params, batch))
   compile_seconds = time.perf_counter() - start
   _timed(lambda: eval_fn(params, batch), 10, 1, 1)  # warm-up
-  xla = xla_flops(jax.jit(functools.partial(steps.eval_step, apply_fn=model.apply)),
-                  params, batch)
-  return (_timed(lambda: eval_fn(params, batch), max(1, count // batch_size), repeats,
-                 batch_size), compile_seconds, xla and xla / batch_size)
+  xla = members == 1 and xla_flops(jax.jit(functools.partial(steps.eval_step,
+                                                             apply_fn=model.apply)), params, batch)
+  return (_timed(lambda: eval_fn(params, batch), max(1, count // (batch_size * members)),
+                 repeats, batch_size * members), compile_seconds, xla and xla / batch_size)
 
 
 def _settings(args, num_devices):
   """Every (dtype, parallelism, batch) group: its train settings, then its eval setting."""
-  for dtype, mode, batch_size in itertools.product(args.dtypes, args.parallelism,
-                                                   args.batch_sizes):
+  for dtype, mode, batch_size, members, per_pass in itertools.product(
+      args.dtypes, args.parallelism, args.batch_sizes, args.members, args.members_per_pass):
+    if members == 1 and per_pass != args.members_per_pass[0]:
+      continue  # (one model has no passes)
     if batch_size % num_devices:
       print(f"skip batch {batch_size}: not divisible by {num_devices} devices")
       continue
+    if members > 1 and mode != "jit":
+      print(f"skip {members} members under {mode}: a population trains under jit")
+      continue
     common = {"batch_size": batch_size, "dtype": dtype, "parallelism": mode,
-              "devices": num_devices}
+              "devices": num_devices, "members": members,
+              "members_per_pass": per_pass if members > 1 else None}
     train = [{**common, "conv_impl": conv, "input_mode": mode_in, "steps_per_call": k,
               "microbatches": m, "step": "train"}
              for conv, mode_in, k, m in itertools.product(
                  args.conv_impls, args.input_modes, args.steps_per_call, args.microbatches)
-             if batch_size % (m * num_devices) == 0]
+             if batch_size % (m * num_devices) == 0 and (members == 1 or mode_in == "device")]
     yield common, train + [{**common, "conv_impl": "xla", "input_mode": "device",
                             "steps_per_call": 1, "microbatches": 1, "step": "eval"}]
 
@@ -208,6 +241,7 @@ def main(argv=None):
   from benchmarks import common
   from fmnist_jax import hardware, input_pipeline, models
   from fmnist_jax.parallel import Parallelism
+  from fmnist_jax.population import member_shards
 
   report = {**common.machine(), "config": args.config_json or args.config}
   cpu_peak = measured_cpu_peak() if report["platform"] == "cpu" else None
@@ -218,14 +252,17 @@ def main(argv=None):
   devices = jax.devices()
   results = []
   for common_setting, settings in _settings(args, len(devices)):
-    par = Parallelism(common_setting["parallelism"], devices)
+    members = common_setting["members"]
+    par = Parallelism(common_setting["parallelism"], devices, member_shards=member_shards(
+        [{}] * members if members > 1 else [], len(devices)))
     config = base.copy_and_resolve_references()
     config.dtype, config.batch_size = common_setting["dtype"], common_setting["batch_size"]
     peak = cpu_peak or (hardware.peak_flops(report["device_kind"], config.dtype) or 0) \
         * len(devices)  # simulated CPU devices share one machine: its peak is the budget
     for setting in settings:
       if setting["step"] == "train":
-        data = input_pipeline.DeviceTrainData(images, labels, par, config.batch_size, 0)
+        data = input_pipeline.DeviceTrainData(images, labels, par, config.batch_size, 0,
+                                              tuple(range(members)) if members > 1 else ())
         k = setting["steps_per_call"]
         rows = np.arange(k * config.batch_size) % len(images)  # one call's steps
         host = {"image": images[rows].reshape(k, config.batch_size, 28, 28, 1),
@@ -247,7 +284,8 @@ def main(argv=None):
 
 def _entry(setting, rates, compile_seconds, flops_per_image, xla_flops_per_image, peak):
   median = statistics.median(rates)
-  return {**setting, "images_per_second": median, "repeats": rates,
+  return {**setting, "images_per_second": median,
+          "images_per_second_per_member": median / setting["members"], "repeats": rates,
           "compile_seconds": compile_seconds, "flops_per_image": flops_per_image,
           "xla_flops_per_image": xla_flops_per_image,
           "roofline_percent": 100 * median * flops_per_image / peak if peak else None}
@@ -255,10 +293,19 @@ def _entry(setting, rates, compile_seconds, flops_per_image, xla_flops_per_image
 
 def _line(r) -> str:
   roofline = f"{r['roofline_percent']:.1f}%" if r["roofline_percent"] else "n/a"
-  return (f"{r['step']:5s} {r['parallelism']:4s} {r['devices']}dev b{r['batch_size']:<5d} "
+  return (f"{r['step']:5s} {r['parallelism']:4s} {r['devices']}dev x{r.get('members', 1)}m "
+          f"/{r.get('members_per_pass')} "
+          f"b{r['batch_size']:<5d} "
           f"{r['conv_impl']:6s} {r['dtype']:8s} {r['input_mode']:6s} x{r['steps_per_call']:<3d} "
           f"mb{r['microbatches']:<3d} {r['images_per_second']:>12,.0f} img/s  "
           f"{roofline} of peak  compile {r['compile_seconds']:.1f}s")
+
+
+def _members(r) -> str:
+  members, per_pass = r.get("members", 1), r.get("members_per_pass")
+  if members == 1:
+    return "1"
+  return f"{members} ({per_pass or 'all'})"
 
 
 def to_markdown(report) -> str:
@@ -266,13 +313,14 @@ def to_markdown(report) -> str:
   lines = [f"# Throughput: {common.machine_line(report)}", "",
            f"config {report['config']}; XLA_FLAGS={report['xla_flags'] or '(none)'}; FLOPs "
            "counted from the layer shapes (XLA's own count in parentheses)", "",
-           "| step | parallelism | devices | batch | conv | dtype | input | steps/call | "
-           "microbatches | images/s | MFLOP/image | % of peak | compile s |",
-           "|" + " --- |" * 13]
+           "| step | parallelism | devices | members (per pass) | batch | conv | dtype | input "
+           "| steps/call | microbatches | images/s (all members) | MFLOP/image | % of peak | "
+           "compile s |", "|" + " --- |" * 14]
   for r in report["results"]:
     roofline = f"{r['roofline_percent']:.1f}" if r["roofline_percent"] else "–"
     xla = f" ({r['xla_flops_per_image'] / 1e6:.2f})" if r["xla_flops_per_image"] else ""
-    lines.append(f"| {r['step']} | {r['parallelism']} | {r['devices']} | {r['batch_size']} | "
+    lines.append(f"| {r['step']} | {r['parallelism']} | {r['devices']} | "
+                 f"{_members(r)} | {r['batch_size']} | "
                  f"{r['conv_impl']} | {r['dtype']} | {r['input_mode']} | {r['steps_per_call']} "
                  f"| {r['microbatches']} | {r['images_per_second']:,.0f} | "
                  f"{r['flops_per_image'] / 1e6:.2f}{xla} | {roofline} | "

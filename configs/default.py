@@ -63,6 +63,9 @@ def get_config():
   # population may vary the seed, learning_rate, weight_decay, label_smoothing, ema_decay,
   # dropout_rates and the augment_* fields. (): one model.
   config.population = ()
+  # Members computed side by side (vmap) in each pass over a population; passes run one after
+  # another (lax.map). 0: auto (1 on CPU, where that is the faster; all at once on GPU/TPU).
+  config.members_per_pass = 0
 
   # --- Parallelism and speed ------------------------------------------------------------------
   config.parallelism = "jit"     # jit (jit over a device Mesh, NamedSharding) | pmap

@@ -47,7 +47,7 @@ def _check_types(config, check) -> None:
     value = config.get(field)
     check(_is_int(value) and value > 0, f"{field}={value!r} must be a positive integer.")
   for field in ("checkpoint_every_steps", "keep_best_checkpoints", "validation_size", "seed",
-                "microbatches", "augment_translate", "augment_erase_size"):
+                "microbatches", "augment_translate", "augment_erase_size", "members_per_pass"):
     value = config.get(field)
     check(_is_int(value) and value >= 0, f"{field}={value!r} must be an integer >= 0.")
   check(_is_finite(config.learning_rate) and config.learning_rate > 0,

@@ -162,19 +162,39 @@ def initial_state(config, found: list[dict], steps_per_epoch: int, total_steps: 
   return jax.device_get(init(seeds, column, optimizer))
 
 
-def train_call(state, batches, sums, active, *, axis_name=None, options=steps.StepOptions()):
+def over_members(fn, per_pass: int, *stacked):
+  """fn(*one member's arguments) for every member (leading axis of `stacked`): `per_pass`
+  members side by side (vmap) per pass, the passes one after another (lax.map); 0: all in one
+  pass. On CPU one member per pass is the faster (XLA's CPU convolutions and small matmuls do
+  not gain from a member axis: docs/population.md); accelerators take them all at once."""
+  members = jax.tree.leaves(stacked)[0].shape[0]
+  if not per_pass or per_pass >= members:
+    return jax.vmap(fn)(*stacked)
+  return jax.lax.map(lambda args: fn(*args), stacked,
+                     batch_size=per_pass if per_pass > 1 else None)
+
+
+def resolve_per_pass(config, platform: str) -> int:
+  """config.members_per_pass; 0 ("auto"): 1 on CPU, all members at once elsewhere."""
+  return config.members_per_pass or (1 if platform == "cpu" else 0)
+
+
+def train_call(state, batches, sums, active, *, axis_name=None, options=steps.StepOptions(),
+               per_pass: int = 0):
   """steps.train_call for every member: batches (steps, members, batch, ...)."""
   def member(state, batches, sums):
     return steps.train_call(state, batches, sums, active, axis_name=axis_name, options=options)
-  return jax.vmap(member, in_axes=(0, 1, 0))(state, batches, sums)
+  batches = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), batches)  # (members, steps, ...)
+  return over_members(member, per_pass, state, batches, sums)
 
 
-def eval_step(params, batch, *, apply_fn=None, axis_name=None, flip_average: bool = False):
+def eval_step(params, batch, *, apply_fn=None, axis_name=None, flip_average: bool = False,
+              per_pass: int = 0):
   """steps.eval_step for every member's parameters on one batch: metrics per member."""
   def member(params):
     return steps.eval_step(params, batch, apply_fn=apply_fn, axis_name=axis_name,
                            flip_average=flip_average)
-  return jax.vmap(member)(params)
+  return over_members(member, per_pass, params)
 
 
 def needed_correct(target: float, count: int) -> int:

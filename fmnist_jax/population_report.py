@@ -131,7 +131,8 @@ def _markdown(workdir, step: int, found: list[dict], result: dict) -> list[str]:
                  f"{' | '.join(cells)} |")
   lines += ["", "## Ensembles (apart: not a member's figure)", "",
             "Each setting's members' mean class probabilities, evaluated as one model.", "",
-            "| setting | members | test accuracy | test loss | ECE |", "| --- | --- | --- | --- | --- |"]
+            "| setting | members | test accuracy | test loss | ECE |",
+            "| --- | --- | --- | --- | --- |"]
   for name, ensemble in result["ensembles"].items():
     lines.append(f"| {name or 'all'} | {ensemble['members']} | "
                  f"{100 * ensemble['test_accuracy']:.2f}% | {ensemble['test_loss']:.4f} | "

@@ -163,11 +163,15 @@ class Loop:
     self.run, self.ckpt, self.stopping, self.last_eval = run, ckpt, False, {}
     self.stop_reason = "completed"
     code, members = (population if run.members else steps), len(run.members)
-    self.train_fn = par.compile_train(functools.partial(code.train_call, options=run.options),
+    passes = {"per_pass": population.resolve_per_pass(config, par.devices[0].platform)} \
+        if members else {}
+    self.train_fn = par.compile_train(functools.partial(code.train_call, options=run.options,
+                                                        **passes),
                                       batch_axis=1 + bool(members), num_extra=2)
     eval_model = models.create_model(config, conv_impl="xla")  # same parameters, faster
     self.eval_fn = par.compile_eval(functools.partial(
-        code.eval_step, apply_fn=eval_model.apply, flip_average=config.eval_flip_average))
+        code.eval_step, apply_fn=eval_model.apply, flip_average=config.eval_flip_average,
+        **passes))
     self.stop_members = members and population.stop_reached(config, run.eval_sets)
     # One program copies the whole state (a copy per leaf would compile one per shape).
     self.copy_state = jax.jit(lambda state: jax.tree.map(jax.numpy.copy, state))
