@@ -23,8 +23,23 @@ def _pm(value, scale=1.0, digits=2) -> str:
   return f"{value[0] * scale:.{digits}f} ± {value[1] * scale:.{digits}f}"
 
 
+def _population_throughput(train: list[dict]) -> str:
+  """Each population size's fastest train setting against one model's."""
+  best = {}
+  for r in train:
+    if r["images_per_second"] > best.get(r.get("members", 1), {}).get("images_per_second", 0):
+      best[r.get("members", 1)] = r
+  one = best.get(1, {}).get("images_per_second")
+  return f"train b{train[0]['batch_size']}, images/s summed over members: " + ", ".join(
+      f"{n}: {r['images_per_second']:,.0f}" + (f" ({r['images_per_second'] / one:.2f}x one)"
+                                               if one and n > 1 else "")
+      for n, r in sorted(best.items()))
+
+
 def _throughput(d: dict) -> str:
   train = [r for r in d["results"] if r.get("step") == "train"]
+  if any(r.get("members", 1) > 1 for r in train):
+    return _population_throughput(train)
   best = max(train or d["results"], key=lambda r: r["images_per_second"])
   return (f"{best['step']} step, batch {best['batch_size']}, {best.get('dtype', '?')}: "
           f"{best['images_per_second']:,.0f} images/s (the fastest of {len(d['results'])} "
@@ -55,6 +70,15 @@ def _peers(d: dict) -> str:
 
 def figure(d: dict) -> str:
   """The headline figure of one result JSON, by what kind of result it is."""
+  if "single" in d and "population" in d:
+    return (f"{d['population']['members']} members in one process: {d['ratio']:.2f}x one "
+            f"model's process seconds ({d['population']['process_seconds']:,.0f} vs "
+            f"{d['single']['process_seconds']:,.0f} s)")
+  if "worst" in d:
+    w = d["worst"]
+    return (f"{len(d['members'])} members vs their single runs: test loss within "
+            f"{w['test_loss_max_relative']:.1e} relative, test accuracy within "
+            f"{w['test_accuracy_max_abs']:.4f}")
   if "ratio" in d:
     return (f"whole run {d['end_to_end_images_per_second']:,.0f} vs step "
             f"{d['microbenchmark_images_per_second']:,.0f} images/s: {d['ratio']:.0%}")

@@ -174,8 +174,8 @@ def measure_train(setting: dict, config, par, data, host_batch, repeats: int, im
   start = time.perf_counter()
   jax.block_until_ready(call())
   compile_seconds = time.perf_counter() - start
-  _timed(call, max(1, 20 // k), 1, 1)  # warm-up
-  calls = max(1, images // (batch_size * k))
+  _timed(call, max(1, 20 // (k * members)), 1, 1)  # warm-up
+  calls = max(1, images // (batch_size * k * members))
   one_step = {"image": jax.ShapeDtypeStruct((1, batch_size, 28, 28, 1), np.uint8),
               "label": jax.ShapeDtypeStruct((1, batch_size), np.int32)}  # a loop body counts once
   xla = members == 1 and xla_flops(jax.jit(functools.partial(steps.train_steps,

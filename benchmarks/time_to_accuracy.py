@@ -9,7 +9,10 @@ after every epoch). Two clocks per run:
   loading, compilation and training).
 
 `--caches cold warm`: cold runs each start with an empty JAX compilation cache; warm runs
-share one that a first run ("prime", recorded apart from the summary) filled. One JSON per platform:
+share one that a first run ("prime", recorded apart from the summary) filled. `--population`:
+the seeds train as one population (fmnist_jax.population) in one process per cache, each member
+stopping at the target; its epochs are per seed, its seconds those of all seeds together. One
+JSON per platform:
 
   python -m benchmarks.time_to_accuracy --config configs/speedrun.py --target 0.93 \
       --seeds 0 1 2 3 4 --json benchmarks/results/time_to_accuracy_gpu.json
@@ -42,6 +45,37 @@ def one_run(args, overrides, seed: int, cache_dir: str, root: pathlib.Path, tag:
           "test_accuracy_by_epoch": [r["test_accuracy"] for r in run["rows"]]}
 
 
+def population_run(args, overrides, cache_dir: str, root: pathlib.Path, tag: str) -> dict:
+  """All seeds as one population: per seed, the first evaluation at the target."""
+  seeds = ", ".join(str(seed) for seed in args.seeds)
+  run = common.run(args.config, root / f"{tag}_population",
+                   [f"--config.stop_at_accuracy={args.target}",
+                    "--config.stop_metric=test_accuracy",
+                    f"--config.population=(('seed', ({seeds},)),)", *overrides],
+                   env={"JAX_COMPILATION_CACHE_DIR": cache_dir})
+  members = []
+  for index, seed in enumerate(args.seeds):
+    rows = [r for r in run["rows"] if r["member"] == index]
+    first = next((r for r in rows if r["test_accuracy"] >= args.target), None)
+    members.append({"seed": seed, "reached": first is not None,
+                    "epochs": (first or rows[-1])["epoch"],
+                    "test_accuracy_by_epoch": [r["test_accuracy"] for r in rows]})
+  return {"cache": tag, "population": True, "members": members,
+          "reached": run["stop_reason"] == "target_reached",
+          "train_seconds": run["training_seconds"],
+          "process_seconds_to_target": run["process_seconds_to_end"],
+          "process_seconds": run["process_seconds"], "compile_seconds": run["compile_seconds"]}
+
+
+def summarize_population(run: dict) -> dict:
+  reached = [m for m in run["members"] if m["reached"]]
+  return {"runs": len(run["members"]), "reached": len(reached), "population": True,
+          "train_seconds": [run["train_seconds"], 0.0],
+          "process_seconds": [run["process_seconds_to_target"], 0.0],
+          "compile_seconds": [run["compile_seconds"], 0.0],
+          "epochs": common.mean_std([m["epochs"] for m in reached])}
+
+
 def summarize(runs: list[dict]) -> dict:
   reached = [r for r in runs if r["reached"]]
   return {"runs": len(runs), "reached": len(reached),
@@ -61,6 +95,7 @@ def _markdown(report: dict) -> str:
            "| cache | seeds reaching it | training s | process s | compile s | epochs |",
            "| --- | --- | --- | --- | --- | --- |"]
   for tag, s in report["summary"].items():
+    tag = f"{tag}, one population (seconds: all seeds)" if s.get("population") else tag
     lines.append(f"| {tag} | {s['reached']}/{s['runs']} | {pm(s['train_seconds'], 2)} | "
                  f"{pm(s['process_seconds'])} | {pm(s['compile_seconds'])} | "
                  f"{pm(s['epochs'])} |")
@@ -73,6 +108,8 @@ def main(argv=None):
   parser.add_argument("--target", type=float, default=0.93)
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
   parser.add_argument("--caches", nargs="+", choices=("cold", "warm"), default=["cold", "warm"])
+  parser.add_argument("--population", action="store_true",
+                      help="train the seeds as one population (one process per cache)")
   parser.add_argument("--json", required=True)
   args, overrides = parser.parse_known_args(argv)
   common.checked_json(parser, args.json)
@@ -84,11 +121,18 @@ def main(argv=None):
     for tag in args.caches:
       shared = tempfile.mkdtemp(dir=tmp)
       if tag == "warm":  # fills the shared cache: a cold run, kept apart from the summary
-        report["runs"].append(one_run(args, overrides, args.seeds[0], shared, root, "prime"))
-      runs = [one_run(args, overrides, seed, shared if tag == "warm" else
-                      tempfile.mkdtemp(dir=tmp), root, tag) for seed in args.seeds]
-      report["runs"] += runs
-      report["summary"][tag] = summarize(runs)
+        report["runs"].append(population_run(args, overrides, shared, root, "prime")
+                              if args.population else
+                              one_run(args, overrides, args.seeds[0], shared, root, "prime"))
+      if args.population:
+        run = population_run(args, overrides, shared, root, tag)
+        report["runs"].append(run)
+        report["summary"][tag] = summarize_population(run)
+      else:
+        runs = [one_run(args, overrides, seed, shared if tag == "warm" else
+                        tempfile.mkdtemp(dir=tmp), root, tag) for seed in args.seeds]
+        report["runs"] += runs
+        report["summary"][tag] = summarize(runs)
       common.write(args.json, report, _markdown(report))  # after each: a cut run keeps some
   return report
 

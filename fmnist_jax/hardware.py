@@ -91,6 +91,21 @@ def provenance() -> dict:
           "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
+def device_memory_bytes(device) -> int | None:
+  """What one device can hold: an accelerator's memory limit; a CPU device's, the host's
+  available memory (shared by its simulated devices). None where unknown."""
+  stats = getattr(device, "memory_stats", lambda: None)() if device.platform != "cpu" else None
+  if stats and stats.get("bytes_limit"):
+    return int(stats["bytes_limit"])
+  try:
+    for line in pathlib.Path("/proc/meminfo").read_text().splitlines():
+      if line.startswith("MemAvailable:"):
+        return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return None
+
+
 def peak_flops(device_kind: str, dtype: str) -> float | None:
   """One device's dense peak FLOP/s for `dtype` compute, or None where unknown (CPUs: the
   throughput benchmark measures a practical peak instead)."""

@@ -236,6 +236,35 @@ def create_model(config, conv_impl: str | None = None) -> CNN:
              pool_impl="window" if jax.default_backend() == "cpu" else "reshape")
 
 
+def parameter_count(config) -> int:
+  """The CNN's parameters, from the layer shapes (241,546 at the defaults)."""
+  size, channels, count = 28, 1, 0
+  for i, features in enumerate(config.conv_features):
+    size -= 2
+    count += 9 * channels * features + features
+    channels = features
+    if i < 2:
+      size //= 2
+  fan_in = size * size * channels
+  return count + (fan_in + 1) * config.dense_features + \
+      (config.dense_features + 1) * config.num_classes
+
+
+def activations_per_image(config) -> int:
+  """Floats a training step keeps per image, counted from the layer shapes: each layer's input
+  patches (the im2col form's, the larger), output and pooled output, and the dense layers'
+  outputs. A memory estimate (XLA reuses buffers; the gradients need as much again)."""
+  size, channels, floats = 28, 1, 28 * 28
+  for i, features in enumerate(config.conv_features):
+    size -= 2
+    floats += size * size * (9 * channels + features)
+    channels = features
+    if i < 2:
+      size //= 2
+      floats += size * size * channels
+  return floats + config.dense_features + config.num_classes
+
+
 def flops_per_image(config, train: bool = True) -> int:
   """Floating-point operations per image, counted from the layer shapes (2 per multiply-add;
   convolutions and dense layers only, the rest is < 1%). Forward: each layer's 2*out*fan_in.

@@ -26,9 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fmnist_jax import models, state as state_lib, steps
+from fmnist_jax import hardware, models, state as state_lib, steps
 from fmnist_jax.configuration import validate_config
 from fmnist_jax.errors import ConfigError
+from fmnist_jax.parallel import Parallelism
 
 # The fields a population may vary (anything else changes shapes or the compiled program).
 VARYING = ("seed", "learning_rate", "weight_decay", "label_smoothing", "ema_decay",
@@ -90,14 +91,14 @@ def check(config) -> list[dict]:
   if config.parallelism != "jit" or config.input_mode != "device":
     raise ConfigError("a population trains with parallelism='jit' and input_mode='device' "
                       f"(got {config.parallelism!r}, {config.input_mode!r}): set both.")
-  found = members(config)
-  for index, member in enumerate(found):
-    try:
-      validate_config(member_config(config, member))
-    except ConfigError as e:
-      problems = str(e).removeprefix("Invalid config:\n  - ").replace("\n  - ", "; ")
-      raise ConfigError(f"population member {index} ({describe(member)}): {problems}") from None
-  return found
+  for field, values in population:  # (each value once: a product can be large)
+    for value in values:
+      try:
+        validate_config(member_config(config, {field: value}))
+      except ConfigError as e:
+        problems = str(e).removeprefix("Invalid config:\n  - ").replace("\n  - ", "; ")
+        raise ConfigError(f"population value {field}={value!r}: {problems}") from None
+  return members(config)
 
 
 def _check_types(config, field: str, values) -> None:
@@ -123,6 +124,38 @@ def member_shards(found: list[dict], num_devices: int | None = None) -> int:
   """How many device groups split a population's member axis: the most that divide both the
   member and the device count (0: no population). Each group trains its own members."""
   return math.gcd(len(found), num_devices or jax.device_count()) if found else 0
+
+
+def parallelism(config, found: list[dict]) -> Parallelism:
+  """The run's devices: for a population, its member axis split over device groups, checked to
+  fit in memory (ConfigError) before anything is compiled."""
+  par = Parallelism(config.parallelism, member_shards=member_shards(found))
+  check_memory(config, found, par, resolve_per_pass(config, par.devices[0].platform))
+  return par
+
+
+def check_memory(config, found: list[dict], par, per_pass: int) -> None:
+  """ConfigError, before anything is compiled, if the population's states (parameters,
+  optimizer moments, EMA) and one pass's activations (forward and backward, float32) need more
+  than a device group holds; it says how many members fit."""
+  available = hardware.device_memory_bytes(par.devices[0])
+  if not available or not found:
+    return
+  groups = member_shards(found, par.num_devices)
+  members = math.ceil(len(found) / groups)  # on each device group
+  per_member_state = 4 * models.parameter_count(config) * (4 + bool(
+      max(member_config(config, m).ema_decay for m in found)))
+  per_member_pass = 4 * 2 * models.activations_per_image(config) * config.batch_size
+  side_by_side = min(per_pass or members, members)
+  need = members * per_member_state + side_by_side * per_member_pass
+  if need > available:
+    fit = max(0, int((available - side_by_side * per_member_pass) // per_member_state)) \
+        if per_pass else int(available // (per_member_state + per_member_pass))
+    raise ConfigError(
+        f"a population of {len(found)} members needs about {need / 2 ** 30:.1f} GiB on each "
+        f"device ({members} members there), more than its {available / 2 ** 30:.1f} GiB: at "
+        f"most about {fit * groups} members fit; give fewer values"
+        + ("" if per_pass == 1 else ", or set members_per_pass=1") + ".")
 
 
 def step_options(config, found: list[dict], base: steps.StepOptions) -> steps.StepOptions:
@@ -265,12 +298,13 @@ def result(found: list[dict], rows: list[dict]) -> dict:
   settings = {}
   for entry in per_member:
     settings.setdefault(setting(entry["final"], found), []).append(entry["final"])
-  summary = {name: {key: _mean_std([r[key] for r in finals])
+  summary = {name: {key: mean_std([r[key] for r in finals])
                     for key in ("test_accuracy", "test_loss", "train_accuracy", "train_loss")}
              | {"members": len(finals)} for name, finals in settings.items()}
   return {"members": per_member, "settings": summary}
 
 
-def _mean_std(values) -> list[float]:
+def mean_std(values) -> list[float]:
+  """[mean, sample std] (std 0 for one value)."""
   values = np.asarray(values, np.float64)
   return [float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0]

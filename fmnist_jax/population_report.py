@@ -40,6 +40,7 @@ def member_probabilities(workdir: pathlib.Path, config, found: list[dict], image
   finally:
     ckpt.close()
   model = models.create_model(config, conv_impl="xla")
+  per_pass = population.resolve_per_pass(config, jax.devices()[0].platform)
 
   @jax.jit
   def probabilities(params, batch):
@@ -47,7 +48,7 @@ def member_probabilities(workdir: pathlib.Path, config, found: list[dict], image
       logits = models.inference_logits(model.apply, params, models.normalize(batch),
                                        flip_average=config.get("eval_flip_average", False))
       return jax.nn.softmax(logits)
-    return jax.vmap(member)(params)
+    return population.over_members(member, per_pass, params)
   parts = [np.asarray(probabilities(state.eval_params, images[i:i + batch_size]))
            for i in range(0, len(images), batch_size)]
   return step, np.concatenate(parts, axis=1)
@@ -75,15 +76,10 @@ def numbers(config, rows: list[dict], probabilities: np.ndarray, labels: np.ndar
     settings.setdefault(entry["setting"], []).append(index)
   summary, ensembles = {}, {}
   for name, indices in settings.items():
-    summary[name] = {key: _mean_std([members[i][key] for i in indices])
+    summary[name] = {key: population.mean_std([members[i][key] for i in indices])
                      for key, *_ in COLUMNS} | {"members": len(indices)}
     ensembles[name] = scores(probabilities[indices].mean(0), labels) | {"members": len(indices)}
   return {"members": members, "settings": summary, "ensembles": ensembles}
-
-
-def _mean_std(values) -> list[float]:
-  values = np.asarray(values, np.float64)
-  return [float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0]
 
 
 def plot_members(rows: list[dict], found: list[dict], path: pathlib.Path) -> str:

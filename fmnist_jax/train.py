@@ -56,7 +56,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   validate_config(config)
   members = population.check(config)
   input_pipeline.check_input_mode(config)
-  par = Parallelism(config.parallelism, member_shards=population.member_shards(members))
+  par = population.parallelism(config, members)
   par.check_batch_size(config.batch_size, "batch_size")
   par.check_batch_size(config.eval_batch_size, "eval_batch_size")
   options = steps.StepOptions.from_config(config, par.num_devices, par.devices[0].platform)

@@ -232,3 +232,56 @@ def test_step_profile_traces_the_loop_s_train_call(tmp_path):
   for part in ("convolutions: forward matmuls", "convolutions: gradient matmuls",
                "dropout: random bits and masks", "max-pool, bias, ReLU (forward and gradient)"):
     assert parts[part]["ms_per_step"] > 0, part
+
+
+def test_throughput_measures_populations_against_one_model(tmp_path):
+  out = tmp_path / "population.json"
+  result = subprocess.run(
+      [sys.executable, "-m", "benchmarks.throughput", "--json", str(out), "--batch-sizes", "32",
+       "--dtypes", "float32", "--parallelism", "jit", "--input-modes", "device",
+       "--steps-per-call", "2", "--conv-impls", "im2col", "--members", "1", "3",
+       "--members-per-pass", "1", "0", "--train-images", "64", "--eval-images", "64",
+       "--repeats", "1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [(r["step"], r["members"], r["members_per_pass"])
+          for r in json.loads(out.read_text())["results"]]
+  assert rows == [("train", 1, None), ("eval", 1, None), ("train", 3, 1), ("eval", 3, 1),
+                  ("train", 3, 0), ("eval", 3, 0)]
+  for r in json.loads(out.read_text())["results"]:
+    assert r["images_per_second_per_member"] * r["members"] == pytest.approx(
+        r["images_per_second"])
+  assert "| train | jit | 1 | 3 (all) | 32 |" in result.stdout
+
+
+def test_time_to_accuracy_runs_its_seeds_as_one_population(synthetic_tfds, tmp_path):
+  out = tmp_path / "tta_population.json"
+  result = subprocess.run(
+      [sys.executable, "-m", "benchmarks.time_to_accuracy", "--config", "configs/tiny.py",
+       "--target", "0.01", "--seeds", "0", "1", "--caches", "cold", "--population",
+       "--json", str(out), *_tiny_run_args(synthetic_tfds)],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(out.read_text())
+  (run,) = report["runs"]
+  assert run["population"] and [m["seed"] for m in run["members"]] == [0, 1]
+  assert all(m["reached"] and m["epochs"] > 0 for m in run["members"])
+  assert report["summary"]["cold"]["reached"] == 2
+  assert "| cold, one population (seconds: all seeds) | 2/2 |" in result.stdout
+
+
+def test_population_study_times_a_population_against_one_model(synthetic_tfds, tmp_path):
+  out = tmp_path / "study.json"
+  result = subprocess.run(
+      [sys.executable, "-m", "benchmarks.population_study", "--config", "configs/tiny.py",
+       "--json", str(out), "--workdir", str(tmp_path / "runs"),
+       "--config.population=(('dropout_rates', ((0.25, 0.4, 0.3), (0.0, 0.0, 0.0))), "
+       "('seed', (0, 1)))", *_tiny_run_args(synthetic_tfds)],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(out.read_text())
+  assert report["population"]["members"] == 4 and len(report["settings"]) == 2
+  assert report["ratio"] == pytest.approx(report["population"]["process_seconds"]
+                                          / report["single"]["process_seconds"])
+  single = json.loads((tmp_path / "runs" / "single" / "config.json").read_text())
+  assert single["population"] == []  # the one model: the same config without the population
+  assert "members in one process vs one model" in result.stdout

@@ -38,7 +38,7 @@ def test_members_are_the_product_of_the_values_in_the_order_written():
     ((("seed", ()),), "must be a non-empty tuple"),
     ((("learning_rate", ("fast",)),), "is not a float"),
     ((("dropout_rates", ((0.1, 0.2),)),), "is not a tuple"),
-    ((("learning_rate", (1e-3, -1.0)),), "member 1 (learning_rate=-1.0)"),
+    ((("learning_rate", (1e-3, -1.0)),), "value learning_rate=-1.0: learning_rate=-1.0 must"),
     ((("seed", (0,)), ("seed", (1,))), "named twice"),
     ((("seed", (2 ** 40,)),), "[0, 2**31)"),
     (("seed",), "must be (field, values) pairs"),
@@ -48,6 +48,24 @@ def test_a_bad_population_is_one_line_before_any_data_is_read(tmp_path, value, s
     train.setup(tiny_config(population=value), str(tmp_path / "run"))
   assert says in str(raised.value) and "\n" not in str(raised.value)
   assert not (tmp_path / "run").exists()
+
+
+def test_a_population_too_large_for_memory_says_how_many_fit(small_splits, tmp_path,
+                                                            monkeypatch):
+  from fmnist_jax import hardware
+  monkeypatch.setattr(hardware, "device_memory_bytes", lambda device: 2 ** 30)  # 1 GiB
+  config = tiny_config(population=(("seed", tuple(range(100_000))),))
+  with pytest.raises(ConfigError) as raised:
+    train.setup(config, str(tmp_path / "run"))
+  message = str(raised.value)
+  assert "a population of 100000 members needs about" in message and "\n" not in message
+  fit = int(message.split("at most about ")[1].split()[0])
+  assert 1000 < fit < 100_000 and not (tmp_path / "run").exists()
+  monkeypatch.setattr(hardware, "device_memory_bytes", lambda device: 2 ** 40)
+  config.num_train_steps = 1
+  run = train.setup(config, str(tmp_path / "run2"))
+  run.lock.release()
+  assert run.members[-1] == {"seed": 99_999}
 
 
 def test_pmap_cannot_hold_a_population(tmp_path):
@@ -141,6 +159,11 @@ def test_sigkill_of_a_population_then_rerun_is_bit_identical(synthetic_tfds, tmp
 def test_resume_with_another_population_is_refused_and_harms_nothing(small_splits, tmp_path):
   config = tiny_config(num_train_steps=4, population=(("seed", (0, 1)),))
   train.train_and_evaluate(config, str(tmp_path / "run"))
+  (tmp_path / "run" / "result.json").unlink()  # (killed after its last checkpoint)
+  train.train_and_evaluate(config, str(tmp_path / "run"))  # already finished: rebuilt
+  rebuilt = json.loads((tmp_path / "run" / "result.json").read_text())
+  assert rebuilt["rebuilt"] and rebuilt["final"]["test_accuracy"] == pytest.approx(
+      np.mean([r["test_accuracy"] for r in _rows(tmp_path / "run")[-2:]]))
   before = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*") if p.is_file()
             and p.name != ".lock"}
   with pytest.raises(ConfigError, match="another population") as raised:

@@ -1,0 +1,80 @@
+"""A population against one model, end to end, in one sitting:
+`python -m benchmarks.population_study`.
+
+Runs the population config (default configs/dropout_study.py: 10 members) and, in the same
+sitting, one model of it (the same config with `population=()`, i.e. configs/default.py for the
+dropout study), each through `python -m fmnist_jax.main`; records both processes' seconds and
+their ratio, then writes the population's report (not timed) and keeps its numbers: each
+setting's mean +- std and ensemble.
+
+  python -m benchmarks.population_study --json benchmarks/results/dropout_study_cpu_xeon.json
+
+Extra `--config.field=value` arguments go to both runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import tempfile
+
+from benchmarks import common
+
+
+def _seconds(run: dict) -> dict:
+  return {key: run.get(key) for key in ("process_seconds", "training_seconds", "compile_seconds",
+                                        "train_seconds")} | {"final": run["final"]}
+
+
+def _markdown(report: dict) -> str:
+  single, members = report["single"], report["population"]
+  lines = [common.machine_line(report), "",
+           f"`{report['config']}` {' '.join(report['overrides'])}: "
+           f"{members['members']} members in one process vs one model", "",
+           "| run | process s | training s | compile s |", "| --- | --- | --- | --- |",
+           f"| one model | {single['process_seconds']:.1f} | {single['training_seconds']:.1f} | "
+           f"{single['compile_seconds']:.1f} |",
+           f"| {members['members']} members | {members['process_seconds']:.1f} | "
+           f"{members['training_seconds']:.1f} | {members['compile_seconds']:.1f} |", "",
+           f"population / one model, process seconds: {report['ratio']:.2f}x", "",
+           "| setting | members | test accuracy | test loss | ECE | train-test gap |",
+           "| --- | --- | --- | --- | --- | --- |"]
+  for name, s in report["settings"].items():
+    lines.append(
+        f"| {name or 'all'} | {s['members']} | {100 * s['test_accuracy'][0]:.2f} ± "
+        f"{100 * s['test_accuracy'][1]:.2f}% | {s['test_loss'][0]:.4f} ± {s['test_loss'][1]:.4f}"
+        f" | {100 * s['ece'][0]:.2f} ± {100 * s['ece'][1]:.2f}% | {100 * s['gap'][0]:.2f} ± "
+        f"{100 * s['gap'][1]:.2f} pt |")
+  return "\n".join(lines)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--config", default="configs/dropout_study.py")
+  parser.add_argument("--json", required=True)
+  parser.add_argument("--workdir", help="keep both runs here (default: a temporary folder)")
+  args, overrides = parser.parse_known_args(argv)
+  common.checked_json(parser, args.json)
+  common.checked_overrides(parser, args.config, overrides)
+  from fmnist_jax import report as report_lib
+  report = {**common.machine(), "config": args.config, "overrides": overrides}
+  with tempfile.TemporaryDirectory() as tmp:
+    root = pathlib.Path(args.workdir or tmp)
+    single = common.run(args.config, root / "single", ["--config.population=()", *overrides])
+    members = common.run(args.config, root / "population", overrides)
+    report_lib.write_report(str(root / "population"))
+    numbers = json.loads((root / "population" / "report" / "metrics.json").read_text())
+  report.update(
+      single=_seconds(single),
+      population=_seconds(members) | {"members": len(numbers["members"])},
+      ratio=members["process_seconds"] / single["process_seconds"],
+      settings=numbers["settings"], ensembles=numbers["ensembles"], members=numbers["members"])
+  common.write(args.json, report, _markdown(report))
+  return report
+
+
+if __name__ == "__main__":
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  main()
