@@ -208,8 +208,10 @@ def over_members(fn, per_pass: int, *stacked):
 
 
 def resolve_per_pass(config, platform: str) -> int:
-  """config.members_per_pass; 0 ("auto"): 1 on CPU, all members at once elsewhere."""
-  return config.members_per_pass or (1 if platform == "cpu" else 0)
+  """config.members_per_pass; 0 ("auto"): 1 on CPU with the im2col form (lax.conv's training
+  step is slower still inside a loop over members), all members at once elsewhere."""
+  im2col = models.resolve_conv_impl(config.get("conv_impl", "auto")) == "im2col"
+  return config.members_per_pass or (1 if platform == "cpu" and im2col else 0)
 
 
 def train_call(state, batches, sums, active, *, axis_name=None, options=steps.StepOptions(),
