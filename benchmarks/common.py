@@ -97,6 +97,13 @@ def run(config: str, workdir, overrides=(), log_path=None, env=None) -> dict:
           "training_seconds": rows[-1]["elapsed_seconds"] - result["compile_seconds"]}
 
 
+def without(overrides, fields) -> list[str]:
+  """`overrides` less those of `fields` (config_flags takes a field's first override only, so
+  a later one cannot replace it)."""
+  return [o for o in overrides
+          if o.removeprefix("--config.").split("=", 1)[0].split(".")[0] not in fields]
+
+
 def mean_std(values) -> list[float] | None:
   """[mean, sample std] of the values that are not None (std 0 for one value); None if none."""
   import statistics

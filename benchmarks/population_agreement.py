@@ -57,7 +57,8 @@ def main(argv=None):
     rows = common.run(args.config, root / "population", overrides)["rows"]
     for index, member in enumerate(found):
       single = common.run(args.config, root / f"single{index}",
-                          [*overrides, *_member_flags(member)])["rows"]
+                          [*common.without(overrides, ["population", *member]),
+                           *_member_flags(member)])["rows"]
       mine = [r for r in rows if r["member"] == index]
       report["members"].append({"member": index, **population.plain(member),
                                 **compare_rows(mine, single)})

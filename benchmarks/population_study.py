@@ -62,7 +62,8 @@ def main(argv=None):
   report = {**common.machine(), "config": args.config, "overrides": overrides}
   with tempfile.TemporaryDirectory() as tmp:
     root = pathlib.Path(args.workdir or tmp)
-    single = common.run(args.config, root / "single", [*overrides, "--config.population=()"])
+    single = common.run(args.config, root / "single",
+                        [*common.without(overrides, ["population"]), "--config.population=()"])
     members = common.run(args.config, root / "population", overrides)
     report_lib.write_report(str(root / "population"))
     numbers = json.loads((root / "population" / "report" / "metrics.json").read_text())

@@ -33,7 +33,7 @@ def test_throughput_benchmark_writes_valid_json(tmp_path):
     assert 0 < r["roofline_percent"] < 100
     assert r["flops_per_image"] > 1e6  # the seed CNN: ~6.5 MFLOP forward per image
   assert {r["conv_impl"] for r in report["results"] if r["step"] == "train"} == {"xla", "im2col"}
-  assert "| train | jit | 2 | 32 |" in result.stdout  # the markdown summary, printed
+  assert "| train | jit | 2 | 1 | 32 |" in result.stdout  # the markdown summary, printed
   assert report["git_commit"] and report["command"].startswith("python -m benchmarks.throughput")
 
 
