@@ -26,10 +26,10 @@ def _off(value) -> bool:
   return isinstance(value, (bool, int, float)) and not value
 
 
-def random_translate(key, images, shift, pad: int | None = None):
-  """Shift by up to +-`shift` pixels; `pad` (static, >= shift) is the padding, `shift` by
-  default."""
-  pad = shift if pad is None else pad
+def random_translate(key, images, pad: int, shift=None):
+  """Shift by up to +-`shift` pixels (`pad` by default; a member's traced value in a
+  population), padding by `pad` (static, >= shift)."""
+  shift = pad if shift is None else shift
   if pad == 0:
     return images
   batch, height, width, _ = images.shape
@@ -66,7 +66,7 @@ def augment(key, images, *, translate=0, flip=False, erase_size=0, erase_prob=0.
             pad: int | None = None):
   """All enabled augmentations, each with its own key; the identity when none is enabled."""
   key_translate, key_flip, key_erase = jax.random.split(key, 3)
-  images = random_translate(key_translate, images, translate, pad)
+  images = random_translate(key_translate, images, translate if pad is None else pad, translate)
   if not _off(flip):
     images = random_flip(key_flip, images, flip)
   return random_erase(key_erase, images, erase_size, erase_prob)

@@ -10,9 +10,10 @@ the members are the product of the values in the order written, e.g.
 is 10 members: the first five with dropout, seeds 0-4. An empty population is a single run.
 
 The state of all members is one TrainState whose leaves have a leading member axis; the train
-and evaluation programs are the single run's, vmapped over it. Learning rate and weight decay
+and evaluation programs are the single run's, mapped over it (members side by side or one after
+another: members_per_pass). Learning rate and weight decay
 live in each member's optimizer state (optax.inject_hyperparams), the other values in
-TrainState.hparams: a new sweep of values reuses the compiled program. Member m draws its
+TrainState.hparams: inputs of the program, not constants compiled into it. Member m draws its
 parameters, dropout masks, augmentations and batch order from its own seed, as a single run
 with its fields does: each member is that single run, up to float rounding.
 """

@@ -254,16 +254,3 @@ def test_the_report_of_a_population_gives_members_settings_and_ensembles_apart(s
     assert compared[f"run/m{index}"]["last_checkpoint_test_ece"] == member["ece"]
     assert compared[f"run/m{index}"]["final_test_accuracy"] == rows[index]["test_accuracy"]
 
-
-def test_a_new_sweep_of_values_reuses_the_compiled_programs(small_splits, tmp_path):
-  """The members' values are inputs of the programs, not constants: another sweep of the same
-  fields compiles nothing new (every program comes from the persistent compilation cache)."""
-  def sweep(rates, smoothing, name):
-    config = tiny_config(num_train_steps=4, population=(
-        ("learning_rate", rates), ("label_smoothing", smoothing), ("seed", (0, 1))))
-    train.train_and_evaluate(config, str(tmp_path / name))
-    return json.loads((tmp_path / name / "result.json").read_text())
-  first = sweep((1e-3, 3e-3), (0.05, 0.1), "first")
-  second = sweep((2e-3, 5e-3), (0.02, 0.2), "second")
-  assert first["compilations"] > 0 and second["compilations"] == 0
-  assert first["final"]["test_loss"] != second["final"]["test_loss"]
