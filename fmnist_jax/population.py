@@ -61,6 +61,12 @@ def member_config(config, member: dict):
   return single
 
 
+def values(config, found: list[dict], field: str) -> list:
+  """Each member's value of `field`: its own where it varies, else the config's (what
+  member_config would hold, without copying the config per member)."""
+  return [member.get(field, config[field]) for member in found]
+
+
 def describe(member: dict) -> str:
   return " ".join(f"{field}={value}" for field, value in member.items())
 
@@ -145,7 +151,7 @@ def check_memory(config, found: list[dict], par, per_pass: int) -> None:
   groups = member_shards(found, par.num_devices)
   members = math.ceil(len(found) / groups)  # on each device group
   per_member_state = 4 * models.parameter_count(config) * (4 + bool(
-      max(member_config(config, m).ema_decay for m in found)))
+      max(values(config, found, "ema_decay"))))
   per_member_pass = 4 * 2 * models.activations_per_image(config) * config.batch_size
   side_by_side = min(per_pass or members, members)
   need = members * per_member_state + side_by_side * per_member_pass
@@ -163,7 +169,7 @@ def step_options(config, found: list[dict], base: steps.StepOptions) -> steps.St
   """The population's static options: each augmentation's largest value (its shapes), and a
   field whose every member is 0/off keeps the single run's code path."""
   def largest(field):
-    return max(member_config(config, m)[field] for m in found)
+    return max(values(config, found, field))
   return steps.StepOptions(
       microbatches=base.microbatches, label_smoothing=largest("label_smoothing"),
       ema_decay=largest("ema_decay"), translate=largest("augment_translate"),
@@ -175,17 +181,17 @@ def initial_state(config, found: list[dict], steps_per_epoch: int, total_steps: 
                   conv_impl: str | None = None) -> state_lib.TrainState:
   """All members' initial states, stacked, on the host: member m's parameters and dropout key
   are those of a single run with its seed."""
-  configs = [member_config(config, m) for m in found]
   model = models.create_model(config, conv_impl=conv_impl)
   tx = state_lib.member_optimizer(config, steps_per_epoch, total_steps)
-  ema = any(c.ema_decay for c in configs)
-  column = {key: np.array([c[field] for c in configs], np.float32)
+  ema = any(values(config, found, "ema_decay"))
+  column = {key: np.array(values(config, found, field), np.float32)
             for key, field in HPARAMS.items()}
   column.update(flip=column["flip"].astype(bool), translate=column["translate"].astype(np.int32),
                 erase_size=column["erase_size"].astype(np.int32),
-                active=np.ones(len(configs), bool))
-  optimizer = {field: np.array([c[field] for c in configs], np.float32) for field in IN_OPTIMIZER}
-  seeds = np.array([c.seed for c in configs], np.int32)
+                active=np.ones(len(found), bool))
+  optimizer = {field: np.array(values(config, found, field), np.float32)
+               for field in IN_OPTIMIZER}
+  seeds = np.array(values(config, found, "seed"), np.int32)
 
   @jax.jit
   @jax.vmap

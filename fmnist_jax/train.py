@@ -69,8 +69,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   lock = workdir_lib.Lock(path) if jax.process_index() == 0 else None
   try:
     workdir_lib.check_resume(path, config)
-    train_data = input_pipeline.create_train_data(config, par, splits, tuple(
-        population.member_config(config, m).seed for m in members))
+    train_data = input_pipeline.create_train_data(
+        config, par, splits, tuple(population.values(config, members, "seed")))
     if train_data.steps_per_epoch == 0:
       raise ConfigError(f"batch_size {config.batch_size} is larger than the training split "
                         f"({len(splits['train'][0])} examples).")
