@@ -32,14 +32,22 @@ def get_config():
   # backward; same parameters and function, faster training on CPU); "auto" picks im2col
   # on CPU and xla on GPU/TPU. Evaluation always uses "xla", the faster form for inference.
   config.conv_impl = "auto"
+  # Initialisation (fmnist_jax/initializers.py; the same parameters, other starting values):
+  # "whiten" sets 18 of conv1's filters from the training images' 3x3 patch covariance.
+  config.conv1_init = "glorot"   # glorot (Keras' default) | whiten
+  config.dirac_init = False      # True: conv2/conv3 start as identities on their inputs
 
   # --- Optimisation ---------------------------------------------------------------------------
   config.optimizer = "adam"      # adam | adamw | sgd (with momentum)
   config.learning_rate = 1e-3    # peak learning rate
-  config.schedule = "constant"   # constant | cosine | warmup_cosine
-  config.warmup_epochs = 0.0     # for warmup_cosine
-  config.weight_decay = 0.0      # adamw only
-  config.momentum = 0.9          # sgd only
+  config.schedule = "constant"   # constant | cosine | warmup_cosine | warmup_linear
+  config.warmup_epochs = 0.0     # for warmup_cosine and warmup_linear (up, then down to 0)
+  config.weight_decay = 0.0      # adamw: decoupled; sgd: L2 added to the gradient
+  config.momentum = 0.9          # sgd only (Nesterov's momentum)
+  # Lookahead: every N steps the slow weights move lookahead_alpha of the way to the
+  # parameters, which restart from them (0: off).
+  config.lookahead_every = 0
+  config.lookahead_alpha = 0.5
   config.batch_size = 128        # global: split over all devices of all processes
   config.num_epochs = 15
   config.num_train_steps = -1    # > 0 stops after this many steps; -1: the epochs decide
@@ -49,11 +57,15 @@ def get_config():
   # On-device augmentation of training batches (fmnist_jax/augment.py); all off in the seed.
   config.augment_translate = 0   # random shift by up to N pixels (pad and crop)
   config.augment_flip = False    # random horizontal flip
+  config.augment_flip_alternate = False  # True: each image flipped every other epoch (airbench)
   config.augment_erase_size = 0  # random erasing of an N x N square ...
   config.augment_erase_prob = 0.0  # ... with this probability
   # Test-time augmentation: evaluate (and report) the mean log-probabilities of each image and
   # its mirror image. Same parameters, 2x the inference FLOPs; off in the seed.
   config.eval_flip_average = False
+  # ... and N > 0 also averages views moved by (-N, -N) and (+N, +N) pixels (1/4 each, the
+  # image itself 1/2): 3x the inference FLOPs (6x with flips).
+  config.eval_translate = 0
   # Stop once an evaluation reaches this accuracy (0: off), e.g. for time-to-accuracy.
   config.stop_at_accuracy = 0.0
   config.stop_metric = "val_accuracy"  # val_accuracy | test_accuracy

@@ -41,3 +41,15 @@ def get_config(variant: str = ""):
   config.stop_metric = "test_accuracy"
   config.write_report = False
   return config
+
+
+# The ablation (benchmarks/ablation.py; its table in docs/recipe.md): row k trains CHOSEN's
+# recipe with the fields of rows 0..k, on the schedule length the benchmark sets; the
+# evaluation's translations (eval_translate) are measured on every row's checkpoints.
+ABLATION = (
+    ("baseline", {}),
+    ("whiten", {"conv1_init": "whiten"}),
+    ("dirac", {"dirac_init": True}),
+    ("lookahead", {"lookahead_every": 5, "lookahead_alpha": 0.5}),
+    ("alternate_flips", {"augment_flip_alternate": True}),
+)

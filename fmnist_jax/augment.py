@@ -63,10 +63,14 @@ def random_erase(key, images, size: int, prob: float):
 
 
 def augment(key, images, *, translate=0, flip=False, erase_size=0, erase_prob=0.0,
-            pad: int | None = None):
-  """All enabled augmentations, each with its own key; the identity when none is enabled."""
+            pad: int | None = None, flip_mask=None):
+  """All enabled augmentations, each with its own key; the identity when none is enabled.
+  `flip_mask` (bools [B]): which images to flip (alternating flips, chosen with the data
+  order) instead of a random draw."""
   key_translate, key_flip, key_erase = jax.random.split(key, 3)
   images = random_translate(key_translate, images, translate if pad is None else pad, translate)
-  if not _off(flip):
+  if not _off(flip) and flip_mask is None:
     images = random_flip(key_flip, images, flip)
+  elif not _off(flip):
+    images = jnp.where(flip_mask[:, None, None, None] & flip, images[:, :, ::-1, :], images)
   return random_erase(key_erase, images, erase_size, erase_prob)

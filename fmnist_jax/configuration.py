@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from fmnist_jax import dataset, input_pipeline, models, parallel, state
+from fmnist_jax import dataset, initializers, input_pipeline, models, parallel, state
 from fmnist_jax.errors import ConfigError
 
 STOP_METRICS = ("val_accuracy", "test_accuracy")
@@ -12,7 +12,7 @@ STOP_METRICS = ("val_accuracy", "test_accuracy")
 CHOICES = (("optimizer", state.OPTIMIZERS), ("schedule", state.SCHEDULES),
            ("parallelism", parallel.MODES), ("input_mode", input_pipeline.INPUT_MODES),
            ("dtype", tuple(models.DTYPES)), ("conv_impl", models.CONV_IMPLS),
-           ("stop_metric", STOP_METRICS))
+           ("stop_metric", STOP_METRICS), ("conv1_init", initializers.CONV1_INITS))
 
 
 def _is_int(value) -> bool:
@@ -47,7 +47,8 @@ def _check_types(config, check) -> None:
     value = config.get(field)
     check(_is_int(value) and value > 0, f"{field}={value!r} must be a positive integer.")
   for field in ("checkpoint_every_steps", "keep_best_checkpoints", "validation_size", "seed",
-                "microbatches", "augment_translate", "augment_erase_size", "members_per_pass"):
+                "microbatches", "augment_translate", "augment_erase_size", "members_per_pass",
+                "eval_translate", "lookahead_every"):
     value = config.get(field)
     check(_is_int(value) and value >= 0, f"{field}={value!r} must be an integer >= 0.")
   check(_is_finite(config.learning_rate) and config.learning_rate > 0,
@@ -59,6 +60,8 @@ def _check_types(config, check) -> None:
         f"checkpoint_every_seconds={config.checkpoint_every_seconds!r} must be >= 0.")
   check(isinstance(config.compilation_cache_dir, str),
         f"compilation_cache_dir={config.compilation_cache_dir!r} must be a path or '' (off).")
+  check(_is_finite(config.lookahead_alpha) and 0 < config.lookahead_alpha <= 1,
+        f"lookahead_alpha={config.lookahead_alpha!r} must be in (0, 1].")
   for field in ("label_smoothing", "ema_decay", "augment_erase_prob"):
     value = config.get(field)
     check(isinstance(value, (int, float)) and 0 <= value < 1,
@@ -97,6 +100,7 @@ def _check_values(config, check) -> None:
   check(_is_int(config.num_epochs) and (config.num_epochs > 0 or steps > 0),
         f"num_epochs={config.num_epochs!r} must be a positive integer "
         "(or set num_train_steps > 0).")
+  _check_recipe(config, check)
   rates = tuple(config.dropout_rates)
   check(len(rates) == 3 and all(0 <= r < 1 for r in rates),
         f"dropout_rates={rates!r} must be three rates, each in [0, 1).")
@@ -109,3 +113,19 @@ def _check_values(config, check) -> None:
           f"validation_size={config.validation_size} leaves {train_size} training images, "
           f"fewer than one batch of {config.batch_size}: lower validation_size "
           f"(at most {dataset.NUM_TRAIN - config.batch_size}).")
+
+
+def _check_recipe(config, check) -> None:
+  """The speedrun recipe's options that depend on other fields."""
+  check(not _is_int(config.eval_translate) or config.eval_translate <= 4,
+        f"eval_translate={config.eval_translate!r}: test-time shifts of more than 4 pixels "
+        "move the garments out of the image; use 0-2.")
+  check(not config.augment_flip_alternate or (config.augment_flip
+                                               and config.input_mode == "device"),
+        "augment_flip_alternate=True chooses how augment_flip flips, with the data order of "
+        "input_mode='device': set augment_flip=True and input_mode='device'.")
+  count = 2 * 9  # the whitening filters and their negations (fmnist_jax/initializers.py)
+  features = tuple(config.conv_features)
+  check(config.conv1_init != "whiten" or not features or features[0] >= count,
+        f"conv1_init='whiten' sets {count} of conv1's filters: conv_features[0] must be >= "
+        f"{count}, not {features[0] if features else None}.")

@@ -65,12 +65,12 @@ def best_checkpoint(workdir: pathlib.Path) -> int | None:
 
 
 def predict(model, params, images: np.ndarray, batch_size: int = 1000, *,
-            flip_average: bool = False) -> np.ndarray:
+            flip_average: bool = False, translate: int = 0) -> np.ndarray:
   """Class probabilities [N, 10] for uint8 images (the same logits as the training loop's eval)."""
   @jax.jit
   def probabilities(params, batch):  # (params an argument: not baked into the program)
     logits = models.inference_logits(model.apply, params, models.normalize(batch),
-                                     flip_average=flip_average)
+                                     flip_average=flip_average, translate=translate)
     return jax.nn.softmax(logits)
   return np.concatenate([np.asarray(probabilities(params, images[i:i + batch_size]))
                          for i in range(0, len(images), batch_size)])
@@ -115,9 +115,9 @@ def calibration(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> 
 
 
 def evaluate_split(model, params, images, labels, class_names=CLASS_NAMES, *,
-                   flip_average: bool = False) -> dict:
+                   flip_average: bool = False, translate: int = 0) -> dict:
   """Everything the report shows about one checkpoint on one split."""
-  probabilities = predict(model, params, images, flip_average=flip_average)
+  probabilities = predict(model, params, images, flip_average=flip_average, translate=translate)
   predictions = probabilities.argmax(-1)
   confidence = probabilities.max(-1)
   loss = float(-np.mean(np.log(np.clip(probabilities[np.arange(len(labels)), labels],

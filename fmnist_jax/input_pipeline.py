@@ -34,6 +34,8 @@ from fmnist_jax.errors import ConfigError
 from fmnist_jax.parallel import Parallelism
 
 INPUT_MODES = ("device", "tfds")
+FLIP_STREAM = 0x466C6970  # alternating flips' coins: a seed stream apart from the orders'
+
 
 
 def split_names(validation_size: int) -> dict[str, str]:
@@ -54,23 +56,34 @@ def epoch_order(seed: int, epoch: int, num_examples: int, steps: int, batch_size
   return order[:steps * batch_size].reshape(steps, batch_size)
 
 
+def alternate_flips(seed: int, epoch: int, order: np.ndarray, num_examples: int) -> np.ndarray:
+  """Alternating flips (airbench): example i is mirrored in epoch e iff coin_i XOR (e mod 2),
+  coin_i a fair coin per example drawn once from the seed: random in any one epoch, and every
+  image seen both ways in every two epochs. Bools shaped like `order`."""
+  coins = np.random.default_rng([seed, FLIP_STREAM]).integers(0, 2, num_examples, np.uint8)
+  return (coins[order] ^ (epoch % 2)).astype(bool)
+
+
 class DeviceTrainData:
   """The training split resident on the devices. Each epoch's order is sent to the devices
   once; each call is one gather of its steps' batches, on device. With several `seeds` (a
   population), each member has its own order: batches (steps, members, batch, ...), member m's
-  those of a single run with seeds[m]."""
+  those of a single run with seeds[m]. With `flips` (alternating flips), each batch also has
+  'flip': which of its images to mirror (sent as 2 * index + flip, one array)."""
 
   def __init__(self, images: np.ndarray, labels: np.ndarray, par: Parallelism,
-               batch_size: int, seed: int, seeds: tuple = ()):
+               batch_size: int, seed: int, seeds: tuple = (), flips: bool = False):
     self.par, self.batch_size, self.seed, self.seeds = par, batch_size, seed, tuple(seeds)
-    self.num_examples = len(images)
+    self.num_examples, self.flips = len(images), flips
     self.steps_per_epoch = self.num_examples // batch_size
     self.data = par.replicate({"image": images, "label": labels})
     batch_axis = 2 if self.seeds else 1
 
     def gather(data, order, start, steps: int):
       index = jax.lax.dynamic_slice_in_dim(order, start, steps)
-      return jax.tree.map(lambda x: par.batch_layout(x[index], batch_axis=batch_axis), data)
+      batch = jax.tree.map(lambda x: x[index // 2 if flips else index], data)
+      batch.update({"flip": index % 2 == 1} if flips else {})
+      return jax.tree.map(lambda x: par.batch_layout(x, batch_axis=batch_axis), batch)
     self.gather = jax.jit(gather, static_argnums=3)
 
   def epoch_order(self, epoch: int, pad_steps: int = 0):
@@ -78,6 +91,9 @@ class DeviceTrainData:
     (steps, batch), or (steps, members, batch) for a population."""
     orders = [epoch_order(seed, epoch, self.num_examples, self.steps_per_epoch,
                           self.batch_size) for seed in self.seeds or (self.seed,)]
+    if self.flips:
+      orders = [2 * order + alternate_flips(seed, epoch, order, self.num_examples)
+                for seed, order in zip(self.seeds or (self.seed,), orders)]
     order = np.stack(orders, 1) if self.seeds else orders[0]
     return self.par.replicate(np.pad(order, ((0, pad_steps),) + ((0, 0),) * (order.ndim - 1)))
 
@@ -170,7 +186,8 @@ def create_train_data(config, par: Parallelism, splits, seeds: tuple = ()):
   """The config's training batches; `seeds`: a population's members' data orders."""
   if config.input_mode == "device":
     images, labels = splits["train"]
-    return DeviceTrainData(images, labels, par, config.batch_size, config.seed, seeds)
+    return DeviceTrainData(images, labels, par, config.batch_size, config.seed, seeds,
+                           flips=config.get("augment_flip_alternate", False))
   data_dir = dataset.default_data_dir(config.data_dir)
   return TfdsTrainData(data_dir, split_names(config.validation_size)["train"], par,
                        config.batch_size, config.seed)

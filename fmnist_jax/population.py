@@ -178,9 +178,9 @@ def step_options(config, found: list[dict], base: steps.StepOptions) -> steps.St
 
 
 def initial_state(config, found: list[dict], steps_per_epoch: int, total_steps: int, *,
-                  conv_impl: str | None = None) -> state_lib.TrainState:
+                  conv_impl: str | None = None, adjust=None) -> state_lib.TrainState:
   """All members' initial states, stacked, on the host: member m's parameters and dropout key
-  are those of a single run with its seed."""
+  are those of a single run with its seed (and `adjust`, the recipe's initialisation)."""
   model = models.create_model(config, conv_impl=conv_impl)
   tx = state_lib.member_optimizer(config, steps_per_epoch, total_steps)
   ema = any(values(config, found, "ema_decay"))
@@ -196,7 +196,7 @@ def initial_state(config, found: list[dict], steps_per_epoch: int, total_steps: 
   @jax.jit
   @jax.vmap
   def init(seed, hparams, optimizer):
-    state = state_lib.init_state(model, tx, seed, ema, hparams=hparams)
+    state = state_lib.init_state(model, tx, seed, ema, hparams=hparams, adjust=adjust)
     return state.replace(opt_state=state.opt_state._replace(hyperparams={
         field: jnp.asarray(value) for field, value in optimizer.items()}))
   return jax.device_get(init(seeds, column, optimizer))
@@ -231,11 +231,11 @@ def train_call(state, batches, sums, active, *, axis_name=None, options=steps.St
 
 
 def eval_step(params, batch, *, apply_fn=None, axis_name=None, flip_average: bool = False,
-              per_pass: int = 0):
+              translate: int = 0, per_pass: int = 0):
   """steps.eval_step for every member's parameters on one batch: metrics per member."""
   def member(params):
     return steps.eval_step(params, batch, apply_fn=apply_fn, axis_name=axis_name,
-                           flip_average=flip_average)
+                           flip_average=flip_average, translate=translate)
   return over_members(member, per_pass, params)
 
 

@@ -27,13 +27,14 @@ COLUMNS = (("test_accuracy", "test accuracy", 100, "%.2f%%"), ("test_loss", "tes
 
 
 def member_probabilities(workdir: pathlib.Path, config, found: list[dict], images: np.ndarray,
-                         batch_size: int = 1000):
-  """(step, class probabilities [members, N, 10]) of the latest checkpoint's members."""
+                         batch_size: int = 1000, step: int | None = None):
+  """(step, class probabilities [members, N, 10]) of the latest (or `step`'s) checkpoint's
+  members, with the config's test-time augmentation."""
   state = Parallelism("jit", jax.devices()[:1], member_shards=1).place_state(
       population.initial_state(config, found, 1, 1, conv_impl="xla"))
   ckpt = checkpointing.Checkpointer(workdir / workdir_lib.CHECKPOINTS, config, read_only=True)
   try:
-    step = ckpt.latest_step()
+    step = ckpt.latest_step() if step is None else step
     if step is None:
       raise ReportError(f"{workdir} holds no checkpoint of its population.")
     state, _ = ckpt.restore(step, state)
@@ -46,7 +47,7 @@ def member_probabilities(workdir: pathlib.Path, config, found: list[dict], image
   def probabilities(params, batch):
     def member(params):
       logits = models.inference_logits(model.apply, params, models.normalize(batch),
-                                       flip_average=config.get("eval_flip_average", False))
+                                       **models.tta_options(config))
       return jax.nn.softmax(logits)
     return population.over_members(member, per_pass, params)
   parts = [np.asarray(probabilities(state.eval_params, images[i:i + batch_size]))

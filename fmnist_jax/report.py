@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fmnist_jax import dataset, evaluate, input_pipeline  # noqa: E402
+from fmnist_jax import dataset, evaluate, input_pipeline, models  # noqa: E402
 from fmnist_jax import workdir as workdir_lib  # noqa: E402
 from fmnist_jax.dataset import CLASS_NAMES  # noqa: E402
 from fmnist_jax.errors import FmnistError  # noqa: E402
@@ -202,7 +202,7 @@ def _evaluate_checkpoints(workdir, config, checkpoints, test, figures, out) -> d
     else:
       results[which] = evaluate.evaluate_split(
           model, params, test_images, test_labels,
-          flip_average=config.get("eval_flip_average", False))
+          **models.tta_options(config))
       numbers[which] = {"step": step, "parameters": int(sum(np.size(x) for x in
                                                              jax.tree.leaves(params))),
                         **{k: v for k, v in results[which].items()

@@ -117,7 +117,7 @@ def train_step(state, batch, *, axis_name=None, options=StepOptions()):
     images = augment.augment(jax.random.fold_in(step_key, AUGMENT_STREAM), images,
                              translate=hyper["translate"], flip=hyper["flip"],
                              erase_size=hyper["erase_size"], erase_prob=hyper["erase_prob"],
-                             pad=options.translate)
+                             pad=options.translate, flip_mask=batch.get("flip"))
   images = models.normalize(images)
   rates = {} if state.hparams is None else {"dropout_rates": hyper["dropout_rates"]}
 
@@ -230,10 +230,12 @@ def train_call(state, batches, sums, active, *, axis_name=None, options=StepOpti
   return state, add_metrics(sums, metrics)
 
 
-def eval_step(params, batch, *, apply_fn=None, axis_name=None, flip_average: bool = False):
-  """Summed loss / correct / count over the unmasked examples of `batch`."""
+def eval_step(params, batch, *, apply_fn=None, axis_name=None, flip_average: bool = False,
+              translate: int = 0):
+  """Summed loss / correct / count over the unmasked examples of `batch` (with the test-time
+  augmentation of models.inference_logits)."""
   logits = models.inference_logits(apply_fn, params, models.normalize(batch["image"]),
-                                   flip_average=flip_average)
+                                   flip_average=flip_average, translate=translate)
   mask = batch["mask"]
   metrics = {"loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
              "correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),

@@ -20,8 +20,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from fmnist_jax import checkpointing, evaluate, hardware, input_pipeline, models, population
-from fmnist_jax import profiling, state as state_lib, steps, workdir as workdir_lib
+from fmnist_jax import checkpointing, evaluate, hardware, initializers, input_pipeline, models
+from fmnist_jax import population, profiling, state as state_lib, steps, workdir as workdir_lib
 from fmnist_jax.configuration import validate_config
 from fmnist_jax.errors import ConfigError, DiskFullError, is_disk_full
 from fmnist_jax.parallel import Parallelism
@@ -44,6 +44,7 @@ class Run:
   options: steps.StepOptions
   lock: Any = None  # workdir.Lock, held by process 0 while the run trains
   members: list = dataclasses.field(default_factory=list)  # a population's (fmnist_jax.population)
+  adjust: Any = None  # the recipe's initialisation (fmnist_jax.initializers.recipe)
 
   @property
   def is_chief(self) -> bool:
@@ -84,7 +85,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
       lock.release()
     raise
   return Run(config, par, path, train_data, eval_sets, train_data.steps_per_epoch, total_steps,
-             options, lock, members)
+             options, lock, members, initializers.recipe(config, splits["train"][0]))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -128,7 +129,7 @@ def _restore(run: Run):
   """The initial state, or the latest checkpoint's: (state, step, extras, checkpointer)."""
   initial = functools.partial(population.initial_state, run.config, run.members) \
       if run.members else functools.partial(state_lib.initial_state, run.config)
-  state = run.par.place_state(initial(run.steps_per_epoch, run.total_steps))
+  state = run.par.place_state(initial(run.steps_per_epoch, run.total_steps, adjust=run.adjust))
   ckpt = checkpointing.Checkpointer(run.workdir / workdir_lib.CHECKPOINTS, run.config)
   try:
     state, extras = ckpt.restore_latest(state)
@@ -170,7 +171,7 @@ class Loop:
                                       batch_axis=1 + bool(members), num_extra=2)
     eval_model = models.create_model(config, conv_impl="xla")  # same parameters, faster
     self.eval_fn = par.compile_eval(functools.partial(
-        code.eval_step, apply_fn=eval_model.apply, flip_average=config.eval_flip_average,
+        code.eval_step, apply_fn=eval_model.apply, **models.tta_options(config),
         **passes))
     self.stop_members = members and population.stop_reached(config, run.eval_sets)
     # One program copies the whole state (a copy per leaf would compile one per shape).
@@ -334,8 +335,7 @@ class Loop:
     """The checksum line (every process logs it: processes that disagree show it here),
     result.json and the last line."""
     run = self.run
-    params = run.par.to_host(state.params)
-    checksum = sum(float(np.abs(x).sum()) for x in jax.tree.leaves(params))
+    checksum = sum(float(np.abs(x).sum()) for x in jax.tree.leaves(run.par.to_host(state.params)))
     logging.info("process %d: finished at step %d, parameter checksum %.10g",
                  jax.process_index(), step, checksum)
     if run.is_chief and self.last_eval:

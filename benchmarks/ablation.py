@@ -1,0 +1,145 @@
+"""The recipe ablation (airbench's table for this network): epochs to a validation accuracy as
+each option is added in turn, mean +- std over seeds.
+
+Row k of the config module's ABLATION trains the config with the fields of rows 0..k as one
+population of the seeds (fmnist_jax.population: one process, one program), for `--epochs`
+epochs, evaluating val and test after every epoch with flip averaging, every epoch's
+checkpoint kept. Per seed it reports the first epoch whose flip-averaged validation accuracy
+reaches `--target`, and, from the kept checkpoints, the same with the translations of
+test-time augmentation added (eval_translate=1): that row needs no training of its own.
+Decisions are made on validation; test accuracy is reported beside it, never chosen on.
+
+  python -m benchmarks.ablation --config configs/speedrun.py --seeds 0 1 2 3 4 --epochs 10 \
+      --workdir-root runs/ablation --json benchmarks/results/ablation_cpu_xeon.json
+
+Finished rows are reused (common.run), so a cut sweep continues where it stopped. Extra
+`--config.field=value` arguments go to every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pathlib
+
+import numpy as np
+
+from benchmarks import common
+
+
+def cumulative_rows(config: str, names=None) -> list[tuple[str, dict]]:
+  """[(row name, every field of that row and the rows above)] from the config's ABLATION."""
+  module = importlib.import_module(pathlib.Path(config.split(":")[0]).with_suffix("")
+                                   .as_posix().replace("/", "."))
+  rows, fields = [], {}
+  for name, changes in module.ABLATION:
+    fields = {**fields, **changes}
+    rows.append((name, dict(fields)))
+  return [row for row in rows if not names or row[0] in names]
+
+
+def row_overrides(fields: dict, seeds, epochs: int) -> list[str]:
+  seeds = ", ".join(str(seed) for seed in seeds)
+  return [f"--config.{key}={value}" for key, value in fields.items()] + [
+      f"--config.num_epochs={epochs}", f"--config.population=(('seed', ({seeds},)),)",
+      "--config.stop_at_accuracy=0", "--config.eval_flip_average=True",
+      "--config.checkpoint_every_seconds=0", f"--config.keep_checkpoints={epochs + 1}"]
+
+
+def first_epoch(accuracies, target: float):
+  """The first epoch (1-based) whose accuracy reaches the target, or None."""
+  return next((i + 1 for i, a in enumerate(accuracies) if a >= target), None)
+
+
+def translated_val(workdir: pathlib.Path, steps: list[int]) -> np.ndarray:
+  """Flip- and translation-averaged val accuracy [epochs, members] of each epoch's checkpoint."""
+  from fmnist_jax import input_pipeline, population, population_report
+  from fmnist_jax import workdir as workdir_lib
+  config = workdir_lib.read_config(workdir)
+  config.eval_translate = 1
+  found = population.members(config)
+  images, labels = input_pipeline.load_splits(config)["val"]
+  return np.array([(population_report.member_probabilities(
+      workdir, config, found, images, step=step)[1].argmax(-1) == labels).mean(-1)
+      for step in steps])
+
+
+def measure_row(args, name: str, fields: dict, overrides: list[str]) -> dict:
+  workdir = pathlib.Path(args.workdir_root) / name
+  run = common.run(args.config, workdir, [*row_overrides(fields, args.seeds, args.epochs),
+                                          *overrides])
+  steps = sorted({r["step"] for r in run["rows"]})
+  translated = translated_val(workdir, steps)
+  members = []
+  for index, seed in enumerate(args.seeds):
+    rows = sorted((r for r in run["rows"] if r["member"] == index), key=lambda r: r["step"])
+    val = [r["val_accuracy"] for r in rows]
+    members.append({
+        "seed": seed, "val_accuracy_by_epoch": val,
+        "val_accuracy_translated_by_epoch": translated[:, index].tolist(),
+        "test_accuracy_by_epoch": [r["test_accuracy"] for r in rows],
+        "epochs_to_target": first_epoch(val, args.target),
+        "epochs_to_target_translated": first_epoch(translated[:, index], args.target)})
+  return {"name": name, "fields": fields, "members": members,
+          "train_seconds": run["training_seconds"], "process_seconds": run["process_seconds"],
+          "summary": summarize(members)}
+
+
+def summarize(members: list[dict]) -> dict:
+  out = {}
+  for tag, key in (("", "val_accuracy_by_epoch"), ("_translated",
+                                                    "val_accuracy_translated_by_epoch")):
+    epochs = [m[f"epochs_to_target{tag}"] for m in members]
+    out[f"epochs{tag}"] = common.mean_std(epochs)
+    out[f"reached{tag}"] = sum(e is not None for e in epochs)
+    out[f"final_val{tag}"] = common.mean_std([m[key][-1] for m in members])
+  out["final_test"] = common.mean_std([m["test_accuracy_by_epoch"][-1] for m in members])
+  return out
+
+
+def _markdown(report: dict) -> str:
+  def pm(value, scale=1, digits=1):
+    return "–" if value is None else \
+        f"{value[0] * scale:.{digits}f} ± {value[1] * scale:.{digits}f}"
+  seeds, epochs = len(report["seeds"]), report["epochs"]
+  lines = [common.machine_line(report), "",
+           f"`{report['config']}`, {epochs} epochs, {seeds} seeds; target "
+           f"{report['target']:.1%} val", "",
+           "| row (adds) | epochs to target, flip TTA | seeds | epochs, flip+translate TTA | "
+           "seeds | final val, flip | final val, flip+translate | final test, flip |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+  for row in report["rows"]:
+    s = row["summary"]
+    added = ", ".join(f"{k}={v}" for k, v in row["fields"].items()) or "CHOSEN"
+    lines.append(f"| {row['name']} ({added}) | {pm(s['epochs'])} | {s['reached']}/{seeds} | "
+                 f"{pm(s['epochs_translated'])} | {s['reached_translated']}/{seeds} | "
+                 f"{pm(s['final_val'], 100, 2)}% | {pm(s['final_val_translated'], 100, 2)}% | "
+                 f"{pm(s['final_test'], 100, 2)}% |")
+  return "\n".join(lines)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--config", default="configs/speedrun.py")
+  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+  parser.add_argument("--epochs", type=int, default=10)
+  parser.add_argument("--target", type=float, default=0.93)
+  parser.add_argument("--rows", nargs="+", help="only these rows of ABLATION (default: all)")
+  parser.add_argument("--workdir-root", required=True)
+  parser.add_argument("--json", required=True)
+  args, overrides = parser.parse_known_args(argv)
+  common.checked_json(parser, args.json)
+  common.checked_overrides(parser, args.config, overrides)
+  rows = cumulative_rows(args.config, args.rows)
+  if not rows:
+    parser.error(f"--rows {' '.join(args.rows)}: no such rows in {args.config}'s ABLATION")
+  report = {**common.machine(), "config": args.config, "overrides": overrides,
+            "seeds": args.seeds, "epochs": args.epochs, "target": args.target, "rows": []}
+  for name, fields in rows:
+    report["rows"].append(measure_row(args, name, fields, overrides))
+    common.write(args.json, report, _markdown(report))  # after each: a cut sweep keeps some
+  return report
+
+
+if __name__ == "__main__":
+  main()
