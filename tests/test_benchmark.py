@@ -285,3 +285,29 @@ def test_population_study_times_a_population_against_one_model(synthetic_tfds, t
   single = json.loads((tmp_path / "runs" / "single" / "config.json").read_text())
   assert single["population"] == []  # the one model: the same config without the population
   assert "members in one process vs one model" in result.stdout
+
+
+def test_ablation_adds_each_row_s_fields_to_the_rows_above_and_measures_tta(synthetic_tfds,
+                                                                            tmp_path):
+  from benchmarks import ablation
+  rows = dict(ablation.cumulative_rows("configs/speedrun.py"))
+  assert rows["baseline"] == {} and rows["dirac"] == {"conv1_init": "whiten", "dirac_init": True}
+  out = tmp_path / "ablation.json"
+  result = subprocess.run(
+      [sys.executable, "-m", "benchmarks.ablation", "--config", "configs/speedrun.py",
+       "--seeds", "0", "1", "--epochs", "1", "--target", "0.01", "--rows", "baseline", "whiten",
+       "--workdir-root", str(tmp_path / "runs"), "--json", str(out),
+       "--config.batch_size=64", "--config.conv_features=(20, 8, 8)",
+       "--config.dense_features=16", *_tiny_run_args(synthetic_tfds)],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(out.read_text())
+  assert [row["name"] for row in report["rows"]] == ["baseline", "whiten"]
+  for row in report["rows"]:
+    assert [m["seed"] for m in row["members"]] == [0, 1]
+    for member in row["members"]:
+      assert len(member["val_accuracy_translated_by_epoch"]) == 1
+      assert member["epochs_to_target"] == member["epochs_to_target_translated"] == 1
+  config = json.loads((tmp_path / "runs" / "whiten" / "config.json").read_text())
+  assert config["conv1_init"] == "whiten" and config["eval_flip_average"]
+  assert "| whiten (conv1_init=whiten) | 1.0 ± 0.0 | 2/2 |" in result.stdout
