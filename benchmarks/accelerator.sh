@@ -12,14 +12,7 @@
 # Each step writes its JSON (and logs) into a work folder; the JSONs are copied into OUT_DIR as
 # soon as each step ends, and the rest is packed into OUT_DIR/logs.tar.gz. Every JSON records
 # the git commit; on a copied tree without .git, set FMNIST_JAX_COMMIT=$(git rev-parse HEAD).
-set -uo pipefail
-OUT=${1:?usage: accelerator.sh OUT_DIR [NAME]}
-NAME=${2:-gpu}
-WORK=${WORK:-$(mktemp -d)}  # outside OUT: only the JSONs and one archive come back
-mkdir -p "$OUT"
-mkdir -p "$WORK"
-export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
-PY=${PYTHON:-python3}
+source "$(dirname "$0")/accelerator_lib.sh"
 
 if [ "${SCALE:-}" = tiny ]; then
   SWEEP=(--batch-sizes 32 --dtypes float32 --train-images 640 --eval-images 640 --repeats 1
@@ -43,15 +36,6 @@ else
   TTA=(--target 0.93 --seeds 0 1 2 3 4)
   BEST=(--only b512_e150 b512_e300 b512_e150_erase b256_e150 --seeds 1 2)
 fi
-
-step() {  # step NAME COMMAND...: runs it, timing it, says how it ended, copies the JSONs out
-  local name=$1; shift
-  echo "=== $name: $*"
-  local start=$SECONDS
-  "$@"; local rc=$?
-  echo "=== $name: exit $rc after $((SECONDS - start)) s"
-  cp "$WORK"/*.json "$OUT"/ 2>/dev/null
-}
 
 # 1. The whole run through main vs the step (a fresh, cold compilation cache).
 JAX_COMPILATION_CACHE_DIR=$(mktemp -d) step end_to_end "$PY" -m benchmarks.end_to_end \

@@ -8,13 +8,7 @@
 #
 # Needs what benchmarks/accelerator.sh needs (no TensorFlow). Three JSONs come back, copied to
 # OUT_DIR as each step ends; the logs are packed into OUT_DIR/population_logs.tar.gz.
-set -uo pipefail
-OUT=${1:?usage: population_accelerator.sh OUT_DIR [NAME]}
-NAME=${2:-gpu}
-WORK=${WORK:-$(mktemp -d)}
-mkdir -p "$OUT" "$WORK"
-export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
-PY=${PYTHON:-python3}
+source "$(dirname "$0")/accelerator_lib.sh"
 
 if [ "${SCALE:-}" = tiny ]; then
   SWEEP=(--batch-sizes 32 --members 1 2 --dtypes float32 --train-images 256 --eval-images 256
@@ -29,15 +23,6 @@ else
   STUDY=()
   TTA=(--target 0.93 --seeds 0 1 2 3 4)
 fi
-
-step() {  # step NAME COMMAND...: runs it, timing it, copies the JSONs out
-  local name=$1; shift
-  echo "=== $name: $*"
-  local start=$SECONDS
-  "$@"; local rc=$?
-  echo "=== $name: exit $rc after $((SECONDS - start)) s"
-  cp "$WORK"/*.json "$OUT"/ 2>/dev/null
-}
 
 # 1. Images/s summed over the members (side by side: members_per_pass 0), both conv forms.
 step throughput "$PY" -m benchmarks.throughput --json "$WORK/population_$NAME.json" \

@@ -28,6 +28,12 @@ VARIANTS = {
     "b256_e150": {"batch_size": 256, "learning_rate": 3e-3, "ema_decay": 0.995,
                   "num_epochs": 150, "eval_flip_average": True},
 }
+# The speedrun round's options (configs/speedrun.py's ABLATION) on the longer schedules:
+# whitened conv1, identity conv2/conv3, lookahead, alternating flips, translation TTA.
+ROUND_TWO = {"conv1_init": "whiten", "dirac_init": True, "lookahead_every": 5,
+             "lookahead_alpha": 0.5, "augment_flip_alternate": True, "eval_translate": 1}
+VARIANTS.update({f"{name}_r2": {**VARIANTS[name], **ROUND_TWO}
+                 for name in ("b512_e150", "b512_e300")})
 
 
 def get_config(variant: str = ""):

@@ -37,7 +37,6 @@ INPUT_MODES = ("device", "tfds")
 FLIP_STREAM = 0x466C6970  # alternating flips' coins: a seed stream apart from the orders'
 
 
-
 def split_names(validation_size: int) -> dict[str, str]:
   """tfds split strings: the validation split is the last `validation_size` training images."""
   names = {"train": f"train[:{dataset.NUM_TRAIN - validation_size}]", "test": "test"}
