@@ -120,7 +120,7 @@ def test_the_results_index_is_current_and_every_cited_json_exists():
   for path in DOCS:
     for name in re.findall(r"\b([a-z0-9_]+\.json)\b", path.read_text()):
       if name[0].isalpha() and re.match(r"(end_to_end|throughput|time_to_accuracy|recipe|peers|"
-                                        r"speedrun_search|best_accuracy|trace_gaps|cpu_|"
+                                        r"speedrun_search|best_accuracy|trace_gaps|cpu_|ablation|"
                                         r"matmul)", name) and "<" not in name:
         assert name in present, f"{path.name} cites {name}, which is not in benchmarks/results/"
 

@@ -125,7 +125,8 @@ def test_eval_counts_every_example_exactly_once(count, batch_size):
 def test_every_optimizer_and_schedule_steps_as_defined(optimizer, schedule):
   """Each optimizer's defining update on a fixed gradient: Adam's first step is lr * sign(g);
   AdamW adds the decoupled decay lr * wd * w; SGD's Nesterov momentum (0.9) gives
-  lr(1) * (1 + m + m^2) * g at the second step of the same gradient (lr(0) = 0 in warm-up)."""
+  lr(1) * (1 + m + m^2) * (g + wd * w) at the second step of the same gradient (its weight
+  decay is L2, added to the gradient; lr(0) = 0 in warm-up)."""
   config = tiny_config(optimizer=optimizer, schedule=schedule, warmup_epochs=1.0,
                        weight_decay=0.05, learning_rate=0.1, momentum=0.9)
   learning_rate = state_lib.create_learning_rate_fn(config, steps_per_epoch=10, total_steps=100)
@@ -139,7 +140,7 @@ def test_every_optimizer_and_schedule_steps_as_defined(optimizer, schedule):
   lr0, lr1, m = float(learning_rate(0)), float(learning_rate(1)), 0.9
   expected = {"adam": -lr0 * np.sign(grads),
               "adamw": -lr0 * (np.sign(grads) + 0.05 * np.asarray(params)),
-              "sgd": -lr1 * (1 + m + m * m) * np.asarray(grads)}[optimizer]
+              "sgd": -lr1 * (1 + m + m * m) * (grads + 0.05 * np.asarray(params))}[optimizer]
   np.testing.assert_allclose(updates[1 if optimizer == "sgd" else 0], expected, rtol=1e-5)
   if optimizer == "sgd":
     assert lr0 == 0.0 and not np.any(updates[0])  # the warm-up starts from 0
