@@ -308,6 +308,7 @@ def test_ablation_adds_each_row_s_fields_to_the_rows_above_and_measures_tta(synt
     for member in row["members"]:
       assert len(member["val_accuracy_translated_by_epoch"]) == 1
       assert member["epochs_to_target"] == member["epochs_to_target_translated"] == 1
+      assert 0 <= member["final_test_accuracy_translated"] <= 1
   config = json.loads((tmp_path / "runs" / "whiten" / "config.json").read_text())
   assert config["conv1_init"] == "whiten" and config["eval_flip_average"]
   assert "| whiten (conv1_init=whiten) | 1.0 ± 0.0 | 2/2 |" in result.stdout
