@@ -62,6 +62,13 @@ def _search(d: dict) -> str:
   return text
 
 
+def _ablation(d: dict) -> str:
+  """The recipe ablation: each row's final flip-averaged val accuracy."""
+  return (f"ablation, {len(d['seeds'])} seeds, {d['epochs']} epochs, final val (flip TTA): "
+          + "; ".join(f"{row['name']} {_pm(row['summary']['final_val'], 100)}%"
+                      for row in d["rows"]))
+
+
 def _peers(d: dict) -> str:
   return "; ".join(f"{r['step']} b{r['batch_size']}: " + ", ".join(
       f"{r['fmnist_jax'] / r[peer]:.2f}x {peer}" for peer in d["peers"] if r.get(peer))
@@ -86,6 +93,8 @@ def figure(d: dict) -> str:
     return f"device busy {d['busy_percent']}% of {d['window_ms']:,.0f} ms"
   if "rule" in d:
     return _search(d)
+  if "rows" in d and "epochs" in d:
+    return _ablation(d)
   if "target" in d:
     return _time_to_accuracy(d)
   if "summary" in d:
