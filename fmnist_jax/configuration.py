@@ -124,7 +124,7 @@ def _check_recipe(config, check) -> None:
                                                and config.input_mode == "device"),
         "augment_flip_alternate=True chooses how augment_flip flips, with the data order of "
         "input_mode='device': set augment_flip=True and input_mode='device'.")
-  count = 2 * 9  # the whitening filters and their negations (fmnist_jax/initializers.py)
+  count = initializers.WHITEN_FILTERS
   features = tuple(config.conv_features)
   check(config.conv1_init != "whiten" or not features or features[0] >= count,
         f"conv1_init='whiten' sets {count} of conv1's filters: conv_features[0] must be >= "

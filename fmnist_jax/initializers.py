@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 CONV1_INITS = ("glorot", "whiten")
+WHITEN_FILTERS = 2 * 9  # a 3x3 patch's 9 components, each with its negation
 WHITEN_EPS = 5e-4       # added to the eigenvalues: bounds the gain of near-empty components
 WHITEN_IMAGES = 10_000  # the first N training images; the covariance is settled well before
 
@@ -67,7 +68,7 @@ def recipe(config, train_images: np.ndarray | None):
     return None
   if whiten:
     kernel, bias = whitening(train_images[:WHITEN_IMAGES])
-    count = kernel.shape[-1]  # (configuration checks that conv1 has as many filters)
+    count = WHITEN_FILTERS  # (configuration checks that conv1 has as many filters)
 
   def adjust(params):
     params = dict(params)
