@@ -275,10 +275,12 @@ class Saver:
           "same command again.")
     self.finite_through = max(self.finite_through, step)
 
-  def flush(self, checked_only: bool = False) -> None:
+  def flush(self, checked_only: bool = False) -> int:
     """Writes every request, oldest first (`checked_only`: those whose evaluation checked
-    them; the others are dropped, as when an error ends the run)."""
+    them; the others are dropped, as when an error ends the run). Returns how many
+    checkpoints it wrote."""
     requests, self.requests = sorted(self.requests, key=lambda r: r.step), []
+    written = 0
     for request in requests:
       if checked_only and request.row is None:
         continue
@@ -291,7 +293,8 @@ class Saver:
       now = time.perf_counter()
       if request.row is None or request.always or now - self.last_save >= self.every_seconds:
         self.ckpt.save(request.step, request.state, metrics=request.row, epoch_sums=sums)
-        self.last_save = now
+        self.last_save, written = now, written + 1
+    return written
 
   def drop_after(self, step: int) -> None:
     self.requests = [r for r in self.requests if r.step <= step]

@@ -192,7 +192,7 @@ class _LocalFiles:
     return {key: self._paths[key] for key in url_or_urls}
 
 
-def _local_builder(data_dir: str, local_paths: Mapping[str, str]):
+def _local_builder(data_dir: str, local_paths: Mapping[str, str], counts: Mapping[str, int]):
   import tensorflow_datasets as tfds
   from tensorflow_datasets.image_classification import mnist
 
@@ -204,16 +204,25 @@ def _local_builder(data_dir: str, local_paths: Mapping[str, str]):
 
       def _split_generators(self, dl_manager):
         del dl_manager
-        return super()._split_generators(_LocalFiles(local_paths))
+        generators = super()._split_generators(_LocalFiles(local_paths))
+        for generator in generators:  # (tfds' own builder assumes 60,000 / 10,000)
+          generator.gen_kwargs["num_examples"] = counts[str(generator.name)]
+        return generators
 
   return LocalFashionMNIST(data_dir=data_dir)
 
 
-def _check_idx_consistency(contents: Mapping[str, bytes], idx_dir) -> None:
-  for split, count in (("train", NUM_TRAIN), ("test", NUM_TEST)):
-    for kind in ("data", "labels"):
-      parse_idx(contents[f"{split}_{kind}"], pathlib.Path(idx_dir) / IDX_FILES[f"{split}_{kind}"],
-                count)
+def _split_counts(contents: Mapping[str, bytes], idx_dir) -> dict[str, int]:
+  """Each split's example count, the same in its images and its labels. (The checksums pin
+  the real files' counts; other verified files, such as the tests' small copies, keep theirs.)"""
+  counts = {}
+  for split in ("train", "test"):
+    images = parse_idx(contents[f"{split}_data"],
+                       pathlib.Path(idx_dir) / IDX_FILES[f"{split}_data"])
+    parse_idx(contents[f"{split}_labels"], pathlib.Path(idx_dir) / IDX_FILES[f"{split}_labels"],
+              len(images))
+    counts[split] = len(images)
+  return counts
 
 
 def build_from_idx(data_dir: str, idx_dir: pathlib.Path,
@@ -223,7 +232,7 @@ def build_from_idx(data_dir: str, idx_dir: pathlib.Path,
   import tensorflow_datasets as tfds
   from absl import logging
   contents = verify_idx_files(idx_dir, checksums)
-  _check_idx_consistency(contents, idx_dir)
+  counts = _split_counts(contents, idx_dir)
   logging.info("building tfds' copy of fashion_mnist in %s from the IDX files in %s (once: "
                "later runs load it)", data_dir, idx_dir)
   tfds_logger = std_logging.getLogger("absl")  # (tfds logs through absl)
@@ -238,7 +247,7 @@ def build_from_idx(data_dir: str, idx_dir: pathlib.Path,
     tfds_logger.setLevel(std_logging.ERROR)
     try:
       with contextlib.redirect_stdout(io.StringIO()):  # (tfds prints its banner there)
-        _local_builder(data_dir, paths).download_and_prepare()
+        _local_builder(data_dir, paths, counts).download_and_prepare()
     finally:
       tfds_logger.setLevel(level)
 

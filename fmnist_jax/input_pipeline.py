@@ -39,10 +39,10 @@ FLIP_STREAM = 0x466C6970  # alternating flips' coins: a seed stream apart from t
 
 def split_names(validation_size: int) -> dict[str, str]:
   """tfds split strings: the validation split is the last `validation_size` training images."""
-  names = {"train": f"train[:{dataset.NUM_TRAIN - validation_size}]", "test": "test"}
-  if validation_size:
-    names["val"] = f"train[{dataset.NUM_TRAIN - validation_size}:]"
-  return names
+  if not validation_size:
+    return {"train": "train", "test": "test"}
+  return {"train": f"train[:-{validation_size}]", "val": f"train[-{validation_size}:]",
+          "test": "test"}
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

@@ -6,9 +6,13 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 
 import jax
 from absl import logging
+
+
+PAUSE_VARIABLE = "FMNIST_JAX_PAUSE_AFTER_SAVE"
 
 
 class Preempted(Exception):
@@ -46,6 +50,7 @@ class PreemptionWatch:
   def __init__(self, reached_preemption):
     self.reached_preemption = reached_preemption
     self.calls, self.requested, self.reason = 0, False, "SIGTERM"
+    self.pause_seconds = float(os.environ.get(PAUSE_VARIABLE) or 0.0)
     self._previous = {}
     if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
       for sig in (signal.SIGTERM, signal.SIGINT):
@@ -60,6 +65,15 @@ class PreemptionWatch:
     else:
       logging.warning("SIGTERM received: saving a checkpoint after the current step")
     self.requested = True
+
+  def pause_once(self) -> None:
+    """A hook for tests of kills and signals: with $FMNIST_JAX_PAUSE_AFTER_SAVE=SECONDS the
+    run waits there once, after its first checkpoint is on disk, until a signal arrives or the
+    seconds pass, so that a signal lands at a known step of a run of a few steps."""
+    seconds, self.pause_seconds = self.pause_seconds, 0.0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not self.requested:
+      time.sleep(0.01)
 
   def reached(self) -> bool:
     """Call once after every compiled train call, on every process."""

@@ -318,7 +318,10 @@ class Loop:
 
   def save(self, checked_only: bool = False) -> None:
     with self.progress.timed("checkpoints"):
-      self.saver.flush(checked_only)
+      written = self.saver.flush(checked_only)
+    if written and self.preemption.pause_seconds:
+      with self.progress.paused():
+        self.preemption.pause_once()
 
   def close(self) -> None:
     """Stops what runs beside the loop; waits until every save is complete on disk."""

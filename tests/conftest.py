@@ -66,14 +66,20 @@ def write_idx_dir(directory: pathlib.Path, train_count: int, test_count: int,
   return checksums
 
 
+# The small dataset's splits: a few hundred examples, in the real format (IDX files and a tfds
+# copy built from them by the package's own loaders). Only tests/test_realdata.py needs 70,000.
+SMALL_TRAIN, SMALL_TEST = 480, 200
+
+
 @pytest.fixture(scope="session")
 def synthetic_tfds(tmp_path_factory):
-  """A tfds data_dir holding fashion_mnist built offline from full-size synthetic IDX files."""
+  """A tfds data_dir holding fashion_mnist built offline from small synthetic IDX files."""
   root = tmp_path_factory.mktemp("synthetic")
-  checksums = write_idx_dir(root / "idx", dataset.NUM_TRAIN, dataset.NUM_TEST)
+  checksums = write_idx_dir(root / "idx", SMALL_TRAIN, SMALL_TEST)
   data_dir = str(root / "tfds")
   dataset.build_from_idx(data_dir, root / "idx", checksums)
-  return {"data_dir": data_dir, "idx_dir": root / "idx", "checksums": checksums}
+  return {"data_dir": data_dir, "idx_dir": root / "idx", "checksums": checksums,
+          "train_count": SMALL_TRAIN, "test_count": SMALL_TEST}
 
 
 @pytest.fixture

@@ -128,6 +128,7 @@ def test_speedrun_search_trains_variants_through_main_and_repeats_the_chosen_one
       [sys.executable, "-m", "benchmarks.speedrun_search", "--config", "configs/speedrun.py",
        "--only", "b512_e20", "b1024_e20", "--choose", "fastest:0.0",
        "--json", str(out), "--config.conv_features=(4,8,8)", "--config.dense_features=16",
+       "--config.batch_size=16", "--config.validation_size=40",
        *_tiny_run_args(synthetic_tfds)],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -297,7 +298,8 @@ def test_ablation_adds_each_row_s_fields_to_the_rows_above_and_measures_tta(synt
       [sys.executable, "-m", "benchmarks.ablation", "--config", "configs/speedrun.py",
        "--seeds", "0", "1", "--epochs", "1", "--target", "0.01", "--rows", "baseline", "whiten",
        "--workdir-root", str(tmp_path / "runs"), "--json", str(out),
-       "--config.batch_size=64", "--config.conv_features=(20, 8, 8)",
+       "--config.batch_size=32", "--config.validation_size=40",
+       "--config.conv_features=(20, 8, 8)",
        "--config.dense_features=16", *_tiny_run_args(synthetic_tfds)],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -1,3 +1,6 @@
+"""The data: IDX parsing and verification, the offline tfds build, the TensorFlow-free reader."""
+
+import hashlib
 
 import numpy as np
 import pytest
@@ -60,12 +63,13 @@ def test_idx_reader_gives_the_arrays_tfds_gives(synthetic_tfds):
   as tfds.load of the dataset prepared from those files."""
   from fmnist_jax import input_pipeline
   from conftest import tiny_config
-  config = tiny_config(data_dir=synthetic_tfds["data_dir"], validation_size=5000)
+  config = tiny_config(data_dir=synthetic_tfds["data_dir"], validation_size=50)
   from_tfds = input_pipeline.load_splits(config)
   idx = dataset.read_idx_splits(str(synthetic_tfds["idx_dir"]), synthetic_tfds["checksums"])
   train_images, train_labels = idx["train"]
-  from_idx = {"train": (train_images[:55_000], train_labels[:55_000]),
-              "val": (train_images[55_000:], train_labels[55_000:]), "test": idx["test"]}
+  size = synthetic_tfds["train_count"] - 50
+  from_idx = {"train": (train_images[:size], train_labels[:size]),
+              "val": (train_images[size:], train_labels[size:]), "test": idx["test"]}
   assert set(from_tfds) == set(from_idx)
   for name, (images, labels) in from_tfds.items():
     np.testing.assert_array_equal(images, from_idx[name][0])
@@ -80,12 +84,12 @@ def test_offline_build_gives_a_standard_tfds_dataset(synthetic_tfds):
   builder = tfds.builder("fashion_mnist", data_dir=data_dir)
   assert str(builder.info.version) == "3.0.1"
   assert builder.info.features["label"].names[6] == "Shirt"
-  assert builder.info.splits["train"].num_examples == dataset.NUM_TRAIN
+  assert builder.info.splits["train"].num_examples == synthetic_tfds["train_count"]
   test = tfds.as_numpy(tfds.load("fashion_mnist", split="test", data_dir=data_dir,
                                  batch_size=-1, download=False))
-  images, labels = synthetic_arrays(dataset.NUM_TEST, seed=2)
+  images, labels = synthetic_arrays(synthetic_tfds["test_count"], seed=2)
   # tfds shuffles examples when it writes them; the contents are the same.
-  assert test["image"].shape == (dataset.NUM_TEST, 28, 28, 1)
+  assert test["image"].shape == (synthetic_tfds["test_count"], 28, 28, 1)
   np.testing.assert_array_equal(np.bincount(test["label"], minlength=10),
                                 np.bincount(labels, minlength=10))
   assert int(test["image"].astype(np.int64).sum()) == int(images.astype(np.int64).sum())
@@ -97,9 +101,12 @@ def test_prepare_reuses_a_prepared_dataset(synthetic_tfds):
 
 
 def test_a_failed_build_never_looks_prepared(tmp_path):
-  checksums = write_idx_dir(tmp_path / "idx", 20, 10)  # wrong counts for fashion_mnist
+  checksums = write_idx_dir(tmp_path / "idx", 20, 10)
+  labels = tmp_path / "idx" / dataset.IDX_FILES["train_labels"]  # 19 labels for 20 images
+  labels.write_bytes(idx_bytes(np.zeros(19, np.uint8)))
+  checksums["train_labels"] = hashlib.sha256(labels.read_bytes()).hexdigest()
   data_dir = str(tmp_path / "tfds")
-  with pytest.raises(dataset.DataError, match="has 20 examples, expected 60000"):
+  with pytest.raises(dataset.DataError, match="has 19 examples, expected 20"):
     dataset.build_from_idx(data_dir, tmp_path / "idx", checksums)
   assert not dataset.is_prepared(data_dir)
   checksums["train_data"] = "0" * 64

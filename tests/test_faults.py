@@ -48,8 +48,10 @@ def _snapshot(directory):
 
 # --- kills and preemption: real subprocesses -----------------------------------------------
 
-KILL_RUN = ("--config.num_train_steps=800", "--config.checkpoint_every_steps=100",
+KILL_RUN = ("--config.num_train_steps=40", "--config.checkpoint_every_steps=10",
             "--config.steps_per_call=1", "--config.keep_checkpoints=3")
+# The run waits after its first checkpoint (fmnist_jax.preemption): the signal lands mid-run.
+PAUSED = {**os.environ, preemption.PAUSE_VARIABLE: "300"}
 
 
 def _main_command(workdir, data_dir, input_mode):
@@ -65,9 +67,10 @@ def _run(command):
 
 
 def _start_and_signal(command, workdir, sig):
-  """Starts a run, waits until its first periodic checkpoint exists, then sends `sig`."""
+  """Starts a run that pauses after its first periodic checkpoint, waits until that checkpoint
+  exists, then sends `sig`."""
   process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=subprocess.PIPE, text=True, env=PAUSED)
   checkpoints = pathlib.Path(workdir) / "checkpoints"
   deadline = time.time() + 300
   while time.time() < deadline and process.poll() is None:
@@ -81,7 +84,7 @@ def _start_and_signal(command, workdir, sig):
 
 
 def _tiny():
-  return tiny_config(num_train_steps=800, checkpoint_every_steps=100)
+  return tiny_config(num_train_steps=40, checkpoint_every_steps=10)
 
 
 @pytest.fixture(scope="module")
@@ -106,12 +109,12 @@ def test_sigkill_mid_run_then_rerun_is_bit_identical(synthetic_tfds, tmp_path, i
   returncode, _ = _start_and_signal(command, tmp_path / "killed", signal.SIGKILL)
   assert returncode == -signal.SIGKILL
   killed_at = _restore(tmp_path / "killed", _tiny())
-  assert 0 < int(killed_at.step) < 800  # it really stopped mid-run
+  assert 0 < int(killed_at.step) < 40  # it really stopped mid-run
   _run(command)  # the same command again: resumes and finishes
   _assert_identical(uninterrupted(input_mode), _restore(tmp_path / "killed", _tiny()))
   starts = [json.loads(line)["start_step"] for line in
             (tmp_path / "killed" / "run_info.jsonl").read_text().splitlines()]
-  assert starts[0] == 0 and 0 < starts[-1] < 800
+  assert starts[0] == 0 and 0 < starts[-1] < 40
 
 
 @pytest.mark.slow
@@ -325,21 +328,26 @@ def test_ctrl_c_saves_like_sigterm_and_a_second_one_aborts(synthetic_tfds, tmp_p
   assert int(_restore(tmp_path / "run", _tiny()).step) == step
 
 
+WIDE = (128, 256, 256)  # a CNN whose calls take a second on 2 cores
+
+
 @pytest.mark.slow
 def test_a_second_ctrl_c_aborts_at_once_with_one_line(synthetic_tfds, tmp_path):
-  """Calls of ~1 s (29 steps of 2,048 images): the second Ctrl-C, 0.3 s after the first one's
-  warning, lands while the first one's save waits for the current call, and aborts it."""
+  """Calls of ~1 s (13 steps of 32 images of a wide CNN): the second Ctrl-C, 0.3 s after the
+  first one's warning, lands while the first one's save waits for the current call, and
+  aborts it."""
   workdir = tmp_path / "twice"
   command = [sys.executable, "-m", "fmnist_jax.main", "--config", "configs/tiny.py",
              "--workdir", str(workdir), f"--config.data_dir={synthetic_tfds['data_dir']}",
-             "--config.batch_size=2048", "--config.steps_per_call=29",
+             "--config.batch_size=32", "--config.steps_per_call=13",
+             f"--config.conv_features={WIDE}", "--config.dense_features=256",
              "--config.checkpoint_every_steps=0", "--config.num_epochs=100"]
   process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
   checkpoints, lines = workdir / "checkpoints", []
   for line in process.stderr:  # the first epoch's checkpoint: something to keep intact
     lines.append(line)
-    if "epoch 1.00 step 29" in line:
+    if "epoch 1.00 step 13" in line:
       break
   deadline = time.time() + 60
   while not checkpoints.is_dir() or not checkpointing.complete_steps(checkpoints):
@@ -357,7 +365,8 @@ def test_a_second_ctrl_c_aborts_at_once_with_one_line(synthetic_tfds, tmp_path):
   last = stderr.strip().splitlines()[-1]
   assert last.startswith("aborted (Ctrl-C): the checkpoints already written are intact"), last
   assert "checkpoint saved at step" not in stderr and "Traceback" not in stderr
-  assert int(_restore(workdir, tiny_config(batch_size=2048)).step) % 29 == 0
+  wide = tiny_config(batch_size=32, conv_features=WIDE, dense_features=256)
+  assert int(_restore(workdir, wide).step) % 13 == 0
 
 
 def test_a_second_run_on_a_workdir_in_use_is_refused(small_splits, tmp_path):
@@ -503,14 +512,14 @@ def test_a_full_tmpfs_gives_one_error_line_and_a_rerun_with_space_is_bit_identic
                 "ENOSPC test covers the logic")
   try:
     command = _main_command(disk / "run", synthetic_tfds["data_dir"], "device")
-    command.append("--config.keep_checkpoints=100")  # the disk fills within 800 steps
+    command.append("--config.keep_checkpoints=100")  # the disk fills within 40 steps
     full = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert full.returncode == 1, full.stderr[-3000:]
     assert "Traceback" not in full.stderr, full.stderr[-3000:]
     last = full.stderr.strip().splitlines()[-1]
     assert last.startswith("error: no space left on the device holding"), last
     step = int(last.split("last complete checkpoint is step ")[1].split(" ")[0])
-    assert 0 < step < 800 and int(_restore(disk / "run", _tiny()).step) == step
+    assert 0 < step < 40 and int(_restore(disk / "run", _tiny()).step) == step
     subprocess.run(["mount", "-o", "remount,size=20m", str(disk)], check=True)
     _run(command)  # space again: the same command resumes and finishes
     _assert_identical(uninterrupted("device"), _restore(disk / "run", _tiny()))

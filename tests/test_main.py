@@ -103,7 +103,7 @@ def test_command_line_trains_on_tfds_data_in_streaming_mode(synthetic_tfds, tmp_
   assert re.search(r"step 6/6 epoch 1 \| train loss [\d.]+ acc [\d.]+ \| [\d,]+ img/s \| "
                    r"[\d.]+ [MGT]FLOP/s", result.stderr), result.stderr[-2000:]
   rows = _metrics(tmp_path)
-  assert rows[-1]["step"] == 6 and rows[-1]["test_count"] == 10_000
+  assert rows[-1]["step"] == 6 and rows[-1]["test_count"] == synthetic_tfds["test_count"]
 
 
 @pytest.mark.parametrize("override,message", [

@@ -1,6 +1,7 @@
 """Populations: many models in one compiled program, each member its own single run."""
 
 import json
+import os
 import pathlib
 import signal
 import subprocess
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, tiny_config
-from fmnist_jax import checkpointing, population, train
+from fmnist_jax import checkpointing, population, preemption, train
 from fmnist_jax.errors import ConfigError
 from fmnist_jax.parallel import Parallelism
 
@@ -128,13 +129,14 @@ def _stacked(workdir, config):
 
 @pytest.mark.slow
 def test_sigkill_of_a_population_then_rerun_is_bit_identical(synthetic_tfds, tmp_path):
-  flags = (f"--config.data_dir={synthetic_tfds['data_dir']}", "--config.num_train_steps=300",
-           "--config.checkpoint_every_steps=50", "--config.steps_per_call=1")
+  flags = (f"--config.data_dir={synthetic_tfds['data_dir']}", "--config.num_train_steps=40",
+           "--config.checkpoint_every_steps=10", "--config.steps_per_call=1")
   straight = subprocess.run(_main(tmp_path / "straight", *flags), cwd=ROOT, capture_output=True,
                             text=True, timeout=600)
   assert straight.returncode == 0, straight.stderr[-3000:]
   process = subprocess.Popen(_main(tmp_path / "killed", *flags), cwd=ROOT,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env={**os.environ, preemption.PAUSE_VARIABLE: "300"})
   checkpoints = tmp_path / "killed" / "checkpoints"
   deadline = time.time() + 300
   while time.time() < deadline and process.poll() is None and not (
@@ -144,7 +146,7 @@ def test_sigkill_of_a_population_then_rerun_is_bit_identical(synthetic_tfds, tmp
   process.send_signal(signal.SIGKILL)
   process.wait(timeout=60)
   config = tiny_config(population=eval(STUDY))  # pylint: disable=eval-used
-  assert 0 < int(np.ravel(_stacked(tmp_path / "killed", config).step)[0]) < 300
+  assert 0 < int(np.ravel(_stacked(tmp_path / "killed", config).step)[0]) < 40
   rerun = subprocess.run(_main(tmp_path / "killed", *flags), cwd=ROOT, capture_output=True,
                          text=True, timeout=600)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
