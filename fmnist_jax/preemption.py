@@ -66,10 +66,12 @@ class PreemptionWatch:
       logging.warning("SIGTERM received: saving a checkpoint after the current step")
     self.requested = True
 
-  def pause_once(self) -> None:
+  def after_saves(self, written: int) -> None:
     """A hook for tests of kills and signals: with $FMNIST_JAX_PAUSE_AFTER_SAVE=SECONDS the
-    run waits there once, after its first checkpoint is on disk, until a signal arrives or the
-    seconds pass, so that a signal lands at a known step of a run of a few steps."""
+    run waits once, after its first `written` checkpoint is on disk, until a signal arrives or
+    the seconds pass, so that a signal lands at a known step of a run of a few steps."""
+    if not written:
+      return
     seconds, self.pause_seconds = self.pause_seconds, 0.0
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and not self.requested:

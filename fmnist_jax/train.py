@@ -318,10 +318,7 @@ class Loop:
 
   def save(self, checked_only: bool = False) -> None:
     with self.progress.timed("checkpoints"):
-      written = self.saver.flush(checked_only)
-    if written and self.preemption.pause_seconds:
-      with self.progress.paused():
-        self.preemption.pause_once()
+      self.preemption.after_saves(self.saver.flush(checked_only))
 
   def close(self) -> None:
     """Stops what runs beside the loop; waits until every save is complete on disk."""

@@ -82,9 +82,7 @@ def synthetic_tfds(tmp_path_factory):
           "train_count": SMALL_TRAIN, "test_count": SMALL_TEST}
 
 
-@pytest.fixture
-def small_splits(monkeypatch):
-  """Replaces the tfds loading with small in-memory splits (sizes not multiples of batches)."""
+def _use_small_splits(monkeypatch) -> dict:
   splits = {"train": synthetic_arrays(200, seed=1), "val": synthetic_arrays(40, seed=3),
             "test": synthetic_arrays(75, seed=2)}
   from fmnist_jax import input_pipeline
@@ -92,6 +90,30 @@ def small_splits(monkeypatch):
                       lambda config: {k: v for k, v in splits.items()
                                       if k != "val" or config.validation_size})
   return splits
+
+
+@pytest.fixture
+def small_splits(monkeypatch):
+  """Replaces the tfds loading with small in-memory splits (sizes not multiples of batches)."""
+  return _use_small_splits(monkeypatch)
+
+
+@pytest.fixture(scope="session")
+def _trained_once(tmp_path_factory):
+  with pytest.MonkeyPatch.context() as monkeypatch:
+    _use_small_splits(monkeypatch)
+    from fmnist_jax import train
+    workdir = tmp_path_factory.mktemp("trained") / "run"
+    train.train_and_evaluate(tiny_config(num_epochs=2), str(workdir))
+  return workdir
+
+
+@pytest.fixture
+def trained_workdir(small_splits, tmp_path, _trained_once):
+  """A finished run of configs/tiny.py (2 epochs, 24 steps, on `small_splits`), trained once
+  per test session; each test gets its own copy to read, damage or train on."""
+  shutil.copytree(_trained_once, tmp_path / "run")
+  return tmp_path / "run"
 
 
 def tiny_config(**overrides):

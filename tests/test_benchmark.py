@@ -11,6 +11,7 @@ import pytest
 from conftest import ROOT
 
 
+@pytest.mark.slow
 def test_throughput_benchmark_writes_valid_json(tmp_path):
   out = tmp_path / "bench.json"
   result = subprocess.run(
@@ -37,6 +38,7 @@ def test_throughput_benchmark_writes_valid_json(tmp_path):
   assert report["git_commit"] and report["command"].startswith("python -m benchmarks.throughput")
 
 
+@pytest.mark.slow
 def test_quick_throughput_is_one_train_and_one_eval_setting(tmp_path):
   out = tmp_path / "quick.json"
   result = subprocess.run([sys.executable, "-m", "benchmarks.throughput", "--json", str(out),
@@ -68,6 +70,7 @@ def _tiny_run_args(synthetic_tfds):
           f"--config.data_dir={synthetic_tfds['data_dir']}"]
 
 
+@pytest.mark.slow
 def test_recipe_benchmark_summarizes_seeds(synthetic_tfds, tmp_path):
   out = tmp_path / "recipe.json"
   result = subprocess.run(
@@ -101,6 +104,7 @@ def test_recipe_benchmark_summarizes_seeds(synthetic_tfds, tmp_path):
       in again.stderr, again.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_time_to_accuracy_runs_seeds_with_a_cold_and_a_warm_cache(synthetic_tfds, tmp_path):
   out = tmp_path / "tta.json"
   result = subprocess.run(
@@ -121,6 +125,7 @@ def test_time_to_accuracy_runs_seeds_with_a_cold_and_a_warm_cache(synthetic_tfds
   assert "| warm | 2/2 |" in result.stdout
 
 
+@pytest.mark.slow
 def test_speedrun_search_trains_variants_through_main_and_repeats_the_chosen_one(synthetic_tfds,
                                                                                 tmp_path):
   out = tmp_path / "search.json"
@@ -153,6 +158,7 @@ def test_speedrun_search_rule_picks_the_fastest_variant_reaching_the_threshold()
   assert choose(results, "best")["name"] == "slow"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("peers", [
     ["keras_tf"],
     pytest.param(["keras_tf", "torch_eager"], marks=pytest.mark.skipif(
@@ -220,6 +226,7 @@ def test_step_profile_flops_by_part_add_up_to_the_step_s(tmp_path):
   assert sum(flops.values()) == 2 * models.flops_per_image(config, train=True)
 
 
+@pytest.mark.slow
 def test_step_profile_traces_the_loop_s_train_call(tmp_path):
   out = tmp_path / "profile.json"
   subprocess.run([sys.executable, "-m", "benchmarks.step_profile", "--json", str(out),
@@ -235,6 +242,7 @@ def test_step_profile_traces_the_loop_s_train_call(tmp_path):
     assert parts[part]["ms_per_step"] > 0, part
 
 
+@pytest.mark.slow
 def test_throughput_measures_populations_against_one_model(tmp_path):
   out = tmp_path / "population.json"
   result = subprocess.run(
@@ -254,6 +262,7 @@ def test_throughput_measures_populations_against_one_model(tmp_path):
   assert "| train | jit | 1 | 3 (all) | 32 |" in result.stdout
 
 
+@pytest.mark.slow
 def test_time_to_accuracy_runs_its_seeds_as_one_population(synthetic_tfds, tmp_path):
   out = tmp_path / "tta_population.json"
   result = subprocess.run(
@@ -270,6 +279,7 @@ def test_time_to_accuracy_runs_its_seeds_as_one_population(synthetic_tfds, tmp_p
   assert "| cold, one population (seconds: all seeds) | 2/2 |" in result.stdout
 
 
+@pytest.mark.slow
 def test_population_study_times_a_population_against_one_model(synthetic_tfds, tmp_path):
   out = tmp_path / "study.json"
   result = subprocess.run(
@@ -288,6 +298,7 @@ def test_population_study_times_a_population_against_one_model(synthetic_tfds, t
   assert "members in one process vs one model" in result.stdout
 
 
+@pytest.mark.slow
 def test_ablation_adds_each_row_s_fields_to_the_rows_above_and_measures_tta(synthetic_tfds,
                                                                             tmp_path):
   from benchmarks import ablation
@@ -298,7 +309,7 @@ def test_ablation_adds_each_row_s_fields_to_the_rows_above_and_measures_tta(synt
       [sys.executable, "-m", "benchmarks.ablation", "--config", "configs/speedrun.py",
        "--seeds", "0", "1", "--epochs", "1", "--target", "0.01", "--rows", "baseline", "whiten",
        "--workdir-root", str(tmp_path / "runs"), "--json", str(out),
-       "--config.batch_size=32", "--config.validation_size=40",
+       "--config.batch_size=32", "--config.validation_size=200",
        "--config.conv_features=(20, 8, 8)",
        "--config.dense_features=16", *_tiny_run_args(synthetic_tfds)],
       cwd=ROOT, capture_output=True, text=True, timeout=600)

@@ -595,6 +595,7 @@ def test_a_config_field_given_without_its_prefix_is_named_with_it(tmp_path):
   assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["file", "read-only"])
 def test_an_unusable_compilation_cache_is_said_to_be_off(synthetic_tfds, tmp_path, kind):
   cache = tmp_path / "cache"
@@ -646,12 +647,10 @@ def test_a_run_that_reached_its_target_is_finished_when_its_command_runs_again(s
 
 
 @pytest.mark.parametrize("damage", ["missing", "stale", "cut short"])
-def test_a_finished_runs_missing_or_stale_result_is_rebuilt(small_splits, tmp_path, damage,
-                                                            caplog):
+def test_a_finished_runs_missing_or_stale_result_is_rebuilt(trained_workdir, damage, caplog):
   """A kill between the final checkpoint and result.json leaves it missing (or a resumed
   run's old one); a rerun of the command rebuilds it from the last metrics row."""
-  config = tiny_config(num_epochs=2)
-  train.train_and_evaluate(config, str(tmp_path))
+  config, tmp_path = tiny_config(num_epochs=2), trained_workdir
   path = tmp_path / "result.json"
   expected = json.loads(path.read_text())
   if damage == "missing":
@@ -672,13 +671,12 @@ def test_a_finished_runs_missing_or_stale_result_is_rebuilt(small_splits, tmp_pa
 @pytest.mark.parametrize("damage", ["config is a list", "run_info without argv",
                                     "metrics row without train_accuracy",
                                     "stray config copy", "checkpoints is a file"])
-def test_damaged_or_stray_run_files_get_one_line_not_a_traceback(small_splits, tmp_path,
-                                                                 damage):
-  """The run and the report on a workdir with a damaged or stray file: a one-line error
-  (FmnistError, which main and the report print as one line) or a warning, never another
-  exception."""
+def test_damaged_or_stray_run_files_get_one_line_not_a_traceback(trained_workdir, damage):
+  """The run (resumed for one more epoch) and the report on a workdir with a damaged or stray
+  file: a one-line error (FmnistError, which main and the report print as one line) or a
+  warning, never another exception."""
   from fmnist_jax import report
-  train.train_and_evaluate(tiny_config(num_epochs=1), str(tmp_path))
+  tmp_path = trained_workdir
   if damage == "config is a list":
     (tmp_path / "config.json").write_text("[1, 2]")
   elif damage == "run_info without argv":
@@ -692,7 +690,7 @@ def test_damaged_or_stray_run_files_get_one_line_not_a_traceback(small_splits, t
     import shutil
     shutil.rmtree(tmp_path / "checkpoints")
     (tmp_path / "checkpoints").write_text("not a folder")
-  for action in (lambda: train.train_and_evaluate(tiny_config(num_epochs=2), str(tmp_path)),
+  for action in (lambda: train.train_and_evaluate(tiny_config(num_epochs=3), str(tmp_path)),
                  lambda: report.write_report(str(tmp_path))):
     try:
       action()

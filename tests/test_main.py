@@ -93,6 +93,7 @@ def _run_main(*args, env=None):
                         env={**os.environ, **(env or {})})
 
 
+@pytest.mark.slow
 def test_command_line_trains_on_tfds_data_in_streaming_mode(synthetic_tfds, tmp_path):
   result = _run_main("--config", "configs/tiny.py", "--workdir", str(tmp_path),
                      f"--config.data_dir={synthetic_tfds['data_dir']}",
@@ -249,6 +250,7 @@ def test_console_ends_with_a_summary_and_a_rerun_says_it_is_finished(synthetic_t
   assert again.returncode == 0 and "already finished at step 6 of 6" in again.stderr
 
 
+@pytest.mark.slow
 def test_console_shows_the_projects_lines_and_verbose_the_libraries(synthetic_tfds, tmp_path):
   args = ("--config", "configs/tiny.py", f"--config.data_dir={synthetic_tfds['data_dir']}",
           "--config.num_train_steps=6")

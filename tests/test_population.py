@@ -51,6 +51,7 @@ def test_a_bad_population_is_one_line_before_any_data_is_read(tmp_path, value, s
   assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_a_population_too_large_for_memory_says_how_many_fit(small_splits, tmp_path,
                                                             monkeypatch):
   from fmnist_jax import hardware
@@ -89,7 +90,8 @@ SWEEPS = {
 }
 
 
-@pytest.mark.parametrize("name", list(SWEEPS))
+@pytest.mark.parametrize("name", [pytest.param(name, marks=[pytest.mark.slow] if i else [])
+                                  for i, name in enumerate(SWEEPS)])  # one in the default tier
 def test_every_member_is_its_single_run(small_splits, tmp_path, name):
   """After a few steps a member's evaluation equals `main` run alone with its fields: the
   first member and the last (every field at its second value) of each sweep."""

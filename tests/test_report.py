@@ -25,12 +25,6 @@ def test_classification_report_and_confusion_matrix_match_a_hand_computed_exampl
   assert evaluate.most_confused_pairs(confusion, 2, names) == [("c", "a", 1), ("a", "b", 1)]
 
 
-@pytest.fixture
-def trained_workdir(small_splits, tmp_path):
-  train.train_and_evaluate(tiny_config(num_epochs=2, keep_checkpoints=1), str(tmp_path / "run"))
-  return tmp_path / "run"
-
-
 def test_report_writes_every_file(trained_workdir):
   out = report.write_report(str(trained_workdir))
   names = {"class_distribution.png", "samples_train.png", "samples_test.png", "curves.png",
@@ -149,6 +143,7 @@ def test_an_interrupted_report_leaves_the_previous_one_whole(trained_workdir, mo
   assert (out / "report.md").exists()
 
 
+@pytest.mark.slow
 def test_the_report_is_written_while_the_run_holds_the_workdir(small_splits, tmp_path,
                                                               monkeypatch):
   """main writes the report before it releases the lock; the report command refuses a

@@ -171,6 +171,7 @@ RECIPE = dict(conv_features=(20, 8, 8), conv1_init="whiten", dirac_init=True,
               schedule="warmup_linear", warmup_epochs=0.5, label_smoothing=0.2)
 
 
+@pytest.mark.slow
 def test_every_option_at_once_trains_and_a_member_equals_its_single_run(small_splits,
                                                                          tmp_path):
   single = train.train_and_evaluate(tiny_config(seed=1, **RECIPE), str(tmp_path / "single"))
