@@ -1,6 +1,7 @@
-# Two entry points, both self-contained on a fresh machine:
-#   make train   set up (venv, package, data) and train configs/default.py on the real data
-#   make test    set up and run the test suite
+# Entry points, each self-contained on a fresh machine:
+#   make train     set up (venv, package, data) and train configs/default.py on the real data
+#   make test      set up and run the default test tier (~3 minutes on 2 cores)
+#   make test-all  set up and run the whole suite, the slow tier included (what CI runs)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,8 +10,10 @@ CONFIG ?= configs/default.py
 IDX_DIR ?= /usr/share/datasets/fashion-mnist
 DATA_DIR ?= $(HOME)/tensorflow_datasets
 PYTEST_ARGS ?=
+# pytest-xdist workers: one per core (measured: 1.7x on 2 cores, docs/usage.md "Tests")
+WORKERS ?= auto
 
-.PHONY: setup data train test clean
+.PHONY: setup data train test test-all clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,10 +39,18 @@ data:
 train: setup data
 	$(PY) -m fmnist_jax.main --config $(CONFIG) --workdir $(WORKDIR)
 
-test: setup data
+# pytest exits 5 when it collected no tests: that is a failure here.
+define run_pytest
 	$(PY) -m fmnist_jax.dataset --prepare --data_dir $(DATA_DIR) || echo "Real data not prepared: real-data tests will be skipped."
-	$(PY) -m pytest -q --durations=20 $(PYTEST_ARGS) tests; rc=$$?; \
+	$(PY) -m pytest -q -n $(WORKERS) --durations=20 $(1) $(PYTEST_ARGS) tests; rc=$$?; \
 	  if [ $$rc = 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+endef
+
+test: setup data
+	$(call run_pytest,-m "not slow")
+
+test-all: setup data
+	$(call run_pytest,)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -13,17 +13,25 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+def _session_folder(variable: str, prefix: str) -> None:
+  """A fresh folder named by $variable for this test session (made by the first process: the
+  pytest-xdist workers and the subprocesses inherit it), removed at its end."""
+  if variable not in os.environ:
+    os.environ[variable] = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, os.environ[variable], ignore_errors=True)
+
+
 # One persistent XLA compilation cache for this session, set before jax is imported so that
-# the subprocesses (which inherit it) compile each identical step once, not once per process.
-# Fresh per session: every session still compiles everything once.
-_CACHE = tempfile.mkdtemp(prefix="fmnist_jax_xla_cache_")
-atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+# the workers and subprocesses compile each identical step once, not once per process.
+_session_folder("JAX_COMPILATION_CACHE_DIR", "fmnist_jax_xla_cache_")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # The decoded-data cache too: the tests' synthetic sources never land in the user's cache.
-_DATA_CACHE = tempfile.mkdtemp(prefix="fmnist_jax_data_cache_")
-atexit.register(shutil.rmtree, _DATA_CACHE, ignore_errors=True)
-os.environ.setdefault("FMNIST_JAX_DATA_CACHE_DIR", _DATA_CACHE)
+_session_folder("FMNIST_JAX_DATA_CACHE_DIR", "fmnist_jax_data_cache_")
+# XLA's optimisation passes mostly off (as flax's imagenet example test runs): the tests'
+# programs are tiny, and compiling them is most of the suite's time (it halves the default
+# tier). The stored one-step numbers are also checked with them on (tests/test_train.py).
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 from fmnist_jax import dataset  # noqa: E402
 

@@ -1,4 +1,10 @@
+"""The compiled steps: one exact step against stored numbers, optimizers, schedules, eval."""
+
 import functools
+import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from conftest import synthetic_arrays, tiny_config
+from conftest import ROOT, synthetic_arrays, tiny_config
 from fmnist_jax import evaluate, input_pipeline, models, state as state_lib, steps
 from fmnist_jax.parallel import Parallelism
 
@@ -47,8 +53,21 @@ def exact_step_numbers():
   }
 
 
-def test_one_exact_training_step_matches_stored_numbers():
-  got = exact_step_numbers()
+def _optimized_step_numbers():
+  """The numbers with XLA's optimisations on, as a user's run compiles (the suite turns most of
+  them off: tests/conftest.py), from a process of their own."""
+  env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "0"}
+  code = "import json, test_train; print(json.dumps(test_train.exact_step_numbers()))"
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT / "tests", env=env,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("xla", ["as the suite compiles",
+                                 pytest.param("optimized", marks=pytest.mark.slow)])
+def test_one_exact_training_step_matches_stored_numbers(xla):
+  got = exact_step_numbers() if xla == "as the suite compiles" else _optimized_step_numbers()
   assert got["correct"] == EXACT_STEP["correct"]
   np.testing.assert_allclose(got["loss"], EXACT_STEP["loss"], rtol=1e-5)
   np.testing.assert_allclose(got["param_abs_sum"], EXACT_STEP["param_abs_sum"], rtol=1e-5)
