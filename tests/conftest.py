@@ -136,3 +136,23 @@ def replicated_state(config, steps_per_epoch: int = 1, total_steps: int = 1):
   from fmnist_jax import state
   from fmnist_jax.parallel import Parallelism
   return Parallelism("jit").replicate(state.initial_state(config, steps_per_epoch, total_steps))
+
+
+# The tiers' slowest tests, named at the end of every run (beside --durations): what to shrink
+# first when the default tier grows past its budget (docs/usage.md, "Tests").
+_DURATIONS: dict[str, dict[str, float]] = {"default": {}, "slow": {}}
+
+
+def pytest_runtest_logreport(report):
+  tier = "slow" if "slow" in report.keywords else "default"
+  durations = _DURATIONS[tier]
+  durations[report.nodeid] = durations.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+  for tier, durations in _DURATIONS.items():
+    if durations:
+      name, seconds = max(durations.items(), key=lambda item: item[1])
+      terminalreporter.write_line(
+          f"{tier} tier: {len(durations)} tests, {sum(durations.values()):.0f} s in all "
+          f"(summed over workers); slowest {name} ({seconds:.1f} s)")

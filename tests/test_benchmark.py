@@ -50,6 +50,7 @@ def test_quick_throughput_is_one_train_and_one_eval_setting(tmp_path):
                       ("eval", 128, "jit", "device", "float32", "xla", 1)]
 
 
+@pytest.mark.slow
 def test_matmul_dtype_benchmark_writes_every_shape_and_form(tmp_path):
   out = tmp_path / "matmul.json"
   result = subprocess.run([sys.executable, "-m", "benchmarks.matmul_dtypes", "--json", str(out),
@@ -325,3 +326,52 @@ def test_ablation_adds_each_row_s_fields_to_the_rows_above_and_measures_tta(synt
   config = json.loads((tmp_path / "runs" / "whiten" / "config.json").read_text())
   assert config["conv1_init"] == "whiten" and config["eval_flip_average"]
   assert "| whiten (conv1_init=whiten) | 1.0 ± 0.0 | 2/2 |" in result.stdout
+
+
+# --- the benchmarks' logic, in process on made-up inputs (the runs above: the full tier) -----
+
+def test_mean_std_is_the_sample_std_of_the_values_given():
+  from benchmarks import common
+  assert common.mean_std([1.0, 2.0, 3.0]) == [2.0, 1.0]
+  assert common.mean_std([None, 5.0]) == [5.0, 0.0] and common.mean_std([None]) is None
+  assert common.without(["--config.seed=1", "--config.population=()", "--x=2"],
+                        ("population",)) == ["--config.seed=1", "--x=2"]
+
+
+def test_time_to_accuracy_summarizes_only_the_seeds_that_reached_the_target():
+  from benchmarks import time_to_accuracy
+  runs = [{"reached": True, "train_seconds": 2.0, "process_seconds_to_target": 10.0,
+           "compile_seconds": 3.0, "epochs": 4},
+          {"reached": True, "train_seconds": 4.0, "process_seconds_to_target": 12.0,
+           "compile_seconds": 5.0, "epochs": 6},
+          {"reached": False, "train_seconds": 9.0, "process_seconds_to_target": 99.0,
+           "compile_seconds": 1.0, "epochs": 9}]
+  summary = time_to_accuracy.summarize(runs)
+  assert summary["runs"] == 3 and summary["reached"] == 2
+  assert summary["train_seconds"] == [3.0, pytest.approx(2 ** 0.5)]
+  assert summary["epochs"] == [5.0, pytest.approx(2 ** 0.5)]
+  assert summary["compile_seconds"] == [3.0, 2.0]  # compilation: every run's
+  report = {"time": "t", "device_kind": "cpu", "device_count": 1, "platform": "cpu",
+            "processor": "made up", "cpu_count": 2, "versions": {}, "config": "c.py",
+            "overrides": [], "target": 0.93, "summary": {"cold": summary}}
+  assert "| cold | 2/3 | 3.00 ± 1.41 | 11.0 ± 1.4 | 3.0 ± 2.0 | 5.0 ± 1.4 |" in \
+      time_to_accuracy._markdown(report)
+
+
+def test_recipe_and_ablation_summaries_and_their_rows():
+  from benchmarks import ablation, recipe
+  results = [{"final": {"epoch": 2.0, "test_accuracy": a, "test_loss": 0.5},
+              "best_by_val": {"val_accuracy": a, "test_accuracy": a},
+              "training_seconds": 10.0} for a in (0.90, 0.92)]
+  summary = recipe.summarize("made_up", results)
+  assert summary["test_accuracy"] == [pytest.approx(0.91), pytest.approx(0.0141421356)]
+  assert recipe.to_markdown(summary).startswith("| made_up | 2 | 2 | 91.00 ± 1.41 | 0.5000 ±")
+  assert ablation.first_epoch([0.5, 0.93, 0.94], 0.93) == 2
+  assert ablation.first_epoch([0.5], 0.93) is None
+  members = [{"epochs_to_target": e, "epochs_to_target_translated": e,
+              "val_accuracy_by_epoch": [0.9, v], "val_accuracy_translated_by_epoch": [0.9, v],
+              "test_accuracy_by_epoch": [0.9, v], "final_test_accuracy_translated": v}
+             for e, v in ((2, 0.93), (None, 0.92))]
+  rows = ablation.summarize(members)
+  assert rows["reached"] == 1 and rows["epochs"] == [2.0, 0.0]
+  assert rows["final_val"] == [pytest.approx(0.925), pytest.approx(0.00707106781)]

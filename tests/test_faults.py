@@ -240,6 +240,7 @@ def test_config_file_with_a_syntax_error_gets_one_paragraph(tmp_path):
   assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 def test_workdir_below_a_file_is_rejected(tmp_path):
   (tmp_path / "file").write_text("precious")
   result = _main("--config", "configs/tiny.py", "--workdir", str(tmp_path / "file" / "run"))

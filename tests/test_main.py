@@ -236,6 +236,7 @@ def test_saves_are_written_while_later_calls_are_queued(small_splits, tmp_path, 
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow
 def test_console_ends_with_a_summary_and_a_rerun_says_it_is_finished(synthetic_tfds, tmp_path):
   args = ("--config", "configs/tiny.py", "--workdir", str(tmp_path),
           f"--config.data_dir={synthetic_tfds['data_dir']}", "--config.num_train_steps=6")
