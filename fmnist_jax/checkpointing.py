@@ -39,6 +39,8 @@ def _saved_tree(state, epoch_sums=None):
           "dropout_key": state.dropout_key}
   if state.ema_params is not None:
     tree["ema_params"] = state.ema_params
+  if state.hparams is not None:  # a population's values and which members still train
+    tree["hparams"] = state.hparams
   if epoch_sums is not None:
     tree["epoch_sums"] = {key: np.asarray(value) for key, value in epoch_sums.items()}
   return tree
@@ -146,6 +148,8 @@ class Checkpointer:
     averages cover all of its steps."""
     saved = self.check_compatible(step, state)
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _saved_tree(state))
+    if "hparams" not in saved:  # (a population saved before they were: every member trains)
+      target.pop("hparams", None)
     if "epoch_sums" in saved:  # restored as numpy, in their saved shapes and dtypes
       target["epoch_sums"] = {key: np.zeros(meta.shape, meta.dtype)
                               for key, meta in dict(saved["epoch_sums"]).items()}

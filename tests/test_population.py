@@ -160,6 +160,67 @@ def test_sigkill_of_a_population_then_rerun_is_bit_identical(synthetic_tfds, tmp
       for row, s in zip(_rows(tmp_path / "killed")[-4:], _rows(tmp_path / "straight")[-4:])]
 
 
+@pytest.mark.slow
+def test_a_member_stopped_before_a_kill_stays_stopped_after_the_rerun(synthetic_tfds, tmp_path):
+  """stop_at_accuracy per member is in the checkpoint: member 0 reaches it at epoch 1 and the
+  run is killed -9 after that epoch's checkpoint; the rerun keeps member 0 stopped, its
+  parameters as they were, and ends bit-identical to a run without the kill."""
+  pairs = "(('learning_rate', (1e-2, 1e-5)),)"
+  command = [sys.executable, "-m", "fmnist_jax.main", "--config", "configs/tiny.py",
+             f"--config.data_dir={synthetic_tfds['data_dir']}", f"--config.population={pairs}",
+             "--config.stop_at_accuracy=0.2", "--config.num_epochs=3",
+             "--config.checkpoint_every_steps=0", "--config.dropout_rates=(0.0, 0.0, 0.0)"]
+  config = tiny_config(population=eval(pairs), num_epochs=3,  # pylint: disable=eval-used
+                       dropout_rates=(0.0, 0.0, 0.0))
+  straight = subprocess.run([*command, "--workdir", str(tmp_path / "straight")], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+  assert straight.returncode == 0, straight.stderr[-3000:]
+  first = {r["member"]: r["val_accuracy"] for r in _rows(tmp_path / "straight")[:2]}
+  assert first[0] >= 0.2 > first[1]  # member 0 stopped at epoch 1, member 1 trains on
+  process = subprocess.Popen([*command, "--workdir", str(tmp_path / "killed")], cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env={**os.environ, preemption.PAUSE_VARIABLE: "300"})
+  checkpoints = tmp_path / "killed" / "checkpoints"
+  deadline = time.time() + 300
+  while time.time() < deadline and process.poll() is None and not (
+      checkpoints.is_dir() and checkpointing.complete_steps(checkpoints)):
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  process.wait(timeout=60)
+  killed = _stacked(tmp_path / "killed", config)
+  assert int(np.ravel(killed.step)[0]) == 27  # the end of epoch 1: 27 steps of 16
+  assert list(np.asarray(killed.hparams["active"])) == [False, True]
+  rerun = subprocess.run([*command, "--workdir", str(tmp_path / "killed")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  a, b = _stacked(tmp_path / "straight", config), _stacked(tmp_path / "killed", config)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  for x, y in zip(jax.tree.leaves(killed.params), jax.tree.leaves(b.params)):
+    np.testing.assert_array_equal(np.asarray(x)[0], np.asarray(y)[0])  # member 0: as stopped
+  without_time = [{**r, "elapsed_seconds": 0} for r in _rows(tmp_path / "straight")]
+  assert [{**r, "elapsed_seconds": 0} for r in _rows(tmp_path / "killed")] == without_time
+
+
+def test_a_population_checkpoint_saved_without_its_hparams_still_restores(tmp_path):
+  """Checkpoints written before the members' values and stop flags were saved restore with
+  every member training, as they did."""
+  config = tiny_config(population=(("learning_rate", (1e-2, 1e-3)),))
+  found = population.members(config)
+  state = Parallelism("jit", member_shards=1).place_state(
+      population.initial_state(config, found, 1, 1))
+  ckpt = checkpointing.Checkpointer(tmp_path, config)
+  ckpt.save(0, state.replace(hparams=None))
+  ckpt.close()
+  ckpt = checkpointing.Checkpointer(tmp_path, config, read_only=True)
+  stopped = state.replace(hparams=dict(state.hparams, active=np.zeros(2, bool)))
+  restored, _ = ckpt.restore_latest(stopped)
+  ckpt.close()
+  assert restored.hparams is stopped.hparams  # (not in the checkpoint: the target's own)
+  for x, y in zip(jax.tree.leaves(restored.params), jax.tree.leaves(state.params)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
 def test_resume_with_another_population_is_refused_and_harms_nothing(small_splits, tmp_path):
   config = tiny_config(num_train_steps=4, population=(("seed", (0, 1)),))
   train.train_and_evaluate(config, str(tmp_path / "run"))
