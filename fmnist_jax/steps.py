@@ -179,12 +179,12 @@ def _keep_if_stopped(active, state, new_state, metrics):
   return new_state, jax.tree.map(lambda m: jnp.where(active, m, jnp.zeros_like(m)), metrics)
 
 
-def train_steps(state, batches, *, axis_name=None, options=StepOptions(), active=None):
+def train_steps(state, batches, *, axis_name=None, options=StepOptions(), steps_taken=None):
   """Several train steps in one call: `batches` has a leading steps axis. Metrics are summed.
 
-  `active` (an int array, or None for all): only the first `active` steps count; the others
-  run but leave the state unchanged and add nothing. One compiled program then serves every
-  call of a run, also an epoch's shorter last one.
+  `steps_taken` (an int array, or None for all): only the first `steps_taken` steps count; the
+  others run but leave the state unchanged and add nothing. One compiled program then serves
+  every call of a run, also an epoch's shorter last one.
   """
   num_steps = jax.tree.leaves(batches)[0].shape[0]
   if num_steps == 1:  # No scan: XLA's CPU convolutions are much slower inside a loop.
@@ -194,8 +194,8 @@ def train_steps(state, batches, *, axis_name=None, options=StepOptions(), active
   def body(state, batch_and_index):
     batch, index = batch_and_index
     new_state, metrics = train_step(state, batch, axis_name=axis_name, options=options)
-    if active is not None:  # a select, not a branch: no host round trip on GPU
-      keep = index < active
+    if steps_taken is not None:  # a select, not a branch: no host round trip on GPU
+      keep = index < steps_taken
       new_state = jax.tree.map(lambda new, old: jnp.where(keep, new, old), new_state, state)
       metrics = jax.tree.map(lambda m: jnp.where(keep, m, jnp.zeros_like(m)), metrics)
     return new_state, metrics
@@ -222,11 +222,11 @@ def zero_metrics(members: int = 0) -> dict[str, Any]:
           "diverged": np.zeros(shape, np.int32)}
 
 
-def train_call(state, batches, sums, active, *, axis_name=None, options=StepOptions()):
-  """The training loop's compiled call: `active` steps of `batches`, their metrics added to
+def train_call(state, batches, sums, steps_taken, *, axis_name=None, options=StepOptions()):
+  """The training loop's compiled call: `steps_taken` steps of `batches`, their metrics added to
   the running `sums` on device (nothing leaves the device between log points)."""
   state, metrics = train_steps(state, batches, axis_name=axis_name, options=options,
-                               active=active)
+                               steps_taken=steps_taken)
   return state, add_metrics(sums, metrics)
 
 
