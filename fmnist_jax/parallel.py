@@ -15,10 +15,11 @@ pmap: `jax.pmap` with the state unmapped (`in_axes=None`, `out_axes=None`), the 
 over a device axis, `lax.pmean` of gradients and `lax.psum` of metrics inside the step (the step
 gets `axis_name`), and a per-device dropout key.
 
-A population (fmnist_jax.population, jit only) has a leading member axis on every state leaf
-and its train batches are (steps, members, batch, ...): with `member_shards` > 1 the devices
-form a (members, data) mesh, the member axis is split over the first (each device group trains
-its own members: no gradient all-reduce between groups) and each member's batch over the second.
+A population (fmnist_jax.population) has a leading member axis on every state leaf and its
+train batches are (steps, members, batch, ...). jit: with `member_shards` > 1 the devices form
+a (members, data) mesh, the member axis is split over the first (each device group trains its
+own members: no gradient all-reduce between groups) and each member's batch over the second.
+pmap: every device holds every member and a part of each member's batch.
 """
 
 from __future__ import annotations

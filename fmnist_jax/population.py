@@ -95,9 +95,9 @@ def check(config) -> list[dict]:
       raise ConfigError(f"population values of {field!r} must be a non-empty tuple, got "
                         f"{values!r}.")
     _check_types(config, field, values)
-  if config.parallelism != "jit" or config.input_mode != "device":
-    raise ConfigError("a population trains with parallelism='jit' and input_mode='device' "
-                      f"(got {config.parallelism!r}, {config.input_mode!r}): set both.")
+  if config.input_mode != "device":
+    raise ConfigError("a population trains with input_mode='device' (one tf.data stream per "
+                      f"run; got {config.input_mode!r}): set --config.input_mode=device.")
   for field, values in population:  # (each value once: a product can be large)
     for value in values:
       try:
@@ -134,9 +134,11 @@ def member_shards(found: list[dict], num_devices: int | None = None) -> int:
 
 
 def parallelism(config, found: list[dict]) -> Parallelism:
-  """The run's devices: for a population, its member axis split over device groups, checked to
+  """The run's devices: for a population under jit, its member axis split over device groups
+  (under pmap every device holds every member and a part of each member's batch), checked to
   fit in memory (ConfigError) before anything is compiled."""
-  par = Parallelism(config.parallelism, member_shards=member_shards(found))
+  shards = member_shards(found) if config.parallelism == "jit" else 0
+  par = Parallelism(config.parallelism, member_shards=shards)
   check_memory(config, found, par, resolve_per_pass(config, par.devices[0].platform))
   return par
 
@@ -148,7 +150,7 @@ def check_memory(config, found: list[dict], par, per_pass: int) -> None:
   available = hardware.device_memory_bytes(par.devices[0])
   if not available or not found:
     return
-  groups = member_shards(found, par.num_devices)
+  groups = par.member_shards or 1
   members = math.ceil(len(found) / groups)  # on each device group
   per_member_state = 4 * models.parameter_count(config) * (4 + bool(
       max(values(config, found, "ema_decay"))))

@@ -70,10 +70,11 @@ def test_a_population_too_large_for_memory_says_how_many_fit(small_splits, tmp_p
   assert run.members[-1] == {"seed": 99_999}
 
 
-def test_pmap_cannot_hold_a_population(tmp_path):
-  config = tiny_config(parallelism="pmap", population=(("seed", (0, 1)),))
-  with pytest.raises(ConfigError, match="parallelism='jit'"):
+def test_tfds_streaming_cannot_feed_a_population(tmp_path):
+  config = tiny_config(input_mode="tfds", population=(("seed", (0, 1)),))
+  with pytest.raises(ConfigError, match="input_mode='device'") as raised:
     train.setup(config, str(tmp_path / "run"))
+  assert "\n" not in str(raised.value) and not (tmp_path / "run").exists()
 
 
 # Each pair of fields, 2 values each: 4 members against 4 single runs of `main`'s loop.
@@ -287,6 +288,38 @@ def test_a_population_on_8_devices_splits_members_and_equals_1_device(small_spli
     assert one["member"] == eight["member"]
     np.testing.assert_allclose(eight["test_loss"], one["test_loss"], rtol=1e-5)
     assert eight["test_accuracy"] == one["test_accuracy"]
+
+
+PMAP_AND_JIT = """
+import json, sys
+sys.path.insert(0, "tests")
+from conftest import tiny_config, synthetic_arrays
+from fmnist_jax import input_pipeline, train
+splits = {"train": synthetic_arrays(200, seed=1), "val": synthetic_arrays(40, seed=3),
+          "test": synthetic_arrays(75, seed=2)}
+input_pipeline.load_splits = lambda config: splits
+for mode in ("jit", "pmap"):
+  config = tiny_config(num_train_steps=6, steps_per_call=2, parallelism=mode,
+                       dropout_rates=(0.0, 0.0, 0.0), population=%s)
+  train.train_and_evaluate(config, sys.argv[1] + "/" + mode)
+"""
+
+
+@pytest.mark.slow
+def test_a_population_under_pmap_equals_jit_on_8_devices(tmp_path):
+  """pmap (every device: every member, an eighth of each member's batch) against jit (a
+  (members, data) mesh), dropout off: the same rows."""
+  pairs = (("learning_rate", (1e-3, 3e-3)), ("seed", (0, 1)))
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  result = subprocess.run([sys.executable, "-c", PMAP_AND_JIT % (pairs,), str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  jit_rows, pmap_rows = _rows(tmp_path / "jit"), _rows(tmp_path / "pmap")
+  assert len(jit_rows) == 4
+  for a, b in zip(jit_rows, pmap_rows, strict=True):
+    assert a["member"] == b["member"] and a["test_accuracy"] == b["test_accuracy"]
+    for key in ("test_loss", "val_loss", "train_loss"):
+      np.testing.assert_allclose(b[key], a[key], rtol=1e-5, err_msg=key)
 
 
 def test_the_report_of_a_population_gives_members_settings_and_ensembles_apart(small_splits,
