@@ -9,7 +9,8 @@ import pathlib
 import jax
 import numpy as np
 
-from fmnist_jax import checkpointing, models, state as state_lib, steps, workdir as workdir_lib
+from fmnist_jax import checkpointing, models, population, state as state_lib, steps
+from fmnist_jax import workdir as workdir_lib
 from fmnist_jax.dataset import CLASS_NAMES
 from fmnist_jax.errors import ReportError
 from fmnist_jax.parallel import Parallelism
@@ -33,19 +34,24 @@ def summarize(fetched: dict[str, list]) -> dict[str, dict]:
   return results
 
 
-def restore_params(workdir: pathlib.Path, config, which: str = "last"):
-  """Parameters of the latest ('last') or best-by-validation ('best') checkpoint, with its step."""
+def restore_params(workdir: pathlib.Path, config, which: str = "last", members=(),
+                   step: int | None = None):
+  """(model, parameters, step) of the latest ('last') or best-by-validation ('best') checkpoint,
+  or of `step`'s; with a population's `members` (fmnist_jax.population), theirs stacked on a
+  leading member axis. The parameters are the EMA when the run kept one."""
   workdir = pathlib.Path(workdir)
   directory = workdir / workdir_lib.CHECKPOINTS
   if not directory.is_dir():  # (before anything is compiled)
     raise ReportError(f"{workdir} has no checkpoints/ directory: nothing to evaluate.")
-  state = Parallelism("jit", jax.devices()[:1]).replicate(
-      state_lib.initial_state(config, conv_impl="xla"))  # the inference form, as in training
+  initial = population.initial_state(config, members, 1, 1, conv_impl="xla") if members \
+      else state_lib.initial_state(config, conv_impl="xla")  # the inference form, as trained
+  state = Parallelism("jit", jax.devices()[:1], member_shards=int(bool(members))).place_state(
+      initial)
   model = models.create_model(config, conv_impl="xla")
-  step = best_checkpoint(workdir) if which == "best" else None
+  step = best_checkpoint(workdir) if which == "best" and step is None else step
   ckpt = checkpointing.Checkpointer(directory, config, read_only=True)
   try:
-    step = step if which == "best" else ckpt.latest_step()
+    step = step if which == "best" or step is not None else ckpt.latest_step()
     if step is None:
       raise ReportError(f"{directory} holds no {which} checkpoint"
                         + (" (best needs validation metrics: validation_size > 0)."
@@ -53,7 +59,7 @@ def restore_params(workdir: pathlib.Path, config, which: str = "last"):
     state, _ = ckpt.restore(step, state)
   finally:
     ckpt.close()
-  return model, state.eval_params, step  # the EMA when the run kept one
+  return model, state.eval_params, step
 
 
 def best_checkpoint(workdir: pathlib.Path) -> int | None:
@@ -65,15 +71,21 @@ def best_checkpoint(workdir: pathlib.Path) -> int | None:
 
 
 def predict(model, params, images: np.ndarray, batch_size: int = 1000, *,
-            flip_average: bool = False, translate: int = 0) -> np.ndarray:
-  """Class probabilities [N, 10] for uint8 images (the same logits as the training loop's eval)."""
+            flip_average: bool = False, translate: int = 0,
+            per_pass: int | None = None) -> np.ndarray:
+  """Class probabilities [N, 10] for uint8 images (the same logits as the training loop's eval);
+  with `per_pass` (members side by side per pass: population.over_members), `params` are a
+  population's stacked parameters and the probabilities [members, N, 10]."""
   @jax.jit
   def probabilities(params, batch):  # (params an argument: not baked into the program)
-    logits = models.inference_logits(model.apply, params, models.normalize(batch),
-                                     flip_average=flip_average, translate=translate)
-    return jax.nn.softmax(logits)
+    def one(params):
+      logits = models.inference_logits(model.apply, params, models.normalize(batch),
+                                       flip_average=flip_average, translate=translate)
+      return jax.nn.softmax(logits)
+    return one(params) if per_pass is None else population.over_members(one, per_pass, params)
   return np.concatenate([np.asarray(probabilities(params, images[i:i + batch_size]))
-                         for i in range(0, len(images), batch_size)])
+                         for i in range(0, len(images), batch_size)],
+                        axis=0 if per_pass is None else 1)
 
 
 def classification_report(labels: np.ndarray, predictions: np.ndarray,

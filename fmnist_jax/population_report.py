@@ -17,10 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fmnist_jax import checkpointing, evaluate, models, population  # noqa: E402
+from fmnist_jax import evaluate, models, population  # noqa: E402
 from fmnist_jax import workdir as workdir_lib  # noqa: E402
-from fmnist_jax.errors import ReportError  # noqa: E402
-from fmnist_jax.parallel import Parallelism  # noqa: E402
 
 COLUMNS = (("test_accuracy", "test accuracy", 100, "%.2f%%"), ("test_loss", "test loss", 1, "%.4f"),
            ("ece", "ECE", 100, "%.2f%%"), ("gap", "train-test gap", 100, "%.2f pt"))
@@ -30,29 +28,10 @@ def member_probabilities(workdir: pathlib.Path, config, found: list[dict], image
                          batch_size: int = 1000, step: int | None = None):
   """(step, class probabilities [members, N, 10]) of the latest (or `step`'s) checkpoint's
   members, with the config's test-time augmentation."""
-  state = Parallelism("jit", jax.devices()[:1], member_shards=1).place_state(
-      population.initial_state(config, found, 1, 1, conv_impl="xla"))
-  ckpt = checkpointing.Checkpointer(workdir / workdir_lib.CHECKPOINTS, config, read_only=True)
-  try:
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-      raise ReportError(f"{workdir} holds no checkpoint of its population.")
-    state, _ = ckpt.restore(step, state)
-  finally:
-    ckpt.close()
-  model = models.create_model(config, conv_impl="xla")
+  model, params, step = evaluate.restore_params(workdir, config, members=found, step=step)
   per_pass = population.resolve_per_pass(config, jax.devices()[0].platform)
-
-  @jax.jit
-  def probabilities(params, batch):
-    def member(params):
-      logits = models.inference_logits(model.apply, params, models.normalize(batch),
-                                       **models.tta_options(config))
-      return jax.nn.softmax(logits)
-    return population.over_members(member, per_pass, params)
-  parts = [np.asarray(probabilities(state.eval_params, images[i:i + batch_size]))
-           for i in range(0, len(images), batch_size)]
-  return step, np.concatenate(parts, axis=1)
+  return step, evaluate.predict(model, params, images, batch_size, per_pass=per_pass,
+                                **models.tta_options(config))
 
 
 def scores(probabilities: np.ndarray, labels: np.ndarray) -> dict:
