@@ -106,9 +106,9 @@ def test_sigterm_to_one_of_two_processes_saves_both_at_the_same_step(synthetic_t
   agreed step, with one checkpoint holding it; the same command then resumes from there."""
   overrides = ["--config.num_train_steps=40", "--config.steps_per_call=1",
                "--config.checkpoint_every_steps=10", "--config.keep_checkpoints=5"]
-  # Both processes wait 5 s after their first checkpoint: the notice lands mid-run.
+  # Both processes wait 10 s after their first checkpoint: the notice lands mid-run.
   procs = _start_two_processes(tmp_path, synthetic_tfds["data_dir"], *overrides,
-                               env={preemption.PAUSE_VARIABLE: "5"})
+                               env={preemption.PAUSE_VARIABLE: "10"})
   checkpoints = tmp_path / "checkpoints"
   deadline = time.time() + 600
   while time.time() < deadline and all(p.poll() is None for p in procs):
