@@ -10,8 +10,7 @@ CONFIG ?= configs/default.py
 IDX_DIR ?= /usr/share/datasets/fashion-mnist
 DATA_DIR ?= $(HOME)/tensorflow_datasets
 PYTEST_ARGS ?=
-# pytest-xdist workers: one per core (the default tier on 2 cores: 233 s in one process, 156 s
-# with 2 workers; docs/usage.md, "Tests")
+# pytest-xdist workers: one per core (what they gain: docs/usage.md, "Tests")
 WORKERS ?= auto
 
 .PHONY: setup data train test test-all clean

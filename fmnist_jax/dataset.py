@@ -36,7 +36,7 @@ CLASS_NAMES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
-NUM_TRAIN, NUM_TEST = 60_000, 10_000
+NUM_TRAIN = 60_000
 DEBIAN_IDX_DIR = "/usr/share/datasets/fashion-mnist"
 
 # The four IDX files, keyed the way tfds' MNIST builder names them. SHA-256 of the *decompressed*

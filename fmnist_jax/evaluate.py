@@ -48,10 +48,12 @@ def restore_params(workdir: pathlib.Path, config, which: str = "last", members=(
   state = Parallelism("jit", jax.devices()[:1], member_shards=int(bool(members))).place_state(
       initial)
   model = models.create_model(config, conv_impl="xla")
-  step = best_checkpoint(workdir) if which == "best" and step is None else step
+  if step is None and which == "best":
+    step = best_checkpoint(workdir)
   ckpt = checkpointing.Checkpointer(directory, config, read_only=True)
   try:
-    step = step if which == "best" or step is not None else ckpt.latest_step()
+    if step is None and which != "best":
+      step = ckpt.latest_step()
     if step is None:
       raise ReportError(f"{directory} holds no {which} checkpoint"
                         + (" (best needs validation metrics: validation_size > 0)."

@@ -67,9 +67,10 @@ class PreemptionWatch:
     self.requested = True
 
   def after_saves(self, written: int) -> None:
-    """A hook for tests of kills and signals: with $FMNIST_JAX_PAUSE_AFTER_SAVE=SECONDS the
-    run waits once, after its first `written` checkpoint is on disk, until a signal arrives or
-    the seconds pass, so that a signal lands at a known step of a run of a few steps."""
+    """A hook for tests of kills and signals, called after each flush of the saver with
+    `written`, how many checkpoints it wrote: with $FMNIST_JAX_PAUSE_AFTER_SAVE=SECONDS the run
+    waits once, after its first checkpoint is on disk, until a signal arrives or the seconds
+    pass, so that a signal lands at a known step of a run of a few steps."""
     if not written:
       return
     seconds, self.pause_seconds = self.pause_seconds, 0.0

@@ -14,6 +14,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+
 def _session_folder(variable: str, prefix: str) -> None:
   """A fresh folder named by $variable for this test session (made by the first process: the
   pytest-xdist workers and the subprocesses inherit it), removed at its end."""
@@ -29,8 +30,8 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # The decoded-data cache too: the tests' synthetic sources never land in the user's cache.
 _session_folder("FMNIST_JAX_DATA_CACHE_DIR", "fmnist_jax_data_cache_")
 # XLA's optimisation passes mostly off (as flax's imagenet example test runs): the tests'
-# programs are tiny, and compiling them is most of the suite's time (it halves the default
-# tier). The stored one-step numbers are also checked with them on (tests/test_train.py).
+# programs are tiny and compiling them is most of the suite's time (docs/usage.md, "Tests").
+# The stored one-step numbers are also checked with them on (tests/test_train.py).
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 from fmnist_jax import dataset  # noqa: E402
