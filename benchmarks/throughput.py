@@ -138,34 +138,33 @@ def _timed(call, calls: int, repeats: int, images_per_call: int) -> list[float]:
 
 
 def initial(config, members: int, conv_impl: str):
-  """(the step code, the initial state on the host): one model, or a population of `members`
-  (seeds 0..members-1)."""
-  from fmnist_jax import population, state as state_lib, steps
-  if members == 1:
-    return steps, state_lib.initial_state(config, conv_impl=conv_impl)
+  """(the members, their initial state on the host): `members` seeds 0..members-1 (one: the
+  single run the training loop compiles)."""
+  from fmnist_jax import population
   found = [{"seed": seed} for seed in range(members)]
-  return population, population.initial_state(config, found, 1, 1, conv_impl=conv_impl)
+  return found, population.initial_state(config, found, 1, 1, conv_impl=conv_impl)
 
 
 def measure_train(setting: dict, config, par, data, host_batch, repeats: int, images: int):
   """One train setting: the loop's own compiled call, fed from device or host."""
   import jax
   import numpy as np
-  from fmnist_jax import steps
+  from fmnist_jax import population, steps
   k, batch_size, members = setting["steps_per_call"], setting["batch_size"], setting["members"]
-  options = steps.StepOptions(microbatches=setting["microbatches"])
-  code, state = initial(config, members, setting["conv_impl"])
-  passes = {"per_pass": setting["members_per_pass"]} if members > 1 else {}
-  train_fn = par.compile_train(functools.partial(code.train_call, options=options, **passes),
-                               batch_axis=1 + (members > 1), num_extra=2)
+  found, state = initial(config, members, setting["conv_impl"])
+  options = population.step_options(config, found, steps.StepOptions(
+      microbatches=setting["microbatches"]))
+  train_fn = par.compile_train(functools.partial(
+      population.train_call, options=options, per_pass=setting["members_per_pass"] or 0),
+      batch_axis=2, num_extra=2)
   state = par.place_state(state)
-  sums = par.place_state(steps.zero_metrics(members if members > 1 else 0))
+  sums = par.place_state(steps.zero_metrics(members))
   active = np.int32(k)
   if setting["input_mode"] == "device":
     order = data.epoch_order(0, k)
     next_batch = functools.partial(data.gather, data.data, order, 0, k)
   else:
-    next_batch = functools.partial(par.shard, host_batch, batch_axis=1)
+    next_batch = functools.partial(par.shard, host_batch, batch_axis=2)
   holder = {"state": state}
 
   def call():
@@ -180,7 +179,7 @@ def measure_train(setting: dict, config, par, data, host_batch, repeats: int, im
               "label": jax.ShapeDtypeStruct((1, batch_size), np.int32)}  # a loop body counts once
   xla = members == 1 and xla_flops(jax.jit(functools.partial(steps.train_steps,
                                                              options=options)),
-                                   holder["state"], one_step)
+                                   jax.tree.map(lambda x: x[0], holder["state"]), one_step)
   return (_timed(call, calls, repeats, k * batch_size * members), compile_seconds,
           xla and xla / batch_size)
 
@@ -188,21 +187,21 @@ def measure_train(setting: dict, config, par, data, host_batch, repeats: int, im
 def measure_eval(setting: dict, config, par, images, labels, repeats: int, count: int):
   """The eval step (xla form) on one resident, masked batch."""
   import jax
-  from fmnist_jax import input_pipeline, models, state as state_lib, steps
+  from fmnist_jax import input_pipeline, models, population, steps
   batch_size, members = setting["batch_size"], setting["members"]
   model = models.create_model(config, conv_impl="xla")
-  code, state = initial(config, members, "xla")
+  _, state = initial(config, members, "xla")
   params = par.place_state(state.params)
-  passes = {"per_pass": setting["members_per_pass"]} if members > 1 else {}
-  eval_fn = par.compile_eval(functools.partial(code.eval_step, apply_fn=model.apply, **passes))
+  eval_fn = par.compile_eval(functools.partial(population.eval_step, apply_fn=model.apply,
+                                               per_pass=setting["members_per_pass"] or 0))
   batch = input_pipeline.eval_batches(images[:batch_size], labels[:batch_size], par,
                                       batch_size)[0]
   start = time.perf_counter()
   jax.block_until_ready(eval_fn(params, batch))
   compile_seconds = time.perf_counter() - start
   _timed(lambda: eval_fn(params, batch), 10, 1, 1)  # warm-up
-  xla = members == 1 and xla_flops(jax.jit(functools.partial(steps.eval_step,
-                                                             apply_fn=model.apply)), params, batch)
+  xla = members == 1 and xla_flops(jax.jit(functools.partial(
+      steps.eval_step, apply_fn=model.apply)), jax.tree.map(lambda x: x[0], params), batch)
   return (_timed(lambda: eval_fn(params, batch), max(1, count // (batch_size * members)),
                  repeats, batch_size * members), compile_seconds, xla and xla / batch_size)
 
@@ -254,19 +253,19 @@ def main(argv=None):
   for common_setting, settings in _settings(args, len(devices)):
     members = common_setting["members"]
     par = Parallelism(common_setting["parallelism"], devices, member_shards=member_shards(
-        [{}] * members if members > 1 else [], len(devices)))
+        [{}] * members, len(devices)) if common_setting["parallelism"] == "jit" else 1)
     config = base.copy_and_resolve_references()
     config.dtype, config.batch_size = common_setting["dtype"], common_setting["batch_size"]
     peak = cpu_peak or (hardware.peak_flops(report["device_kind"], config.dtype) or 0) \
         * len(devices)  # simulated CPU devices share one machine: its peak is the budget
     for setting in settings:
       if setting["step"] == "train":
-        data = input_pipeline.DeviceTrainData(images, labels, par, config.batch_size, 0,
-                                              tuple(range(members)) if members > 1 else ())
+        data = input_pipeline.DeviceTrainData(images, labels, par, config.batch_size,
+                                              tuple(range(members)))
         k = setting["steps_per_call"]
         rows = np.arange(k * config.batch_size) % len(images)  # one call's steps
-        host = {"image": images[rows].reshape(k, config.batch_size, 28, 28, 1),
-                "label": labels[rows].reshape(k, config.batch_size)}
+        host = {"image": images[rows].reshape(k, 1, config.batch_size, 28, 28, 1),
+                "label": labels[rows].reshape(k, 1, config.batch_size)}
         rates, compile_s, xla = measure_train(setting, config, par, data, host, args.repeats,
                                               args.train_images)
       else:

@@ -9,7 +9,7 @@ import pathlib
 import jax
 import numpy as np
 
-from fmnist_jax import checkpointing, models, population, state as state_lib, steps
+from fmnist_jax import checkpointing, models, population, steps
 from fmnist_jax import workdir as workdir_lib
 from fmnist_jax.dataset import CLASS_NAMES
 from fmnist_jax.errors import ReportError
@@ -34,19 +34,18 @@ def summarize(fetched: dict[str, list]) -> dict[str, dict]:
   return results
 
 
-def restore_params(workdir: pathlib.Path, config, which: str = "last", members=(),
+def restore_params(workdir: pathlib.Path, config, which: str = "last",
                    step: int | None = None):
   """(model, parameters, step) of the latest ('last') or best-by-validation ('best') checkpoint,
-  or of `step`'s; with a population's `members` (fmnist_jax.population), theirs stacked on a
-  leading member axis. The parameters are the EMA when the run kept one."""
+  or of `step`'s: the members' (fmnist_jax.population) stacked on a leading member axis (one
+  for a single run). The parameters are the EMA when the run kept one."""
   workdir = pathlib.Path(workdir)
   directory = workdir / workdir_lib.CHECKPOINTS
   if not directory.is_dir():  # (before anything is compiled)
     raise ReportError(f"{workdir} has no checkpoints/ directory: nothing to evaluate.")
-  initial = population.initial_state(config, members, 1, 1, conv_impl="xla") if members \
-      else state_lib.initial_state(config, conv_impl="xla")  # the inference form, as trained
-  state = Parallelism("jit", jax.devices()[:1], member_shards=int(bool(members))).place_state(
-      initial)
+  initial = population.initial_state(config, population.members(config), 1, 1,
+                                     conv_impl="xla")  # the inference form, as trained
+  state = Parallelism("jit", jax.devices()[:1]).place_state(initial)
   model = models.create_model(config, conv_impl="xla")
   if step is None and which == "best":
     step = best_checkpoint(workdir)

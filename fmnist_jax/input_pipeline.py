@@ -8,8 +8,9 @@ epoch is a pure function of (seed, epoch), so a resumed run sees exactly the sam
 - "device": the whole split lives on the devices (47 MB of uint8); each epoch is a permutation
             and each step a gather on device. No host work per step beyond a few indices.
 
-Each train batch has a leading `steps` axis: (steps_per_call, batch, ...) so several steps can
-run inside one compiled call. Every call gets exactly steps_per_call steps (an epoch's last call
+Each train batch has a leading `steps` axis and a member axis: (steps_per_call, members, batch,
+...) so several steps can run inside one compiled call (members: fmnist_jax.population; a
+single run has one). Every call gets exactly steps_per_call steps (an epoch's last call
 is padded) and the number that count, so one compiled program serves the whole run. Images stay
 uint8 until the step calls `models.normalize` on device.
 
@@ -65,35 +66,34 @@ def alternate_flips(seed: int, epoch: int, order: np.ndarray, num_examples: int)
 
 class DeviceTrainData:
   """The training split resident on the devices. Each epoch's order is sent to the devices
-  once; each call is one gather of its steps' batches, on device. With several `seeds` (a
-  population), each member has its own order: batches (steps, members, batch, ...), member m's
-  those of a single run with seeds[m]. With `flips` (alternating flips), each batch also has
-  'flip': which of its images to mirror (sent as 2 * index + flip, one array)."""
+  once; each call is one gather of its steps' batches, on device. Each member has its own
+  order, drawn from its seed: batches (steps, members, batch, ...), member m's those of a
+  single run with seeds[m]. With `flips` (alternating flips), each batch also has 'flip':
+  which of its images to mirror (sent as 2 * index + flip, one array)."""
 
   def __init__(self, images: np.ndarray, labels: np.ndarray, par: Parallelism,
-               batch_size: int, seed: int, seeds: tuple = (), flips: bool = False):
-    self.par, self.batch_size, self.seed, self.seeds = par, batch_size, seed, tuple(seeds)
+               batch_size: int, seeds: tuple, flips: bool = False):
+    self.par, self.batch_size, self.seeds = par, batch_size, tuple(seeds)
     self.num_examples, self.flips = len(images), flips
     self.steps_per_epoch = self.num_examples // batch_size
     self.data = par.replicate({"image": images, "label": labels})
-    batch_axis = 2 if self.seeds else 1
 
     def gather(data, order, start, steps: int):
       index = jax.lax.dynamic_slice_in_dim(order, start, steps)
       batch = jax.tree.map(lambda x: x[index // 2 if flips else index], data)
       batch.update({"flip": index % 2 == 1} if flips else {})
-      return jax.tree.map(lambda x: par.batch_layout(x, batch_axis=batch_axis), batch)
+      return jax.tree.map(lambda x: par.batch_layout(x, batch_axis=2), batch)
     self.gather = jax.jit(gather, static_argnums=3)
 
   def epoch_order(self, epoch: int, pad_steps: int = 0):
     """The epoch's batches of indices on the devices, with `pad_steps` rows of zeros after:
-    (steps, batch), or (steps, members, batch) for a population."""
+    (steps, members, batch)."""
     orders = [epoch_order(seed, epoch, self.num_examples, self.steps_per_epoch,
-                          self.batch_size) for seed in self.seeds or (self.seed,)]
+                          self.batch_size) for seed in self.seeds]
     if self.flips:
       orders = [2 * order + alternate_flips(seed, epoch, order, self.num_examples)
-                for seed, order in zip(self.seeds or (self.seed,), orders)]
-    order = np.stack(orders, 1) if self.seeds else orders[0]
+                for seed, order in zip(self.seeds, orders)]
+    order = np.stack(orders, 1)
     return self.par.replicate(np.pad(order, ((0, pad_steps),) + ((0, 0),) * (order.ndim - 1)))
 
   def batches(self, epoch: int, first_step: int, steps_per_call: int) -> Iterator:
@@ -105,7 +105,8 @@ class DeviceTrainData:
 
 
 class TfdsTrainData:
-  """tf.data streaming over this process's part of the training split."""
+  """tf.data streaming over this process's part of the training split, for one member (one
+  stream per run): batches (steps, 1, batch, ...)."""
 
   def __init__(self, data_dir: str, split: str, par: Parallelism, batch_size: int, seed: int):
     import tensorflow_datasets as tfds
@@ -131,7 +132,8 @@ class TfdsTrainData:
       num = len(images)
       pad = ((0, steps_per_call - num),) + ((0, 0),) * (images.ndim - 1)
       batch = {"image": np.pad(images, pad), "label": np.pad(labels.astype(np.int32), pad[:2])}
-      yield self.par.shard(batch, batch_axis=1), num
+      batch = jax.tree.map(lambda x: np.expand_dims(x, 1), batch)  # the member axis
+      yield self.par.shard(batch, batch_axis=2), num
 
 
 def eval_batches(images: np.ndarray, labels: np.ndarray, par: Parallelism,
@@ -181,11 +183,11 @@ def check_input_mode(config) -> None:
                       "tensorflow-datasets`, or use --config.input_mode=device (the default).")
 
 
-def create_train_data(config, par: Parallelism, splits, seeds: tuple = ()):
-  """The config's training batches; `seeds`: a population's members' data orders."""
+def create_train_data(config, par: Parallelism, splits, seeds: tuple):
+  """The config's training batches; `seeds`: the members' data orders (tfds: one member)."""
   if config.input_mode == "device":
     images, labels = splits["train"]
-    return DeviceTrainData(images, labels, par, config.batch_size, config.seed, seeds,
+    return DeviceTrainData(images, labels, par, config.batch_size, seeds,
                            flips=config.get("augment_flip_alternate", False))
   data_dir = dataset.default_data_dir(config.data_dir)
   return TfdsTrainData(data_dir, split_names(config.validation_size)["train"], par,

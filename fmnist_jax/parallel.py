@@ -15,8 +15,9 @@ pmap: `jax.pmap` with the state unmapped (`in_axes=None`, `out_axes=None`), the 
 over a device axis, `lax.pmean` of gradients and `lax.psum` of metrics inside the step (the step
 gets `axis_name`), and a per-device dropout key.
 
-A population (fmnist_jax.population) has a leading member axis on every state leaf and its
-train batches are (steps, members, batch, ...). jit: with `member_shards` > 1 the devices form
+Every run is a population (fmnist_jax.population; a single run has one member): a leading
+member axis on every state leaf, train batches (steps, members, batch, ...). jit: with
+`member_shards` > 1 the devices form
 a (members, data) mesh, the member axis is split over the first (each device group trains its
 own members: no gradient all-reduce between groups) and each member's batch over the second.
 pmap: every device holds every member and a part of each member's batch.
@@ -41,20 +42,21 @@ MODES = ("jit", "pmap")
 class Parallelism:
   """Device mesh + how batches are laid out + how steps are compiled, for one mode."""
 
-  def __init__(self, mode: str = "jit", devices=None, member_shards: int = 0):
+  def __init__(self, mode: str = "jit", devices=None, member_shards: int = 1):
     if mode not in MODES:
       raise ValueError(f"parallelism={mode!r} is not one of {MODES}.")
     self.mode, self.member_shards = mode, member_shards
     self.devices = list(devices if devices is not None else jax.devices())
+    self.split_members = member_shards > 1
     self.mesh = Mesh(np.array(self.devices).reshape(member_shards, -1), (MEMBERS, AXIS)) \
-        if member_shards else Mesh(np.array(self.devices), (AXIS,))
+        if self.split_members else Mesh(np.array(self.devices), (AXIS,))
     self.num_devices = len(self.devices)
     self.local_devices = [d for d in self.devices if d.process_index == jax.process_index()]
     self.num_local_devices = len(self.local_devices)
     self.num_processes = len({d.process_index for d in self.devices})
     self.replicated = NamedSharding(self.mesh, P())
     # The train state's (and its metric sums') placement: a population's by member.
-    self.state_sharding = NamedSharding(self.mesh, P(MEMBERS)) if member_shards \
+    self.state_sharding = NamedSharding(self.mesh, P(MEMBERS)) if self.split_members \
         else self.replicated
     # XLA's CPU runtime can deadlock (all-reduce rendezvous timeouts) when several programs with
     # cross-device collectives are in flight at once on a few cores: there, compiled steps
@@ -90,7 +92,7 @@ class Parallelism:
   def place_state(self, tree):
     """Host values of the train state (or its metric sums) -> global arrays: replicated, or a
     population's split by member."""
-    if not self.member_shards:
+    if not self.split_members:
       return self.replicate(tree)
 
     def put(x):
@@ -101,7 +103,7 @@ class Parallelism:
   def _batch_spec(self, batch_axis: int) -> P:
     # jit: the batch axis is sharded; pmap: the device axis, inserted at the batch axis. A
     # population's train batches (batch_axis >= 2) have the member axis just before.
-    if self.member_shards and batch_axis >= 2:
+    if self.split_members and batch_axis >= 2:
       return P(*([None] * (batch_axis - 1)), MEMBERS, AXIS)
     return P(*([None] * batch_axis), AXIS)
 
@@ -168,7 +170,7 @@ class Parallelism:
         return jax.tree.map(self._global_replica, step(*args))
       return self._dispatch(global_step)
     batch_sharding = NamedSharding(self.mesh, self._batch_spec(batch_axis))
-    if self.member_shards:  # inputs as placed; outputs (state, sums) stay split by member
+    if self.split_members:  # inputs as placed; outputs (state, sums) stay split by member
       return self._dispatch(jax.jit(
           self._by_member(functools.partial(step_fn, axis_name=None)), donate_argnums=0))
     return self._dispatch(jax.jit(
@@ -188,7 +190,7 @@ class Parallelism:
                                      axis_name=AXIS, in_axes=(None, batch_axis), out_axes=None,
                                      devices=self.devices))
     batch_sharding = NamedSharding(self.mesh, self._batch_spec(batch_axis))
-    if self.member_shards:
+    if self.split_members:
       return self._dispatch(jax.jit(self._by_member(functools.partial(eval_fn, axis_name=None))))
     return self._dispatch(jax.jit(functools.partial(eval_fn, axis_name=None),
                                   in_shardings=(self.replicated, batch_sharding),

@@ -7,15 +7,18 @@ the members are the product of the values in the order written, e.g.
     config.population = (("dropout_rates", ((0.25, 0.4, 0.3), (0.0, 0.0, 0.0))),
                          ("seed", (0, 1, 2, 3, 4)))
 
-is 10 members: the first five with dropout, seeds 0-4. An empty population is a single run.
+is 10 members: the first five with dropout, seeds 0-4. Every run is a population: an empty
+one is a single member with the config's values (M = 1), trained by the same loop and programs.
 
 The state of all members is one TrainState whose leaves have a leading member axis; the train
-and evaluation programs are the single run's, mapped over it (members side by side or one after
-another: members_per_pass). Learning rate and weight decay
-live in each member's optimizer state (optax.inject_hyperparams), the other values in
-TrainState.hparams: inputs of the program, not constants compiled into it. Member m draws its
-parameters, dropout masks, augmentations and batch order from its own seed, as a single run
-with its fields does: each member is that single run, up to float rounding.
+and evaluation programs are one member's, mapped over it (members side by side or one after
+another: members_per_pass; one member is called directly, so a single run compiles the program
+it always had). A field the population varies is an input of the program, not a constant
+compiled into it: learning rate and weight decay in each member's optimizer state
+(optax.inject_hyperparams), the other values in TrainState.hparams; a field it does not vary
+stays a constant, as in a single run. Member m draws its parameters, dropout masks,
+augmentations and batch order from its own seed, as a single run with its fields does: each
+member is that single run, up to float rounding.
 """
 
 from __future__ import annotations
@@ -45,10 +48,11 @@ HPARAMS = {"label_smoothing": "label_smoothing", "ema_decay": "ema_decay",
 
 
 def members(config) -> list[dict]:
-  """The members' varying fields, {field: value} each; [] for a single run. Assumes `check`."""
+  """The members' varying fields, {field: value} each; [{}] (one member, nothing varies) for a
+  plain config. Assumes `check`."""
   pairs = [(field, tuple(values)) for field, values in config.get("population", ())]
   return [dict(zip([f for f, _ in pairs], combo))
-          for combo in itertools.product(*[values for _, values in pairs])] if pairs else []
+          for combo in itertools.product(*[values for _, values in pairs])]
 
 
 def member_config(config, member: dict):
@@ -75,7 +79,7 @@ def check(config) -> list[dict]:
   """The members, or one ConfigError line naming what to change. Before any data is read."""
   population = config.get("population", ())
   if not population:
-    return []
+    return members(config)
   if not isinstance(population, (tuple, list)) or not all(
       isinstance(p, (tuple, list)) and len(p) == 2 and isinstance(p[0], str) for p in population):
     raise ConfigError(f"population={population!r} must be (field, values) pairs, e.g. "
@@ -128,16 +132,16 @@ def _check_types(config, field: str, values) -> None:
 
 
 def member_shards(found: list[dict], num_devices: int | None = None) -> int:
-  """How many device groups split a population's member axis: the most that divide both the
-  member and the device count (0: no population). Each group trains its own members."""
-  return math.gcd(len(found), num_devices or jax.device_count()) if found else 0
+  """How many device groups split the member axis: the most that divide both the member and
+  the device count (1: every device holds every member). Each group trains its own members."""
+  return math.gcd(len(found), num_devices or jax.device_count())
 
 
 def parallelism(config, found: list[dict]) -> Parallelism:
   """The run's devices: for a population under jit, its member axis split over device groups
   (under pmap every device holds every member and a part of each member's batch), checked to
   fit in memory (ConfigError) before anything is compiled."""
-  shards = member_shards(found) if config.parallelism == "jit" else 0
+  shards = member_shards(found) if config.parallelism == "jit" else 1
   par = Parallelism(config.parallelism, member_shards=shards)
   check_memory(config, found, par, resolve_per_pass(config, par.devices[0].platform))
   return par
@@ -148,9 +152,9 @@ def check_memory(config, found: list[dict], par, per_pass: int) -> None:
   optimizer moments, EMA) and one pass's activations (forward and backward, float32) need more
   than a device group holds; it says how many members fit."""
   available = hardware.device_memory_bytes(par.devices[0])
-  if not available or not found:
+  if not available:
     return
-  groups = par.member_shards or 1
+  groups = par.member_shards
   members = math.ceil(len(found) / groups)  # on each device group
   per_member_state = 4 * models.parameter_count(config) * (4 + bool(
       max(values(config, found, "ema_decay"))))
@@ -168,15 +172,19 @@ def check_memory(config, found: list[dict], par, per_pass: int) -> None:
 
 
 def step_options(config, found: list[dict], base: steps.StepOptions) -> steps.StepOptions:
-  """The population's static options: each augmentation's largest value (its shapes), and a
-  field whose every member is 0/off keeps the single run's code path."""
+  """The members' static options: each augmentation's largest value (its shapes), the hparams
+  keys the population varies (traced; the others are the config's constants), and whether a
+  member may stop while others train (stop_at_accuracy with several members: one member's
+  target ends the run)."""
   def largest(field):
     return max(values(config, found, field))
   return steps.StepOptions(
       microbatches=base.microbatches, label_smoothing=largest("label_smoothing"),
       ema_decay=largest("ema_decay"), translate=largest("augment_translate"),
       flip=largest("augment_flip"), erase_size=largest("augment_erase_size"),
-      erase_prob=largest("augment_erase_prob"))
+      erase_prob=largest("augment_erase_prob"),
+      varying=tuple(key for key, field in HPARAMS.items() if field in found[0]),
+      keep_stopped=bool(config.stop_at_accuracy) and len(found) > 1)
 
 
 def initial_state(config, found: list[dict], steps_per_epoch: int, total_steps: int, *,
@@ -184,7 +192,10 @@ def initial_state(config, found: list[dict], steps_per_epoch: int, total_steps: 
   """All members' initial states, stacked, on the host: member m's parameters and dropout key
   are those of a single run with its seed (and `adjust`, the recipe's initialisation)."""
   model = models.create_model(config, conv_impl=conv_impl)
-  tx = state_lib.member_optimizer(config, steps_per_epoch, total_steps)
+  injected = [field for field in IN_OPTIMIZER if field in found[0]]
+  tx = state_lib.member_optimizer(config, steps_per_epoch, total_steps) if injected else \
+      state_lib.create_optimizer(config, state_lib.create_learning_rate_fn(
+          config, steps_per_epoch, total_steps))
   ema = any(values(config, found, "ema_decay"))
   column = {key: np.array(values(config, found, field), np.float32)
             for key, field in HPARAMS.items()}
@@ -195,13 +206,14 @@ def initial_state(config, found: list[dict], steps_per_epoch: int, total_steps: 
                for field in IN_OPTIMIZER}
   seeds = np.array(values(config, found, "seed"), np.int32)
 
-  @jax.jit
-  @jax.vmap
   def init(seed, hparams, optimizer):
     state = state_lib.init_state(model, tx, seed, ema, hparams=hparams, adjust=adjust)
+    if not injected:
+      return state
     return state.replace(opt_state=state.opt_state._replace(hyperparams={
         field: jnp.asarray(value) for field, value in optimizer.items()}))
-  return jax.device_get(init(seeds, column, optimizer))
+  return jax.device_get(jax.jit(lambda *args: over_members(init, 0, *args))(
+      seeds, column, optimizer))
 
 
 def over_members(fn, per_pass: int, *stacked):
@@ -210,6 +222,9 @@ def over_members(fn, per_pass: int, *stacked):
   pass. On CPU one member per pass is the faster (XLA's CPU convolutions and small matmuls do
   not gain from a member axis: docs/population.md); accelerators take them all at once."""
   members = jax.tree.leaves(stacked)[0].shape[0]
+  if members == 1:  # one member: its own program, the axis a reshape (a single run's speed)
+    one = fn(*jax.tree.map(lambda x: x[0], stacked))
+    return jax.tree.map(lambda x: jnp.expand_dims(x, 0), one)
   if not per_pass or per_pass >= members:
     return jax.vmap(fn)(*stacked)
   return jax.lax.map(lambda args: fn(*args), stacked,
@@ -269,7 +284,10 @@ def stop_reached(config, eval_sets: dict):
 
 def member_rows(found: list[dict], scalars: dict, train_sums, fetched: dict) -> list[dict]:
   """One metrics row per member from an evaluation's fetched per-member sums; `scalars` gives
-  the fields all share (epoch, elapsed_seconds)."""
+  the fields all share (epoch, elapsed_seconds). One member's row is `scalars` itself, without
+  a member column: a single run's rows read as they always did."""
+  if len(found) == 1:
+    return [dict(scalars)]
   rows = []
   for index, member in enumerate(found):
     row = {"member": index, **plain(member), "epoch": scalars["epoch"]}
@@ -297,8 +315,11 @@ def setting(row: dict, found: list[dict]) -> str:
 
 
 def result(found: list[dict], rows: list[dict]) -> dict:
-  """result.json's population part: each member's final and best (by validation accuracy)
-  rows, and the mean +- std over the members of each setting."""
+  """result.json's population part, {"population": ...}: each member's final and best (by
+  validation accuracy) rows, and the mean +- std over the members of each setting; {} for one
+  member (its result is the run's)."""
+  if len(found) == 1:
+    return {}
   per_member = []
   for index in range(len(found)):
     mine = [r for r in rows if r.get("member") == index]
@@ -313,7 +334,7 @@ def result(found: list[dict], rows: list[dict]) -> dict:
   summary = {name: {key: mean_std([r[key] for r in finals])
                     for key in ("test_accuracy", "test_loss", "train_accuracy", "train_loss")}
              | {"members": len(finals)} for name, finals in settings.items()}
-  return {"members": per_member, "settings": summary}
+  return {"population": {"members": per_member, "settings": summary}}
 
 
 def mean_std(values) -> list[float]:

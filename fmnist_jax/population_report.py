@@ -28,7 +28,7 @@ def member_probabilities(workdir: pathlib.Path, config, found: list[dict], image
                          batch_size: int = 1000, step: int | None = None):
   """(step, class probabilities [members, N, 10]) of the latest (or `step`'s) checkpoint's
   members, with the config's test-time augmentation."""
-  model, params, step = evaluate.restore_params(workdir, config, members=found, step=step)
+  model, params, step = evaluate.restore_params(workdir, config, step=step)
   per_pass = population.resolve_per_pass(config, jax.devices()[0].platform)
   return step, evaluate.predict(model, params, images, batch_size, per_pass=per_pass,
                                 **models.tta_options(config))

@@ -196,6 +196,7 @@ def _evaluate_checkpoints(workdir, config, checkpoints, test, figures, out) -> d
   numbers, results = {}, {}
   for which in checkpoints:
     model, params, step = evaluate.restore_params(workdir, config, which)
+    params = jax.tree.map(lambda x: x[0], params)  # (the run's one member)
     same = [w for w in numbers if numbers[w]["step"] == step]
     if same:  # best and last are the same checkpoint: evaluated once
       results[which], numbers[which] = results[same[0]], numbers[same[0]]

@@ -42,6 +42,8 @@ class StepOptions:
   flip: bool = False
   erase_size: int = 0
   erase_prob: float = 0.0
+  varying: tuple = ()            # hparams keys read from the member's state (population.py)
+  keep_stopped: bool = False     # a member whose hparams["active"] is off keeps its state
 
   @classmethod
   def from_config(cls, config, num_devices: int = 1, platform: str = "cpu") -> "StepOptions":
@@ -104,8 +106,8 @@ def train_step(state, batch, *, axis_name=None, options=StepOptions()):
 
   Under pmap (axis_name given) the batch is this device's shard: gradients are averaged and
   metrics summed over the axis, and each device folds its index into the dropout key.
-  In a population (`state.hparams`, one member's values under vmap) the varying fields come
-  from there and a member that has stopped keeps its state.
+  A population member's varying fields come from `state.hparams` (options.varying), and with
+  options.keep_stopped a member that has stopped keeps its state.
   Returns the new state and summed metrics {'loss', 'correct', 'count', 'nonfinite'}.
   """
   hyper = member_values(state.hparams, options)
@@ -119,7 +121,7 @@ def train_step(state, batch, *, axis_name=None, options=StepOptions()):
                              erase_size=hyper["erase_size"], erase_prob=hyper["erase_prob"],
                              pad=options.translate, flip_mask=batch.get("flip"))
   images = models.normalize(images)
-  rates = {} if state.hparams is None else {"dropout_rates": hyper["dropout_rates"]}
+  rates = {"dropout_rates": hyper["dropout_rates"]} if "dropout_rates" in hyper else {}
 
   def loss_fn(params, images, labels, key):
     logits = state.apply_fn({"params": params}, images, train=True, rngs={"dropout": key},
@@ -149,22 +151,21 @@ def train_step(state, batch, *, axis_name=None, options=StepOptions()):
     decay = jnp.minimum(hyper["ema_decay"], (1.0 + state.step) / (10.0 + state.step))
     new_state = new_state.replace(ema_params=optax.incremental_update(
         new_state.params, state.ema_params, 1.0 - decay))
-  if state.hparams is not None:
+  if options.keep_stopped:
     return _keep_if_stopped(state.hparams["active"], state, new_state, metrics)
   return new_state, metrics
 
 
 def member_values(hparams, options: StepOptions) -> dict:
   """The values a step uses for the fields a population may vary: a member's (traced) where
-  the population varies them and the options' (static: the single-run code path) where no
-  member departs from 0/off."""
+  the population varies them, the options' constants elsewhere and where every member is
+  0/off (that feature's code then stays out of the program); "dropout_rates" only when
+  varied."""
   values = {"label_smoothing": options.label_smoothing, "ema_decay": options.ema_decay,
             "translate": options.translate, "flip": options.flip,
             "erase_size": options.erase_size, "erase_prob": options.erase_prob}
-  if hparams is None:
-    return values
-  return {**{key: hparams[key] if value else value for key, value in values.items()},
-          "dropout_rates": hparams["dropout_rates"]}
+  traced = {key: hparams[key] for key in options.varying if values.get(key, True)}
+  return {**values, **traced}
 
 
 def _keep_if_stopped(active, state, new_state, metrics):

@@ -43,7 +43,7 @@ class Run:
   total_steps: int
   options: steps.StepOptions
   lock: Any = None  # workdir.Lock, held by process 0 while the run trains
-  members: list = dataclasses.field(default_factory=list)  # a population's (fmnist_jax.population)
+  members: list = dataclasses.field(default_factory=lambda: [{}])  # fmnist_jax.population's
   adjust: Any = None  # the recipe's initialisation (fmnist_jax.initializers.recipe)
 
   @property
@@ -62,8 +62,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   par.check_batch_size(config.eval_batch_size, "eval_batch_size")
   options = steps.StepOptions.from_config(config, par.num_devices, par.devices[0].platform)
   steps.check_microbatches(config, options.microbatches, par.num_devices)
-  if members:
-    options = population.step_options(config, members, options)
+  options = population.step_options(config, members, options)
   workdir_lib.check(workdir)
   splits = input_pipeline.load_splits(config)  # (a data error leaves no workdir behind)
   path = workdir_lib.prepare(workdir)
@@ -127,16 +126,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 def _restore(run: Run):
   """The initial state, or the latest checkpoint's: (state, step, extras, checkpointer)."""
-  initial = functools.partial(population.initial_state, run.config, run.members) \
-      if run.members else functools.partial(state_lib.initial_state, run.config)
-  state = run.par.place_state(initial(run.steps_per_epoch, run.total_steps, adjust=run.adjust))
+  state = run.par.place_state(population.initial_state(
+      run.config, run.members, run.steps_per_epoch, run.total_steps, adjust=run.adjust))
   ckpt = checkpointing.Checkpointer(run.workdir / workdir_lib.CHECKPOINTS, run.config)
   try:
     state, extras = ckpt.restore_latest(state)
   except BaseException:
     ckpt.close()  # no async machinery left behind by a refused restore
     raise
-  step = int(np.ravel(run.par.to_host(state.step))[0])  # (a population's members share it)
+  step = int(run.par.to_host(state.step)[0])  # (the members share it)
   if run.is_chief:
     workdir_lib.record_start(run.workdir, run.config, run.par.mode,
                              steps_per_epoch=run.steps_per_epoch, total_steps=run.total_steps,
@@ -163,23 +161,22 @@ class Loop:
     config, par = run.config, run.par
     self.run, self.ckpt, self.stopping, self.last_eval = run, ckpt, False, {}
     self.stop_reason = "completed"
-    code, members = (population if run.members else steps), len(run.members)
-    passes = {"per_pass": population.resolve_per_pass(config, par.devices[0].platform)} \
-        if members else {}
-    self.train_fn = par.compile_train(functools.partial(code.train_call, options=run.options,
-                                                        **passes),
-                                      batch_axis=1 + bool(members), num_extra=2)
+    members = len(run.members)
+    per_pass = population.resolve_per_pass(config, par.devices[0].platform)
+    self.train_fn = par.compile_train(functools.partial(
+        population.train_call, options=run.options, per_pass=per_pass), batch_axis=2,
+        num_extra=2)
     eval_model = models.create_model(config, conv_impl="xla")  # same parameters, faster
     self.eval_fn = par.compile_eval(functools.partial(
-        code.eval_step, apply_fn=eval_model.apply, **models.tta_options(config),
-        **passes))
-    self.stop_members = members and population.stop_reached(config, run.eval_sets)
+        population.eval_step, apply_fn=eval_model.apply, **models.tta_options(config),
+        per_pass=per_pass))
+    self.stop_members = population.stop_reached(config, run.eval_sets)
     # One program copies the whole state (a copy per leaf would compile one per shape).
     self.copy_state = jax.jit(lambda state: jax.tree.map(jax.numpy.copy, state))
     self.learning_rate = state_lib.create_learning_rate_fn(config, run.steps_per_epoch,
                                                            run.total_steps)
     peak = hardware.peak_flops(par.devices[0].device_kind, config.dtype)
-    self.progress = Progress(start_step, run.total_steps, config.batch_size * max(members, 1),
+    self.progress = Progress(start_step, run.total_steps, config.batch_size * members,
                              par.to_host,
                              flops_per_image=models.flops_per_image(config),
                              peak_flops=peak and peak * par.num_devices, show=run.is_chief)
@@ -282,14 +279,13 @@ class Loop:
     with self.progress.timed("evaluation"):
       train_sums, fetched = self.progress.fetch((sums, evaluation))
     scalars = self.epoch_scalars(step, train_sums, evaluate.summarize(fetched))
-    if self.run.members:  # (the scalars above: the members' means)
-      scalars["members"] = population.member_rows(self.run.members, scalars, train_sums, fetched)
+    # The scalars above are the members' means; each member's own row is written.
+    scalars["members"] = population.member_rows(self.run.members, scalars, train_sums, fetched)
     self.saver.check_finite(step, train_sums, scalars)
     self.last_eval = scalars
     self.progress.restart_interval(step)  # (the calls queued since run behind its evaluation)
     reached = bool(config.stop_at_accuracy) and min(
-        row[config.stop_metric] for row in scalars.get("members", [scalars])) >= \
-        config.stop_at_accuracy
+        row[config.stop_metric] for row in scalars["members"]) >= config.stop_at_accuracy
     self.saver.request(step, state, train_sums, row=scalars, always=reached or self.stopping)
     self.deferred.add(save_due, self.save)
     if reached:
@@ -313,7 +309,7 @@ class Loop:
 
   def write_row(self, step: int, scalars: dict) -> None:
     with self.progress.timed("metrics files"):
-      for row in (scalars.get("members", [scalars]) if self.writer else []):
+      for row in (scalars["members"] if self.writer else []):
         self.writer.write_scalars(step, row)
 
   def save(self, checked_only: bool = False) -> None:
@@ -340,8 +336,7 @@ class Loop:
                  jax.process_index(), step, checksum)
     if run.is_chief and self.last_eval:
       final = {k: v for k, v in self.last_eval.items() if k != "members"}
-      extra = {"population": population.result(run.members, workdir_lib.read_metrics(
-          run.workdir))} if run.members else {}
+      extra = population.result(run.members, workdir_lib.read_metrics(run.workdir))
       workdir_lib.write_result(
           run.workdir, stop_reason=self.stop_reason, step=step, final=final, **extra,
           resumed_from_step=self.progress.start_step,

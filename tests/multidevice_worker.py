@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from conftest import synthetic_arrays, tiny_config
-from fmnist_jax import evaluate, input_pipeline, models, state as state_lib, steps
+from fmnist_jax import evaluate, input_pipeline, models, population, state as state_lib, steps
 from fmnist_jax.parallel import Parallelism
 
 
@@ -22,15 +22,18 @@ def train_params(mode, devices, dropout, num_steps=6, steps_per_call=2):
   config = tiny_config(batch_size=32, dropout_rates=(0.3, 0.3, 0.3) if dropout else (0, 0, 0))
   options = steps.StepOptions(microbatches=2, translate=2 if dropout else 0, flip=dropout)
   par = Parallelism(mode, devices)
-  state = par.replicate(state_lib.initial_state(config, 6, 6))
+  found = population.members(config)  # (one member: the training loop's program for it)
+  state = par.place_state(population.initial_state(config, found, 6, 6))
   images, labels = synthetic_arrays(200, seed=1)
-  data = input_pipeline.DeviceTrainData(images, labels, par, config.batch_size, config.seed)
-  step_fn = par.compile_train(functools.partial(steps.train_steps, options=options))
+  data = input_pipeline.DeviceTrainData(images, labels, par, config.batch_size, (config.seed,))
+  step_fn = par.compile_train(functools.partial(population.train_call, options=options),
+                              batch_axis=2, num_extra=2)
   losses = []
-  for batches, _ in data.batches(epoch=0, first_step=0, steps_per_call=steps_per_call):
-    state, metrics = step_fn(state, batches)
-    losses.append(float(par.to_host(metrics)["loss"]))
-    if int(par.to_host(state.step)) >= num_steps:
+  for batches, num in data.batches(epoch=0, first_step=0, steps_per_call=steps_per_call):
+    state, metrics = step_fn(state, batches, par.place_state(steps.zero_metrics(1)),
+                             np.int32(num))
+    losses.append(float(par.to_host(metrics)["loss"][0]))
+    if int(par.to_host(state.step)[0]) >= num_steps:
       break
   return [np.asarray(x).tolist() for x in jax.tree.leaves(par.to_host(state.params))], losses
 

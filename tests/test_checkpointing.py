@@ -1,8 +1,14 @@
+import json
+import pathlib
+import shutil
+
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 
 from conftest import replicated_state, tiny_config
-from fmnist_jax import checkpointing, steps
+from fmnist_jax import checkpointing, population, state as state_lib, steps, train
+from fmnist_jax.parallel import Parallelism
 
 
 def _state(config, seed=0):
@@ -42,3 +48,54 @@ def test_keeps_the_latest_n_plus_the_best_by_validation_accuracy(tmp_path):
   ckpt.save(55, state)  # a periodic save without metrics counts towards the latest N
   ckpt.close()
   assert checkpointing.complete_steps(tmp_path) == [20, 50, 55]
+
+
+FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "single_run_v1"
+
+
+def test_a_single_run_workdir_from_before_one_path_resumes_where_it_stopped(small_splits,
+                                                                           tmp_path):
+  # The fixture: configs/tiny.py stopped at step 7 (mid-epoch) by the code of commit bbe9db0,
+  # before a single run became a population of one; params_at_step_20.npz: that code's
+  # straight run to step 20 (tests/fixtures/README.md says how both were made).
+  workdir = tmp_path / "run"
+  shutil.copytree(FIXTURE / "workdir", workdir)
+  saved = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / "7" / "default")
+  config = tiny_config(num_train_steps=20)
+  train.train_and_evaluate(config, str(workdir))
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [json.loads(l)["start_step"] for l in
+          (workdir / "run_info.jsonl").read_text().splitlines()] == [0, 7]
+  assert "member" not in rows[-1] and rows[-1]["step"] == 20
+  # What it writes now is still a single run's checkpoint: the seed's shapes, read by plain
+  # Orbax, equal to the straight run of the old code (to float rounding: the stored numbers
+  # may come from another CPU kind).
+  now = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / "20" / "default")
+  initial = state_lib.initial_state(config).params
+  assert jax.tree.map(np.shape, now["params"]) == jax.tree.map(np.shape, initial)
+  assert jax.tree.map(np.shape, saved["params"]) == jax.tree.map(np.shape, initial)
+  assert "hparams" not in now and np.shape(now["step"]) == ()
+  expected = np.load(FIXTURE / "params_at_step_20.npz")
+  got = {jax.tree_util.keystr(p): x
+         for p, x in jax.tree_util.tree_flatten_with_path(now["params"])[0]}
+  assert sorted(got) == sorted(expected.files)
+  for name in expected.files:
+    np.testing.assert_allclose(got[name], expected[name], rtol=1e-5, atol=1e-7)
+
+
+def test_the_restored_state_is_the_checkpoints_arrays_bit_for_bit(tmp_path):
+  shutil.copytree(FIXTURE / "workdir", tmp_path / "run")
+  directory = tmp_path / "run" / "checkpoints"
+  saved = ocp.StandardCheckpointer().restore(directory / "7" / "default")
+  config = tiny_config(num_train_steps=20)
+  found = population.members(config)
+  state = Parallelism("jit").place_state(population.initial_state(config, found, 27, 20))
+  ckpt = checkpointing.Checkpointer(directory, config)
+  state, extras = ckpt.restore(7, state)
+  ckpt.close()
+  assert np.asarray(state.step).tolist() == [7]  # the member axis, as the loop holds it
+  for a, b in zip(jax.tree.leaves(saved["params"]), jax.tree.leaves(state.params)):
+    np.testing.assert_array_equal(a, np.asarray(b)[0])
+  for a, b in zip(jax.tree.leaves(saved["opt_state"]), jax.tree.leaves(state.opt_state)):
+    np.testing.assert_array_equal(a, np.asarray(b)[0])
+  assert extras["epoch_sums"]["count"].tolist() == [saved["epoch_sums"]["count"].tolist()]

@@ -80,10 +80,10 @@ def test_tfds_streaming_order_is_reproducible_and_resumable(synthetic_tfds):
   assert data.steps_per_epoch == 12
   first = [np.asarray(b["label"]) for b, _ in data.batches(epoch=0, first_step=0, steps_per_call=1)]
   again = [np.asarray(b["label"]) for b, _ in data.batches(epoch=0, first_step=5, steps_per_call=1)]
-  assert len(first) == 12 and first[0].shape == (1, 32)
+  assert len(first) == 12 and first[0].shape == (1, 1, 32)  # (steps, members, batch)
   np.testing.assert_array_equal(np.concatenate(first[5:]), np.concatenate(again))
   other = [np.asarray(b["label"]) for b, _ in data.batches(epoch=1, first_step=0, steps_per_call=4)]
-  assert [o.shape for o in other] == [(4, 32)] * 3
+  assert [o.shape for o in other] == [(4, 1, 32)] * 3
   assert not np.array_equal(np.concatenate(first).ravel(), np.concatenate(other).ravel())
 
 

@@ -30,7 +30,7 @@ def test_members_are_the_product_of_the_values_in_the_order_written():
       (0.25, 0), (0.25, 1), (0.25, 2), (0.0, 0), (0.0, 1), (0.0, 2)]
   single = population.member_config(config, found[4])
   assert single.seed == 1 and tuple(single.dropout_rates) == (0.0, 0.0, 0.0)
-  assert single.population == () and population.check(tiny_config()) == []
+  assert single.population == () and population.check(tiny_config()) == [{}]  # one member
 
 
 @pytest.mark.parametrize("value, says", [

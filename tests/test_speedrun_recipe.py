@@ -73,10 +73,11 @@ def test_alternating_flips_mirror_each_image_every_other_epoch():
   # The device data delivers each batch's images and their flips from one array.
   images, labels = synthetic_arrays(200)
   par = Parallelism("jit", jax.devices()[:1])
-  with_flips = input_pipeline.DeviceTrainData(images, labels, par, 16, 3, flips=True)
-  plain = input_pipeline.DeviceTrainData(images, labels, par, 16, 3)
+  with_flips = input_pipeline.DeviceTrainData(images, labels, par, 16, (3,), flips=True)
+  plain = input_pipeline.DeviceTrainData(images, labels, par, 16, (3,))
   (batch, _), (same, _) = next(with_flips.batches(1, 0, 4)), next(plain.batches(1, 0, 4))
   np.testing.assert_array_equal(batch["image"], same["image"])
+  batch = jax.tree.map(lambda x: x[:, 0], batch)  # (the one member's)
   order = input_pipeline.epoch_order(3, 1, 200, 12, 16)[:4]
   np.testing.assert_array_equal(batch["flip"], input_pipeline.alternate_flips(3, 1, order, 200))
   # The step mirrors exactly those images.
