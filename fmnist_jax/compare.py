@@ -13,15 +13,10 @@ import json
 import pathlib
 import sys
 
-import matplotlib
+from absl import logging
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from absl import logging  # noqa: E402
-
-from fmnist_jax import workdir as workdir_lib  # noqa: E402
-from fmnist_jax.errors import FmnistError, ReportError  # noqa: E402
+from fmnist_jax import plots, workdir as workdir_lib
+from fmnist_jax.errors import FmnistError, ReportError
 
 
 def summarize_run(rows: list[dict]) -> dict:
@@ -85,24 +80,7 @@ def compare(workdirs: list[str], out: str) -> pathlib.Path:
     for run_name, (rows, ece) in _runs_of(name, pathlib.Path(w)).items():
       runs[run_name], eces[run_name] = rows, ece
   out_path.mkdir(parents=True, exist_ok=True)  # (only once every run has been read)
-  fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(12, 4.5))
-  for i, (name, rows) in enumerate(runs.items()):
-    epochs = [r["epoch"] for r in rows]
-    for split, style in (("train", "--"), ("val", ":"), ("test", "-")):
-      if f"{split}_accuracy" not in rows[0]:
-        continue
-      # markers on every line: a run with a single evaluation still shows its points
-      kwargs = {"color": f"C{i}", "marker": "o", "ms": 3, "label": f"{name} {split}"}
-      ax_acc.plot(epochs, [100 * r[f"{split}_accuracy"] for r in rows], style, **kwargs)
-      ax_loss.plot(epochs, [r[f"{split}_loss"] for r in rows], style, **kwargs)
-  ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
-  ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
-  for ax in (ax_acc, ax_loss):
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-  fig.suptitle("Runs compared (train: running average over each epoch, in training mode)")
-  fig.savefig(out_path / "compare.png", dpi=110, bbox_inches="tight")
-  plt.close(fig)
+  plots.curves(runs, out_path / "compare.png", "Runs compared")
 
   summary = {name: summarize_run(rows) for name, rows in runs.items()}
   for name in runs:

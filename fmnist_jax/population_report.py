@@ -11,14 +11,10 @@ import pathlib
 import shutil
 
 import jax
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from fmnist_jax import evaluate, models, population  # noqa: E402
-from fmnist_jax import workdir as workdir_lib  # noqa: E402
+from fmnist_jax import evaluate, models, plots, population
+from fmnist_jax import workdir as workdir_lib
 
 COLUMNS = (("test_accuracy", "test accuracy", 100, "%.2f%%"), ("test_loss", "test loss", 1, "%.4f"),
            ("ece", "ECE", 100, "%.2f%%"), ("gap", "train-test gap", 100, "%.2f pt"))
@@ -64,29 +60,12 @@ def numbers(config, rows: list[dict], probabilities: np.ndarray, labels: np.ndar
 
 def plot_members(rows: list[dict], found: list[dict], path: pathlib.Path) -> str:
   """Every member's test accuracy and loss by epoch, one colour per setting."""
-  fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
-  names = list(dict.fromkeys(population.setting(r, found) for r in rows))
-  colours = plt.get_cmap("tab10")
-  labelled = set()
-  for index in range(len(found)):
-    mine = [r for r in rows if r.get("member") == index]
-    name = population.setting(mine[0], found)
-    label = None if name in labelled else (name or "every member")
-    labelled.add(name)
-    style = {"color": colours(names.index(name) % 10), "alpha": 0.7, "lw": 1, "marker": ".",
-             "ms": 4}
-    epochs = [r["epoch"] for r in mine]
-    ax_acc.plot(epochs, [100 * r["test_accuracy"] for r in mine], label=label, **style)
-    ax_loss.plot(epochs, [r["test_loss"] for r in mine], **style)
-  ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy, every member")
-  ax_loss.set(xlabel="epoch", ylabel="test loss", title="Test loss, every member")
-  for ax in (ax_acc, ax_loss):
-    ax.grid(alpha=0.3)
-  ax_acc.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path.name
+  runs = {f"m{index}": [r for r in rows if r.get("member") == index]
+          for index in range(len(found))}
+  groups = {label: population.setting(mine[0], found) or "every member"
+            for label, mine in runs.items()}
+  return plots.curves(runs, path, "Test accuracy and loss, every member", splits=("test",),
+                      groups=groups)
 
 
 def _markdown(workdir, step: int, found: list[dict], result: dict) -> list[str]:

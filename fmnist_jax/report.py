@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fmnist_jax import dataset, evaluate, input_pipeline, models  # noqa: E402
+from fmnist_jax import dataset, evaluate, input_pipeline, models, plots  # noqa: E402
 from fmnist_jax import workdir as workdir_lib  # noqa: E402
 from fmnist_jax.dataset import CLASS_NAMES  # noqa: E402
 from fmnist_jax.errors import FmnistError  # noqa: E402
@@ -64,26 +64,7 @@ def plot_samples_per_class(images, labels, title: str, path: pathlib.Path,
   return _save(fig, path)
 
 
-# --- 2. training curves -----------------------------------------------------------------------
-
-def plot_curves(rows: list[dict], path: pathlib.Path, title: str = "Training curves") -> str:
-  fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
-  epochs = [r["epoch"] for r in rows]
-  for split, style in (("train", "-o"), ("val", "-s"), ("test", "-^")):
-    if f"{split}_accuracy" in rows[0]:
-      ax_acc.plot(epochs, [100 * r[f"{split}_accuracy"] for r in rows], style, ms=3, label=split)
-      ax_loss.plot(epochs, [r[f"{split}_loss"] for r in rows], style, ms=3, label=split)
-  ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
-  ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
-  for ax in (ax_acc, ax_loss):
-    ax.set_xlim(0, max(1.0, epochs[-1]) * 1.05)  # (a single evaluation: still an epoch axis)
-    ax.grid(alpha=0.3)
-    ax.legend()
-  fig.suptitle(title + " (train: running average over each epoch, in training mode)")
-  return _save(fig, path)
-
-
-# --- 3. evaluation ----------------------------------------------------------------------------
+# --- 2. evaluation (training curves: fmnist_jax.plots) ----------------------------------------
 
 def plot_confusion(confusion: np.ndarray, title: str, path: pathlib.Path) -> str:
   confusion = np.asarray(confusion)
@@ -164,7 +145,7 @@ def write_report(workdir: str, splits: dict | None = None) -> pathlib.Path:
   rows = workdir_lib.read_metrics(workdir, required=True)
   if splits is None:
     splits = input_pipeline.load_splits(config)
-  if config.get("population"):  # many models: their own report
+  if any("member" in row for row in rows):  # several members: their tables and ensembles
     from fmnist_jax import population_report
     return population_report.write_report(workdir, config, rows, splits)
   out = workdir / f".{workdir_lib.REPORT}.tmp"
@@ -176,7 +157,7 @@ def write_report(workdir: str, splits: dict | None = None) -> pathlib.Path:
                                               out / "samples_train.png"),
       "samples_test": plot_samples_per_class(*splits["test"], "Test images per class",
                                              out / "samples_test.png"),
-      "curves": plot_curves(rows, out / "curves.png"),
+      "curves": plots.curves({"run": rows}, out / "curves.png", "Training curves"),
   }
   checkpoints = ["best", "last"]
   if evaluate.best_checkpoint(workdir) is None:

@@ -399,10 +399,10 @@ def rebuild_result(workdir, step: int, target: bool) -> bool:
   rows = [row for row in read_metrics(workdir) if row.get("step") == step]
   if (result and result.get("step") == step) or not rows:
     return False
-  final = {k: v for k, v in rows[-1].items() if k != "step"}
-  if "member" in final:  # a population's: the members' means, as its result.json has them
-    final = {k: float(np.mean([r[k] for r in rows])) for k in final
-             if k in ("epoch", "elapsed_seconds") or k.endswith(("_loss", "_accuracy", "_count"))}
+  # The members' means, as result.json has them (one member's row is its own mean).
+  final = {k: type(v)(np.mean([r[k] for r in rows])) for k, v in rows[-1].items()
+           if k in ("epoch", "elapsed_seconds", "skipped_updates")
+           or k.endswith(("_loss", "_accuracy", "_count"))}
   write_result(workdir, stop_reason="target_reached" if target else "completed", step=step,
                final=final, rebuilt=True)
   return True
