@@ -34,16 +34,6 @@ from orbax.checkpoint import checkpoint_managers as policies
 from fmnist_jax.errors import CheckpointError, DiskFullError, NonFiniteError
 
 
-def _saved_tree(state):
-  tree = {"step": state.step, "params": state.params, "opt_state": state.opt_state,
-          "dropout_key": state.dropout_key}
-  if state.ema_params is not None:
-    tree["ema_params"] = state.ema_params
-  if state.hparams is not None:  # the members' values and which of them still train
-    tree["hparams"] = state.hparams
-  return tree
-
-
 def _one_member(state) -> bool:
   """Whether `state` is a run of one member ([1] leading axis). Its checkpoints are a single
   run's as they always were: no member axis (the seed's shapes, which plain Orbax readers and
@@ -52,16 +42,25 @@ def _one_member(state) -> bool:
   return np.shape(state.step) == (1,)
 
 
+def _saved_tree(state):
+  tree = {"step": state.step, "params": state.params, "opt_state": state.opt_state,
+          "dropout_key": state.dropout_key}
+  if state.ema_params is not None:
+    tree["ema_params"] = state.ema_params
+  if state.hparams is not None and not _one_member(state):  # values; which members train
+    tree["hparams"] = state.hparams
+  return tree
+
+
 _squeeze = jax.jit(lambda tree: jax.tree.map(lambda x: x[0], tree))  # one program per tree
 _unsqueeze = jax.jit(lambda tree: jax.tree.map(lambda x: x[None], tree))
 
 
-def _target(state, one_member: bool):
+def _target(state):
   """The restore target: `state`'s saved tree as shapes, dtypes and shardings."""
-  if not one_member:
-    return jax.tree.map(ocp.utils.to_shape_dtype_struct, _saved_tree(state))
+  drop = int(_one_member(state))  # (the member axis)
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-      x.shape[1:], x.dtype, sharding=getattr(x, "sharding", None)), _saved_tree(state))
+      np.shape(x)[drop:], x.dtype, sharding=getattr(x, "sharding", None)), _saved_tree(state))
 
 
 def complete_steps(directory: pathlib.Path) -> list[int]:
@@ -116,12 +115,10 @@ class Checkpointer:
     if step in self._saved:
       return
     self._saved.add(step)
-    tree = _saved_tree(state)
-    if _one_member(state):
-      tree = _squeeze({key: value for key, value in tree.items() if key != "hparams"})
-      epoch_sums = epoch_sums and {key: np.reshape(v, ()) for key, v in epoch_sums.items()}
-    if epoch_sums is not None:
-      tree["epoch_sums"] = {key: np.asarray(value) for key, value in epoch_sums.items()}
+    tree = _squeeze(_saved_tree(state)) if _one_member(state) else _saved_tree(state)
+    if epoch_sums is not None:  # (as many values as the tree has members)
+      tree["epoch_sums"] = {key: np.reshape(value, np.shape(tree["step"]))
+                            for key, value in epoch_sums.items()}
     self.manager.save(step, args=ocp.args.StandardSave(tree), metrics=metrics)
 
   def latest_step(self) -> int | None:
@@ -138,7 +135,7 @@ class Checkpointer:
     Returns the checkpoint's metadata tree."""
     saved = self.manager.item_metadata(step)
     saved = dict(saved.tree if hasattr(saved, "tree") else saved)
-    target = _target(state, _one_member(state))
+    target = _target(state)
     mismatches = [f"{key}: in one of the checkpoint and the config only"
                   for key in ("params", "ema_params") if (key in saved) != (key in target)]
     saved_shapes = {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf
@@ -170,8 +167,7 @@ class Checkpointer:
     saved in} (host values; {} for a checkpoint saved without them), so that a resumed epoch's
     averages cover all of its steps."""
     saved = self.check_compatible(step, state)
-    one_member = _one_member(state)
-    target = _target(state, one_member)
+    target = _target(state)
     if "hparams" not in saved:  # (saved before they were: every member trains)
       target.pop("hparams", None)
     if "epoch_sums" in saved:  # restored as numpy, in their saved shapes and dtypes
@@ -179,7 +175,7 @@ class Checkpointer:
                               for key, meta in dict(saved["epoch_sums"]).items()}
     restored = self.manager.restore(step, args=ocp.args.StandardRestore(target))
     extras = {"epoch_sums": restored.pop("epoch_sums")} if "epoch_sums" in restored else {}
-    if one_member:
+    if _one_member(state):
       restored = _unsqueeze(restored)
       extras = {key: {k: np.reshape(v, (1,)) for k, v in value.items()}
                 for key, value in extras.items()}

@@ -303,6 +303,12 @@ def member_rows(found: list[dict], scalars: dict, train_sums, fetched: dict) -> 
   return rows
 
 
+def tensorboard_tag(row: dict) -> str:
+  """Where a metrics row goes in TensorBoard: memberNN/ for one of several members, the top
+  for a single run's."""
+  return f"member{row['member']:02d}/" if "member" in row else ""
+
+
 def plain(member: dict) -> dict:
   """A member's fields as JSON values."""
   return {field: list(value) if isinstance(value, tuple) else value

@@ -310,7 +310,7 @@ class Loop:
   def write_row(self, step: int, scalars: dict) -> None:
     with self.progress.timed("metrics files"):
       for row in (scalars["members"] if self.writer else []):
-        self.writer.write_scalars(step, row)
+        self.writer.write_scalars(step, row, population.tensorboard_tag(row))
 
   def save(self, checked_only: bool = False) -> None:
     with self.progress.timed("checkpoints"):

@@ -305,8 +305,9 @@ class MetricsWriter:
     self._events = EventFileWriter(str(self.workdir))
     self._recorded = None  # steps already in metrics.jsonl, read at the first write only
 
-  def write_scalars(self, step: int, scalars: dict) -> None:
-    """A row; a population member's row (with `member`) goes to TensorBoard as memberNN/."""
+  def write_scalars(self, step: int, scalars: dict, tag: str = "") -> None:
+    """A row, into metrics.jsonl and into TensorBoard below `tag` (population.tensorboard_tag:
+    memberNN/ for one of several members)."""
     row = {"step": int(step), **{k: v if isinstance(v, (list, tuple)) else _py(v)
                                  for k, v in scalars.items()}}
     path = self.workdir / METRICS_FILE
@@ -322,8 +323,7 @@ class MetricsWriter:
     else:
       _append_jsonl(path, row)
       self._recorded.add(key)
-    prefix = f"member{row['member']:02d}/" if "member" in row else ""
-    self._add_scalars(step, {prefix + k: v for k, v in row.items() if k not in ("step", "member")
+    self._add_scalars(step, {tag + k: v for k, v in row.items() if k not in ("step", "member")
                              and isinstance(v, (int, float))})
 
   def write_progress(self, step: int, scalars: dict) -> None:
