@@ -125,17 +125,19 @@ def profile(config, batch_size: int, calls: int) -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from fmnist_jax import state as state_lib, steps
+  from fmnist_jax import population, steps
   config = config.copy_and_resolve_references()
   config.batch_size = batch_size
-  options = steps.StepOptions.from_config(config, 1, jax.default_backend())
+  found = population.members(config)  # (one member: the training loop's program for it)
+  options = population.step_options(
+      config, found, steps.StepOptions.from_config(config, 1, jax.default_backend()))
   k = config.steps_per_call
   rng = np.random.default_rng(0)
-  batches = {"image": jnp.asarray(rng.integers(0, 256, (k, batch_size, 28, 28, 1), np.uint8)),
-             "label": jnp.asarray(rng.integers(0, 10, (k, batch_size), np.int32))}
-  state = state_lib.initial_state(config, 100, 1000)
-  sums = jax.tree.map(jnp.asarray, steps.zero_metrics())
-  call = jax.jit(lambda s, b, m: steps.train_call(s, b, m, jnp.int32(k), options=options),
+  batches = {"image": jnp.asarray(rng.integers(0, 256, (k, 1, batch_size, 28, 28, 1), np.uint8)),
+             "label": jnp.asarray(rng.integers(0, 10, (k, 1, batch_size), np.int32))}
+  state = population.initial_state(config, found, 100, 1000)
+  sums = jax.tree.map(jnp.asarray, steps.zero_metrics(len(found)))
+  call = jax.jit(lambda s, b, m: population.train_call(s, b, m, jnp.int32(k), options=options),
                  donate_argnums=(0,)).lower(state, batches, sums).compile()
   for _ in range(3):  # warm-up
     state, sums = call(state, batches, sums)

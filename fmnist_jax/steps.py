@@ -214,10 +214,10 @@ def add_metrics(sums, metrics):
   return jax.tree.map(lambda s, m: s + m.astype(s.dtype), sums, metrics)
 
 
-def zero_metrics(members: int = 0) -> dict[str, Any]:
+def zero_metrics(members: int = 1) -> dict[str, Any]:
   """The running sums' starting point, on the host: float32 loss, int32 counts; one of each
-  per member for a population of `members`."""
-  shape = (members,) if members else ()
+  per member."""
+  shape = (members,)
   return {"loss": np.zeros(shape, np.float32), "correct": np.zeros(shape, np.int32),
           "count": np.zeros(shape, np.int32), "nonfinite": np.zeros(shape, np.int32),
           "diverged": np.zeros(shape, np.int32)}

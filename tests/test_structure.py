@@ -114,6 +114,34 @@ def _without_tensorflow(synthetic_tfds, *args):
       env={**os.environ, "FMNIST_IDX_DIR": str(synthetic_tfds["idx_dir"])})
 
 
+# Outside population.py (the members) and population_report.py (the report of several), the
+# only places that ask whether a run has one member or several, and why.
+MEMBER_QUESTIONS = {
+    "checkpointing": 3,  # _one_member: one member's checkpoints keep a single run's format
+    "workdir": 1,        # a resume that changes the population is refused (not a count)
+    "report": 1,         # several members' rows: their tables, figures and ensembles
+    "compare": 2,        # a workdir of several members compares as one run per member
+}
+
+
+def test_one_training_path_asks_about_members_only_where_it_says():
+  asked = {}
+  for path in PACKAGE.glob("*.py"):
+    if path.stem in ("population", "population_report"):
+      continue
+    source = path.read_text()
+    for node in ast.walk(ast.parse(source)):
+      if isinstance(node, (ast.If, ast.IfExp)) and any(
+          word in ast.get_source_segment(source, node.test)
+          for word in ("member", "population", "hparams is")):
+        asked[path.stem] = asked.get(path.stem, 0) + 1
+  # (parallel.split_members asks about device groups, not about members; train.py's
+  # stop_members is stop_at_accuracy's update)
+  asked.pop("parallel", None)
+  assert asked.pop("train", 0) <= 1
+  assert asked == MEMBER_QUESTIONS
+
+
 @pytest.mark.slow
 def test_training_and_the_report_run_without_tensorflow(synthetic_tfds, tmp_path):
   result = _without_tensorflow(
