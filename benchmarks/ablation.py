@@ -54,13 +54,13 @@ def first_epoch(accuracies, target: float):
 
 def translated(workdir: pathlib.Path, steps: list[int], split: str = "val") -> np.ndarray:
   """Flip- and translation-averaged accuracy [steps, members] of each step's checkpoint."""
-  from fmnist_jax import input_pipeline, population, population_report
+  from fmnist_jax import input_pipeline, population, report
   from fmnist_jax import workdir as workdir_lib
   config = workdir_lib.read_config(workdir)
   config.eval_translate = 1
   found = population.members(config)
   images, labels = input_pipeline.load_splits(config)[split]
-  return np.array([(population_report.member_probabilities(
+  return np.array([(report.member_probabilities(
       workdir, config, found, images, step=step)[1].argmax(-1) == labels).mean(-1)
       for step in steps])
 

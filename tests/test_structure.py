@@ -114,8 +114,8 @@ def _without_tensorflow(synthetic_tfds, *args):
       env={**os.environ, "FMNIST_IDX_DIR": str(synthetic_tfds["idx_dir"])})
 
 
-# Outside population.py (the members) and population_report.py (the report of several), the
-# only places that ask whether a run has one member or several, and why.
+# Outside population.py (the members), the only places that ask whether a run has one member or
+# several, and why.
 MEMBER_QUESTIONS = {
     "checkpointing": 3,  # _one_member: one member's checkpoints keep a single run's format
     "workdir": 1,        # a resume that changes the population is refused (not a count)
@@ -127,7 +127,7 @@ MEMBER_QUESTIONS = {
 def test_one_training_path_asks_about_members_only_where_it_says():
   asked = {}
   for path in PACKAGE.glob("*.py"):
-    if path.stem in ("population", "population_report"):
+    if path.stem == "population":
       continue
     source = path.read_text()
     for node in ast.walk(ast.parse(source)):
