@@ -87,10 +87,10 @@ def _parse_args(argv):
 
 def load_config(args):
   """The benchmarked model's config: a config file, or a run's resolved config.json."""
-  import ml_collections
-  if args.config_json:
+  if args.config_json:  # (laid over today's defaults, as a workdir's config.json is read)
+    from fmnist_jax import workdir as workdir_lib
     with open(args.config_json) as f:
-      return ml_collections.ConfigDict(json.load(f))
+      return workdir_lib.layered(json.load(f), args.config_json)
   from fmnist_jax import config_file
   return config_file.load(args.config)
 

@@ -40,16 +40,16 @@ def validate_config(config) -> None:
 def _check_types(config, check) -> None:
   """Choices, counts and the numbers that must be finite."""
   for field, choices in CHOICES:
-    value = config.get(field)
+    value = config[field]
     check(value in choices, f"{field}={value!r} is not one of {', '.join(choices)}.")
   for field in ("batch_size", "eval_batch_size", "steps_per_call", "log_every_steps",
                 "keep_checkpoints", "dense_features", "num_classes"):
-    value = config.get(field)
+    value = config[field]
     check(_is_int(value) and value > 0, f"{field}={value!r} must be a positive integer.")
   for field in ("checkpoint_every_steps", "keep_best_checkpoints", "validation_size", "seed",
                 "microbatches", "augment_translate", "augment_erase_size", "members_per_pass",
                 "eval_translate", "lookahead_every"):
-    value = config.get(field)
+    value = config[field]
     check(_is_int(value) and value >= 0, f"{field}={value!r} must be an integer >= 0.")
   check(_is_finite(config.learning_rate) and config.learning_rate > 0,
         f"learning_rate={config.learning_rate!r} must be > 0 and finite.")
@@ -63,7 +63,7 @@ def _check_types(config, check) -> None:
   check(_is_finite(config.lookahead_alpha) and 0 < config.lookahead_alpha <= 1,
         f"lookahead_alpha={config.lookahead_alpha!r} must be in (0, 1].")
   for field in ("label_smoothing", "ema_decay", "augment_erase_prob"):
-    value = config.get(field)
+    value = config[field]
     check(isinstance(value, (int, float)) and 0 <= value < 1,
           f"{field}={value!r} must be in [0, 1).")
 

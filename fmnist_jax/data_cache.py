@@ -32,7 +32,7 @@ Splits = dict  # {"train": (images, labels), "test": (images, labels)}
 
 def cache_dir(config) -> pathlib.Path | None:
   """$FMNIST_JAX_DATA_CACHE_DIR, else config.data_cache_dir; None when "" (off)."""
-  path = os.environ.get(ENV, config.get("data_cache_dir", ""))
+  path = os.environ.get(ENV, config.data_cache_dir)
   return pathlib.Path(path).expanduser() if path else None
 
 

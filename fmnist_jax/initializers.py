@@ -63,8 +63,8 @@ def dirac(kernel):
 
 def recipe(config, train_images: np.ndarray | None):
   """params -> params with the config's initialisation, or None (the model's own draw)."""
-  whiten = config.get("conv1_init", "glorot") == "whiten"
-  if not whiten and not config.get("dirac_init", False):
+  whiten = config.conv1_init == "whiten"
+  if not whiten and not config.dirac_init:
     return None
   if whiten:
     kernel, bias = whitening(train_images[:WHITEN_IMAGES])
@@ -76,7 +76,7 @@ def recipe(config, train_images: np.ndarray | None):
       conv1 = params["conv1"]
       params["conv1"] = {"kernel": conv1["kernel"].at[..., :count].set(kernel),
                          "bias": conv1["bias"].at[:count].set(bias)}
-    if config.get("dirac_init", False):
+    if config.dirac_init:
       for name in ("conv2", "conv3"):
         params[name] = {**params[name], "kernel": dirac(params[name]["kernel"])}
     return params

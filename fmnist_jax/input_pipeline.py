@@ -188,7 +188,7 @@ def create_train_data(config, par: Parallelism, splits, seeds: tuple):
   if config.input_mode == "device":
     images, labels = splits["train"]
     return DeviceTrainData(images, labels, par, config.batch_size, seeds,
-                           flips=config.get("augment_flip_alternate", False))
+                           flips=config.augment_flip_alternate)
   data_dir = dataset.default_data_dir(config.data_dir)
   return TfdsTrainData(data_dir, split_names(config.validation_size)["train"], par,
                        config.batch_size, config.seed)

@@ -118,7 +118,7 @@ def main(argv):
   logging.info("JAX process %d/%d, %d local devices: %s", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.local_devices())
   logging.info("compilation cache: %s",
-               configure_compilation_cache(FLAGS.config.get("compilation_cache_dir", "")))
+               configure_compilation_cache(FLAGS.config.compilation_cache_dir))
   try:
     train_and_report(FLAGS.config, FLAGS.workdir)
   except Preempted as e:

@@ -245,8 +245,8 @@ def inference_logits(apply_fn, params, images, *, flip_average: bool = False,
 
 def tta_options(config) -> dict:
   """The config's test-time augmentation, as inference_logits' keyword arguments."""
-  return {"flip_average": bool(config.get("eval_flip_average", False)),
-          "translate": int(config.get("eval_translate", 0))}
+  return {"flip_average": bool(config.eval_flip_average),
+          "translate": int(config.eval_translate)}
 
 
 def create_model(config, conv_impl: str | None = None) -> CNN:
@@ -256,7 +256,7 @@ def create_model(config, conv_impl: str | None = None) -> CNN:
              num_classes=config.num_classes,
              dropout_rates=tuple(config.dropout_rates),
              dtype=DTYPES[config.dtype],
-             conv_impl=resolve_conv_impl(conv_impl or config.get("conv_impl", "auto")),
+             conv_impl=resolve_conv_impl(conv_impl or config.conv_impl),
              pool_impl="window" if jax.default_backend() == "cpu" else "reshape")
 
 

@@ -50,7 +50,7 @@ HPARAMS = {"label_smoothing": "label_smoothing", "ema_decay": "ema_decay",
 def members(config) -> list[dict]:
   """The members' varying fields, {field: value} each; [{}] (one member, nothing varies) for a
   plain config. Assumes `check`."""
-  pairs = [(field, tuple(values)) for field, values in config.get("population", ())]
+  pairs = [(field, tuple(values)) for field, values in config.population]
   return [dict(zip([f for f, _ in pairs], combo))
           for combo in itertools.product(*[values for _, values in pairs])]
 
@@ -77,7 +77,7 @@ def describe(member: dict) -> str:
 
 def check(config) -> list[dict]:
   """The members, or one ConfigError line naming what to change. Before any data is read."""
-  population = config.get("population", ())
+  population = config.population
   if not population:
     return members(config)
   if not isinstance(population, (tuple, list)) or not all(
@@ -234,7 +234,7 @@ def over_members(fn, per_pass: int, *stacked):
 def resolve_per_pass(config, platform: str) -> int:
   """config.members_per_pass; 0 ("auto"): 1 on CPU with the im2col form (lax.conv's training
   step is slower still inside a loop over members), all members at once elsewhere."""
-  im2col = models.resolve_conv_impl(config.get("conv_impl", "auto")) == "im2col"
+  im2col = models.resolve_conv_impl(config.conv_impl) == "im2col"
   return config.members_per_pass or (1 if platform == "cpu" and im2col else 0)
 
 

@@ -46,9 +46,9 @@ def create_optimizer(config, learning_rate_fn, weight_decay=None) -> optax.Gradi
     tx = optax.sgd(learning_rate_fn, momentum=config.momentum, nesterov=True)
     if not (isinstance(weight_decay, (int, float)) and weight_decay == 0):
       tx = optax.chain(optax.add_decayed_weights(weight_decay), tx)
-  if config.get("lookahead_every", 0):
+  if config.lookahead_every:
     tx = lookahead(tx, config.lookahead_every, config.lookahead_alpha)
-  if config.get("skip_nonfinite_updates", False):
+  if config.skip_nonfinite_updates:
     # Drops updates whose gradients hold a NaN/inf; gives up after 5 in a row.
     tx = optax.apply_if_finite(tx, max_consecutive_errors=5)
   return tx
@@ -112,7 +112,7 @@ class TrainState(train_state.TrainState):
 def create_train_state(config, model, tx, image_shape=(28, 28, 1), adjust=None) -> TrainState:
   """The initial state. Parameters and dropout key both derive from config.seed. One compiled
   program (op by op, the optimizer's init alone would compile dozens)."""
-  ema = bool(config.get("ema_decay", 0.0))
+  ema = bool(config.ema_decay)
   return jax.jit(lambda: init_state(model, tx, config.seed, ema, image_shape,
                                     adjust=adjust))()
 

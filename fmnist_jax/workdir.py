@@ -200,7 +200,21 @@ def read_config(workdir) -> ml_collections.ConfigDict:
   if not path.exists():
     raise ReportError(f"{workdir} has no config.json: it is not a fmnist_jax workdir "
                       "(train into it with `python -m fmnist_jax.main --workdir ...`).")
-  return ml_collections.ConfigDict(json.loads(_read_config_text(path)))
+  return layered(json.loads(_read_config_text(path)), path)
+
+
+def layered(recorded: dict, where="a recorded config") -> ml_collections.ConfigDict:
+  """A recorded config (a workdir's config.json) laid over today's defaults
+  (configs/default.py, the one owner of every default): a field added since it was written
+  reads its default, so no reader restates one. A field that no longer exists is named in one
+  warning and left out."""
+  from configs import default
+  config = default.get_config()
+  gone = sorted(set(recorded) - set(config))
+  if gone:
+    logging.warning("%s: %s no longer config field(s); ignored", where, ", ".join(gone))
+  config.update({field: value for field, value in recorded.items() if field in config})
+  return config
 
 
 def config_changes(workdir, config) -> dict[str, tuple]:
@@ -213,7 +227,7 @@ def config_changes(workdir, config) -> dict[str, tuple]:
   path = recorded[-1] if recorded else workdir / CONFIG_FILE
   if not path.exists():
     return {}
-  old = json.loads(_read_config_text(path))
+  old = json.loads(layered(json.loads(_read_config_text(path)), path).to_json_best_effort())
   new = json.loads(config.to_json_best_effort())
   return {field: (old.get(field), new.get(field)) for field in sorted(set(old) | set(new))
           if old.get(field) != new.get(field)}
@@ -240,7 +254,7 @@ def check_resume(workdir: pathlib.Path, config) -> None:
     raise ConfigError(f"{workdir} holds checkpoints of another population "
                       f"({changes['population'][0]!r}): resume it with that population, or "
                       "use a new --workdir.")
-  if changed and resumable and not config.get("resume_with_changed_steps", False):
+  if changed and resumable and not config.resume_with_changed_steps:
     raise ConfigError(
         f"resuming {workdir} with a changed {', '.join(changed)} ("
         + ", ".join(f"{f} {changes[f][0]} -> {changes[f][1]}" for f in changed)

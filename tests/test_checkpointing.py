@@ -99,3 +99,18 @@ def test_the_restored_state_is_the_checkpoints_arrays_bit_for_bit(tmp_path):
   for a, b in zip(jax.tree.leaves(saved["opt_state"]), jax.tree.leaves(state.opt_state)):
     np.testing.assert_array_equal(a, np.asarray(b)[0])
   assert extras["epoch_sums"]["count"].tolist() == [saved["epoch_sums"]["count"].tolist()]
+
+
+def test_a_recorded_config_reads_over_todays_defaults(tmp_path, caplog):
+  # A workdir's config.json from before a field existed reads that field's default, so no
+  # reader restates a default; a field that is gone is named once and left out.
+  recorded = json.loads((FIXTURE / "workdir" / "config.json").read_text())
+  del recorded["augment_flip_alternate"], recorded["eval_translate"]
+  recorded["an_old_field"] = 3
+  (tmp_path / "config.json").write_text(json.dumps(recorded))
+  from fmnist_jax import workdir as workdir_lib
+  config = workdir_lib.read_config(tmp_path)
+  assert config.augment_flip_alternate is False and config.eval_translate == 0
+  assert config.batch_size == 16 and tuple(config.conv_features) == (4, 8, 8)  # as recorded
+  assert "an_old_field" not in config and "an_old_field" in caplog.text
+  assert workdir_lib.config_changes(tmp_path, tiny_config(num_train_steps=7)) == {}
