@@ -19,7 +19,6 @@ Finished rows are reused (common.run), so a cut sweep continues where it stopped
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import pathlib
 
@@ -101,9 +100,7 @@ def summarize(members: list[dict]) -> dict:
 
 
 def _markdown(report: dict) -> str:
-  def pm(value, scale=1, digits=1):
-    return "–" if value is None else \
-        f"{value[0] * scale:.{digits}f} ± {value[1] * scale:.{digits}f}"
+  pm = common.pm
   seeds, epochs = len(report["seeds"]), report["epochs"]
   lines = [common.machine_line(report), "",
            f"`{report['config']}`, {epochs} epochs, {seeds} seeds; target "
@@ -115,25 +112,19 @@ def _markdown(report: dict) -> str:
   for row in report["rows"]:
     s = row["summary"]
     added = ", ".join(f"{k}={v}" for k, v in row["fields"].items()) or "CHOSEN"
-    lines.append(f"| {row['name']} ({added}) | {pm(s['epochs'])} | {s['reached']}/{seeds} | "
-                 f"{pm(s['epochs_translated'])} | {s['reached_translated']}/{seeds} | "
+    lines.append(f"| {row['name']} ({added}) | {pm(s['epochs'], digits=1)} | {s['reached']}/{seeds} | "
+                 f"{pm(s['epochs_translated'], digits=1)} | {s['reached_translated']}/{seeds} | "
                  f"{pm(s['final_val'], 100, 2)}% | {pm(s['final_val_translated'], 100, 2)}% | "
                  f"{pm(s['final_test'], 100, 2)}% | {pm(s['final_test_translated'], 100, 2)}% |")
   return "\n".join(lines)
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--config", default="configs/speedrun.py")
-  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+  parser = common.parser(__doc__, "configs/speedrun.py", seeds=range(5), workdir_root=True)
   parser.add_argument("--epochs", type=int, default=10)
   parser.add_argument("--target", type=float, default=0.93)
   parser.add_argument("--rows", nargs="+", help="only these rows of ABLATION (default: all)")
-  parser.add_argument("--workdir-root", required=True)
-  parser.add_argument("--json", required=True)
-  args, overrides = parser.parse_known_args(argv)
-  common.checked_json(parser, args.json)
-  common.checked_overrides(parser, args.config, overrides)
+  args, overrides = common.parse(parser, argv)
   rows = cumulative_rows(args.config, args.rows)
   if not rows:
     parser.error(f"--rows {' '.join(args.rows)}: no such rows in {args.config}'s ABLATION")

@@ -1,8 +1,10 @@
-"""What every benchmark shares: the machine and commit header, the JSON writer, and starting
+"""What every benchmark shares: its front end (the flags they all take, checked before anything
+runs), the machine and commit header, the JSON writer, mean ± std and its format, and starting
 `python -m fmnist_jax.main` in a subprocess with its output streamed and kept in a log."""
 
 from __future__ import annotations
 
+import argparse
 import collections
 import json
 import os
@@ -10,6 +12,35 @@ import pathlib
 import subprocess
 import sys
 import time
+
+
+def parser(doc: str, config: str | None = "configs/default.py", *, seeds=None,
+           workdir_root: bool = False) -> argparse.ArgumentParser:
+  """The flags every benchmark takes: --config (required when `config` is None) and --json,
+  with --seeds (default `seeds`) and --workdir-root for those that train runs. A benchmark
+  adds only what it measures."""
+  parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+  parser.add_argument("--config", default=config, required=config is None,
+                      help="config file" + (f" (default {config})" if config else ""))
+  parser.add_argument("--json", required=True, help="where to write the results (JSON)")
+  if seeds is not None:
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(seeds))
+  if workdir_root:
+    parser.add_argument("--workdir-root", required=True, help="the runs' workdirs go here")
+  return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv, overrides: bool = True):
+  """(args, the --config.FIELD=VALUE overrides) with --json and the overrides checked before
+  anything runs; `overrides=False`: a benchmark that passes none on (any other argument is the
+  parser's error)."""
+  if not overrides:
+    args = parser.parse_args(argv)
+    checked_json(parser, args.json)
+    return args, []
+  args, extra = parser.parse_known_args(argv)
+  checked_json(parser, args.json)
+  return args, checked_overrides(parser, args.config, extra)
 
 
 def machine() -> dict:
@@ -112,6 +143,13 @@ def mean_std(values) -> list[float] | None:
     return None
   return [float(statistics.mean(values)),
           float(statistics.stdev(values)) if len(values) > 1 else 0.0]
+
+
+def pm(value, scale: float = 1.0, digits: int = 2) -> str:
+  """A mean_std pair as "mean ± std" (times `scale`), "–" for None."""
+  if value is None:
+    return "–"
+  return f"{value[0] * scale:.{digits}f} ± {value[1] * scale:.{digits}f}"
 
 
 def checked_overrides(parser, config: str, extra: list[str]) -> list[str]:

@@ -14,9 +14,10 @@ End-to-end images/s: over the epochs after the first (which compiles), from each
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import tempfile
+
+from benchmarks import common
 
 
 def _end_to_end(run: pathlib.Path) -> dict:
@@ -53,16 +54,11 @@ def _microbenchmark(run: pathlib.Path, tmp: str) -> dict:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--config", default="configs/default.py")
+  parser = common.parser(__doc__)
   parser.add_argument("--epochs", type=int, default=3)
-  parser.add_argument("--json", required=True)
-  args, overrides = parser.parse_known_args(argv)
+  args, overrides = common.parse(parser, argv)
   if args.epochs < 1:
     parser.error("--epochs must be at least 1")
-  from benchmarks import common
-  common.checked_json(parser, args.json)
-  common.checked_overrides(parser, args.config, overrides)
   machine = common.machine()  # (the code that runs: recorded before it runs)
   with tempfile.TemporaryDirectory() as tmp:
     run = pathlib.Path(tmp, "run")

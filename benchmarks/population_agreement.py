@@ -12,7 +12,6 @@ accuracy (in examples) of member m against single run m.
 
 from __future__ import annotations
 
-import argparse
 import os
 import pathlib
 import tempfile
@@ -43,12 +42,8 @@ def compare_rows(member_rows: list[dict], single_rows: list[dict]) -> dict:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--config", default="configs/dropout_study.py")
-  parser.add_argument("--json", required=True)
-  args, overrides = parser.parse_known_args(argv)
-  common.checked_json(parser, args.json)
-  common.checked_overrides(parser, args.config, overrides)
+  parser = common.parser(__doc__, "configs/dropout_study.py")
+  args, overrides = common.parse(parser, argv)
   from fmnist_jax import config_file, population
   found = population.check(config_file.load_with_overrides(args.config, overrides))
   report = {**common.machine(), "config": args.config, "overrides": overrides, "members": []}

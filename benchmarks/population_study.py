@@ -14,7 +14,6 @@ Extra `--config.field=value` arguments go to both runs.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
@@ -42,22 +41,16 @@ def _markdown(report: dict) -> str:
            "| setting | members | test accuracy | test loss | ECE | train-test gap |",
            "| --- | --- | --- | --- | --- | --- |"]
   for name, s in report["settings"].items():
-    lines.append(
-        f"| {name or 'all'} | {s['members']} | {100 * s['test_accuracy'][0]:.2f} ± "
-        f"{100 * s['test_accuracy'][1]:.2f}% | {s['test_loss'][0]:.4f} ± {s['test_loss'][1]:.4f}"
-        f" | {100 * s['ece'][0]:.2f} ± {100 * s['ece'][1]:.2f}% | {100 * s['gap'][0]:.2f} ± "
-        f"{100 * s['gap'][1]:.2f} pt |")
+    lines.append(f"| {name or 'all'} | {s['members']} | {common.pm(s['test_accuracy'], 100)}% | "
+                 f"{common.pm(s['test_loss'], digits=4)} | {common.pm(s['ece'], 100)}% | "
+                 f"{common.pm(s['gap'], 100)} pt |")
   return "\n".join(lines)
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--config", default="configs/dropout_study.py")
-  parser.add_argument("--json", required=True)
+  parser = common.parser(__doc__, "configs/dropout_study.py")
   parser.add_argument("--workdir", help="keep both runs here (default: a temporary folder)")
-  args, overrides = parser.parse_known_args(argv)
-  common.checked_json(parser, args.json)
-  common.checked_overrides(parser, args.config, overrides)
+  args, overrides = common.parse(parser, argv)
   from fmnist_jax import report as report_lib
   report = {**common.machine(), "config": args.config, "overrides": overrides}
   with tempfile.TemporaryDirectory() as tmp:

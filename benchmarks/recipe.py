@@ -18,7 +18,6 @@ the table shows both.
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 
@@ -28,15 +27,9 @@ from benchmarks import common
 
 
 def _parse_args(argv):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--config", required=True)
-  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-  parser.add_argument("--workdir-root", required=True)
-  parser.add_argument("--json", required=True)
+  parser = common.parser(__doc__, None, seeds=range(3), workdir_root=True)
   parser.add_argument("--name", help="label in the table (default: the config file's stem)")
-  args, overrides = parser.parse_known_args(argv)
-  common.checked_json(parser, args.json)
-  return args, common.checked_overrides(parser, args.config, overrides)
+  return common.parse(parser, argv)
 
 
 def run_seed(config: str, seed: int, root: pathlib.Path, overrides: list[str]) -> dict:
@@ -94,12 +87,10 @@ def summarize(name: str, results: list[dict]) -> dict:
 
 def to_markdown(summary: dict) -> str:
   def pm(key, scale=100, digits=2):
-    mean, std = summary[key]
-    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+    return common.pm(summary.get(key), scale, digits)
   return (f"| {summary['name']} | {summary['seeds']} | {summary['epochs']:.0f} | "
           f"{pm('test_accuracy')} | {pm('test_loss', 1, 4)} | "
-          f"{pm('test_accuracy_flip_average') if 'test_accuracy_flip_average' in summary else '–'}"
-          f" | {pm('best_val_accuracy') if 'best_val_accuracy' in summary else '–'} | "
+          f"{pm('test_accuracy_flip_average')} | {pm('best_val_accuracy')} | "
           f"{pm('train_seconds', 1, 0)} |")
 
 

@@ -13,14 +13,11 @@ import json
 import pathlib
 import sys
 
+from benchmarks.common import pm as _pm
+
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 INDEX = RESULTS / "README.md"
 
-
-def _pm(value, scale=1.0, digits=2) -> str:
-  if value is None:
-    return "–"
-  return f"{value[0] * scale:.{digits}f} ± {value[1] * scale:.{digits}f}"
 
 
 def _population_throughput(train: list[dict]) -> str:

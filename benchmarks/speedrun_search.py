@@ -22,7 +22,6 @@ seeds is the result (benchmarks/results/*.json).
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import tempfile
 
@@ -97,17 +96,13 @@ def _markdown(report: dict) -> str:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--config", default="configs/speedrun.py")
-  parser.add_argument("--json", required=True)
+  parser = common.parser(__doc__, "configs/speedrun.py")
   parser.add_argument("--only", nargs="*", help="variant names to run (default: all)")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--choose", default="fastest:0.937")
   parser.add_argument("--seeds", type=int, nargs="*", default=[],
                       help="more seeds for the chosen variant")
-  args, overrides = parser.parse_known_args(argv)  # --config.field=value: to every run
-  common.checked_json(parser, args.json)
-  common.checked_overrides(parser, args.config, overrides)
+  args, overrides = common.parse(parser, argv)  # --config.field=value: to every run
   variants = _variants(args.config)
   names = [n for n in variants if not args.only or n in args.only or (n or "base") in args.only]
   report = {**common.machine(), "config": args.config, "rule": args.choose,

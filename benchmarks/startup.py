@@ -14,7 +14,6 @@ wall time. Then the wall time of commands that train nothing: a rerun of a finis
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
@@ -24,16 +23,14 @@ import sys
 import tempfile
 import time
 
+from benchmarks import common
+
 
 def _parse_args(argv):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--json", required=True, help="where to write the results (JSON)")
-  parser.add_argument("--config", default="configs/default.py")
+  parser = common.parser(__doc__)
   parser.add_argument("--runs", type=int, default=5, help="warm starts measured")
   parser.add_argument("--steps", type=int, default=20, help="steps each start trains")
-  args = parser.parse_args(argv)
-  from benchmarks import common
-  common.checked_json(parser, args.json)
+  args, _ = common.parse(parser, argv, overrides=False)
   if args.runs < 1 or args.steps < 1:
     parser.error("--runs and --steps must be positive")
   return args
@@ -77,7 +74,6 @@ def _refusals(config, scratch: pathlib.Path, env) -> dict:
 
 def main(argv=None):
   args = _parse_args(argv)
-  from benchmarks import common
   report = {**common.machine(), "config": args.config, "steps": args.steps}
   with tempfile.TemporaryDirectory(prefix="fmnist_jax_startup_") as scratch:
     scratch = pathlib.Path(scratch)

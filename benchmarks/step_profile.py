@@ -17,7 +17,6 @@ adds its own cost to the operations, so this is an upper bound).
 
 from __future__ import annotations
 
-import argparse
 import collections
 import glob
 import gzip
@@ -26,6 +25,8 @@ import os
 import re
 import tempfile
 import time
+
+from benchmarks import common
 
 # (part, pattern on the op_name), first match wins; the order matters (a Dropout inside a
 # convolution's scope is dropout, a conv's slice is its patches).
@@ -49,14 +50,10 @@ OTHER = "other"
 
 
 def _parse_args(argv):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--json", required=True, help="where to write the results (JSON)")
-  parser.add_argument("--config", default="configs/default.py")
+  parser = common.parser(__doc__)
   parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 512])
   parser.add_argument("--calls", type=int, default=5, help="train calls traced per batch size")
-  args = parser.parse_args(argv)
-  from benchmarks import common
-  common.checked_json(parser, args.json)
+  args, _ = common.parse(parser, argv, overrides=False)
   if args.calls < 1 or min(args.batch_sizes) < 1:
     parser.error("--calls and --batch-sizes must be positive")
   return args
@@ -193,7 +190,6 @@ def markdown(results) -> str:
 
 def main(argv=None):
   args = _parse_args(argv)
-  from benchmarks import common
   from fmnist_jax import config_file
   config = config_file.load(args.config)
   report = {**common.machine(), "config": args.config, "calls": args.calls}

@@ -22,7 +22,6 @@ Extra `--config.field=value` arguments go to every run.
 
 from __future__ import annotations
 
-import argparse
 import os
 import pathlib
 import tempfile
@@ -86,9 +85,8 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def _markdown(report: dict) -> str:
-
   def pm(value, digits=1):
-    return "–" if value is None else f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
+    return common.pm(value, digits=digits)
   lines = [common.machine_line(report), "",
            f"`{report['config']}` {' '.join(report['overrides'])}: test accuracy "
            f">= {report['target']:.2%}", "",
@@ -103,17 +101,12 @@ def _markdown(report: dict) -> str:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--config", default="configs/speedrun.py")
+  parser = common.parser(__doc__, "configs/speedrun.py", seeds=range(5))
   parser.add_argument("--target", type=float, default=0.93)
-  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
   parser.add_argument("--caches", nargs="+", choices=("cold", "warm"), default=["cold", "warm"])
   parser.add_argument("--population", action="store_true",
                       help="train the seeds as one population (one process per cache)")
-  parser.add_argument("--json", required=True)
-  args, overrides = parser.parse_known_args(argv)
-  common.checked_json(parser, args.json)
-  common.checked_overrides(parser, args.config, overrides)
+  args, overrides = common.parse(parser, argv)
   report = {**common.machine(), "config": args.config, "overrides": overrides,
             "target": args.target, "seeds": args.seeds, "runs": [], "summary": {}}
   with tempfile.TemporaryDirectory() as tmp:

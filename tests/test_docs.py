@@ -6,7 +6,6 @@ import argparse
 import importlib
 import re
 import shlex
-import sys
 
 import pytest
 
