@@ -23,6 +23,7 @@ member is that single run, up to float rounding.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -35,16 +36,10 @@ from fmnist_jax.configuration import validate_config
 from fmnist_jax.errors import ConfigError
 from fmnist_jax.parallel import Parallelism
 
-# The fields a population may vary (anything else changes shapes or the compiled program).
-VARYING = ("seed", "learning_rate", "weight_decay", "label_smoothing", "ema_decay",
-           "dropout_rates", "augment_translate", "augment_flip", "augment_erase_size",
-           "augment_erase_prob")
 IN_OPTIMIZER = ("learning_rate", "weight_decay")  # (optax.inject_hyperparams' state)
-# hparams keys (steps.member_values) <- config fields
-HPARAMS = {"label_smoothing": "label_smoothing", "ema_decay": "ema_decay",
-           "dropout_rates": "dropout_rates", "translate": "augment_translate",
-           "flip": "augment_flip", "erase_size": "augment_erase_size",
-           "erase_prob": "augment_erase_prob"}
+# The fields a population may vary (anything else changes shapes or the compiled program): the
+# seed, the optimizer's, and those a step reads (steps.STEP_FIELDS, their one list).
+VARYING = ("seed", *IN_OPTIMIZER, *steps.STEP_FIELDS.values())
 
 
 def members(config) -> list[dict]:
@@ -176,14 +171,11 @@ def step_options(config, found: list[dict], base: steps.StepOptions) -> steps.St
   keys the population varies (traced; the others are the config's constants), and whether a
   member may stop while others train (stop_at_accuracy with several members: one member's
   target ends the run)."""
-  def largest(field):
-    return max(values(config, found, field))
-  return steps.StepOptions(
-      microbatches=base.microbatches, label_smoothing=largest("label_smoothing"),
-      ema_decay=largest("ema_decay"), translate=largest("augment_translate"),
-      flip=largest("augment_flip"), erase_size=largest("augment_erase_size"),
-      erase_prob=largest("augment_erase_prob"),
-      varying=tuple(key for key, field in HPARAMS.items() if field in found[0]),
+  largest = {key: max(values(config, found, field)) for key, field in steps.STEP_FIELDS.items()
+             if hasattr(base, key)}
+  return dataclasses.replace(
+      base, **largest,
+      varying=tuple(key for key, field in steps.STEP_FIELDS.items() if field in found[0]),
       keep_stopped=bool(config.stop_at_accuracy) and len(found) > 1)
 
 
@@ -197,11 +189,9 @@ def initial_state(config, found: list[dict], steps_per_epoch: int, total_steps: 
       state_lib.create_optimizer(config, state_lib.create_learning_rate_fn(
           config, steps_per_epoch, total_steps))
   ema = any(values(config, found, "ema_decay"))
-  column = {key: np.array(values(config, found, field), np.float32)
-            for key, field in HPARAMS.items()}
-  column.update(flip=column["flip"].astype(bool), translate=column["translate"].astype(np.int32),
-                erase_size=column["erase_size"].astype(np.int32),
-                active=np.ones(len(found), bool))
+  column = {key: np.array(values(config, found, field), _dtype(config[field]))
+            for key, field in steps.STEP_FIELDS.items()}
+  column["active"] = np.ones(len(found), bool)
   optimizer = {field: np.array(values(config, found, field), np.float32)
                for field in IN_OPTIMIZER}
   seeds = np.array(values(config, found, "seed"), np.int32)
@@ -214,6 +204,12 @@ def initial_state(config, found: list[dict], steps_per_epoch: int, total_steps: 
         field: jnp.asarray(value) for field, value in optimizer.items()}))
   return jax.device_get(jax.jit(lambda *args: over_members(init, 0, *args))(
       seeds, column, optimizer))
+
+
+def _dtype(default):
+  """A member's value of a field as an array of the field's kind (int32 on device)."""
+  return bool if isinstance(default, bool) else np.int32 if isinstance(default, int) \
+      else np.float32
 
 
 def over_members(fn, per_pass: int, *stacked):

@@ -22,6 +22,13 @@ from fmnist_jax import augment, models
 from fmnist_jax.errors import ConfigError
 
 AUGMENT_STREAM = 1  # fold_in(step_key, AUGMENT_STREAM): augmentation draws, apart from dropout's
+# The fields a population may vary that a step reads, as TrainState.hparams keys -> config
+# fields: the one list (StepOptions' values, each member's values and population.VARYING follow
+# it; a varied optimizer field is population.IN_OPTIMIZER's).
+STEP_FIELDS = {"label_smoothing": "label_smoothing", "ema_decay": "ema_decay",
+               "dropout_rates": "dropout_rates", "translate": "augment_translate",
+               "flip": "augment_flip", "erase_size": "augment_erase_size",
+               "erase_prob": "augment_erase_prob"}
 
 
 def cross_entropy(logits, labels, label_smoothing=0.0):
@@ -47,11 +54,9 @@ class StepOptions:
 
   @classmethod
   def from_config(cls, config, num_devices: int = 1, platform: str = "cpu") -> "StepOptions":
+    names = {field.name for field in dataclasses.fields(cls)}
     return cls(microbatches=resolve_microbatches(config, num_devices, platform),
-               label_smoothing=config.label_smoothing,
-               ema_decay=config.ema_decay, translate=config.augment_translate,
-               flip=config.augment_flip, erase_size=config.augment_erase_size,
-               erase_prob=config.augment_erase_prob)
+               **{key: config[field] for key, field in STEP_FIELDS.items() if key in names})
 
   @property
   def augments(self) -> bool:
@@ -161,9 +166,7 @@ def member_values(hparams, options: StepOptions) -> dict:
   the population varies them, the options' constants elsewhere and where every member is
   0/off (that feature's code then stays out of the program); "dropout_rates" only when
   varied."""
-  values = {"label_smoothing": options.label_smoothing, "ema_decay": options.ema_decay,
-            "translate": options.translate, "flip": options.flip,
-            "erase_size": options.erase_size, "erase_prob": options.erase_prob}
+  values = {key: getattr(options, key) for key in STEP_FIELDS if hasattr(options, key)}
   traced = {key: hparams[key] for key in options.varying if values.get(key, True)}
   return {**values, **traced}
 

@@ -1,5 +1,6 @@
 """Populations: many models in one compiled program, each member its own single run."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, tiny_config
-from fmnist_jax import checkpointing, population, preemption, train
+from fmnist_jax import checkpointing, population, preemption, steps, train
 from fmnist_jax.errors import ConfigError
 from fmnist_jax.parallel import Parallelism
 
@@ -352,3 +353,18 @@ def test_the_report_of_a_population_gives_members_settings_and_ensembles_apart(s
     assert compared[f"run/m{index}"]["last_checkpoint_test_ece"] == member["ece"]
     assert compared[f"run/m{index}"]["final_test_accuracy"] == rows[index]["test_accuracy"]
 
+
+
+def test_the_fields_a_population_may_vary_are_declared_once():
+  # steps.STEP_FIELDS is the one list: every step option a member may vary is declared there,
+  # each names a config field, and population.VARYING is built from it.
+  config = tiny_config()
+  options = {f.name for f in dataclasses.fields(steps.StepOptions)} - {
+      "microbatches", "varying", "keep_stopped"}
+  assert options <= set(steps.STEP_FIELDS)
+  assert all(field in config for field in steps.STEP_FIELDS.values())
+  assert set(population.VARYING) == {"seed", *population.IN_OPTIMIZER,
+                                     *steps.STEP_FIELDS.values()}
+  found = population.check(tiny_config(population=(("augment_translate", (0, 2)),)))
+  step = population.step_options(config, found, steps.StepOptions())
+  assert (step.translate, step.varying) == (2, ("translate",))
