@@ -213,7 +213,13 @@ def layered(recorded: dict, where="a recorded config") -> ml_collections.ConfigD
   gone = sorted(set(recorded) - set(config))
   if gone:
     logging.warning("%s: %s no longer config field(s); ignored", where, ", ".join(gone))
-  config.update({field: value for field, value in recorded.items() if field in config})
+  for field in set(recorded) & set(config):
+    try:
+      config[field] = recorded[field]
+    except (TypeError, ValueError):  # (a hand-edited file: one line, not ml_collections')
+      raise ConfigError(f"{where}: {field}={recorded[field]!r} is not of the kind of "
+                        f"configs/default.py's {config[field]!r} "
+                        f"({type(config[field]).__name__}): correct it there.") from None
   return config
 
 

@@ -5,6 +5,7 @@ import shutil
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 from conftest import replicated_state, tiny_config
 from fmnist_jax import checkpointing, population, state as state_lib, steps, train
@@ -114,3 +115,13 @@ def test_a_recorded_config_reads_over_todays_defaults(tmp_path, caplog):
   assert config.batch_size == 16 and tuple(config.conv_features) == (4, 8, 8)  # as recorded
   assert "an_old_field" not in config and "an_old_field" in caplog.text
   assert workdir_lib.config_changes(tmp_path, tiny_config(num_train_steps=7)) == {}
+
+
+def test_a_recorded_config_of_the_wrong_kind_is_one_line(tmp_path):
+  recorded = json.loads((FIXTURE / "workdir" / "config.json").read_text())
+  recorded["batch_size"] = "sixteen"
+  (tmp_path / "config.json").write_text(json.dumps(recorded))
+  from fmnist_jax import workdir as workdir_lib
+  from fmnist_jax.errors import ConfigError
+  with pytest.raises(ConfigError, match=r"batch_size='sixteen' is not of the kind of configs/default.py's 128 \(int\)"):
+    workdir_lib.read_config(tmp_path)
