@@ -184,7 +184,9 @@ def initial_state(config, found: list[dict], steps_per_epoch: int, total_steps: 
   """All members' initial states, stacked, on the host: member m's parameters and dropout key
   are those of a single run with its seed (and `adjust`, the recipe's initialisation)."""
   model = models.create_model(config, conv_impl=conv_impl)
-  injected = [field for field in IN_OPTIMIZER if field in found[0]]
+  # Several members keep their learning rates and weight decays in the optimizer state (as
+  # their checkpoints always have); one member only where the population names them.
+  injected = len(found) > 1 or any(field in found[0] for field in IN_OPTIMIZER)
   tx = state_lib.member_optimizer(config, steps_per_epoch, total_steps) if injected else \
       state_lib.create_optimizer(config, state_lib.create_learning_rate_fn(
           config, steps_per_epoch, total_steps))

@@ -125,3 +125,22 @@ def test_a_recorded_config_of_the_wrong_kind_is_one_line(tmp_path):
   from fmnist_jax.errors import ConfigError
   with pytest.raises(ConfigError, match=r"batch_size='sixteen' is not of the kind of configs/default.py's 128 \(int\)"):
     workdir_lib.read_config(tmp_path)
+
+
+def test_a_population_workdir_from_before_one_path_resumes(small_splits, tmp_path):
+  # tests/fixtures/population_v1: configs/tiny.py with population seeds (0, 1), stopped at
+  # step 7 by commit bbe9db0's code (its members' optimizer states hold their learning rates).
+  workdir = tmp_path / "run"
+  shutil.copytree(FIXTURE.parent / "population_v1" / "workdir", workdir)
+  saved = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / "7" / "default")
+  config = tiny_config(num_train_steps=14, population=(("seed", (0, 1)),))
+  state = Parallelism("jit").place_state(
+      population.initial_state(config, population.members(config), 27, 14))
+  ckpt = checkpointing.Checkpointer(workdir / "checkpoints", config)
+  state, _ = ckpt.restore(7, state)
+  ckpt.close()
+  for a, b in zip(jax.tree.leaves(saved["opt_state"]), jax.tree.leaves(state.opt_state)):
+    np.testing.assert_array_equal(a, np.asarray(b))
+  train.train_and_evaluate(config, str(workdir))
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [(r["step"], r["member"]) for r in rows[-2:]] == [(14, 0), (14, 1)]
