@@ -75,8 +75,10 @@ def _peers(d: dict) -> str:
 def figure(d: dict) -> str:
   """The headline figure of one result JSON, by what kind of result it is."""
   if "ab" in d:
+    inside = d.get("in_process_population")
     return "A/B, medians new / old: " + "; ".join(
-        f"{name} {s['ratio_new_old']:.2f}x" for name, s in d["ab"].items() if "train" in name)
+        f"{name} {s['ratio_new_old']:.2f}x" for name, s in d["ab"].items() if "train" in name) \
+        + (f"; 8 members in one process: {inside['ratio_new_old']:.2f}x" if inside else "")
   if "single" in d and "population" in d:
     return (f"{d['population']['members']} members in one process: {d['ratio']:.2f}x one "
             f"model's process seconds ({d['population']['process_seconds']:,.0f} vs "
