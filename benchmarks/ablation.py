@@ -53,14 +53,13 @@ def first_epoch(accuracies, target: float):
 
 def translated(workdir: pathlib.Path, steps: list[int], split: str = "val") -> np.ndarray:
   """Flip- and translation-averaged accuracy [steps, members] of each step's checkpoint."""
-  from fmnist_jax import input_pipeline, population, report
+  from fmnist_jax import input_pipeline, report
   from fmnist_jax import workdir as workdir_lib
   config = workdir_lib.read_config(workdir)
   config.eval_translate = 1
-  found = population.members(config)
   images, labels = input_pipeline.load_splits(config)[split]
   return np.array([(report.member_probabilities(
-      workdir, config, found, images, step=step)[1].argmax(-1) == labels).mean(-1)
+      workdir, config, images, step=step)[1].argmax(-1) == labels).mean(-1)
       for step in steps])
 
 
@@ -112,7 +111,8 @@ def _markdown(report: dict) -> str:
   for row in report["rows"]:
     s = row["summary"]
     added = ", ".join(f"{k}={v}" for k, v in row["fields"].items()) or "CHOSEN"
-    lines.append(f"| {row['name']} ({added}) | {pm(s['epochs'], digits=1)} | {s['reached']}/{seeds} | "
+    lines.append(f"| {row['name']} ({added}) | {pm(s['epochs'], digits=1)} | "
+                 f"{s['reached']}/{seeds} | "
                  f"{pm(s['epochs_translated'], digits=1)} | {s['reached_translated']}/{seeds} | "
                  f"{pm(s['final_val'], 100, 2)}% | {pm(s['final_val_translated'], 100, 2)}% | "
                  f"{pm(s['final_test'], 100, 2)}% | {pm(s['final_test_translated'], 100, 2)}% |")

@@ -216,7 +216,7 @@ def _settings(args, num_devices):
       print(f"skip batch {batch_size}: not divisible by {num_devices} devices")
       continue
     if members > 1 and mode != "jit":
-      print(f"skip {members} members under {mode}: a population trains under jit")
+      print(f"skip {members} members under {mode}: this benchmark times populations under jit")
       continue
     common = {"batch_size": batch_size, "dtype": dtype, "parallelism": mode,
               "devices": num_devices, "members": members,

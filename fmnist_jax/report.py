@@ -301,11 +301,12 @@ def _markdown(workdir, config, rows, numbers, figures) -> list[str]:
 # --- several members (fmnist_jax.population): a table of the members, the mean +- std of each
 # setting, every member's curves and, apart, each setting's ensemble -------------------------
 
-MEMBER_COLUMNS = (("test_accuracy", "test accuracy", 100, "%.2f%%"), ("test_loss", "test loss", 1, "%.4f"),
-           ("ece", "ECE", 100, "%.2f%%"), ("gap", "train-test gap", 100, "%.2f pt"))
+MEMBER_COLUMNS = (("test_accuracy", "test accuracy", 100, "%.2f%%"),
+                  ("test_loss", "test loss", 1, "%.4f"), ("ece", "ECE", 100, "%.2f%%"),
+                  ("gap", "train-test gap", 100, "%.2f pt"))
 
 
-def member_probabilities(workdir: pathlib.Path, config, found: list[dict], images: np.ndarray,
+def member_probabilities(workdir: pathlib.Path, config, images: np.ndarray,
                          batch_size: int = 1000, step: int | None = None):
   """(step, class probabilities [members, N, 10]) of the latest (or `step`'s) checkpoint's
   members, with the config's test-time augmentation."""
@@ -388,7 +389,7 @@ def write_members_report(workdir: pathlib.Path, config, rows: list[dict],
   shutil.rmtree(out, ignore_errors=True)
   out.mkdir()
   images, labels = splits["test"]
-  step, probabilities = member_probabilities(workdir, config, found, images)
+  step, probabilities = member_probabilities(workdir, config, images)
   result = member_numbers(config, rows, probabilities, labels)
   plot_members(rows, found, out / "members.png")
   (out / "metrics.json").write_text(json.dumps({"workdir": str(workdir), "step": step,

@@ -123,7 +123,8 @@ def test_a_recorded_config_of_the_wrong_kind_is_one_line(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps(recorded))
   from fmnist_jax import workdir as workdir_lib
   from fmnist_jax.errors import ConfigError
-  with pytest.raises(ConfigError, match=r"batch_size='sixteen' is not of the kind of configs/default.py's 128 \(int\)"):
+  with pytest.raises(ConfigError, match=r"batch_size='sixteen' is not of the kind of "
+                                        r"configs/default.py's 128 \(int\)"):
     workdir_lib.read_config(tmp_path)
 
 
