@@ -6,7 +6,7 @@ population of the seeds (fmnist_jax.population: one process, one program), for `
 epochs, evaluating val and test after every epoch with flip averaging, every epoch's
 checkpoint kept. Per seed it reports the first epoch whose flip-averaged validation accuracy
 reaches `--target`, and, from the kept checkpoints, the same with the translations of
-test-time augmentation added (eval_translate=1; also the last epoch's test accuracy): that
+test-time augmentation added (eval.tta_translate=1; also the last epoch's test accuracy): that
 row needs no training of its own.
 Decisions are made on validation; test accuracy is reported beside it, never chosen on.
 
@@ -41,9 +41,9 @@ def cumulative_rows(config: str, names=None) -> list[tuple[str, dict]]:
 def row_overrides(fields: dict, seeds, epochs: int) -> list[str]:
   seeds = ", ".join(str(seed) for seed in seeds)
   return [f"--config.{key}={value}" for key, value in fields.items()] + [
-      f"--config.num_epochs={epochs}", f"--config.population=(('seed', ({seeds},)),)",
-      "--config.stop_at_accuracy=0", "--config.eval_flip_average=True",
-      "--config.checkpoint_every_seconds=0", f"--config.keep_checkpoints={epochs + 1}"]
+      f"--config.run.num_epochs={epochs}", f"--config.population.members=(('run.seed', ({seeds},)),)",
+      "--config.eval.stop_at_accuracy=0", "--config.eval.tta_flip=True",
+      "--config.checkpoints.every_seconds=0", f"--config.checkpoints.keep={epochs + 1}"]
 
 
 def first_epoch(accuracies, target: float):
@@ -56,7 +56,7 @@ def translated(workdir: pathlib.Path, steps: list[int], split: str = "val") -> n
   from fmnist_jax import input_pipeline, report
   from fmnist_jax import workdir as workdir_lib
   config = workdir_lib.read_config(workdir)
-  config.eval_translate = 1
+  config.eval.tta_translate = 1
   images, labels = input_pipeline.load_splits(config)[split]
   return np.array([(report.member_probabilities(
       workdir, config, images, step=step)[1].argmax(-1) == labels).mean(-1)

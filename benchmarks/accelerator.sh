@@ -17,12 +17,12 @@ source "$(dirname "$0")/accelerator_lib.sh"
 if [ "${SCALE:-}" = tiny ]; then
   SWEEP=(--batch-sizes 32 --dtypes float32 --train-images 640 --eval-images 640 --repeats 1
          --steps-per-call 2 4)
-  E2E=(--epochs 1 --config.num_train_steps=30 --config.batch_size=32)
+  E2E=(--epochs 1 --config.run.num_train_steps=30 --config.run.batch_size=32)
   SAVES=10
-  PROFILE=(--config.num_train_steps=30 --config.batch_size=32 --config.steps_per_call=2
-           --config.profile_steps="(10,20)")
-  TINY=(--config.conv_features="(4,8,8)" --config.dense_features=16 --config.num_epochs=2
-        --config.num_train_steps=20)
+  PROFILE=(--config.run.num_train_steps=30 --config.run.batch_size=32 --config.parallelism.steps_per_call=2
+           --config.logging.profile_steps="(10,20)")
+  TINY=(--config.model.conv_features="(4,8,8)" --config.model.dense_features=16 --config.run.num_epochs=2
+        --config.run.num_train_steps=20)
   SEARCH=(--only b512_e20 b1024_e20 "${TINY[@]}")
   TTA=(--target 0.2 --seeds 0 1 "${TINY[@]}")
   BEST=(--only b512_e150 b256_e150 --seeds 1 "${TINY[@]}")
@@ -31,7 +31,7 @@ else
          --eval-images 500000 --repeats 2 --steps-per-call 10 50)
   E2E=(--epochs 5)
   SAVES=200
-  PROFILE=(--config.num_epochs=4 --config.profile_steps="(429,1287)")  # epochs 2-3, 2 ends
+  PROFILE=(--config.run.num_epochs=4 --config.logging.profile_steps="(429,1287)")  # epochs 2-3, 2 ends
   SEARCH=()
   TTA=(--target 0.93 --seeds 0 1 2 3 4)
   BEST=(--only b512_e150 b512_e300 b512_e150_erase b256_e150 --seeds 1 2)
@@ -45,11 +45,11 @@ JAX_COMPILATION_CACHE_DIR=$(mktemp -d) step end_to_end "$PY" -m benchmarks.end_t
 #     once later calls are queued, still cost the device time? (8 files come back: 7 JSONs)
 JAX_COMPILATION_CACHE_DIR=$(mktemp -d) step end_to_end_saves "$PY" -m benchmarks.end_to_end \
   --json "$WORK/end_to_end_${NAME}_saves$SAVES.json" "${E2E[@]}" \
-  --config.checkpoint_every_steps=$SAVES
+  --config.checkpoints.every_steps=$SAVES
 
 # 1b. Where the device waits in such a run: a profile of two epochs and their ends.
 step profile "$PY" -m fmnist_jax.main --config configs/default.py --workdir "$WORK/profiled" \
-  --config.write_report=False "${PROFILE[@]}"
+  --config.logging.write_report=False "${PROFILE[@]}"
 step trace_gaps "$PY" -m fmnist_jax.trace_gaps "$WORK/profiled" \
   --json "$WORK/trace_gaps_$NAME.json"
 

@@ -74,7 +74,7 @@ def run_main(config: str, workdir, overrides=(), log_path=None, env=None) -> flo
   log_path = pathlib.Path(log_path or f"{workdir}.log")
   log_path.parent.mkdir(parents=True, exist_ok=True)
   command = [sys.executable, "-m", "fmnist_jax.main", f"--config={config}",
-             f"--workdir={workdir}", "--config.write_report=False", *overrides]
+             f"--workdir={workdir}", "--config.logging.write_report=False", *overrides]
   print(" ".join(command), flush=True)
   tail = collections.deque(maxlen=20)
   start = time.time()
@@ -115,7 +115,7 @@ def run(config: str, workdir, overrides=(), log_path=None, env=None) -> dict:
               "process_seconds_to_end": result["end_unix_time"] - start}
     clocks_path.write_text(json.dumps(clocks) + "\n")
   else:
-    asked = config_file.load_with_overrides(config, ["--config.write_report=False", *overrides])
+    asked = config_file.load_with_overrides(config, ["--config.logging.write_report=False", *overrides])
     changes = workdir_lib.config_changes(workdir, asked)
     if changes:
       sys.exit(f"error: {workdir} finished with another config than the one asked for ("
@@ -128,11 +128,10 @@ def run(config: str, workdir, overrides=(), log_path=None, env=None) -> dict:
           "training_seconds": rows[-1]["elapsed_seconds"] - result["compile_seconds"]}
 
 
-def without(overrides, fields) -> list[str]:
-  """`overrides` less those of `fields` (config_flags takes a field's first override only, so
-  a later one cannot replace it)."""
-  return [o for o in overrides
-          if o.removeprefix("--config.").split("=", 1)[0].split(".")[0] not in fields]
+def without(overrides, paths) -> list[str]:
+  """`overrides` less those of `paths` ("section.field"; config_flags takes a field's first
+  override only, so a later one cannot replace it)."""
+  return [o for o in overrides if o.removeprefix("--config.").split("=", 1)[0] not in paths]
 
 
 def mean_std(values) -> list[float] | None:

@@ -9,7 +9,7 @@ End-to-end images/s: over the epochs after the first (which compiles), from each
 `elapsed_seconds`; with one epoch, over the whole run less its compile time (result.json).
 
   python -m benchmarks.end_to_end --config configs/default.py --epochs 3 \
-      --json benchmarks/results/end_to_end_cpu.json [--config.batch_size=256 ...]
+      --json benchmarks/results/end_to_end_cpu.json [--config.run.batch_size=256 ...]
 """
 
 from __future__ import annotations
@@ -43,13 +43,13 @@ def _microbenchmark(run: pathlib.Path, tmp: str) -> dict:
   from benchmarks import throughput
   from fmnist_jax import models, steps, workdir
   config, info = workdir.read_config(run), workdir.read_run_info(run)[0]
-  conv_impl = models.resolve_conv_impl(config.conv_impl)
+  conv_impl = models.resolve_conv_impl(config.model.conv_impl)
   microbatches = steps.resolve_microbatches(config, info["device_count"], info["platform"])
   return throughput.main([
       "--json", f"{tmp}/micro.json", "--config-json", str(run / workdir.CONFIG_FILE),
-      "--batch-sizes", str(config.batch_size), "--parallelism", config.parallelism,
-      "--input-modes", "device", "--steps-per-call", str(config.steps_per_call),
-      "--dtypes", config.dtype, "--conv-impls", conv_impl, "--microbatches",
+      "--batch-sizes", str(config.run.batch_size), "--parallelism", config.parallelism.mode,
+      "--input-modes", "device", "--steps-per-call", str(config.parallelism.steps_per_call),
+      "--dtypes", config.model.dtype, "--conv-impls", conv_impl, "--microbatches",
       str(microbatches), "--repeats", "3"])
 
 
@@ -62,7 +62,7 @@ def main(argv=None):
   machine = common.machine()  # (the code that runs: recorded before it runs)
   with tempfile.TemporaryDirectory() as tmp:
     run = pathlib.Path(tmp, "run")
-    common.run_main(args.config, run, [f"--config.num_epochs={args.epochs}", *overrides])
+    common.run_main(args.config, run, [f"--config.run.num_epochs={args.epochs}", *overrides])
     measured = _end_to_end(run)
     micro = _microbenchmark(run, tmp)
   micro_train = next(r for r in micro["results"] if r["step"] == "train")

@@ -13,8 +13,8 @@ source "$(dirname "$0")/accelerator_lib.sh"
 if [ "${SCALE:-}" = tiny ]; then
   SWEEP=(--batch-sizes 32 --members 1 2 --dtypes float32 --train-images 256 --eval-images 256
          --repeats 1 --steps-per-call 2)
-  TINY=(--config.conv_features="(4,8,8)" --config.dense_features=16
-        --config.num_train_steps=20)
+  TINY=(--config.model.conv_features="(4,8,8)" --config.model.dense_features=16
+        --config.run.num_train_steps=20)
   STUDY=("${TINY[@]}")
   TTA=(--target 0.2 --seeds 0 1 "${TINY[@]}")
 else
@@ -24,7 +24,7 @@ else
   TTA=(--target 0.93 --seeds 0 1 2 3 4)
 fi
 
-# 1. Images/s summed over the members (side by side: members_per_pass 0), both conv forms.
+# 1. Images/s summed over the members (side by side: population.per_pass 0), both conv forms.
 step throughput "$PY" -m benchmarks.throughput --json "$WORK/population_$NAME.json" \
   --parallelism jit --input-modes device --conv-impls xla im2col --members-per-pass 0 \
   "${SWEEP[@]}"

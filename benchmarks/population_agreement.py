@@ -6,7 +6,7 @@ and each member's single run (population.member_config: its fields, no populatio
 `python -m fmnist_jax.main`, and compares every evaluation: test/validation loss (relative) and
 accuracy (in examples) of member m against single run m.
 
-  python -m benchmarks.population_agreement --config.num_train_steps=300 \
+  python -m benchmarks.population_agreement --config.run.num_train_steps=300 \
       --json benchmarks/results/population_agreement_cpu_xeon.json
 """
 
@@ -20,7 +20,7 @@ from benchmarks import common
 
 
 def _member_flags(member: dict) -> list[str]:
-  flags = ["--config.population=()"]
+  flags = ["--config.population.members=()"]
   for field, value in member.items():
     value = tuple(value) if isinstance(value, list) else value
     flags.append(f"--config.{field}={value!r}".replace(" ", ""))
@@ -52,7 +52,7 @@ def main(argv=None):
     rows = common.run(args.config, root / "population", overrides)["rows"]
     for index, member in enumerate(found):
       single = common.run(args.config, root / f"single{index}",
-                          [*common.without(overrides, ["population", *member]),
+                          [*common.without(overrides, ["population.members", *member]),
                            *_member_flags(member)])["rows"]
       mine = [r for r in rows if r["member"] == index]
       report["members"].append({"member": index, **population.plain(member),

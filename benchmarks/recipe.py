@@ -12,7 +12,7 @@ never rewritten.
 Extra `--config.field=value` arguments are passed to every run (e.g. to try a variant).
 
 Each run's last checkpoint is also evaluated on val and test both ways, with and without
-flip averaging (`eval_flip_average`, test-time augmentation), whatever the config chose, so
+flip averaging (`eval.tta_flip`, test-time augmentation), whatever the config chose, so
 the table shows both.
 """
 
@@ -35,7 +35,7 @@ def _parse_args(argv):
 def run_seed(config: str, seed: int, root: pathlib.Path, overrides: list[str]) -> dict:
   """One seed's run (common.run: reused when finished) plus the last checkpoint evaluated
   both ways, kept beside it in seed<N>.recipe.json."""
-  run = common.run(config, root / f"seed{seed}", [f"--config.seed={seed}", *overrides])
+  run = common.run(config, root / f"seed{seed}", [f"--config.run.seed={seed}", *overrides])
   extra_path = root / f"seed{seed}.recipe.json"
   extra = json.loads(extra_path.read_text()) if extra_path.exists() else {}
   if "both_ways" not in extra:

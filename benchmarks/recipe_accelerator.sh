@@ -12,8 +12,8 @@
 source "$(dirname "$0")/accelerator_lib.sh"
 
 if [ "${SCALE:-}" = tiny ]; then
-  TINY=(--config.conv_features="(20,8,8)" --config.dense_features=16
-        --config.num_train_steps=4 --config.batch_size=64)
+  TINY=(--config.model.conv_features="(20,8,8)" --config.model.dense_features=16
+        --config.run.num_train_steps=4 --config.run.batch_size=64)
   ABLATION=(--seeds 0 1 --rows baseline dirac --target 0.2 "${TINY[@]}")
   EPOCHS=(1 2)
   TTA=(--target 0.2 --seeds 0 1 "${TINY[@]}")

@@ -38,8 +38,8 @@ def run_variant(path: str, name: str, root: pathlib.Path, seed: int, both_ways: 
   """One variant, one seed, through main (common.run's clocks), evaluated on val and test
   after every epoch; no stop, one checkpoint kept."""
   run = common.run(f"{path}:{name}" if name else path, root / f"{name or 'base'}_seed{seed}",
-                   [*overrides, f"--config.seed={seed}", "--config.stop_at_accuracy=0.0",
-                    "--config.keep_checkpoints=1", "--config.keep_best_checkpoints=0"])
+                   [*overrides, f"--config.run.seed={seed}", "--config.eval.stop_at_accuracy=0.0",
+                    "--config.checkpoints.keep=1", "--config.checkpoints.keep_best=0"])
   rows = run["rows"]
   out = {"name": name, "seed": seed, "final_val_accuracy": rows[-1]["val_accuracy"],
          "best_val_accuracy": max(r["val_accuracy"] for r in rows),

@@ -45,8 +45,8 @@ def _timed(command, env) -> tuple[float, subprocess.CompletedProcess]:
 def _start(config, workdir, steps, env) -> dict:
   """One training process; its start-up phases and wall time."""
   seconds, done = _timed([sys.executable, "-m", "fmnist_jax.main", f"--config={config}",
-                          f"--workdir={workdir}", f"--config.num_train_steps={steps}",
-                          "--config.write_report=False"], env)
+                          f"--workdir={workdir}", f"--config.run.num_train_steps={steps}",
+                          "--config.logging.write_report=False"], env)
   if done.returncode:
     sys.exit(f"error: the run in {workdir} failed:\n{done.stderr[-2000:]}")
   result = json.loads((pathlib.Path(workdir) / "result.json").read_text())
@@ -59,7 +59,7 @@ def _refusals(config, scratch: pathlib.Path, env) -> dict:
   main = [sys.executable, "-m", "fmnist_jax.main"]
   commands = {
       "rerun of a finished run": [*main, f"--config={config}", f"--workdir={scratch / 'w0'}",
-                                  "--config.num_train_steps=1", "--config.write_report=False"],
+                                  "--config.run.num_train_steps=1", "--config.logging.write_report=False"],
       "workdir is a file": [*main, f"--config={config}", f"--workdir={scratch / 'a_file'}"],
       "missing config file": [*main, "--config=configs/missing.py", f"--workdir={scratch}/x"],
       "field without config. prefix": [*main, f"--config={config}", f"--workdir={scratch}/x",

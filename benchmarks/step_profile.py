@@ -107,10 +107,10 @@ def part_flops(config, batch_size: int) -> dict[str, float]:
   training = models.flops_per_image(config, train=True)
   # The dense layers alone: the same count with the convolutions' output as their input.
   size, channels = 28, 1
-  for i, features in enumerate(config.conv_features):
+  for i, features in enumerate(config.model.conv_features):
     size, channels = (size - 2) // (2 if i < 2 else 1), features
-  dense_forward = 2 * (size * size * channels * config.dense_features
-                       + config.dense_features * config.num_classes)
+  dense_forward = 2 * (size * size * channels * config.model.dense_features
+                       + config.model.dense_features * config.model.num_classes)
   conv_forward = forward - dense_forward
   return {"convolutions: forward matmuls": batch_size * conv_forward,
           "convolutions: gradient matmuls": batch_size * (training - forward - 2 * dense_forward),
@@ -124,11 +124,11 @@ def profile(config, batch_size: int, calls: int) -> dict:
   import numpy as np
   from fmnist_jax import population, steps
   config = config.copy_and_resolve_references()
-  config.batch_size = batch_size
+  config.run.batch_size = batch_size
   found = population.members(config)  # (one member: the training loop's program for it)
   options = population.step_options(
       config, found, steps.StepOptions.from_config(config, 1, jax.default_backend()))
-  k = config.steps_per_call
+  k = config.parallelism.steps_per_call
   rng = np.random.default_rng(0)
   batches = {"image": jnp.asarray(rng.integers(0, 256, (k, 1, batch_size, 28, 28, 1), np.uint8)),
              "label": jnp.asarray(rng.integers(0, 10, (k, 1, batch_size), np.int32))}

@@ -43,7 +43,7 @@ def _parse_args(argv):
   parser.add_argument("--input-modes", nargs="+", default=["device", "host"])
   parser.add_argument("--steps-per-call", type=int, nargs="+", default=[1, 10])
   parser.add_argument("--microbatches", type=int, nargs="+", default=[1],
-                      help="chunks per batch inside a step (config.microbatches)")
+                      help="chunks per batch inside a step (config.parallelism.microbatches)")
   parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
   parser.add_argument("--conv-impls", nargs="+", default=["xla", "im2col"],
                       help="training convolution forms (evaluation always uses xla)")
@@ -53,7 +53,7 @@ def _parse_args(argv):
                       "members")
   parser.add_argument("--members-per-pass", type=int, nargs="+", default=[0],
                       help="population members side by side (vmap) per pass, passes in "
-                      "sequence (lax.map); 0: all in one pass (config.members_per_pass)")
+                      "sequence (lax.map); 0: all in one pass (config.population.per_pass)")
   parser.add_argument("--train-images", type=int, default=25_600,
                       help="training images timed per repeat")
   parser.add_argument("--eval-images", type=int, default=51_200)
@@ -255,17 +255,17 @@ def main(argv=None):
     par = Parallelism(common_setting["parallelism"], devices, member_shards=member_shards(
         [{}] * members, len(devices)) if common_setting["parallelism"] == "jit" else 1)
     config = base.copy_and_resolve_references()
-    config.dtype, config.batch_size = common_setting["dtype"], common_setting["batch_size"]
-    peak = cpu_peak or (hardware.peak_flops(report["device_kind"], config.dtype) or 0) \
+    config.model.dtype, config.run.batch_size = common_setting["dtype"], common_setting["batch_size"]
+    peak = cpu_peak or (hardware.peak_flops(report["device_kind"], config.model.dtype) or 0) \
         * len(devices)  # simulated CPU devices share one machine: its peak is the budget
     for setting in settings:
       if setting["step"] == "train":
-        data = input_pipeline.DeviceTrainData(images, labels, par, config.batch_size,
+        data = input_pipeline.DeviceTrainData(images, labels, par, config.run.batch_size,
                                               tuple(range(members)))
         k = setting["steps_per_call"]
-        rows = np.arange(k * config.batch_size) % len(images)  # one call's steps
-        host = {"image": images[rows].reshape(k, 1, config.batch_size, 28, 28, 1),
-                "label": labels[rows].reshape(k, 1, config.batch_size)}
+        rows = np.arange(k * config.run.batch_size) % len(images)  # one call's steps
+        host = {"image": images[rows].reshape(k, 1, config.run.batch_size, 28, 28, 1),
+                "label": labels[rows].reshape(k, 1, config.run.batch_size)}
         rates, compile_s, xla = measure_train(setting, config, par, data, host, args.repeats,
                                               args.train_images)
       else:

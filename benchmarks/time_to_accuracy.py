@@ -1,6 +1,6 @@
 """Seconds to a test accuracy, per seed and as mean +- std, with a cold and a warm compile cache.
 
-Each run is `python -m fmnist_jax.main` with `stop_at_accuracy` on `test_accuracy` (evaluated
+Each run is `python -m fmnist_jax.main` with `eval.stop_at_accuracy` on `test_accuracy` (evaluated
 after every epoch). Two clocks per run:
 
 - training seconds: from the start of the training loop to the evaluation that reaches the
@@ -32,8 +32,8 @@ from benchmarks import common
 def one_run(args, overrides, seed: int, cache_dir: str, root: pathlib.Path, tag: str) -> dict:
   """One seed through main (common.run's clocks); its evaluations."""
   run = common.run(args.config, root / f"{tag}_seed{seed}",
-                   [f"--config.stop_at_accuracy={args.target}",
-                    "--config.stop_metric=test_accuracy", f"--config.seed={seed}", *overrides],
+                   [f"--config.eval.stop_at_accuracy={args.target}",
+                    "--config.eval.stop_metric=test_accuracy", f"--config.run.seed={seed}", *overrides],
                    env={"JAX_COMPILATION_CACHE_DIR": cache_dir})
   reached, last = run["stop_reason"] == "target_reached", run["rows"][-1]
   return {"seed": seed, "cache": tag, "reached": reached, "epochs": last["epoch"],
@@ -48,9 +48,9 @@ def population_run(args, overrides, cache_dir: str, root: pathlib.Path, tag: str
   """All seeds as one population: per seed, the first evaluation at the target."""
   seeds = ", ".join(str(seed) for seed in args.seeds)
   run = common.run(args.config, root / f"{tag}_population",
-                   [f"--config.stop_at_accuracy={args.target}",
-                    "--config.stop_metric=test_accuracy",
-                    f"--config.population=(('seed', ({seeds},)),)", *overrides],
+                   [f"--config.eval.stop_at_accuracy={args.target}",
+                    "--config.eval.stop_metric=test_accuracy",
+                    f"--config.population.members=(('run.seed', ({seeds},)),)", *overrides],
                    env={"JAX_COMPILATION_CACHE_DIR": cache_dir})
   members = []
   for index, seed in enumerate(args.seeds):

@@ -18,20 +18,20 @@ from configs import default
 # name -> fields changed from the 60-epoch recipe below ("" is that recipe itself).
 VARIANTS = {
     "": {},
-    "b512_e150": {"batch_size": 512, "learning_rate": 4e-3, "ema_decay": 0.99,
-                  "num_epochs": 150, "eval_flip_average": True},
-    "b512_e300": {"batch_size": 512, "learning_rate": 4e-3, "ema_decay": 0.99,
-                  "num_epochs": 300, "eval_flip_average": True},
-    "b512_e150_erase": {"batch_size": 512, "learning_rate": 4e-3, "ema_decay": 0.99,
-                        "num_epochs": 150, "eval_flip_average": True,
-                        "augment_erase_size": 8, "augment_erase_prob": 0.5},
-    "b256_e150": {"batch_size": 256, "learning_rate": 3e-3, "ema_decay": 0.995,
-                  "num_epochs": 150, "eval_flip_average": True},
+    "b512_e150": {"run.batch_size": 512, "optimizer.learning_rate": 4e-3, "optimizer.ema_decay": 0.99,
+                  "run.num_epochs": 150, "eval.tta_flip": True},
+    "b512_e300": {"run.batch_size": 512, "optimizer.learning_rate": 4e-3, "optimizer.ema_decay": 0.99,
+                  "run.num_epochs": 300, "eval.tta_flip": True},
+    "b512_e150_erase": {"run.batch_size": 512, "optimizer.learning_rate": 4e-3, "optimizer.ema_decay": 0.99,
+                        "run.num_epochs": 150, "eval.tta_flip": True,
+                        "augment.erase_size": 8, "augment.erase_prob": 0.5},
+    "b256_e150": {"run.batch_size": 256, "optimizer.learning_rate": 3e-3, "optimizer.ema_decay": 0.995,
+                  "run.num_epochs": 150, "eval.tta_flip": True},
 }
 # The speedrun round's options (configs/speedrun.py's ABLATION) on the longer schedules:
 # whitened conv1, identity conv2/conv3, lookahead, alternating flips, translation TTA.
-ROUND_TWO = {"conv1_init": "whiten", "dirac_init": True, "lookahead_every": 5,
-             "lookahead_alpha": 0.5, "augment_flip_alternate": True, "eval_translate": 1}
+ROUND_TWO = {"model.conv1_init": "whiten", "model.dirac_init": True, "optimizer.lookahead_every": 5,
+             "optimizer.lookahead_alpha": 0.5, "augment.flip": "alternate", "eval.tta_translate": 1}
 VARIANTS.update({f"{name}_r2": {**VARIANTS[name], **ROUND_TWO}
                  for name in ("b512_e150", "b512_e300")})
 
@@ -41,16 +41,16 @@ def get_config(variant: str = ""):
     raise ValueError(f"configs/best.py has no variant {variant!r}; its variants are "
                      f"{', '.join(repr(v) for v in VARIANTS)}")
   config = default.get_config()
-  config.augment_translate = 2
-  config.augment_flip = True
-  config.dropout_rates = (0.0, 0.0, 0.0)
-  config.label_smoothing = 0.1
-  config.optimizer = "adamw"
-  config.learning_rate = 2e-3
-  config.weight_decay = 1e-2
-  config.schedule = "warmup_cosine"
-  config.warmup_epochs = 1.0
-  config.ema_decay = 0.998
-  config.num_epochs = 60
-  config.update(VARIANTS[variant])
+  config.augment.translate = 2
+  config.augment.flip = "random"
+  config.model.dropout_rates = (0.0, 0.0, 0.0)
+  config.optimizer.label_smoothing = 0.1
+  config.optimizer.name = "adamw"
+  config.optimizer.learning_rate = 2e-3
+  config.optimizer.weight_decay = 1e-2
+  config.optimizer.schedule = "warmup_cosine"
+  config.optimizer.warmup_epochs = 1.0
+  config.optimizer.ema_decay = 0.998
+  config.run.num_epochs = 60
+  default.override(config, VARIANTS[variant])
   return config

@@ -15,6 +15,6 @@ SEEDS = (0, 1, 2, 3, 4)
 
 def get_config():
   config = default.get_config()
-  config.population = (("dropout_rates", ((0.25, 0.4, 0.3), (0.0, 0.0, 0.0))),
+  config.population.members = (("model.dropout_rates", ((0.25, 0.4, 0.3), (0.0, 0.0, 0.0))),
                        ("seed", SEEDS))
   return config

@@ -5,5 +5,5 @@ from configs import default
 
 def get_config():
   config = default.get_config()
-  config.dropout_rates = (0.0, 0.0, 0.0)
+  config.model.dropout_rates = (0.0, 0.0, 0.0)
   return config

@@ -14,17 +14,17 @@ plus the validation/test gap of configs/best.py's runs, 0.4%, plus a 0.3% margin
 in benchmarks/results/speedrun_search_*.json.
 """
 
-from configs import best
+from configs import best, default
 
 # name -> fields changed from configs/best.py. The learning rate grows with the batch (about
 # as its square root) and the EMA horizon stays near one epoch of steps.
 VARIANTS = {
-    f"b{batch}_e{epochs}": {"batch_size": batch, "learning_rate": lr, "ema_decay": ema,
-                            "num_epochs": epochs}
+    f"b{batch}_e{epochs}": {"run.batch_size": batch, "optimizer.learning_rate": lr, "optimizer.ema_decay": ema,
+                            "run.num_epochs": epochs}
     for batch, lr, ema in ((512, 4e-3, 0.99), (1024, 6e-3, 0.98), (2048, 8e-3, 0.97))
     for epochs in (20, 30, 45)
 }
-VARIANTS.update({f"{name}_bf16": {**VARIANTS[name], "dtype": "bfloat16"}
+VARIANTS.update({f"{name}_bf16": {**VARIANTS[name], "model.dtype": "bfloat16"}
                  for name in ("b1024_e30", "b2048_e45")})
 CHOSEN = "b512_e45"  # by the rule above (benchmarks/results/speedrun_search_h200.json)
 
@@ -35,17 +35,17 @@ def get_config(variant: str = ""):
     raise ValueError(f"configs/speedrun.py has no variant {name!r}; its variants are "
                      f"{', '.join(VARIANTS)}")
   config = best.get_config()
-  config.update(VARIANTS[name])
-  config.eval_flip_average = True
-  config.stop_at_accuracy = 0.93
-  config.stop_metric = "test_accuracy"
-  config.write_report = False
+  default.override(config, VARIANTS[name])
+  config.eval.tta_flip = True
+  config.eval.stop_at_accuracy = 0.93
+  config.eval.stop_metric = "test_accuracy"
+  config.logging.write_report = False
   return config
 
 
 # The ablation (benchmarks/ablation.py; its table in docs/recipe.md): row k trains CHOSEN's
 # recipe with the fields of rows 0..k, on the schedule length the benchmark sets; the
-# evaluation's translations (eval_translate) are measured on every row's checkpoints.
+# evaluation's translations (eval.tta_translate) are measured on every row's checkpoints.
 # The rule that picks the speedrun from it, written before its runs: among the rows (each with
 # flip, or flip + translate, test-time augmentation) where every seed reaches 93.0%
 # flip-averaged validation accuracy within the schedule, the one with the fewest mean epochs
@@ -54,8 +54,8 @@ def get_config(variant: str = ""):
 # 93.0% test. If no row has every seed there, CHOSEN stays.
 ABLATION = (
     ("baseline", {}),
-    ("whiten", {"conv1_init": "whiten"}),
-    ("dirac", {"dirac_init": True}),
-    ("lookahead", {"lookahead_every": 5, "lookahead_alpha": 0.5}),
-    ("alternate_flips", {"augment_flip_alternate": True}),
+    ("whiten", {"model.conv1_init": "whiten"}),
+    ("dirac", {"model.dirac_init": True}),
+    ("lookahead", {"optimizer.lookahead_every": 5, "optimizer.lookahead_alpha": 0.5}),
+    ("alternate_flips", {"augment.flip": "alternate"}),
 )

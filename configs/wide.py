@@ -7,6 +7,6 @@ from configs import default
 
 def get_config():
   config = default.get_config()
-  config.conv_features = (64, 128, 256)
-  config.dense_features = 256
+  config.model.conv_features = (64, 128, 256)
+  config.model.dense_features = 256
   return config

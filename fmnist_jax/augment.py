@@ -20,6 +20,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+# config.augment.flip: no flips, each image with probability 1/2, or each image every other
+# epoch (which images: the batch's "flip" mask, from the data order).
+FLIPS = ("off", "random", "alternate")
+
 
 def _off(value) -> bool:
   """A static 0/False (a traced value may be anything)."""

@@ -90,17 +90,17 @@ def _val_accuracy(metrics) -> float:
 class Checkpointer:
 
   def __init__(self, directory: pathlib.Path, config, read_only: bool = False):
-    keep = [policies.LatestN(n=config.keep_checkpoints)]
-    track_best = bool(config.validation_size)
-    if track_best and config.keep_best_checkpoints:
-      keep.append(policies.BestN(get_metric_fn=_val_accuracy, n=config.keep_best_checkpoints,
+    keep = [policies.LatestN(n=config.checkpoints.keep)]
+    track_best = bool(config.data.validation_size)
+    if track_best and config.checkpoints.keep_best:
+      keep.append(policies.BestN(get_metric_fn=_val_accuracy, n=config.checkpoints.keep_best,
                                  keep_checkpoints_without_metrics=False))
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policies.AnyPreservationPolicy(keep),
         # Orbax writes each checkpoint's metrics to disk only when best_fn is set: without
         # them a restarted run (or the report) could not tell which checkpoint is best.
         best_fn=_val_accuracy if track_best else None, best_mode="max",
-        enable_async_checkpointing=config.async_checkpointing, create=not read_only,
+        enable_async_checkpointing=config.checkpoints.asynchronous, create=not read_only,
         read_only=read_only)
     self.directory = pathlib.Path(directory).absolute()
     self.manager = None
@@ -256,21 +256,21 @@ class _Request:
   state: Any          # the state at `step` (a copy, when training goes on)
   sums: Any           # the run's counters and the epoch's running train sums at `step`
   row: dict | None    # an evaluation's scalars, written with it (metrics.jsonl, best_fn)
-  always: bool        # saved whatever checkpoint_every_seconds says
+  always: bool        # saved whatever checkpoints.every_seconds says
 
 
 class Saver:
   """When the state is written. Each save is requested with the state at its step and written
   by `flush`, which the loop calls once the device has later calls queued, so that no save
   waits for the device: requests are written oldest first, never past a non-finite step, and
-  an evaluation's row always, its checkpoint at most every checkpoint_every_seconds (unless
+  an evaluation's row always, its checkpoint at most every checkpoints.every_seconds (unless
   `always`: the run's last state)."""
 
   def __init__(self, ckpt: Checkpointer, config, fetch, write_row, start_step: int):
     self.ckpt, self.fetch, self.write_row = ckpt, fetch, write_row
     # Several processes must all save the same steps: a clock of their own would not agree.
-    self.every_seconds = config.checkpoint_every_seconds if jax.process_count() == 1 else 0.0
-    self.skip_nonfinite = config.skip_nonfinite_updates
+    self.every_seconds = config.checkpoints.every_seconds if jax.process_count() == 1 else 0.0
+    self.skip_nonfinite = config.optimizer.skip_nonfinite_updates
     self.requests: list[_Request] = []
     self.finite_through = start_step
     self.last_save = time.perf_counter()  # (a restored checkpoint was just read)
@@ -290,7 +290,7 @@ class Saver:
           f"non-finite loss or gradient in {steps}: the run stopped without saving them, and "
           "the checkpoints already written are intact. Lower learning_rate and run the same "
           "command again (it resumes from the last checkpoint), or drop such updates with "
-          "--config.skip_nonfinite_updates=True in a new --workdir (it changes the optimizer "
+          "--config.optimizer.skip_nonfinite_updates=True in a new --workdir (it changes the optimizer "
           "state).")
     diverged = [key for key, value in (row or {}).items()
                 if isinstance(value, float) and not math.isfinite(value)]

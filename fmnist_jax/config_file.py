@@ -10,6 +10,72 @@ import ml_collections
 
 from fmnist_jax.errors import ConfigError
 
+# The flat field names of configs written before the config had sections -> their paths: the one
+# mapping, read where old workdirs are (workdir.layered) and where old overrides are refused.
+# augment_flip_alternate has no path: it and augment_flip are augment.flip's mode.
+RENAMED = {
+    "seed": "run.seed", "num_epochs": "run.num_epochs", "num_train_steps": "run.num_train_steps",
+    "batch_size": "run.batch_size", "data_dir": "data.tfds_dir", "idx_dir": "data.idx_dir",
+    "data_cache_dir": "data.cache_dir", "validation_size": "data.validation_size",
+    "input_mode": "data.input_mode", "conv_features": "model.conv_features",
+    "dense_features": "model.dense_features", "num_classes": "model.num_classes",
+    "dropout_rates": "model.dropout_rates", "dtype": "model.dtype",
+    "conv_impl": "model.conv_impl", "conv1_init": "model.conv1_init",
+    "dirac_init": "model.dirac_init", "optimizer": "optimizer.name",
+    "learning_rate": "optimizer.learning_rate", "schedule": "optimizer.schedule",
+    "warmup_epochs": "optimizer.warmup_epochs", "weight_decay": "optimizer.weight_decay",
+    "momentum": "optimizer.momentum", "lookahead_every": "optimizer.lookahead_every",
+    "lookahead_alpha": "optimizer.lookahead_alpha", "label_smoothing": "optimizer.label_smoothing",
+    "ema_decay": "optimizer.ema_decay", "skip_nonfinite_updates": "optimizer.skip_nonfinite_updates",
+    "augment_translate": "augment.translate", "augment_flip": "augment.flip",
+    "augment_erase_size": "augment.erase_size", "augment_erase_prob": "augment.erase_prob",
+    "eval_batch_size": "eval.batch_size", "eval_flip_average": "eval.tta_flip",
+    "eval_translate": "eval.tta_translate", "stop_at_accuracy": "eval.stop_at_accuracy",
+    "stop_metric": "eval.stop_metric", "population": "population.members",
+    "members_per_pass": "population.per_pass", "parallelism": "parallelism.mode",
+    "steps_per_call": "parallelism.steps_per_call", "microbatches": "parallelism.microbatches",
+    "compilation_cache_dir": "parallelism.compilation_cache_dir",
+    "checkpoint_every_seconds": "checkpoints.every_seconds",
+    "checkpoint_every_steps": "checkpoints.every_steps", "keep_checkpoints": "checkpoints.keep",
+    "keep_best_checkpoints": "checkpoints.keep_best",
+    "resume_with_changed_steps": "checkpoints.resume_with_changed_steps",
+    "async_checkpointing": "checkpoints.asynchronous", "log_every_steps": "logging.every_steps",
+    "write_report": "logging.write_report", "profile_steps": "logging.profile_steps",
+}
+
+
+def get(config, path: str):
+  """The value at "section.field"."""
+  section, field = path.split(".")
+  return config[section][field]
+
+
+def paths(config) -> list[str]:
+  """Every "section.field" of a config, in its order."""
+  return [f"{section}.{field}" for section in config for field in config[section]]
+
+
+def from_flat(recorded: dict) -> dict:
+  """A config recorded with flat names ({"learning_rate": ..., "augment_flip": ...}) as
+  sections ({"optimizer": {"learning_rate": ...}, "augment": {"flip": "random"}}); a name
+  without a path stays at the top, for the caller to name as gone."""
+  alternate = bool(recorded.get("augment_flip_alternate"))
+  converted = {  # the old values that are written otherwise now
+      "augment_flip": lambda flip: "off" if not flip else "alternate" if alternate else "random",
+      "population": lambda pairs: [(RENAMED.get(field, field), [value_of(field, v) for v in vs])
+                                   for field, vs in pairs]}
+
+  def value_of(old, value):
+    return converted[old](value) if old in converted else value
+  nested = {}
+  for old, value in recorded.items():
+    if old in RENAMED:
+      section, field = RENAMED[old].split(".")
+      nested.setdefault(section, {})[field] = value_of(old, value)
+    elif old != "augment_flip_alternate":
+      nested[old] = value
+  return nested
+
 
 def load_module(path: str):
   """The config file as a module (its get_config, and VARIANTS where it has them)."""
@@ -52,20 +118,16 @@ def load(spec: str) -> ml_collections.ConfigDict:
 
 
 def load_with_overrides(spec: str, overrides=()) -> ml_collections.ConfigDict:
-  """`FILE[:ARG]` with `--config.FIELD=VALUE` overrides applied by ml_collections' config_flags,
-  exactly as `python -m fmnist_jax.main --config FILE ...` applies them. A ConfigError for a
-  field the config has not (naming the closest) or a value of the wrong type."""
-  import difflib
+  """`FILE[:ARG]` with `--config.SECTION.FIELD=VALUE` overrides applied by ml_collections'
+  config_flags, exactly as `python -m fmnist_jax.main --config FILE ...` applies them. A
+  ConfigError for a path the config has not (naming the closest), a section given a value, an
+  old flat name (naming its path) or a value of the wrong type."""
   from absl import flags
   from ml_collections import config_flags
   config = load(spec)
   for override in overrides:
-    field = override.removeprefix("--config.").split("=", 1)[0].split(".")[0]
-    if field not in config:
-      close = difflib.get_close_matches(field, list(config.keys()), n=3, cutoff=0.6)
-      raise ConfigError(f"--config.{field}: {spec.partition(':')[0]} has no field {field!r}"
-                        + (f"; did you mean {', '.join(close)}?" if close else
-                           "; its fields are listed in configs/default.py."))
+    check_path(config, override.removeprefix("--config.").split("=", 1)[0],
+               spec.partition(":")[0])
   argv = ["fmnist_jax", f"--config={spec}", *overrides]
   values = flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True,
@@ -75,3 +137,23 @@ def load_with_overrides(spec: str, overrides=()) -> ml_collections.ConfigDict:
   except flags.Error as e:
     raise ConfigError(str(e)) from None
   return values.config
+
+
+def check_path(config, path: str, where: str) -> None:
+  """One ConfigError line when `path` is not a "section.field" of `config`."""
+  import difflib
+  section, _, field = path.partition(".")
+  if section in config and isinstance(config[section], ml_collections.ConfigDict) and not field:
+    example = RENAMED.get(path, f"{path}.{next(iter(config[section]))}")
+    raise ConfigError(f"--config.{path} is a section: set one of its fields, e.g. "
+                      f"--config.{example}=... (its fields: {', '.join(config[section])}).")
+  if path in RENAMED and path not in config:
+    raise ConfigError(f"--config.{path} is now --config.{RENAMED[path]} (the config is in "
+                      "sections: configs/default.py).")
+  if section not in config or field not in config[section] or "." in field:
+    known = paths(config)
+    close = difflib.get_close_matches(path, known, n=1, cutoff=0.6) or [
+        p for p in known if p.endswith("." + field.partition(".")[0])][:1]
+    raise ConfigError(f"--config.{path}: {where} has no field {path!r}"
+                      + (f"; did you mean {close[0]}?" if close else
+                         "; its sections and fields are in configs/default.py."))

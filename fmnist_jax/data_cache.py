@@ -25,14 +25,14 @@ import numpy as np
 
 from fmnist_jax import dataset
 
-ENV = "FMNIST_JAX_DATA_CACHE_DIR"  # takes precedence over config.data_cache_dir
+ENV = "FMNIST_JAX_DATA_CACHE_DIR"  # takes precedence over config.data.cache_dir
 ARRAYS = ("train_images", "train_labels", "test_images", "test_labels")
 Splits = dict  # {"train": (images, labels), "test": (images, labels)}
 
 
 def cache_dir(config) -> pathlib.Path | None:
-  """$FMNIST_JAX_DATA_CACHE_DIR, else config.data_cache_dir; None when "" (off)."""
-  path = os.environ.get(ENV, config.data_cache_dir)
+  """$FMNIST_JAX_DATA_CACHE_DIR, else config.data.cache_dir; None when "" (off)."""
+  path = os.environ.get(ENV, config.data.cache_dir)
   return pathlib.Path(path).expanduser() if path else None
 
 
@@ -40,10 +40,10 @@ def source_files(config) -> list[pathlib.Path] | None:
   """The files the splits are read from, as the loader would choose them, or None when the
   source is not ready yet (tfds' copy still to be prepared or downloaded)."""
   if dataset.tensorflow_available():
-    folder = pathlib.Path(dataset.default_data_dir(config.data_dir)) / dataset.DATASET_NAME
+    folder = pathlib.Path(dataset.default_data_dir(config.data.tfds_dir)) / dataset.DATASET_NAME
     files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
     return files if any(p.name == "dataset_info.json" for p in files) else None
-  directory = dataset.find_idx_dir(config.idx_dir)
+  directory = dataset.find_idx_dir(config.data.idx_dir)
   if directory is None:
     return None
   return [dataset._idx_path(directory, name) for name in dataset.IDX_FILES.values()]
@@ -115,7 +115,7 @@ def load(config, read_source: Callable[[], Splits]) -> Splits:
       cached = None
     if cached is not None:
       if dataset.tensorflow_available():  # (the source is tfds' copy, as in dataset.prepare)
-        dataset.warn_idx_dir_unused(config.idx_dir, dataset.default_data_dir(config.data_dir))
+        dataset.warn_idx_dir_unused(config.data.idx_dir, dataset.default_data_dir(config.data.tfds_dir))
       return cached
   splits = read_source()
   files = source_files(config) if directory else None  # (tfds may have prepared it just now)

@@ -85,7 +85,7 @@ def find_idx_dir(idx_dir: str = "") -> pathlib.Path | None:
       missing = [n for n in IDX_FILES.values() if not _idx_path(path, n)]
       raise DataError(
           f"idx_dir={idx_dir!r} lacks {', '.join(missing)} (looked for the name with and "
-          "without .gz). Point config.idx_dir at a directory with all four Fashion-MNIST IDX "
+          "without .gz). Point config.data.idx_dir at a directory with all four Fashion-MNIST IDX "
           "files, or set it to '' to use $FMNIST_IDX_DIR or " + DEBIAN_IDX_DIR + ".")
   return None
 
@@ -165,7 +165,7 @@ def read_idx_splits(idx_dir: str = "", checksums: Mapping[str, str] | None = Non
   files, in tfds' order: the arrays `tfds.load` gives. Needs numpy only."""
   directory = find_idx_dir(idx_dir)
   if directory is None:
-    raise DataError("No Fashion-MNIST IDX files found: set config.idx_dir or $FMNIST_IDX_DIR, "
+    raise DataError("No Fashion-MNIST IDX files found: set config.data.idx_dir or $FMNIST_IDX_DIR, "
                     "or install Debian's dataset-fashion-mnist (or install tensorflow-datasets "
                     "to download them).")
   raw = verify_idx_files(directory, checksums)
@@ -276,7 +276,7 @@ def prepare(data_dir: str = "", idx_dir: str = "",
       raise DataError(
           f"fashion_mnist is not prepared in {data_dir}, no local IDX files were found, and "
           f"tfds' download failed ({type(e).__name__}: {str(e)[:200]}). Offline, install "
-          "Debian's dataset-fashion-mnist (`make data`), or set config.idx_dir / "
+          "Debian's dataset-fashion-mnist (`make data`), or set config.data.idx_dir / "
           "$FMNIST_IDX_DIR to a directory with the four IDX files.") from e
   return data_dir
 

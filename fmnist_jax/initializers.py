@@ -1,4 +1,4 @@
-"""The recipe's initialisations (config.conv1_init, config.dirac_init): the same parameters
+"""The recipe's initialisations (config.model.conv1_init, config.model.dirac_init): the same parameters
 and shapes as the model's own draw, other starting values.
 
 - "whiten" (conv1_init): conv1's first 2 x 9 filters are the whitening transform of the
@@ -63,8 +63,8 @@ def dirac(kernel):
 
 def recipe(config, train_images: np.ndarray | None):
   """params -> params with the config's initialisation, or None (the model's own draw)."""
-  whiten = config.conv1_init == "whiten"
-  if not whiten and not config.dirac_init:
+  whiten = config.model.conv1_init == "whiten"
+  if not whiten and not config.model.dirac_init:
     return None
   if whiten:
     kernel, bias = whitening(train_images[:WHITEN_IMAGES])
@@ -76,7 +76,7 @@ def recipe(config, train_images: np.ndarray | None):
       conv1 = params["conv1"]
       params["conv1"] = {"kernel": conv1["kernel"].at[..., :count].set(kernel),
                          "bias": conv1["bias"].at[:count].set(bias)}
-    if config.dirac_init:
+    if config.model.dirac_init:
       for name in ("conv2", "conv3"):
         params[name] = {**params[name], "kernel": dirac(params[name]["kernel"])}
     return params

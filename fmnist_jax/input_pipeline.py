@@ -161,34 +161,35 @@ def load_splits(config) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   in tfds' order. The three give the same arrays."""
   arrays = data_cache.load(config, functools.partial(_read_source, config))
   images, labels = arrays["train"]
-  size = len(labels) - config.validation_size
+  size = len(labels) - config.data.validation_size
   splits = {"train": (images[:size], labels[:size]), "test": arrays["test"]}
-  if config.validation_size:
+  if config.data.validation_size:
     splits["val"] = (images[size:], labels[size:])
   return splits
 
 
 def _read_source(config) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   if dataset.tensorflow_available():
-    data_dir = dataset.prepare(config.data_dir, config.idx_dir)
+    data_dir = dataset.prepare(config.data.tfds_dir, config.data.idx_dir)
     return {split: dataset.load_arrays(data_dir, split) for split in ("train", "test")}
-  return dataset.read_idx_splits(config.idx_dir)
+  return dataset.read_idx_splits(config.data.idx_dir)
 
 
 def check_input_mode(config) -> None:
   """input_mode=tfds streams through tf.data: a clear error, before any work, without it."""
-  if config.input_mode == "tfds" and not dataset.tensorflow_available():
+  if config.data.input_mode == "tfds" and not dataset.tensorflow_available():
     raise ConfigError("input_mode='tfds' streams through tf.data, and tensorflow / "
                       "tensorflow-datasets are not installed: `pip install tensorflow-cpu "
-                      "tensorflow-datasets`, or use --config.input_mode=device (the default).")
+                      "tensorflow-datasets`, or use --config.data.input_mode=device (the default).")
 
 
-def create_train_data(config, par: Parallelism, splits, seeds: tuple):
-  """The config's training batches; `seeds`: the members' data orders (tfds: one member)."""
-  if config.input_mode == "device":
+def create_train_data(config, par: Parallelism, splits, seeds: tuple, alternate: bool = False):
+  """The config's training batches; `seeds`: the members' data orders (tfds: one member);
+  `alternate`: each batch says which images to flip (augment.flip="alternate")."""
+  if config.data.input_mode == "device":
     images, labels = splits["train"]
-    return DeviceTrainData(images, labels, par, config.batch_size, seeds,
-                           flips=config.augment_flip_alternate)
-  data_dir = dataset.default_data_dir(config.data_dir)
-  return TfdsTrainData(data_dir, split_names(config.validation_size)["train"], par,
-                       config.batch_size, config.seed)
+    return DeviceTrainData(images, labels, par, config.run.batch_size, seeds,
+                           flips=alternate)
+  data_dir = dataset.default_data_dir(config.data.tfds_dir)
+  return TfdsTrainData(data_dir, split_names(config.data.validation_size)["train"], par,
+                       config.run.batch_size, config.run.seed)

@@ -2,7 +2,7 @@
 
 Multi-process (several hosts, or several processes on one): pass --coordinator_address,
 --num_processes and --process_id, or --distributed to let jax detect them (TPU pods, SLURM,
-Open MPI). Override config fields with `--config.batch_size=512`.
+Open MPI). Override config fields with `--config.run.batch_size=512`.
 
 Trains (fmnist_jax.train), then writes the report (fmnist_jax.report) into WORKDIR/report/.
 """
@@ -61,7 +61,7 @@ def initialize_distributed():
 
 def configure_compilation_cache(cache_dir: str) -> str:
   """JAX's persistent compilation cache, so that a repeated or resumed run skips XLA's
-  compilation: $JAX_COMPILATION_CACHE_DIR if set, else config.compilation_cache_dir ("" turns
+  compilation: $JAX_COMPILATION_CACHE_DIR if set, else config.parallelism.compilation_cache_dir ("" turns
   it off). Every program is cached, however fast it compiled. Returns what the console says:
   the folder used, or "off" and why."""
   import jax
@@ -99,7 +99,7 @@ def train_and_report(config, workdir: str) -> None:
           "interrupted (Ctrl-C) while writing the report: the training is complete and saved, "
           f"and the previous report (if any) is intact; write it with `python -m "
           f"fmnist_jax.report --workdir {workdir}`.") from None
-  chief = jax.process_index() == 0 and config.write_report
+  chief = jax.process_index() == 0 and config.logging.write_report
   train.train_and_evaluate(config, workdir,
                            then=report if chief and jax.process_count() == 1 else None)
   if chief and jax.process_count() > 1:
@@ -118,7 +118,7 @@ def main(argv):
   logging.info("JAX process %d/%d, %d local devices: %s", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.local_devices())
   logging.info("compilation cache: %s",
-               configure_compilation_cache(FLAGS.config.compilation_cache_dir))
+               configure_compilation_cache(FLAGS.config.parallelism.compilation_cache_dir))
   try:
     train_and_report(FLAGS.config, FLAGS.workdir)
   except Preempted as e:
@@ -167,10 +167,13 @@ def check_command_line(argv) -> str | None:
     except ConfigError as e:
       return f"error: {e}"
     for arg in argv:  # a config field given as a flag of its own
-      name = arg[2:].split("=", 1)[0] if arg.startswith("--") else ""
-      if name in config and name not in _FLAG_NAMES:
-        return (f"error: {arg.split('=', 1)[0]} is not a flag of fmnist_jax.main but a field of "
-                f"the config: write --config.{arg[2:]}")
+      name, _, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+      found = [path for path in config_file.paths(config) if name in (path, path.split(".")[1])]
+      if found and name not in _FLAG_NAMES:
+        return (f"error: --{name} is not a flag of fmnist_jax.main but a field of the config: "
+                "write "
+                + " or ".join(f"--config.{path}" + (f"={value}" if value else "")
+                              for path in found))
   return None
 
 

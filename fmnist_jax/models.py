@@ -245,33 +245,33 @@ def inference_logits(apply_fn, params, images, *, flip_average: bool = False,
 
 def tta_options(config) -> dict:
   """The config's test-time augmentation, as inference_logits' keyword arguments."""
-  return {"flip_average": bool(config.eval_flip_average),
-          "translate": int(config.eval_translate)}
+  return {"flip_average": bool(config.eval.tta_flip),
+          "translate": int(config.eval.tta_translate)}
 
 
 def create_model(config, conv_impl: str | None = None) -> CNN:
-  """The config's CNN; `conv_impl` overrides config.conv_impl (e.g. "xla" for evaluation)."""
-  return CNN(conv_features=tuple(config.conv_features),
-             dense_features=config.dense_features,
-             num_classes=config.num_classes,
-             dropout_rates=tuple(config.dropout_rates),
-             dtype=DTYPES[config.dtype],
-             conv_impl=resolve_conv_impl(conv_impl or config.conv_impl),
+  """The config's CNN; `conv_impl` overrides config.model.conv_impl (e.g. "xla" for evaluation)."""
+  return CNN(conv_features=tuple(config.model.conv_features),
+             dense_features=config.model.dense_features,
+             num_classes=config.model.num_classes,
+             dropout_rates=tuple(config.model.dropout_rates),
+             dtype=DTYPES[config.model.dtype],
+             conv_impl=resolve_conv_impl(conv_impl or config.model.conv_impl),
              pool_impl="window" if jax.default_backend() == "cpu" else "reshape")
 
 
 def parameter_count(config) -> int:
   """The CNN's parameters, from the layer shapes (241,546 at the defaults)."""
   size, channels, count = 28, 1, 0
-  for i, features in enumerate(config.conv_features):
+  for i, features in enumerate(config.model.conv_features):
     size -= 2
     count += 9 * channels * features + features
     channels = features
     if i < 2:
       size //= 2
   fan_in = size * size * channels
-  return count + (fan_in + 1) * config.dense_features + \
-      (config.dense_features + 1) * config.num_classes
+  return count + (fan_in + 1) * config.model.dense_features + \
+      (config.model.dense_features + 1) * config.model.num_classes
 
 
 def activations_per_image(config) -> int:
@@ -279,14 +279,14 @@ def activations_per_image(config) -> int:
   patches (the im2col form's, the larger), output and pooled output, and the dense layers'
   outputs. A memory estimate (XLA reuses buffers; the gradients need as much again)."""
   size, channels, floats = 28, 1, 28 * 28
-  for i, features in enumerate(config.conv_features):
+  for i, features in enumerate(config.model.conv_features):
     size -= 2
     floats += size * size * (9 * channels + features)
     channels = features
     if i < 2:
       size //= 2
       floats += size * size * channels
-  return floats + config.dense_features + config.num_classes
+  return floats + config.model.dense_features + config.model.num_classes
 
 
 def flops_per_image(config, train: bool = True) -> int:
@@ -296,13 +296,13 @@ def flops_per_image(config, train: bool = True) -> int:
   layer's input gradient, which nobody needs. XLA's own cost analysis misses cuDNN's
   convolutions on GPU, so % of peak is computed from this count on every platform."""
   size, channels, layers = 28, 1, []
-  for i, features in enumerate(config.conv_features):
+  for i, features in enumerate(config.model.conv_features):
     size -= 2  # 3x3 VALID
     layers.append(size * size * 9 * channels * features)
     channels = features
     if i < 2:
       size //= 2  # 2x2 max-pool after conv1 and conv2
   fan_in = size * size * channels
-  layers += [fan_in * config.dense_features, config.dense_features * config.num_classes]
+  layers += [fan_in * config.model.dense_features, config.model.dense_features * config.model.num_classes]
   forward = 2 * sum(layers)
   return 3 * forward - 2 * layers[0] if train else forward

@@ -69,7 +69,7 @@ class Parallelism:
 
   # --- checks -----------------------------------------------------------------------------
 
-  def check_batch_size(self, batch_size: int, name: str = "batch_size") -> None:
+  def check_batch_size(self, batch_size: int, name: str = "run.batch_size") -> None:
     if batch_size % self.num_devices:
       raise ConfigError(
           f"{name} {batch_size} is not divisible by the {self.num_devices} devices "

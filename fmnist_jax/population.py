@@ -1,18 +1,18 @@
 """Many models in one compiled program: a population of members that differ in their seed and
 in hyperparameters that change neither a shape nor the program.
 
-`config.population` names the fields that vary and their values, as (field, values) pairs;
+`config.population.members` names the fields that vary and their values, as (field, values) pairs;
 the members are the product of the values in the order written, e.g.
 
-    config.population = (("dropout_rates", ((0.25, 0.4, 0.3), (0.0, 0.0, 0.0))),
-                         ("seed", (0, 1, 2, 3, 4)))
+    config.population.members = (("model.dropout_rates", ((0.25, 0.4, 0.3), (0.0, 0.0, 0.0))),
+                         ("run.seed", (0, 1, 2, 3, 4)))
 
 is 10 members: the first five with dropout, seeds 0-4. Every run is a population: an empty
 one is a single member with the config's values (M = 1), trained by the same loop and programs.
 
 The state of all members is one TrainState whose leaves have a leading member axis; the train
 and evaluation programs are one member's, mapped over it (members side by side or one after
-another: members_per_pass; one member is called directly, so a single run compiles the program
+another: population.per_pass; one member is called directly, so a single run compiles the program
 it always had). A field the population varies is an input of the program, not a constant
 compiled into it: learning rate and weight decay in each member's optimizer state
 (optax.inject_hyperparams), the other values in TrainState.hparams; a field it does not vary
@@ -31,21 +31,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fmnist_jax import hardware, models, state as state_lib, steps
+from fmnist_jax import augment, config_file, hardware, models, state as state_lib, steps
 from fmnist_jax.configuration import validate_config
 from fmnist_jax.errors import ConfigError
 from fmnist_jax.parallel import Parallelism
 
-IN_OPTIMIZER = ("learning_rate", "weight_decay")  # (optax.inject_hyperparams' state)
-# The fields a population may vary (anything else changes shapes or the compiled program): the
-# seed, the optimizer's, and those a step reads (steps.STEP_FIELDS, their one list).
-VARYING = ("seed", *IN_OPTIMIZER, *steps.STEP_FIELDS.values())
+# The paths a population may vary (anything else changes shapes or the compiled program): the
+# seed, the optimizer's (in optax.inject_hyperparams' state, by their field names), and those a
+# step reads (steps.STEP_FIELDS, their one list).
+IN_OPTIMIZER = ("optimizer.learning_rate", "optimizer.weight_decay")
+VARYING = ("run.seed", *IN_OPTIMIZER, *steps.STEP_FIELDS.values())
+
+
+def name(path: str) -> str:
+  """A varying path's name in rows, result.json and the report: its field ("learning_rate")."""
+  return path.rpartition(".")[2]
 
 
 def members(config) -> list[dict]:
-  """The members' varying fields, {field: value} each; [{}] (one member, nothing varies) for a
+  """The members' varying fields, {path: value} each; [{}] (one member, nothing varies) for a
   plain config. Assumes `check`."""
-  pairs = [(field, tuple(values)) for field, values in config.population]
+  pairs = [(path, tuple(values)) for path, values in config.population.members]
   return [dict(zip([f for f, _ in pairs], combo))
           for combo in itertools.product(*[values for _, values in pairs])]
 
@@ -53,35 +59,39 @@ def members(config) -> list[dict]:
 def member_config(config, member: dict):
   """The config of the single run that `member` is."""
   single = config.copy_and_resolve_references()
-  with single.unlocked():
-    single.population = ()
-    for field, value in member.items():
-      single[field] = type(config[field])(value) if field != "dropout_rates" else tuple(value)
+  single.population.members = ()
+  for path, value in member.items():
+    section, field = path.split(".")
+    default = config[section][field]
+    single[section][field] = tuple(value) if isinstance(default, tuple) else type(default)(value)
   return single
 
 
-def values(config, found: list[dict], field: str) -> list:
-  """Each member's value of `field`: its own where it varies, else the config's (what
+def values(config, found: list[dict], path: str) -> list:
+  """Each member's value at `path`: its own where it varies, else the config's (what
   member_config would hold, without copying the config per member)."""
-  return [member.get(field, config[field]) for member in found]
+  return [member.get(path, config_file.get(config, path)) for member in found]
 
 
 def describe(member: dict) -> str:
-  return " ".join(f"{field}={value}" for field, value in member.items())
+  return " ".join(f"{field}={value}" for field, value in plain(member).items())
 
 
 def check(config) -> list[dict]:
   """The members, or one ConfigError line naming what to change. Before any data is read."""
-  population = config.population
+  population = config.population.members
   if not population:
     return members(config)
   if not isinstance(population, (tuple, list)) or not all(
       isinstance(p, (tuple, list)) and len(p) == 2 and isinstance(p[0], str) for p in population):
-    raise ConfigError(f"population={population!r} must be (field, values) pairs, e.g. "
-                      "(('seed', (0, 1, 2)), ('learning_rate', (1e-3, 3e-3))).")
+    raise ConfigError(f"population.members={population!r} must be (path, values) pairs, e.g. "
+                      "(('run.seed', (0, 1, 2)), ('optimizer.learning_rate', (1e-3, 3e-3))).")
   fields = [field for field, _ in population]
   for field, values in population:
-    if field not in config:
+    if field in config_file.RENAMED:
+      raise ConfigError(f"population field {field!r} is now {config_file.RENAMED[field]!r} "
+                        "(the config is in sections).")
+    if field not in config_file.paths(config):
       raise ConfigError(f"population field {field!r} is not a config field; it may vary "
                         f"{', '.join(VARYING)}.")
     if field not in VARYING:
@@ -94,9 +104,10 @@ def check(config) -> list[dict]:
       raise ConfigError(f"population values of {field!r} must be a non-empty tuple, got "
                         f"{values!r}.")
     _check_types(config, field, values)
-  if config.input_mode != "device":
-    raise ConfigError("a population trains with input_mode='device' (one tf.data stream per "
-                      f"run; got {config.input_mode!r}): set --config.input_mode=device.")
+  if config.data.input_mode != "device":
+    raise ConfigError("a population trains with data.input_mode='device' (one tf.data stream "
+                      f"per run; got {config.data.input_mode!r}): set "
+                      "--config.data.input_mode=device.")
   for field, values in population:  # (each value once: a product can be large)
     for value in values:
       try:
@@ -104,14 +115,21 @@ def check(config) -> list[dict]:
       except ConfigError as e:
         problems = str(e).removeprefix("Invalid config:\n  - ").replace("\n  - ", "; ")
         raise ConfigError(f"population value {field}={value!r}: {problems}") from None
+  flips = dict(population).get("augment.flip", (config.augment.flip,))
+  if {"random", "alternate"} <= set(flips):
+    raise ConfigError("population augment.flip: 'alternate' flips come with the data order, "
+                      "one for every member, so members flip 'random' or 'alternate', not "
+                      "both: run them as two populations.")
   return members(config)
 
 
 def _check_types(config, field: str, values) -> None:
-  default = config[field]
+  default = config_file.get(config, field)
   for value in values:
-    if field == "dropout_rates":
+    if isinstance(default, tuple):
       ok = isinstance(value, (tuple, list)) and len(value) == len(default)
+    elif isinstance(default, str):
+      ok = value in augment.FLIPS
     elif isinstance(default, bool):
       ok = isinstance(value, bool)
     elif isinstance(default, int):
@@ -121,7 +139,7 @@ def _check_types(config, field: str, values) -> None:
     if not ok:
       raise ConfigError(f"population value {value!r} of {field!r} is not a "
                         f"{type(default).__name__} like the config's {default!r}.")
-  if field == "seed" and any(not 0 <= v < 2 ** 31 for v in values):
+  if field == "run.seed" and any(not 0 <= v < 2 ** 31 for v in values):
     raise ConfigError("population seeds must be in [0, 2**31): a member's seed is traced as "
                       "an int32.")
 
@@ -136,8 +154,8 @@ def parallelism(config, found: list[dict]) -> Parallelism:
   """The run's devices: for a population under jit, its member axis split over device groups
   (under pmap every device holds every member and a part of each member's batch), checked to
   fit in memory (ConfigError) before anything is compiled."""
-  shards = member_shards(found) if config.parallelism == "jit" else 1
-  par = Parallelism(config.parallelism, member_shards=shards)
+  shards = member_shards(found) if config.parallelism.mode == "jit" else 1
+  par = Parallelism(config.parallelism.mode, member_shards=shards)
   check_memory(config, found, par, resolve_per_pass(config, par.devices[0].platform))
   return par
 
@@ -152,8 +170,8 @@ def check_memory(config, found: list[dict], par, per_pass: int) -> None:
   groups = par.member_shards
   members = math.ceil(len(found) / groups)  # on each device group
   per_member_state = 4 * models.parameter_count(config) * (4 + bool(
-      max(values(config, found, "ema_decay"))))
-  per_member_pass = 4 * 2 * models.activations_per_image(config) * config.batch_size
+      max(values(config, found, "optimizer.ema_decay"))))
+  per_member_pass = 4 * 2 * models.activations_per_image(config) * config.run.batch_size
   side_by_side = min(per_pass or members, members)
   need = members * per_member_state + side_by_side * per_member_pass
   if need > available:
@@ -163,7 +181,7 @@ def check_memory(config, found: list[dict], par, per_pass: int) -> None:
         f"a population of {len(found)} members needs about {need / 2 ** 30:.1f} GiB on each "
         f"device ({members} members there), more than its {available / 2 ** 30:.1f} GiB: at "
         f"most about {fit * groups} members fit; give fewer values"
-        + ("" if per_pass == 1 else ", or set members_per_pass=1") + ".")
+        + ("" if per_pass == 1 else ", or set --config.population.per_pass=1") + ".")
 
 
 def step_options(config, found: list[dict], base: steps.StepOptions) -> steps.StepOptions:
@@ -171,12 +189,12 @@ def step_options(config, found: list[dict], base: steps.StepOptions) -> steps.St
   keys the population varies (traced; the others are the config's constants), and whether a
   member may stop while others train (stop_at_accuracy with several members: one member's
   target ends the run)."""
-  largest = {key: max(values(config, found, field)) for key, field in steps.STEP_FIELDS.items()
-             if hasattr(base, key)}
+  largest = {key: max(steps.step_value(field, v) for v in values(config, found, field))
+             for key, field in steps.STEP_FIELDS.items() if hasattr(base, key)}
   return dataclasses.replace(
       base, **largest,
       varying=tuple(key for key, field in steps.STEP_FIELDS.items() if field in found[0]),
-      keep_stopped=bool(config.stop_at_accuracy) and len(found) > 1)
+      keep_stopped=bool(config.eval.stop_at_accuracy) and len(found) > 1)
 
 
 def initial_state(config, found: list[dict], steps_per_epoch: int, total_steps: int, *,
@@ -190,13 +208,13 @@ def initial_state(config, found: list[dict], steps_per_epoch: int, total_steps: 
   tx = state_lib.member_optimizer(config, steps_per_epoch, total_steps) if injected else \
       state_lib.create_optimizer(config, state_lib.create_learning_rate_fn(
           config, steps_per_epoch, total_steps))
-  ema = any(values(config, found, "ema_decay"))
-  column = {key: np.array(values(config, found, field), _dtype(config[field]))
+  ema = any(values(config, found, "optimizer.ema_decay"))
+  column = {key: _column([steps.step_value(field, v) for v in values(config, found, field)])
             for key, field in steps.STEP_FIELDS.items()}
   column["active"] = np.ones(len(found), bool)
-  optimizer = {field: np.array(values(config, found, field), np.float32)
-               for field in IN_OPTIMIZER}
-  seeds = np.array(values(config, found, "seed"), np.int32)
+  optimizer = {name(path): np.array(values(config, found, path), np.float32)
+               for path in IN_OPTIMIZER}
+  seeds = np.array(values(config, found, "run.seed"), np.int32)
 
   def init(seed, hparams, optimizer):
     state = state_lib.init_state(model, tx, seed, ema, hparams=hparams, adjust=adjust)
@@ -208,10 +226,11 @@ def initial_state(config, found: list[dict], steps_per_epoch: int, total_steps: 
       seeds, column, optimizer))
 
 
-def _dtype(default):
-  """A member's value of a field as an array of the field's kind (int32 on device)."""
-  return bool if isinstance(default, bool) else np.int32 if isinstance(default, int) \
-      else np.float32
+def _column(member_values: list):
+  """The members' values of a field as one array of its kind (int32 on device)."""
+  kind = member_values[0]
+  return np.array(member_values, bool if isinstance(kind, bool) else np.int32
+                  if isinstance(kind, int) else np.float32)
 
 
 def over_members(fn, per_pass: int, *stacked):
@@ -230,10 +249,10 @@ def over_members(fn, per_pass: int, *stacked):
 
 
 def resolve_per_pass(config, platform: str) -> int:
-  """config.members_per_pass; 0 ("auto"): 1 on CPU with the im2col form (lax.conv's training
+  """config.population.per_pass; 0 ("auto"): 1 on CPU with the im2col form (lax.conv's training
   step is slower still inside a loop over members), all members at once elsewhere."""
-  im2col = models.resolve_conv_impl(config.conv_impl) == "im2col"
-  return config.members_per_pass or (1 if platform == "cpu" and im2col else 0)
+  im2col = models.resolve_conv_impl(config.model.conv_impl) == "im2col"
+  return config.population.per_pass or (1 if platform == "cpu" and im2col else 0)
 
 
 def train_call(state, batches, sums, steps_taken, *, axis_name=None, options=steps.StepOptions(),
@@ -267,11 +286,11 @@ def stop_reached(config, eval_sets: dict):
   """state, evaluation -> state with `active` cleared for the members whose evaluation
   reached stop_at_accuracy (decided on the device, so no call waits for the host: a stopped
   member's later steps change nothing). None without stop_at_accuracy."""
-  if not config.stop_at_accuracy:
+  if not config.eval.stop_at_accuracy:
     return None
-  split = config.stop_metric.removesuffix("_accuracy")
+  split = config.eval.stop_metric.removesuffix("_accuracy")
   count = sum(int(np.sum(batch["mask"])) for batch in eval_sets[split])
-  need = needed_correct(config.stop_at_accuracy, count)
+  need = needed_correct(config.eval.stop_at_accuracy, count)
 
   def update(state, evaluation):
     correct = sum(metrics["correct"] for metrics in evaluation[split])
@@ -309,13 +328,13 @@ def tensorboard_tag(row: dict) -> str:
 
 def plain(member: dict) -> dict:
   """A member's fields as JSON values."""
-  return {field: list(value) if isinstance(value, tuple) else value
-          for field, value in member.items()}
+  return {name(path): list(value) if isinstance(value, tuple) else value
+          for path, value in member.items()}
 
 
 def setting(row: dict, found: list[dict]) -> str:
   """A member's setting: its varying fields other than the seed ("" when only seeds vary)."""
-  return describe({k: v for k, v in found[row["member"]].items() if k != "seed"})
+  return describe({k: v for k, v in found[row["member"]].items() if k != "run.seed"})
 
 
 def result(found: list[dict], rows: list[dict]) -> dict:

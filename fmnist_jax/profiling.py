@@ -1,7 +1,7 @@
-"""A jax.profiler trace of a window of train steps (config.profile_steps), for ui.perfetto.dev
+"""A jax.profiler trace of a window of train steps (config.logging.profile_steps), for ui.perfetto.dev
 and TensorBoard's Profile tab (with xprof installed).
 
-    python -m fmnist_jax.main ... --config.profile_steps="(1000, 1500)"
+    python -m fmnist_jax.main ... --config.logging.profile_steps="(1000, 1500)"
     python -m fmnist_jax.trace_gaps WORKDIR   # where the device waited, and for what
 
 The trace starts once the host has dispatched the call that reaches step `first` and stops

@@ -234,12 +234,12 @@ def _headline(workdir, config, rows, numbers) -> list[str]:
   command = _command(starts[0]["argv"]) if starts and starts[0].get("argv") else "?"
   lines = [
       ("command", f"`{command}`" + (f" ({len(starts)} starts)" if len(starts) > 1 else "")),
-      ("model", f"CNN, conv {tuple(config.conv_features)}, dense {config.dense_features}, "
-                f"{last['parameters']:,} parameters, {config.dtype}"),
-      ("recipe", f"{config.optimizer} lr {config.learning_rate:g} ({config.schedule}), batch "
-                 f"{config.batch_size}, dropout {tuple(config.dropout_rates)}, label smoothing "
-                 f"{config.label_smoothing:g}, EMA {config.ema_decay:g}, shifts "
-                 f"{config.augment_translate}, flips {config.augment_flip}"),
+      ("model", f"CNN, conv {tuple(config.model.conv_features)}, dense {config.model.dense_features}, "
+                f"{last['parameters']:,} parameters, {config.model.dtype}"),
+      ("recipe", f"{config.optimizer.name} lr {config.optimizer.learning_rate:g} ({config.optimizer.schedule}), batch "
+                 f"{config.run.batch_size}, dropout {tuple(config.model.dropout_rates)}, label smoothing "
+                 f"{config.optimizer.label_smoothing:g}, EMA {config.optimizer.ema_decay:g}, shifts "
+                 f"{config.augment.translate}, flips {config.augment.flip}"),
       ("device", f"{starts[-1]['device_kind']} x{starts[-1]['device_count']} "
                  f"({starts[-1]['platform']}; host {starts[-1].get('host_cpu', '?')})"
        if starts else "?"),

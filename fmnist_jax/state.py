@@ -20,14 +20,14 @@ SCHEDULES = ("constant", "cosine", "warmup_cosine", "warmup_linear")
 
 
 def create_learning_rate_fn(config, steps_per_epoch: int, total_steps: int, peak=None):
-  """The config's schedule, peaking at config.learning_rate (or `peak`)."""
-  peak = config.learning_rate if peak is None else peak
-  if config.schedule == "constant":
+  """The config's schedule, peaking at config.optimizer.learning_rate (or `peak`)."""
+  peak = config.optimizer.learning_rate if peak is None else peak
+  if config.optimizer.schedule == "constant":
     return optax.constant_schedule(peak)
-  if config.schedule == "cosine":
+  if config.optimizer.schedule == "cosine":
     return optax.cosine_decay_schedule(peak, total_steps)
-  warmup = int(config.warmup_epochs * steps_per_epoch)
-  if config.schedule == "warmup_linear":  # one cycle of straight lines: up, then down to 0
+  warmup = int(config.optimizer.warmup_epochs * steps_per_epoch)
+  if config.optimizer.schedule == "warmup_linear":  # one cycle of straight lines: up, then down to 0
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup),
                                  optax.linear_schedule(peak, 0.0, max(total_steps - warmup, 1))],
                                 [warmup])
@@ -35,20 +35,20 @@ def create_learning_rate_fn(config, steps_per_epoch: int, total_steps: int, peak
 
 
 def create_optimizer(config, learning_rate_fn, weight_decay=None) -> optax.GradientTransformation:
-  """The config's optimizer; `weight_decay` (possibly traced) replaces config.weight_decay.
+  """The config's optimizer; `weight_decay` (possibly traced) replaces config.optimizer.weight_decay.
   sgd is Nesterov's momentum, its weight decay added to the gradient (L2, as PyTorch's)."""
-  weight_decay = config.weight_decay if weight_decay is None else weight_decay
-  if config.optimizer == "adam":
+  weight_decay = config.optimizer.weight_decay if weight_decay is None else weight_decay
+  if config.optimizer.name == "adam":
     tx = optax.adam(learning_rate_fn)
-  elif config.optimizer == "adamw":
+  elif config.optimizer.name == "adamw":
     tx = optax.adamw(learning_rate_fn, weight_decay=weight_decay)
   else:
-    tx = optax.sgd(learning_rate_fn, momentum=config.momentum, nesterov=True)
+    tx = optax.sgd(learning_rate_fn, momentum=config.optimizer.momentum, nesterov=True)
     if not (isinstance(weight_decay, (int, float)) and weight_decay == 0):
       tx = optax.chain(optax.add_decayed_weights(weight_decay), tx)
-  if config.lookahead_every:
-    tx = lookahead(tx, config.lookahead_every, config.lookahead_alpha)
-  if config.skip_nonfinite_updates:
+  if config.optimizer.lookahead_every:
+    tx = lookahead(tx, config.optimizer.lookahead_every, config.optimizer.lookahead_alpha)
+  if config.optimizer.skip_nonfinite_updates:
     # Drops updates whose gradients hold a NaN/inf; gives up after 5 in a row.
     tx = optax.apply_if_finite(tx, max_consecutive_errors=5)
   return tx
@@ -62,8 +62,8 @@ def member_optimizer(config, steps_per_epoch: int, total_steps: int):
 
   def optimizer(learning_rate, weight_decay):
     return create_optimizer(config, lambda count: learning_rate * unit(count), weight_decay)
-  return optax.inject_hyperparams(optimizer)(learning_rate=config.learning_rate,
-                                             weight_decay=config.weight_decay)
+  return optax.inject_hyperparams(optimizer)(learning_rate=config.optimizer.learning_rate,
+                                             weight_decay=config.optimizer.weight_decay)
 
 
 class LookaheadState(NamedTuple):
@@ -97,7 +97,7 @@ def lookahead(inner: optax.GradientTransformation, every: int,
 
 class TrainState(train_state.TrainState):
   """Flax TrainState plus the base dropout key (step keys are fold_in(dropout_key, step)),
-  when config.ema_decay > 0, an exponential moving average of the parameters, and in a
+  when config.optimizer.ema_decay > 0, an exponential moving average of the parameters, and in a
   population (fmnist_jax.population) each member's values of the fields it varies."""
   dropout_key: jax.Array
   ema_params: Any = None
@@ -110,10 +110,10 @@ class TrainState(train_state.TrainState):
 
 
 def create_train_state(config, model, tx, image_shape=(28, 28, 1), adjust=None) -> TrainState:
-  """The initial state. Parameters and dropout key both derive from config.seed. One compiled
+  """The initial state. Parameters and dropout key both derive from config.run.seed. One compiled
   program (op by op, the optimizer's init alone would compile dozens)."""
-  ema = bool(config.ema_decay)
-  return jax.jit(lambda: init_state(model, tx, config.seed, ema, image_shape,
+  ema = bool(config.optimizer.ema_decay)
+  return jax.jit(lambda: init_state(model, tx, config.run.seed, ema, image_shape,
                                     adjust=adjust))()
 
 
@@ -131,7 +131,7 @@ def init_state(model, tx, seed, ema: bool, image_shape=(28, 28, 1), hparams=None
 def initial_state(config, steps_per_epoch: int = 1, total_steps: int = 1, *,
                   conv_impl: str | None = None, adjust=None) -> TrainState:
   """The config's model, optimizer (with its schedule over `total_steps`) and initial state, on
-  the host. `conv_impl` overrides config.conv_impl (the parameters are the same either way);
+  the host. `conv_impl` overrides config.model.conv_impl (the parameters are the same either way);
   `adjust`: the recipe's initialisation (fmnist_jax.initializers.recipe), for training."""
   model = models.create_model(config, conv_impl=conv_impl)
   tx = create_optimizer(config, create_learning_rate_fn(config, steps_per_epoch, total_steps))

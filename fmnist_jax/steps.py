@@ -18,17 +18,23 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fmnist_jax import augment, models
+from fmnist_jax import augment, config_file, models
 from fmnist_jax.errors import ConfigError
 
 AUGMENT_STREAM = 1  # fold_in(step_key, AUGMENT_STREAM): augmentation draws, apart from dropout's
 # The fields a population may vary that a step reads, as TrainState.hparams keys -> config
-# fields: the one list (StepOptions' values, each member's values and population.VARYING follow
+# paths: the one list (StepOptions' values, each member's values and population.VARYING follow
 # it; a varied optimizer field is population.IN_OPTIMIZER's).
-STEP_FIELDS = {"label_smoothing": "label_smoothing", "ema_decay": "ema_decay",
-               "dropout_rates": "dropout_rates", "translate": "augment_translate",
-               "flip": "augment_flip", "erase_size": "augment_erase_size",
-               "erase_prob": "augment_erase_prob"}
+STEP_FIELDS = {"label_smoothing": "optimizer.label_smoothing", "ema_decay": "optimizer.ema_decay",
+               "dropout_rates": "model.dropout_rates", "translate": "augment.translate",
+               "flip": "augment.flip", "erase_size": "augment.erase_size",
+               "erase_prob": "augment.erase_prob"}
+
+
+def step_value(path: str, value):
+  """A STEP_FIELDS value as the step reads it: augment.flip's mode as whether it flips (which
+  images an alternating flip turns comes with the batch)."""
+  return value != "off" if path == "augment.flip" else value
 
 
 def cross_entropy(logits, labels, label_smoothing=0.0):
@@ -56,7 +62,8 @@ class StepOptions:
   def from_config(cls, config, num_devices: int = 1, platform: str = "cpu") -> "StepOptions":
     names = {field.name for field in dataclasses.fields(cls)}
     return cls(microbatches=resolve_microbatches(config, num_devices, platform),
-               **{key: config[field] for key, field in STEP_FIELDS.items() if key in names})
+               **{key: step_value(field, config_file.get(config, field))
+                  for key, field in STEP_FIELDS.items() if key in names})
 
   @property
   def augments(self) -> bool:
@@ -64,23 +71,23 @@ class StepOptions:
 
 
 def resolve_microbatches(config, num_devices: int, platform: str) -> int:
-  """config.microbatches; 0 ("auto") means chunks of 32 images on CPU, where cache-sized chunks
+  """config.parallelism.microbatches; 0 ("auto") means chunks of 32 images on CPU, where cache-sized chunks
   train faster (docs/performance.md), and the whole batch on GPU/TPU. The chunking
   depends on the global batch only, so results stay the same on any device count."""
-  if config.microbatches:
-    return config.microbatches
+  if config.parallelism.microbatches:
+    return config.parallelism.microbatches
   chunk = 32
-  if platform == "cpu" and config.batch_size % chunk == 0 and chunk % num_devices == 0:
-    return config.batch_size // chunk
+  if platform == "cpu" and config.run.batch_size % chunk == 0 and chunk % num_devices == 0:
+    return config.run.batch_size // chunk
   return 1
 
 
 def check_microbatches(config, microbatches: int, num_devices: int) -> None:
-  if config.batch_size % (microbatches * num_devices):
+  if config.run.batch_size % (microbatches * num_devices):
     raise ConfigError(
-        f"batch_size {config.batch_size} does not split into microbatches={config.microbatches}"
+        f"batch_size {config.run.batch_size} does not split into microbatches={config.parallelism.microbatches}"
         f" chunks on each of {num_devices} devices: make batch_size a multiple of "
-        f"{config.microbatches * num_devices}, lower microbatches, or use 0 (auto).")
+        f"{config.parallelism.microbatches * num_devices}, lower microbatches, or use 0 (auto).")
 
 
 def accumulate_gradient(grad_fn, params, images, labels, key, microbatches: int):

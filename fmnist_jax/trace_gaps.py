@@ -1,7 +1,7 @@
 """Where the device waited, and what the host was doing then: a summary of a profile trace.
 
     python -m fmnist_jax.main --config configs/default.py --workdir runs/p \
-        --config.profile_steps="(2000, 3000)"
+        --config.logging.profile_steps="(2000, 3000)"
     python -m fmnist_jax.trace_gaps runs/p [--top 10] [--json trace_gaps.json]
 
 Reads the newest perfetto_trace.json.gz under WORKDIR/plugins/profile/ (or the trace file
@@ -35,7 +35,7 @@ def find_trace(path) -> pathlib.Path:
   traces = sorted(path.glob("plugins/profile/*/perfetto_trace.json.gz"))
   if not traces:
     raise SystemExit(f"error: no plugins/profile/*/perfetto_trace.json.gz under {path}: run "
-                     "with --config.profile_steps=(FIRST, LAST) to write one.")
+                     "with --config.logging.profile_steps=(FIRST, LAST) to write one.")
   return traces[-1]
 
 

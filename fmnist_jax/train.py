@@ -58,8 +58,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   members = population.check(config)
   input_pipeline.check_input_mode(config)
   par = population.parallelism(config, members)
-  par.check_batch_size(config.batch_size, "batch_size")
-  par.check_batch_size(config.eval_batch_size, "eval_batch_size")
+  par.check_batch_size(config.run.batch_size, "run.batch_size")
+  par.check_batch_size(config.eval.batch_size, "eval.batch_size")
   options = steps.StepOptions.from_config(config, par.num_devices, par.devices[0].platform)
   steps.check_microbatches(config, options.microbatches, par.num_devices)
   options = population.step_options(config, members, options)
@@ -70,15 +70,16 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   try:
     workdir_lib.check_resume(path, config)
     train_data = input_pipeline.create_train_data(
-        config, par, splits, tuple(population.values(config, members, "seed")))
+        config, par, splits, tuple(population.values(config, members, "run.seed")),
+        alternate="alternate" in population.values(config, members, "augment.flip"))
     if train_data.steps_per_epoch == 0:
-      raise ConfigError(f"batch_size {config.batch_size} is larger than the training split "
+      raise ConfigError(f"batch_size {config.run.batch_size} is larger than the training split "
                         f"({len(splits['train'][0])} examples).")
-    eval_sets = {name: input_pipeline.eval_batches(*splits[name], par, config.eval_batch_size)
+    eval_sets = {name: input_pipeline.eval_batches(*splits[name], par, config.eval.batch_size)
                  for name in ("val", "test") if name in splits}
-    total_steps = (config.num_train_steps if config.num_train_steps > 0
-                   else config.num_epochs * train_data.steps_per_epoch)
-    profiling.check_window(config.profile_steps, total_steps)
+    total_steps = (config.run.num_train_steps if config.run.num_train_steps > 0
+                   else config.run.num_epochs * train_data.steps_per_epoch)
+    profiling.check_window(config.logging.profile_steps, total_steps)
   except BaseException:
     if lock:
       lock.release()
@@ -140,7 +141,7 @@ def _restore(run: Run):
                              steps_per_epoch=run.steps_per_epoch, total_steps=run.total_steps,
                              start_step=step, start_epoch=step / run.steps_per_epoch)
   where = (f"resuming at step {step}: epoch {step / run.steps_per_epoch:.2f}, "
-           f"{step * run.config.batch_size:,} examples seen" if step else "starting at step 0")
+           f"{step * run.config.run.batch_size:,} examples seen" if step else "starting at step 0")
   logging.info("%s; %d steps/epoch, %d steps in all; %s", run.par, run.steps_per_epoch,
                run.total_steps, where)
   return state, step, extras, ckpt
@@ -175,8 +176,8 @@ class Loop:
     self.copy_state = jax.jit(lambda state: jax.tree.map(jax.numpy.copy, state))
     self.learning_rate = state_lib.create_learning_rate_fn(config, run.steps_per_epoch,
                                                            run.total_steps)
-    peak = hardware.peak_flops(par.devices[0].device_kind, config.dtype)
-    self.progress = Progress(start_step, run.total_steps, config.batch_size * members,
+    peak = hardware.peak_flops(par.devices[0].device_kind, config.model.dtype)
+    self.progress = Progress(start_step, run.total_steps, config.run.batch_size * members,
                              par.to_host,
                              flops_per_image=models.flops_per_image(config),
                              peak_flops=peak and peak * par.num_devices, show=run.is_chief)
@@ -188,7 +189,7 @@ class Loop:
                                      start_step)
     self.preemption = PreemptionWatch(ckpt.reached_preemption)
     self.profiler = profiling.StepProfiler(
-        run.workdir, config.profile_steps if run.is_chief else (0, 0), self.progress.paused)
+        run.workdir, config.logging.profile_steps if run.is_chief else (0, 0), self.progress.paused)
     self.deferred = Deferred()
     self.zeros = par.place_state(steps.zero_metrics(members))
     resumed_sums = {**steps.zero_metrics(members), **(resumed_sums or {})}
@@ -202,7 +203,7 @@ class Loop:
     """Trains from `step` to the end of the run, or to stop_at_accuracy; returns the final
     state and its step. Raises Preempted once the state at a preemption is saved."""
     run, config, progress = self.run, self.run.config, self.progress
-    every, sums = config.checkpoint_every_steps, self.start_sums
+    every, sums = config.checkpoints.every_steps, self.start_sums
     overlap = jax.process_count() == 1  # several processes complete each epoch at its end
     try:
       while step < run.total_steps:
@@ -210,7 +211,7 @@ class Loop:
         epoch_end = min((epoch + 1) * run.steps_per_epoch, run.total_steps)
         next_end = min(epoch_end + run.steps_per_epoch, run.total_steps)
         preempt = False
-        for batches, num in run.train_data.batches(epoch, first, config.steps_per_call):
+        for batches, num in run.train_data.batches(epoch, first, config.parallelism.steps_per_call):
           num = min(num, epoch_end - step)
           with progress.timed("train calls"):  # input batches, dispatch (and compilation)
             state, sums = self.train_fn(state, batches, sums, np.int32(num))
@@ -218,7 +219,7 @@ class Loop:
           self.profiler.after_call(step, sums)
           progress.program_ready()  # (said once: the first call compiled or loaded it)
           self.deferred.run(step)  # what the device has now passed: lines, evaluations, saves
-          if crossed(step, num, config.log_every_steps):
+          if crossed(step, num, config.logging.every_steps):
             self.deferred.add(step + 1, self.log_task(step, epoch, sums))
           preempt = self.preemption.reached()
           if step >= epoch_end:
@@ -238,7 +239,7 @@ class Loop:
             state = self.stop_members(state, evaluation)
           end = functools.partial(self.end_epoch, step, self.copy_state(state), sums,
                                   evaluation, next_end)
-        self.deferred.add(min(step + LEAD_CALLS * config.steps_per_call, next_end), end)
+        self.deferred.add(min(step + LEAD_CALLS * config.parallelism.steps_per_call, next_end), end)
         self.stopping = preempt or step >= run.total_steps
         if self.stopping or not overlap:  # no next epoch to overlap with
           self.deferred.run()
@@ -284,13 +285,13 @@ class Loop:
     self.saver.check_finite(step, train_sums, scalars)
     self.last_eval = scalars
     self.progress.restart_interval(step)  # (the calls queued since run behind its evaluation)
-    reached = bool(config.stop_at_accuracy) and min(
-        row[config.stop_metric] for row in scalars["members"]) >= config.stop_at_accuracy
+    reached = bool(config.eval.stop_at_accuracy) and min(
+        row[config.eval.stop_metric] for row in scalars["members"]) >= config.eval.stop_at_accuracy
     self.saver.request(step, state, train_sums, row=scalars, always=reached or self.stopping)
     self.deferred.add(save_due, self.save)
     if reached:
-      logging.info("%s %.4f >= stop_at_accuracy %.4f: stopping at step %d", config.stop_metric,
-                   scalars[config.stop_metric], config.stop_at_accuracy, step)
+      logging.info("%s %.4f >= stop_at_accuracy %.4f: stopping at step %d", config.eval.stop_metric,
+                   scalars[config.eval.stop_metric], config.eval.stop_at_accuracy, step)
       raise TargetReached(step, state)
 
   def epoch_scalars(self, step: int, train_sums, results: dict) -> dict:

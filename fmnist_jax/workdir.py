@@ -30,6 +30,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from fmnist_jax import config_file
 from fmnist_jax.errors import ConfigError, ReportError
 
 CONFIG_FILE = "config.json"
@@ -206,25 +207,37 @@ def read_config(workdir) -> ml_collections.ConfigDict:
 def layered(recorded: dict, where="a recorded config") -> ml_collections.ConfigDict:
   """A recorded config (a workdir's config.json) laid over today's defaults
   (configs/default.py, the one owner of every default): a field added since it was written
-  reads its default, so no reader restates one. A field that no longer exists is named in one
+  reads its default, so no reader restates one. A config recorded with flat names (before the
+  sections) is read through config_file.RENAMED. A field that no longer exists is named in one
   warning and left out."""
   from configs import default
   config = default.get_config()
-  gone = sorted(set(recorded) - set(config))
+  if not all(isinstance(value, dict) for value in recorded.values()):
+    recorded = config_file.from_flat(recorded)
+  gone = [section for section in recorded if section not in config]
+  for section in set(recorded) & set(config):
+    gone += [f"{section}.{field}" for field in recorded[section]
+             if field not in config[section]]
+    for field in set(recorded[section]) & set(config[section]):
+      try:
+        config[section][field] = recorded[section][field]
+      except (TypeError, ValueError):  # (a hand-edited file: one line, not ml_collections')
+        default_value = config[section][field]
+        raise ConfigError(f"{where}: {section}.{field}={recorded[section][field]!r} is not of "
+                          f"the kind of configs/default.py's {default_value!r} "
+                          f"({type(default_value).__name__}): correct it there.") from None
   if gone:
-    logging.warning("%s: %s no longer config field(s); ignored", where, ", ".join(gone))
-  for field in set(recorded) & set(config):
-    try:
-      config[field] = recorded[field]
-    except (TypeError, ValueError):  # (a hand-edited file: one line, not ml_collections')
-      raise ConfigError(f"{where}: {field}={recorded[field]!r} is not of the kind of "
-                        f"configs/default.py's {config[field]!r} "
-                        f"({type(config[field]).__name__}): correct it there.") from None
+    logging.warning("%s: %s no longer config field(s); ignored", where, ", ".join(sorted(gone)))
   return config
 
 
+def _by_path(config) -> dict:
+  return {path: value for section, fields in json.loads(config.to_json_best_effort()).items()
+          for path, value in ((f"{section}.{f}", v) for f, v in fields.items())}
+
+
 def config_changes(workdir, config) -> dict[str, tuple]:
-  """{field: (recorded, now)} for each top-level field that differs from the config this
+  """{path: (recorded, now)} for each "section.field" that differs from the config this
   workdir recorded last (config.json, or the newest config.stepN.json); {} for a new run."""
   workdir = pathlib.Path(workdir)
   recorded = sorted((p for p in workdir.glob("config.step*.json")
@@ -233,21 +246,21 @@ def config_changes(workdir, config) -> dict[str, tuple]:
   path = recorded[-1] if recorded else workdir / CONFIG_FILE
   if not path.exists():
     return {}
-  old = json.loads(layered(json.loads(_read_config_text(path)), path).to_json_best_effort())
-  new = json.loads(config.to_json_best_effort())
+  old = _by_path(layered(json.loads(_read_config_text(path)), path))
+  new = _by_path(config)
   return {field: (old.get(field), new.get(field)) for field in sorted(set(old) | set(new))
           if old.get(field) != new.get(field)}
 
 
 # Fields that change what a saved step count means: a resume with another value would take the
 # step count of one run for a position in another.
-STEP_FIELDS = ("batch_size", "validation_size")
+STEP_FIELDS = ("run.batch_size", "data.validation_size")
 
 
 def check_resume(workdir: pathlib.Path, config) -> None:
   """The resume policy: says what changed since the workdir's last start; refuses a change of
   STEP_FIELDS when there are checkpoints to resume from, unless
-  config.resume_with_changed_steps."""
+  config.checkpoints.resume_with_changed_steps."""
   from fmnist_jax.checkpointing import complete_steps
   changes = config_changes(workdir, config)
   if not changes:
@@ -256,16 +269,16 @@ def check_resume(workdir: pathlib.Path, config) -> None:
       f"{field} {old!r} -> {new!r}" for field, (old, new) in changes.items()))
   changed = [field for field in STEP_FIELDS if field in changes]
   resumable = bool(complete_steps(workdir / CHECKPOINTS))
-  if "population" in changes and resumable:
+  if "population.members" in changes and resumable:
     raise ConfigError(f"{workdir} holds checkpoints of another population "
-                      f"({changes['population'][0]!r}): resume it with that population, or "
+                      f"({changes['population.members'][0]!r}): resume it with that population, or "
                       "use a new --workdir.")
-  if changed and resumable and not config.resume_with_changed_steps:
+  if changed and resumable and not config.checkpoints.resume_with_changed_steps:
     raise ConfigError(
         f"resuming {workdir} with a changed {', '.join(changed)} ("
         + ", ".join(f"{f} {changes[f][0]} -> {changes[f][1]}" for f in changed)
         + ") would reinterpret its saved step count: use a new --workdir, or "
-        "--config.resume_with_changed_steps=True to continue from the saved step anyway.")
+        "--config.checkpoints.resume_with_changed_steps=True to continue from the saved step anyway.")
 
 
 def read_run_info(workdir) -> list[dict]:
@@ -352,10 +365,10 @@ class MetricsWriter:
     self._add_scalars(step, {f"progress/{k}": v for k, v in scalars.items()}, flush=False)
 
   def write_hparams(self, config) -> None:
-    """The config's fields as TensorBoard hyperparameters (tuples as text)."""
+    """The config's fields as TensorBoard hyperparameters, by path (tuples as text)."""
     from tensorboard.plugins.hparams import summary_v2
     hparams = {k: v if isinstance(v, (bool, int, float, str)) else str(v)
-               for k, v in config.items()}
+               for k, v in _by_path(config).items()}
     self._add(0, summary_v2.hparams_pb(hparams))
 
   def _add_scalars(self, step: int, scalars: dict, flush: bool = True) -> None:
@@ -397,7 +410,7 @@ def finished(workdir, config, step: int, total_steps: int, chief: bool = True) -
   logging.warning("already finished at step %d of %d%s: nothing to train (raise %s to train "
                   "on, or use a new --workdir)", step, total_steps,
                   " (stop_at_accuracy reached)" if target else "",
-                  "stop_at_accuracy" if target else "num_epochs or num_train_steps")
+                  "eval.stop_at_accuracy" if target else "run.num_epochs or run.num_train_steps")
   if chief and rebuild_result(workdir, step, target):
     logging.warning("result.json was missing or stale: rebuilt from metrics.jsonl")
   return True
@@ -407,9 +420,9 @@ def reached_target(workdir, config, step: int) -> bool:
   """Whether result.json says the run stopped at `step` on a stop_at_accuracy it still meets
   (a requeued job reruns the command of a run that already reached its target)."""
   result = read_result(workdir) or {}
-  return (bool(config.stop_at_accuracy) and result.get("stop_reason") == "target_reached"
+  return (bool(config.eval.stop_at_accuracy) and result.get("stop_reason") == "target_reached"
           and result.get("step") == step
-          and result.get("final", {}).get(config.stop_metric, -1) >= config.stop_at_accuracy)
+          and result.get("final", {}).get(config.eval.stop_metric, -1) >= config.eval.stop_at_accuracy)
 
 
 def rebuild_result(workdir, step: int, target: bool) -> bool:

@@ -97,7 +97,7 @@ def _use_small_splits(monkeypatch) -> dict:
   from fmnist_jax import input_pipeline
   monkeypatch.setattr(input_pipeline, "load_splits",
                       lambda config: {k: v for k, v in splits.items()
-                                      if k != "val" or config.validation_size})
+                                      if k != "val" or config.data.validation_size})
   return splits
 
 
@@ -113,7 +113,7 @@ def _trained_once(tmp_path_factory):
     _use_small_splits(monkeypatch)
     from fmnist_jax import train
     workdir = tmp_path_factory.mktemp("trained") / "run"
-    train.train_and_evaluate(tiny_config(num_epochs=2), str(workdir))
+    train.train_and_evaluate(tiny_config(run=dict(num_epochs=2)), str(workdir))
   return workdir
 
 
@@ -125,10 +125,13 @@ def trained_workdir(small_splits, tmp_path, _trained_once):
   return tmp_path / "run"
 
 
-def tiny_config(**overrides):
-  from configs import tiny
+def tiny_config(changes: dict | None = None, **sections):
+  """configs/tiny.py with {"section.field": value} `changes` and `sections` given as dicts,
+  e.g. tiny_config({"optimizer.name": "sgd"}, run=dict(num_train_steps=3))."""
+  from configs import default, tiny
   config = tiny.get_config()
-  config.update(overrides)
+  default.override(config, changes or {})
+  config.update(sections)
   return config
 
 

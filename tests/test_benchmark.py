@@ -67,8 +67,8 @@ def test_matmul_dtype_benchmark_writes_every_shape_and_form(tmp_path):
 
 
 def _tiny_run_args(synthetic_tfds):
-  return ["--config.num_train_steps=8", "--config.steps_per_call=4",
-          f"--config.data_dir={synthetic_tfds['data_dir']}"]
+  return ["--config.run.num_train_steps=8", "--config.parallelism.steps_per_call=4",
+          f"--config.data.tfds_dir={synthetic_tfds['data_dir']}"]
 
 
 @pytest.mark.slow
@@ -97,7 +97,7 @@ def test_recipe_benchmark_summarizes_seeds(synthetic_tfds, tmp_path):
   again = subprocess.run(
       [sys.executable, "-m", "benchmarks.recipe", "--config", "configs/tiny.py", "--seeds", "0",
        "--workdir-root", str(tmp_path / "runs"), "--json", str(tmp_path / "again.json"),
-       *_tiny_run_args(synthetic_tfds)[:-2], "--config.steps_per_call=2",
+       *_tiny_run_args(synthetic_tfds)[:-2], "--config.parallelism.steps_per_call=2",
        _tiny_run_args(synthetic_tfds)[-1]],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert again.returncode != 0
@@ -133,8 +133,8 @@ def test_speedrun_search_trains_variants_through_main_and_repeats_the_chosen_one
   result = subprocess.run(
       [sys.executable, "-m", "benchmarks.speedrun_search", "--config", "configs/speedrun.py",
        "--only", "b512_e20", "b1024_e20", "--choose", "fastest:0.0",
-       "--json", str(out), "--config.conv_features=(4,8,8)", "--config.dense_features=16",
-       "--config.batch_size=16", "--config.validation_size=40",
+       "--json", str(out), "--config.model.conv_features=(4,8,8)", "--config.model.dense_features=16",
+       "--config.run.batch_size=16", "--config.data.validation_size=40",
        *_tiny_run_args(synthetic_tfds)],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -286,8 +286,8 @@ def test_population_study_times_a_population_against_one_model(synthetic_tfds, t
   result = subprocess.run(
       [sys.executable, "-m", "benchmarks.population_study", "--config", "configs/tiny.py",
        "--json", str(out), "--workdir", str(tmp_path / "runs"),
-       "--config.population=(('dropout_rates', ((0.25, 0.4, 0.3), (0.0, 0.0, 0.0))), "
-       "('seed', (0, 1)))", *_tiny_run_args(synthetic_tfds)],
+       "--config.population.members=(('model.dropout_rates', ((0.25, 0.4, 0.3), (0.0, 0.0, 0.0))), "
+       "('run.seed', (0, 1)))", *_tiny_run_args(synthetic_tfds)],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(out.read_text())
@@ -295,7 +295,7 @@ def test_population_study_times_a_population_against_one_model(synthetic_tfds, t
   assert report["ratio"] == pytest.approx(report["population"]["process_seconds"]
                                           / report["single"]["process_seconds"])
   single = json.loads((tmp_path / "runs" / "single" / "config.json").read_text())
-  assert single["population"] == []  # the one model: the same config without the population
+  assert single["population"]["members"] == []  # the one model: the same config without the population
   assert "members in one process vs one model" in result.stdout
 
 
@@ -310,9 +310,9 @@ def test_ablation_adds_each_row_s_fields_to_the_rows_above_and_measures_tta(synt
       [sys.executable, "-m", "benchmarks.ablation", "--config", "configs/speedrun.py",
        "--seeds", "0", "1", "--epochs", "1", "--target", "0.01", "--rows", "baseline", "whiten",
        "--workdir-root", str(tmp_path / "runs"), "--json", str(out),
-       "--config.batch_size=32", "--config.validation_size=200",
-       "--config.conv_features=(20, 8, 8)",
-       "--config.dense_features=16", *_tiny_run_args(synthetic_tfds)],
+       "--config.run.batch_size=32", "--config.data.validation_size=200",
+       "--config.model.conv_features=(20, 8, 8)",
+       "--config.model.dense_features=16", *_tiny_run_args(synthetic_tfds)],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(out.read_text())
@@ -324,8 +324,8 @@ def test_ablation_adds_each_row_s_fields_to_the_rows_above_and_measures_tta(synt
       assert member["epochs_to_target"] == member["epochs_to_target_translated"] == 1
       assert 0 <= member["final_test_accuracy_translated"] <= 1
   config = json.loads((tmp_path / "runs" / "whiten" / "config.json").read_text())
-  assert config["conv1_init"] == "whiten" and config["eval_flip_average"]
-  assert "| whiten (conv1_init=whiten) | 1.0 ± 0.0 | 2/2 |" in result.stdout
+  assert config["model"]["conv1_init"] == "whiten" and config["eval"]["tta_flip"]
+  assert "| whiten (model.conv1_init=whiten) | 1.0 ± 0.0 | 2/2 |" in result.stdout
 
 
 # --- the benchmarks' logic, in process on made-up inputs (the runs above: the full tier) -----
@@ -334,8 +334,8 @@ def test_mean_std_is_the_sample_std_of_the_values_given():
   from benchmarks import common
   assert common.mean_std([1.0, 2.0, 3.0]) == [2.0, 1.0]
   assert common.mean_std([None, 5.0]) == [5.0, 0.0] and common.mean_std([None]) is None
-  assert common.without(["--config.seed=1", "--config.population=()", "--x=2"],
-                        ("population",)) == ["--config.seed=1", "--x=2"]
+  assert common.without(["--config.run.seed=1", "--config.population.members=()", "--x=2"],
+                        ("population.members",)) == ["--config.run.seed=1", "--x=2"]
 
 
 def test_time_to_accuracy_summarizes_only_the_seeds_that_reached_the_target():

@@ -13,7 +13,7 @@ from fmnist_jax.parallel import Parallelism
 
 
 def _state(config, seed=0):
-  config.seed = seed
+  config.run.seed = seed
   return replicated_state(config, 10, 100)
 
 
@@ -23,7 +23,7 @@ def _assert_same(a, b):
 
 
 def test_save_then_restore_gives_the_identical_state(tmp_path):
-  config = tiny_config(async_checkpointing=True)
+  config = tiny_config(checkpoints=dict(asynchronous=True))
   state = _state(config)
   batch = {"image": np.full((16, 28, 28, 1), 128, np.uint8), "label": np.arange(16) % 10}
   state, _ = jax.jit(steps.train_step)(state, batch)  # non-trivial optimizer state
@@ -41,7 +41,7 @@ def test_save_then_restore_gives_the_identical_state(tmp_path):
 
 
 def test_keeps_the_latest_n_plus_the_best_by_validation_accuracy(tmp_path):
-  config = tiny_config(keep_checkpoints=2, keep_best_checkpoints=1)
+  config = tiny_config(checkpoints=dict(keep=2, keep_best=1))
   state = _state(config)
   ckpt = checkpointing.Checkpointer(tmp_path, config)
   for step, val_accuracy in [(10, 0.5), (20, 0.9), (30, 0.6), (40, 0.7), (50, 0.65)]:
@@ -62,7 +62,7 @@ def test_a_single_run_workdir_from_before_one_path_resumes_where_it_stopped(smal
   workdir = tmp_path / "run"
   shutil.copytree(FIXTURE / "workdir", workdir)
   saved = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / "7" / "default")
-  config = tiny_config(num_train_steps=20)
+  config = tiny_config(run=dict(num_train_steps=20))
   train.train_and_evaluate(config, str(workdir))
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [json.loads(l)["start_step"] for l in
@@ -88,7 +88,7 @@ def test_the_restored_state_is_the_checkpoints_arrays_bit_for_bit(tmp_path):
   shutil.copytree(FIXTURE / "workdir", tmp_path / "run")
   directory = tmp_path / "run" / "checkpoints"
   saved = ocp.StandardCheckpointer().restore(directory / "7" / "default")
-  config = tiny_config(num_train_steps=20)
+  config = tiny_config(run=dict(num_train_steps=20))
   found = population.members(config)
   state = Parallelism("jit").place_state(population.initial_state(config, found, 27, 20))
   ckpt = checkpointing.Checkpointer(directory, config)
@@ -106,15 +106,34 @@ def test_a_recorded_config_reads_over_todays_defaults(tmp_path, caplog):
   # A workdir's config.json from before a field existed reads that field's default, so no
   # reader restates a default; a field that is gone is named once and left out.
   recorded = json.loads((FIXTURE / "workdir" / "config.json").read_text())
-  del recorded["augment_flip_alternate"], recorded["eval_translate"]
+  del recorded["augment_flip_alternate"], recorded["eval_translate"]  # (flat: before sections)
   recorded["an_old_field"] = 3
   (tmp_path / "config.json").write_text(json.dumps(recorded))
   from fmnist_jax import workdir as workdir_lib
   config = workdir_lib.read_config(tmp_path)
-  assert config.augment_flip_alternate is False and config.eval_translate == 0
-  assert config.batch_size == 16 and tuple(config.conv_features) == (4, 8, 8)  # as recorded
+  assert config.augment.flip == "off" and config.eval.tta_translate == 0
+  assert config.run.batch_size == 16 and tuple(config.model.conv_features) == (4, 8, 8)  # as recorded
   assert "an_old_field" not in config and "an_old_field" in caplog.text
-  assert workdir_lib.config_changes(tmp_path, tiny_config(num_train_steps=7)) == {}
+  assert workdir_lib.config_changes(tmp_path, tiny_config(run=dict(num_train_steps=7))) == {}
+
+
+@pytest.mark.parametrize("flip, alternate, mode", [
+    (False, False, "off"), (True, False, "random"), (True, True, "alternate")])
+def test_a_flat_config_from_before_the_sections_reads_as_its_paths(flip, alternate, mode):
+  # population_v1's config.json was written with flat names: each is read at its path, the
+  # two flip flags as augment.flip's mode, the population's fields by their paths.
+  from fmnist_jax import workdir as workdir_lib
+  recorded = json.loads((FIXTURE.parent / "population_v1" / "workdir" / "config.json")
+                        .read_text())
+  recorded.update(augment_flip=flip, augment_flip_alternate=alternate, eval_flip_average=True,
+                  members_per_pass=2, optimizer="sgd",
+                  population=[["seed", [0, 1]], ["augment_flip", [False, True]]])
+  config = workdir_lib.layered(recorded)
+  assert config.augment.flip == mode and config.eval.tta_flip is True
+  assert (config.run.batch_size, config.checkpoints.every_steps, config.optimizer.name,
+          config.population.per_pass, config.data.validation_size) == (16, 5, "sgd", 2, 40)
+  assert [(path, tuple(values)) for path, values in config.population.members] == [
+      ("run.seed", (0, 1)), ("augment.flip", ("off", "alternate" if alternate else "random"))]
 
 
 def test_a_recorded_config_of_the_wrong_kind_is_one_line(tmp_path):
@@ -134,7 +153,7 @@ def test_a_population_workdir_from_before_one_path_resumes(small_splits, tmp_pat
   workdir = tmp_path / "run"
   shutil.copytree(FIXTURE.parent / "population_v1" / "workdir", workdir)
   saved = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / "7" / "default")
-  config = tiny_config(num_train_steps=14, population=(("seed", (0, 1)),))
+  config = tiny_config(run=dict(num_train_steps=14), population=dict(members=(("run.seed", (0, 1)),)))
   state = Parallelism("jit").place_state(
       population.initial_state(config, population.members(config), 27, 14))
   ckpt = checkpointing.Checkpointer(workdir / "checkpoints", config)

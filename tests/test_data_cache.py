@@ -22,7 +22,7 @@ def cache(tmp_path, monkeypatch, synthetic_tfds):
   read_source = input_pipeline._read_source
   monkeypatch.setattr(input_pipeline, "_read_source",
                       lambda config: reads.append(1) or read_source(config))
-  config = tiny_config(data_dir=synthetic_tfds["data_dir"], validation_size=50)
+  config = tiny_config(data=dict(tfds_dir=synthetic_tfds["data_dir"], validation_size=50))
   return {"dir": tmp_path / "cache", "reads": reads, "config": config,
           "train_count": synthetic_tfds["train_count"]}
 
@@ -78,7 +78,7 @@ _LOAD = """
 import sys
 from conftest import tiny_config
 from fmnist_jax import input_pipeline
-input_pipeline.load_splits(tiny_config(data_dir=sys.argv[1]))
+input_pipeline.load_splits(tiny_config(data=dict(tfds_dir=sys.argv[1])))
 print("tensorflow imported:", "tensorflow" in sys.modules)
 """
 

@@ -63,7 +63,7 @@ def test_idx_reader_gives_the_arrays_tfds_gives(synthetic_tfds):
   as tfds.load of the dataset prepared from those files."""
   from fmnist_jax import input_pipeline
   from conftest import tiny_config
-  config = tiny_config(data_dir=synthetic_tfds["data_dir"], validation_size=50)
+  config = tiny_config(data=dict(tfds_dir=synthetic_tfds["data_dir"], validation_size=50))
   from_tfds = input_pipeline.load_splits(config)
   idx = dataset.read_idx_splits(str(synthetic_tfds["idx_dir"]), synthetic_tfds["checksums"])
   train_images, train_labels = idx["train"]

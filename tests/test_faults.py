@@ -48,16 +48,16 @@ def _snapshot(directory):
 
 # --- kills and preemption: real subprocesses -----------------------------------------------
 
-KILL_RUN = ("--config.num_train_steps=40", "--config.checkpoint_every_steps=10",
-            "--config.steps_per_call=1", "--config.keep_checkpoints=3")
+KILL_RUN = ("--config.run.num_train_steps=40", "--config.checkpoints.every_steps=10",
+            "--config.parallelism.steps_per_call=1", "--config.checkpoints.keep=3")
 # The run waits after its first checkpoint (fmnist_jax.preemption): the signal lands mid-run.
 PAUSED = {**os.environ, preemption.PAUSE_VARIABLE: "300"}
 
 
 def _main_command(workdir, data_dir, input_mode):
   return [sys.executable, "-m", "fmnist_jax.main", "--config", "configs/tiny.py",
-          "--workdir", str(workdir), f"--config.data_dir={data_dir}",
-          f"--config.input_mode={input_mode}", *KILL_RUN]
+          "--workdir", str(workdir), f"--config.data.tfds_dir={data_dir}",
+          f"--config.data.input_mode={input_mode}", *KILL_RUN]
 
 
 def _run(command):
@@ -84,7 +84,7 @@ def _start_and_signal(command, workdir, sig):
 
 
 def _tiny():
-  return tiny_config(num_train_steps=40, checkpoint_every_steps=10)
+  return tiny_config(run=dict(num_train_steps=40), checkpoints=dict(every_steps=10))
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +144,7 @@ def _corrupt(step_dir: pathlib.Path, metadata: bool = True):
 
 
 def test_damaged_latest_checkpoint_falls_back_and_is_moved_aside(small_splits, tmp_path, caplog):
-  config = tiny_config(num_train_steps=20, checkpoint_every_steps=5)
+  config = tiny_config(run=dict(num_train_steps=20), checkpoints=dict(every_steps=5))
   train.train_and_evaluate(config, str(tmp_path / "straight"))
   train.train_and_evaluate(config, str(tmp_path / "run"))
   checkpoints = tmp_path / "run" / "checkpoints"
@@ -165,7 +165,7 @@ def test_damaged_latest_checkpoint_falls_back_and_is_moved_aside(small_splits, t
                                               (False, "none of the checkpoints")])
 def test_no_restorable_checkpoint_stops_and_changes_nothing(small_splits, tmp_path, metadata,
                                                             message):
-  config = tiny_config(num_train_steps=20, checkpoint_every_steps=5)
+  config = tiny_config(run=dict(num_train_steps=20), checkpoints=dict(every_steps=5))
   train.train_and_evaluate(config, str(tmp_path))
   for step_dir in (tmp_path / "checkpoints").iterdir():
     if step_dir.name.isdigit():
@@ -177,16 +177,16 @@ def test_no_restorable_checkpoint_stops_and_changes_nothing(small_splits, tmp_pa
 
 
 def test_checkpoint_from_another_model_names_the_mismatched_shapes(small_splits, tmp_path):
-  train.train_and_evaluate(tiny_config(num_train_steps=5), str(tmp_path))
+  train.train_and_evaluate(tiny_config(run=dict(num_train_steps=5)), str(tmp_path))
   before = _snapshot(tmp_path)
-  wider = tiny_config(num_train_steps=10, conv_features=(4, 8, 16))
+  wider = tiny_config(run=dict(num_train_steps=10), model=dict(conv_features=(4, 8, 16)))
   with pytest.raises(checkpointing.CheckpointError) as error:
     train.train_and_evaluate(wider, str(tmp_path))
   assert "params['conv3']['kernel']: checkpoint (3, 3, 8, 8), config (3, 3, 8, 16)" in \
       str(error.value)
   assert _snapshot(tmp_path) == before
   with pytest.raises(checkpointing.CheckpointError, match="opt_state: .* arrays in the checkpoint"):
-    train.train_and_evaluate(tiny_config(num_train_steps=10, optimizer="sgd"), str(tmp_path))
+    train.train_and_evaluate(tiny_config(run=dict(num_train_steps=10), optimizer=dict(name="sgd")), str(tmp_path))
   assert _snapshot(tmp_path) == before
 
 
@@ -194,11 +194,10 @@ def test_checkpoint_from_another_model_names_the_mismatched_shapes(small_splits,
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(small_splits,
                                                                          tmp_path):
-  train.train_and_evaluate(tiny_config(num_train_steps=12), str(tmp_path))
+  train.train_and_evaluate(tiny_config(run=dict(num_train_steps=12)), str(tmp_path))
   good = _restore(tmp_path, tiny_config())
   # An absurd learning rate blows the parameters up to inf within a few steps.
-  exploding = tiny_config(num_train_steps=24, learning_rate=1e30,
-                          checkpoint_every_steps=2, steps_per_call=1)
+  exploding = tiny_config(run=dict(num_train_steps=24), optimizer=dict(learning_rate=1e30), checkpoints=dict(every_steps=2), parallelism=dict(steps_per_call=1))
   with pytest.raises(errors.NonFiniteError, match=r"non-finite loss or gradient in steps \d+"):
     train.train_and_evaluate(exploding, str(tmp_path))
   steps = checkpointing.complete_steps(tmp_path / "checkpoints")
@@ -210,7 +209,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(small_
 
 
 def test_skip_nonfinite_updates_drops_the_update():
-  config = tiny_config(skip_nonfinite_updates=True, dropout_rates=(0.0, 0.0, 0.0))
+  config = tiny_config(optimizer=dict(skip_nonfinite_updates=True), model=dict(dropout_rates=(0.0, 0.0, 0.0)))
   state = state_lib.initial_state(config)
   params = jax.tree.map(lambda x: x, state.params)
   params["logits"]["bias"] = params["logits"]["bias"].at[0].set(jnp.nan)
@@ -252,12 +251,12 @@ def test_workdir_below_a_file_is_rejected(tmp_path):
 # --- round two: damaged run files, bad workdirs, config mistakes ----------------------------
 
 def test_a_cut_metrics_line_is_skipped_and_never_glued_onto(small_splits, tmp_path, caplog):
-  config = tiny_config(num_epochs=1)
+  config = tiny_config(run=dict(num_epochs=1))
   train.train_and_evaluate(config, str(tmp_path))
   metrics = tmp_path / "metrics.jsonl"
   metrics.write_bytes(metrics.read_bytes() + b'{"step": 99, "epo')  # a kill mid-write
   caplog.set_level("WARNING")
-  train.train_and_evaluate(tiny_config(num_epochs=2), str(tmp_path))  # resumes: epoch 2
+  train.train_and_evaluate(tiny_config(run=dict(num_epochs=2)), str(tmp_path))  # resumes: epoch 2
   rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.endswith("}")]
   assert [r["step"] for r in rows] == [12, 24]  # the new row is whole, on its own line
   assert "line 2 is damaged and skipped" in caplog.text
@@ -266,11 +265,11 @@ def test_a_cut_metrics_line_is_skipped_and_never_glued_onto(small_splits, tmp_pa
 
 
 def test_a_damaged_config_json_stops_before_training_and_is_kept(small_splits, tmp_path):
-  train.train_and_evaluate(tiny_config(num_epochs=1), str(tmp_path))
+  train.train_and_evaluate(tiny_config(run=dict(num_epochs=1)), str(tmp_path))
   (tmp_path / "config.json").write_bytes(b"\xff\xfe not json")
   before = _snapshot(tmp_path)
   with pytest.raises(errors.ConfigError, match="config.json is damaged"):
-    train.train_and_evaluate(tiny_config(num_epochs=2), str(tmp_path))
+    train.train_and_evaluate(tiny_config(run=dict(num_epochs=2)), str(tmp_path))
   assert (tmp_path / "config.json").read_bytes() == b"\xff\xfe not json"
   assert {k for k in _snapshot(tmp_path) if "metrics" in k} == \
       {k for k in before if "metrics" in k}
@@ -278,14 +277,20 @@ def test_a_damaged_config_json_stops_before_training_and_is_kept(small_splits, t
 
 @pytest.mark.parametrize("args,message", [
     (["--workdir="], "--workdir is empty"),
-    (["--config.batch_sise=16"], "has no field 'batch_sise'; did you mean batch_size"),
-    (["--config.warmup_epochs=inf"], "warmup_epochs=inf must be a finite number"),
-    (["--config.learning_rate=inf"], "learning_rate=inf must be > 0 and finite"),
-    (["--config.seed=18446744073709551616"], "must be below 2**63"),
-    (["--config.num_classes=5"], "Fashion-MNIST has 10 classes"),
-    (["--config.stop_at_accuracy=0.5", "--config.validation_size=0"],
+    (["--config.run.batch_sise=16"], "has no field 'run.batch_sise'; did you mean run.batch_size"),
+    (["--config.run.learning_rate=0.01"], "did you mean optimizer.learning_rate?"),
+    (["--config.optimzer.name=sgd"], "did you mean optimizer.name?"),
+    (["--config.optimizer=sgd"], "--config.optimizer is a section: set one of its fields, e.g. "
+                                 "--config.optimizer.name="),
+    (["--config.learning_rate=0.01"], "--config.learning_rate is now "
+                                      "--config.optimizer.learning_rate"),
+    (["--config.optimizer.warmup_epochs=inf"], "warmup_epochs=inf must be a finite number"),
+    (["--config.optimizer.learning_rate=inf"], "learning_rate=inf must be > 0 and finite"),
+    (["--config.run.seed=18446744073709551616"], "must be below 2**63"),
+    (["--config.model.num_classes=5"], "Fashion-MNIST has 10 classes"),
+    (["--config.eval.stop_at_accuracy=0.5", "--config.data.validation_size=0"],
      "stop_metric='val_accuracy' needs the val split"),
-    (["--config.batch_size=abc"], "--config.batch_size=abc: invalid literal"),
+    (["--config.run.batch_size=abc"], "--config.run.batch_size=abc: invalid literal"),
 ])
 def test_user_mistakes_get_one_line_and_no_workdir(tmp_path, args, message):
   workdir = tmp_path / "w"
@@ -314,7 +319,7 @@ def test_a_workdir_holding_a_source_tree_is_refused(small_splits, tmp_path):
   (tmp_path / "module.py").write_text("x = 1\n")
   before = _snapshot(tmp_path)
   with pytest.raises(errors.ConfigError, match="holds files that are not a fmnist_jax run's"):
-    train.train_and_evaluate(tiny_config(num_epochs=1), str(tmp_path))
+    train.train_and_evaluate(tiny_config(run=dict(num_epochs=1)), str(tmp_path))
   assert _snapshot(tmp_path) == before
 
 
@@ -339,10 +344,10 @@ def test_a_second_ctrl_c_aborts_at_once_with_one_line(synthetic_tfds, tmp_path):
   aborts it."""
   workdir = tmp_path / "twice"
   command = [sys.executable, "-m", "fmnist_jax.main", "--config", "configs/tiny.py",
-             "--workdir", str(workdir), f"--config.data_dir={synthetic_tfds['data_dir']}",
-             "--config.batch_size=32", "--config.steps_per_call=13",
-             f"--config.conv_features={WIDE}", "--config.dense_features=256",
-             "--config.checkpoint_every_steps=0", "--config.num_epochs=100"]
+             "--workdir", str(workdir), f"--config.data.tfds_dir={synthetic_tfds['data_dir']}",
+             "--config.run.batch_size=32", "--config.parallelism.steps_per_call=13",
+             f"--config.model.conv_features={WIDE}", "--config.model.dense_features=256",
+             "--config.checkpoints.every_steps=0", "--config.run.num_epochs=100"]
   process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
   checkpoints, lines = workdir / "checkpoints", []
@@ -366,36 +371,36 @@ def test_a_second_ctrl_c_aborts_at_once_with_one_line(synthetic_tfds, tmp_path):
   last = stderr.strip().splitlines()[-1]
   assert last.startswith("aborted (Ctrl-C): the checkpoints already written are intact"), last
   assert "checkpoint saved at step" not in stderr and "Traceback" not in stderr
-  wide = tiny_config(batch_size=32, conv_features=WIDE, dense_features=256)
+  wide = tiny_config(run=dict(batch_size=32), model=dict(conv_features=WIDE, dense_features=256))
   assert int(_restore(workdir, wide).step) % 13 == 0
 
 
 def test_a_second_run_on_a_workdir_in_use_is_refused(small_splits, tmp_path):
   """The lock is an flock held by process 0 for the whole run (released when it ends)."""
   from fmnist_jax import workdir
-  train.train_and_evaluate(tiny_config(num_epochs=1), str(tmp_path))
+  train.train_and_evaluate(tiny_config(run=dict(num_epochs=1)), str(tmp_path))
   before = _snapshot(tmp_path)
   held = workdir.Lock(tmp_path)  # another run holds it
   try:
     with pytest.raises(errors.ConfigError, match=r"is in use by another run \(pid \d+ on "):
-      train.train_and_evaluate(tiny_config(num_epochs=2), str(tmp_path))
+      train.train_and_evaluate(tiny_config(run=dict(num_epochs=2)), str(tmp_path))
   finally:
     held.release()
   assert _snapshot(tmp_path) == before
-  train.train_and_evaluate(tiny_config(num_epochs=2), str(tmp_path))  # free again: resumes
+  train.train_and_evaluate(tiny_config(run=dict(num_epochs=2)), str(tmp_path))  # free again: resumes
   assert json.loads((tmp_path / "result.json").read_text())["step"] == 24
 
 
 def test_a_resume_that_changes_what_a_step_means_is_refused(small_splits, tmp_path, caplog):
-  train.train_and_evaluate(tiny_config(num_epochs=1), str(tmp_path))  # 12 steps of 16
+  train.train_and_evaluate(tiny_config(run=dict(num_epochs=1)), str(tmp_path))  # 12 steps of 16
   before = _snapshot(tmp_path)
-  with pytest.raises(errors.ConfigError, match=r"changed batch_size \(batch_size 16 -> 32\)"):
-    train.train_and_evaluate(tiny_config(num_epochs=2, batch_size=32), str(tmp_path))
+  with pytest.raises(errors.ConfigError, match=r"changed run.batch_size \(run.batch_size 16 -> 32\)"):
+    train.train_and_evaluate(tiny_config(run=dict(num_epochs=2, batch_size=32)), str(tmp_path))
   assert _snapshot(tmp_path) == before
   caplog.set_level("WARNING")  # other changes are said, and allowed
-  train.train_and_evaluate(tiny_config(num_epochs=2), str(tmp_path))
+  train.train_and_evaluate(tiny_config(run=dict(num_epochs=2)), str(tmp_path))
   assert "num_epochs 1 -> 2" in caplog.text
-  allowed = tiny_config(num_epochs=5, batch_size=32, resume_with_changed_steps=True)
+  allowed = tiny_config(run=dict(num_epochs=5, batch_size=32), checkpoints=dict(resume_with_changed_steps=True))
   train.train_and_evaluate(allowed, str(tmp_path))
   assert json.loads((tmp_path / "result.json").read_text())["resumed_from_step"] == 24
 
@@ -408,7 +413,7 @@ def test_a_damaged_prepared_dataset_is_named_and_no_workdir_is_made(synthetic_tf
   record.write_bytes(record.read_bytes()[:len(record.read_bytes()) // 2])
   workdir = tmp_path / "run"
   with pytest.raises(errors.DataError, match=r"fashion_mnist is damaged .*delete that folder"):
-    train.train_and_evaluate(tiny_config(data_dir=str(data_dir), num_train_steps=2),
+    train.train_and_evaluate(tiny_config(data=dict(tfds_dir=str(data_dir)), run=dict(num_train_steps=2)),
                              str(workdir))
   assert not workdir.exists()
 
@@ -417,11 +422,11 @@ def test_a_metrics_row_written_again_after_a_resume_replaces_the_old_one(small_s
                                                                          tmp_path):
   """A kill between an evaluation's row and its checkpoint: the resumed run evaluates that
   step again, and metrics.jsonl keeps one row per step, the new one."""
-  train.train_and_evaluate(tiny_config(num_epochs=1), str(tmp_path))  # row and checkpoint 12
+  train.train_and_evaluate(tiny_config(run=dict(num_epochs=1)), str(tmp_path))  # row and checkpoint 12
   metrics = tmp_path / "metrics.jsonl"
   with open(metrics, "a") as f:  # the row of step 24, whose checkpoint never got written
     f.write(json.dumps({"step": 24, "epoch": 2.0, "train_loss": 999.0}) + "\n")
-  train.train_and_evaluate(tiny_config(num_epochs=2), str(tmp_path))
+  train.train_and_evaluate(tiny_config(run=dict(num_epochs=2)), str(tmp_path))
   rows = [json.loads(line) for line in metrics.read_text().splitlines()]
   assert [r["step"] for r in rows] == [12, 24] and rows[1]["train_loss"] < 999
 
@@ -431,7 +436,7 @@ def test_a_run_preempted_mid_epoch_writes_the_rows_of_an_uninterrupted_one(small
   """The epoch's running train sums are saved with a mid-epoch checkpoint: the resumed
   epoch's train loss and accuracy average all of its steps, and every row of metrics.jsonl
   equals the uninterrupted run's (12 steps per epoch; preempted after step 14)."""
-  config = tiny_config(num_epochs=3, steps_per_call=1, checkpoint_every_steps=0)
+  config = tiny_config(run=dict(num_epochs=3), parallelism=dict(steps_per_call=1), checkpoints=dict(every_steps=0))
   train.train_and_evaluate(config, str(tmp_path / "straight"))
   reached = preemption.PreemptionWatch.reached
 
@@ -498,7 +503,7 @@ def test_a_full_disk_stops_with_one_line_naming_the_last_checkpoint(small_splits
   monkeypatch.setattr(checkpointing.Checkpointer, "save", save_then_fill)
   with pytest.raises(errors.DiskFullError, match=r"no space left on the device holding .* the "
                      r"last complete checkpoint is step 10 .*run the same command again"):
-    train.train_and_evaluate(tiny_config(num_epochs=3), str(tmp_path))
+    train.train_and_evaluate(tiny_config(run=dict(num_epochs=3)), str(tmp_path))
 
 
 @pytest.mark.slow
@@ -513,7 +518,7 @@ def test_a_full_tmpfs_gives_one_error_line_and_a_rerun_with_space_is_bit_identic
                 "ENOSPC test covers the logic")
   try:
     command = _main_command(disk / "run", synthetic_tfds["data_dir"], "device")
-    command.append("--config.keep_checkpoints=100")  # the disk fills within 40 steps
+    command.append("--config.checkpoints.keep=100")  # the disk fills within 40 steps
     full = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert full.returncode == 1, full.stderr[-3000:]
     assert "Traceback" not in full.stderr, full.stderr[-3000:]
@@ -538,14 +543,15 @@ def test_a_run_that_skips_updates_stops_once_it_diverges_and_saves_no_nan(small_
                                                                           tmp_path):
   """skip_nonfinite_updates drops NaN/inf updates, but optax gives up after 5 in a row and
   applies them: from then on the state is NaN, and the run stops as the plain path does."""
-  skipping = dict(skip_nonfinite_updates=True, steps_per_call=1, keep_checkpoints=10)
-  train.train_and_evaluate(tiny_config(num_train_steps=20, **skipping), str(tmp_path))
+  skipping = {"optimizer.skip_nonfinite_updates": True, "parallelism.steps_per_call": 1,
+              "checkpoints.keep": 10}
+  train.train_and_evaluate(tiny_config(skipping, run=dict(num_train_steps=20)), str(tmp_path))
   rows_before = (tmp_path / "metrics.jsonl").read_text()
   result_before = (tmp_path / "result.json").read_text()
   with pytest.raises(errors.NonFiniteError, match="the model diverged"):
-    train.train_and_evaluate(tiny_config(num_train_steps=50, learning_rate=1e30, **skipping),
-                             str(tmp_path))
-  config = tiny_config(**skipping)
+    train.train_and_evaluate(tiny_config(skipping, run=dict(num_train_steps=50),
+                                         optimizer=dict(learning_rate=1e30)), str(tmp_path))
+  config = tiny_config(skipping)
   kept = checkpointing.complete_steps(tmp_path / "checkpoints")
   assert 20 in kept and max(kept) < 50, kept  # the good one kept, the run stopped short
   for step in kept:
@@ -558,7 +564,7 @@ def test_skipped_updates_count_only_what_optax_dropped(monkeypatch):
   """A gradient whose global norm overflows, each element finite, is applied by
   optax.apply_if_finite (an elementwise test): it is not counted as skipped."""
   monkeypatch.setattr(steps.optax, "global_norm", lambda tree: jnp.float32(jnp.inf))
-  config = tiny_config(skip_nonfinite_updates=True)
+  config = tiny_config(optimizer=dict(skip_nonfinite_updates=True))
   state = state_lib.initial_state(config)
   images, labels = synthetic_arrays(16)
   new, metrics = jax.jit(steps.train_step)(state, {"image": images, "label": labels})
@@ -567,13 +573,12 @@ def test_skipped_updates_count_only_what_optax_dropped(monkeypatch):
 
 
 def test_the_non_finite_stop_advises_what_the_workdir_accepts(small_splits, tmp_path):
-  train.train_and_evaluate(tiny_config(num_train_steps=12), str(tmp_path))
+  train.train_and_evaluate(tiny_config(run=dict(num_train_steps=12)), str(tmp_path))
   with pytest.raises(errors.NonFiniteError) as error:
-    train.train_and_evaluate(tiny_config(num_train_steps=24, learning_rate=1e30,
-                                         steps_per_call=1), str(tmp_path))
+    train.train_and_evaluate(tiny_config(run=dict(num_train_steps=24), optimizer=dict(learning_rate=1e30), parallelism=dict(steps_per_call=1)), str(tmp_path))
   assert "new --workdir" in str(error.value)  # skipping changes the optimizer state
   with pytest.raises(checkpointing.CheckpointError):  # as the advice says: not this workdir
-    train.train_and_evaluate(tiny_config(num_train_steps=24, skip_nonfinite_updates=True),
+    train.train_and_evaluate(tiny_config(run=dict(num_train_steps=24), optimizer=dict(skip_nonfinite_updates=True)),
                              str(tmp_path))
 
 
@@ -584,7 +589,7 @@ def test_a_workdir_holding_only_the_projects_temporary_files_is_accepted(small_s
   (tmp_path / ".config.json.tmp").write_text('{"batch_si')
   (tmp_path / ".lock").write_text("")
   (tmp_path / "run_info.jsonl").write_text('{"time": "x"}\n')
-  train.train_and_evaluate(tiny_config(num_train_steps=6), str(tmp_path))
+  train.train_and_evaluate(tiny_config(run=dict(num_train_steps=6)), str(tmp_path))
   assert json.loads((tmp_path / "result.json").read_text())["step"] == 6
 
 
@@ -592,7 +597,7 @@ def test_a_config_field_given_without_its_prefix_is_named_with_it(tmp_path):
   result = _main("--config", "configs/tiny.py", "--workdir", str(tmp_path / "w"),
                  "--num_train_steps=20")
   assert result.returncode != 0 and "Traceback" not in result.stderr
-  assert "--config.num_train_steps=20" in result.stderr, result.stderr[-2000:]
+  assert "--config.run.num_train_steps=20" in result.stderr, result.stderr[-2000:]
   assert not (tmp_path / "w").exists()
 
 
@@ -610,8 +615,8 @@ def test_an_unusable_compilation_cache_is_said_to_be_off(synthetic_tfds, tmp_pat
   env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
   result = subprocess.run(
       [sys.executable, "-m", "fmnist_jax.main", "--config", "configs/tiny.py", "--workdir",
-       str(tmp_path / "w"), f"--config.data_dir={synthetic_tfds['data_dir']}",
-       "--config.num_train_steps=2", f"--config.compilation_cache_dir={cache}"],
+       str(tmp_path / "w"), f"--config.data.tfds_dir={synthetic_tfds['data_dir']}",
+       "--config.run.num_train_steps=2", f"--config.parallelism.compilation_cache_dir={cache}"],
       cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
   assert result.returncode == 0, result.stderr[-3000:]
   assert f"compilation cache: off ({cache} is not a writable folder)" in result.stderr
@@ -623,7 +628,7 @@ def test_an_unusable_compilation_cache_is_said_to_be_off(synthetic_tfds, tmp_pat
 def test_a_profile_window_that_can_trace_nothing_is_refused(small_splits, tmp_path, window,
                                                             message):
   with pytest.raises(errors.ConfigError, match=message):
-    train.train_and_evaluate(tiny_config(num_train_steps=20, profile_steps=window),
+    train.train_and_evaluate(tiny_config(run=dict(num_train_steps=20), logging=dict(profile_steps=window)),
                              str(tmp_path / "w"))
   assert not (tmp_path / "w" / "checkpoints").exists()
 
@@ -631,7 +636,7 @@ def test_a_profile_window_that_can_trace_nothing_is_refused(small_splits, tmp_pa
 def test_a_run_that_reached_its_target_is_finished_when_its_command_runs_again(small_splits,
                                                                               tmp_path,
                                                                               caplog):
-  config = tiny_config(num_epochs=4, stop_at_accuracy=0.01, checkpoint_every_steps=0)
+  config = tiny_config(run=dict(num_epochs=4), eval=dict(stop_at_accuracy=0.01), checkpoints=dict(every_steps=0))
   train.train_and_evaluate(config, str(tmp_path))
   result = (tmp_path / "result.json").read_text()
   assert json.loads(result)["stop_reason"] == "target_reached"
@@ -642,7 +647,7 @@ def test_a_run_that_reached_its_target_is_finished_when_its_command_runs_again(s
   assert (tmp_path / "result.json").read_text() == result
   assert {k: v for k, v in _snapshot(tmp_path).items() if "run_info" not in k} == \
       {k: v for k, v in before.items() if "run_info" not in k}
-  higher = tiny_config(num_epochs=4, stop_at_accuracy=0.999, checkpoint_every_steps=0)
+  higher = tiny_config(run=dict(num_epochs=4), eval=dict(stop_at_accuracy=0.999), checkpoints=dict(every_steps=0))
   train.train_and_evaluate(higher, str(tmp_path))  # a higher target trains on
   assert json.loads((tmp_path / "result.json").read_text())["step"] == 48
 
@@ -651,7 +656,7 @@ def test_a_run_that_reached_its_target_is_finished_when_its_command_runs_again(s
 def test_a_finished_runs_missing_or_stale_result_is_rebuilt(trained_workdir, damage, caplog):
   """A kill between the final checkpoint and result.json leaves it missing (or a resumed
   run's old one); a rerun of the command rebuilds it from the last metrics row."""
-  config, tmp_path = tiny_config(num_epochs=2), trained_workdir
+  config, tmp_path = tiny_config(run=dict(num_epochs=2)), trained_workdir
   path = tmp_path / "result.json"
   expected = json.loads(path.read_text())
   if damage == "missing":
@@ -691,7 +696,7 @@ def test_damaged_or_stray_run_files_get_one_line_not_a_traceback(trained_workdir
     import shutil
     shutil.rmtree(tmp_path / "checkpoints")
     (tmp_path / "checkpoints").write_text("not a folder")
-  for action in (lambda: train.train_and_evaluate(tiny_config(num_epochs=3), str(tmp_path)),
+  for action in (lambda: train.train_and_evaluate(tiny_config(run=dict(num_epochs=3)), str(tmp_path)),
                  lambda: report.write_report(str(tmp_path))):
     try:
       action()
@@ -741,7 +746,7 @@ def test_tools_refuse_bad_arguments_in_one_line_before_they_work(tmp_path, case)
 
 def test_compare_leaves_out_a_damaged_reports_calibration(small_splits, tmp_path):
   from fmnist_jax import compare
-  train.train_and_evaluate(tiny_config(num_train_steps=6), str(tmp_path / "run"))
+  train.train_and_evaluate(tiny_config(run=dict(num_train_steps=6)), str(tmp_path / "run"))
   (tmp_path / "run" / "report").mkdir()
   (tmp_path / "run" / "report" / "metrics.json").write_text('{"checkpoints": ')
   compare.compare([str(tmp_path / "run")], str(tmp_path / "out"))
@@ -753,9 +758,7 @@ def test_an_explicit_idx_dir_that_is_not_read_is_said_so(synthetic_tfds, tmp_pat
   """With tfds' copy already prepared, the IDX files are not read: a named idx_dir (here one
   that does not exist) gets a line saying it was not used."""
   caplog.set_level("WARNING")
-  train.train_and_evaluate(tiny_config(data_dir=synthetic_tfds["data_dir"],
-                                       idx_dir=str(tmp_path / "nonexistent"),
-                                       num_train_steps=2), str(tmp_path / "w"))
+  train.train_and_evaluate(tiny_config(data=dict(tfds_dir=synthetic_tfds["data_dir"], idx_dir=str(tmp_path / "nonexistent")), run=dict(num_train_steps=2)), str(tmp_path / "w"))
   assert f"idx_dir='{tmp_path / 'nonexistent'}' is not used: tfds' copy" in caplog.text
 
 
@@ -766,8 +769,8 @@ def test_ctrl_c_twice_while_the_first_program_compiles_ends_in_one_line(syntheti
   either saves (the two were taken for one) or aborts, in one line; never a crash."""
   env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
   command = [sys.executable, "-m", "fmnist_jax.main", "--config", "configs/tiny.py",
-             "--workdir", str(tmp_path / "w"), f"--config.data_dir={synthetic_tfds['data_dir']}",
-             "--config.compilation_cache_dir=", "--config.num_epochs=50"]
+             "--workdir", str(tmp_path / "w"), f"--config.data.tfds_dir={synthetic_tfds['data_dir']}",
+             "--config.parallelism.compilation_cache_dir=", "--config.run.num_epochs=50"]
   process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True, env=env)
   lines = []

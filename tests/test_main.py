@@ -32,7 +32,7 @@ def _final_params(workdir, config):
 
 
 def test_trains_and_evaluates_after_every_epoch(small_splits, tmp_path):
-  config = tiny_config(num_epochs=2)  # 200 train images / batch 16 = 12 steps per epoch
+  config = tiny_config(run=dict(num_epochs=2))  # 200 train images / batch 16 = 12 steps per epoch
   final = train.train_and_evaluate(config, str(tmp_path))
   rows = _metrics(tmp_path)
   assert [r["step"] for r in rows] == [12, 24]
@@ -49,7 +49,7 @@ def test_trains_and_evaluates_after_every_epoch(small_splits, tmp_path):
 
 
 def test_num_train_steps_stops_mid_epoch_with_a_final_evaluation(small_splits, tmp_path):
-  config = tiny_config(num_train_steps=17, validation_size=0, steps_per_call=4)
+  config = tiny_config(run=dict(num_train_steps=17), data=dict(validation_size=0), parallelism=dict(steps_per_call=4))
   train.train_and_evaluate(config, str(tmp_path))
   rows = _metrics(tmp_path)
   assert [r["step"] for r in rows] == [12, 17]
@@ -57,9 +57,9 @@ def test_num_train_steps_stops_mid_epoch_with_a_final_evaluation(small_splits, t
 
 
 def test_resume_gives_identical_parameters(small_splits, tmp_path):
-  config = tiny_config(num_train_steps=20, checkpoint_every_steps=5)
+  config = tiny_config(run=dict(num_train_steps=20), checkpoints=dict(every_steps=5))
   train.train_and_evaluate(config, str(tmp_path / "straight"))
-  interrupted = tiny_config(num_train_steps=7, checkpoint_every_steps=5)
+  interrupted = tiny_config(run=dict(num_train_steps=7), checkpoints=dict(every_steps=5))
   train.train_and_evaluate(interrupted, str(tmp_path / "resumed"))
   assert _final_params(tmp_path / "resumed", config)[0] == 7
   train.train_and_evaluate(config, str(tmp_path / "resumed"))  # same workdir: resumes at 7
@@ -96,8 +96,8 @@ def _run_main(*args, env=None):
 @pytest.mark.slow
 def test_command_line_trains_on_tfds_data_in_streaming_mode(synthetic_tfds, tmp_path):
   result = _run_main("--config", "configs/tiny.py", "--workdir", str(tmp_path),
-                     f"--config.data_dir={synthetic_tfds['data_dir']}",
-                     "--config.input_mode=tfds", "--config.num_train_steps=6")
+                     f"--config.data.tfds_dir={synthetic_tfds['data_dir']}",
+                     "--config.data.input_mode=tfds", "--config.run.num_train_steps=6")
   assert result.returncode == 0, result.stderr[-3000:]
   # A progress line: step, epoch, images/s, FLOP/s (10 steps per call: logged at step 6; the
   # last line has no ETA).
@@ -108,8 +108,8 @@ def test_command_line_trains_on_tfds_data_in_streaming_mode(synthetic_tfds, tmp_
 
 
 @pytest.mark.parametrize("override,message", [
-    ("--config.batch_size=0", "batch_size=0 must be a positive integer"),
-    ("--config.optimizer=adamax", "optimizer='adamax'"),
+    ("--config.run.batch_size=0", "batch_size=0 must be a positive integer"),
+    ("--config.optimizer.name=adamax", "optimizer.name='adamax'"),
 ])
 def test_command_line_rejects_bad_config_before_touching_the_workdir(tmp_path, override,
                                                                      message):
@@ -137,7 +137,7 @@ _WATCHING_IMPORTS = ("import atexit, runpy, sys; atexit.register(lambda: print('
 @pytest.mark.parametrize("mistake,message", [
     (["--workdir", "FILE"], "is not a directory"),
     (["--workdir", "DIR", "--config", "configs/nope.py"], "does not exist"),
-    (["--workdir", "DIR", "--batch_size=3"], "write --config.batch_size=3"),
+    (["--workdir", "DIR", "--batch_size=3"], "--config.run.batch_size=3"),
 ])
 def test_command_line_mistakes_are_refused_before_jax_is_imported(tmp_path, mistake, message):
   (tmp_path / "file").write_text("precious")
@@ -160,13 +160,13 @@ def test_command_line_reports_a_missing_config_file(tmp_path):
 def test_one_train_program_per_run_even_with_uneven_last_calls(small_splits, tmp_path):
   """12 steps per epoch in calls of 5 (5, 5, 2) and a stop at step 29 mid-call: the short
   calls are masked steps of the same program, so the train call is traced once."""
-  config = tiny_config(num_train_steps=29, steps_per_call=5)
+  config = tiny_config(run=dict(num_train_steps=29), parallelism=dict(steps_per_call=5))
   train.train_and_evaluate(config, str(tmp_path))
   result = json.loads((tmp_path / "result.json").read_text())
   assert result["step"] == 29 and [r["step"] for r in _metrics(tmp_path)] == [12, 24, 29]
   assert result["traced"]["train_call"] == 1 and result["traced"]["eval_step"] == 1
   # The masked steps changed nothing: the same parameters as calls that fit exactly.
-  exact = tiny_config(num_train_steps=29, steps_per_call=1)
+  exact = tiny_config(run=dict(num_train_steps=29), parallelism=dict(steps_per_call=1))
   train.train_and_evaluate(exact, str(tmp_path / "exact"))
   step_a, params_a = _final_params(tmp_path, config)
   step_b, params_b = _final_params(tmp_path / "exact", exact)
@@ -185,13 +185,12 @@ def test_one_train_program_per_run_even_with_uneven_last_calls(small_splits, tmp
 def test_epoch_end_saves_wait_for_checkpoint_every_seconds(small_splits, tmp_path):
   """With a long interval only the final state is saved (every epoch still gets its metrics
   row); with 0, every epoch's end is saved."""
-  config = tiny_config(num_epochs=3, checkpoint_every_steps=0, keep_checkpoints=5,
-                       checkpoint_every_seconds=1e9)
+  config = tiny_config(run=dict(num_epochs=3), checkpoints=dict(every_steps=0, keep=5, every_seconds=1e9))
   train.train_and_evaluate(config, str(tmp_path / "rare"))
   assert [r["step"] for r in _metrics(tmp_path / "rare")] == [12, 24, 36]
   steps = checkpointing.complete_steps(tmp_path / "rare" / "checkpoints")
   assert steps == [36]
-  config.checkpoint_every_seconds = 0.0
+  config.checkpoints.every_seconds = 0.0
   train.train_and_evaluate(config, str(tmp_path / "every"))
   steps = checkpointing.complete_steps(tmp_path / "every" / "checkpoints")
   assert steps == [12, 24, 36]
@@ -218,15 +217,14 @@ def test_saves_are_written_while_later_calls_are_queued(small_splits, tmp_path, 
 
   monkeypatch.setattr(Parallelism, "compile_train", counting_compile_train)
   monkeypatch.setattr(checkpointing.Checkpointer, "save", recording_save)
-  config = tiny_config(num_epochs=3, steps_per_call=1, checkpoint_every_steps=5,
-                       keep_checkpoints=20)
+  config = tiny_config(run=dict(num_epochs=3), parallelism=dict(steps_per_call=1), checkpoints=dict(every_steps=5, keep=20))
   train.train_and_evaluate(config, str(tmp_path / "run"))
   saved = [step for step, _ in saves]
   assert saved == sorted(saved), saves  # oldest first (Orbax takes no step below its latest)
   assert set(saved) == {5, 10, 15, 20, 25, 30, 35} | {12, 24, 36}  # every save point, epoch end
   assert all(queued > step for step, queued in saves[:-1]), saves
   assert saves[-1] == (36, 36)  # the end of the run: nothing left to queue
-  train.train_and_evaluate(tiny_config(num_train_steps=5, steps_per_call=1),
+  train.train_and_evaluate(tiny_config(run=dict(num_train_steps=5), parallelism=dict(steps_per_call=1)),
                            str(tmp_path / "five"))
   ckpt = checkpointing.Checkpointer(tmp_path / "run" / "checkpoints", config, read_only=True)
   at_five = ckpt.restore(5, replicated_state(config))[0].params
@@ -239,7 +237,7 @@ def test_saves_are_written_while_later_calls_are_queued(small_splits, tmp_path, 
 @pytest.mark.slow
 def test_console_ends_with_a_summary_and_a_rerun_says_it_is_finished(synthetic_tfds, tmp_path):
   args = ("--config", "configs/tiny.py", "--workdir", str(tmp_path),
-          f"--config.data_dir={synthetic_tfds['data_dir']}", "--config.num_train_steps=6")
+          f"--config.data.tfds_dir={synthetic_tfds['data_dir']}", "--config.run.num_train_steps=6")
   first = _run_main(*args)
   assert first.returncode == 0, first.stderr[-3000:]
   assert re.search(r"done \(completed\) at step 6, epoch [\d.]+: test accuracy [\d.]+, loss "
@@ -253,8 +251,8 @@ def test_console_ends_with_a_summary_and_a_rerun_says_it_is_finished(synthetic_t
 
 @pytest.mark.slow
 def test_console_shows_the_projects_lines_and_verbose_the_libraries(synthetic_tfds, tmp_path):
-  args = ("--config", "configs/tiny.py", f"--config.data_dir={synthetic_tfds['data_dir']}",
-          "--config.num_train_steps=6")
+  args = ("--config", "configs/tiny.py", f"--config.data.tfds_dir={synthetic_tfds['data_dir']}",
+          "--config.run.num_train_steps=6")
   no_cache = {"FMNIST_JAX_DATA_CACHE_DIR": ""}  # tfds reads the data: its INFO lines appear
   quiet = _run_main(*args, "--workdir", str(tmp_path / "quiet"), env=no_cache)
   verbose = _run_main(*args, "--workdir", str(tmp_path / "verbose"), "--verbose", env=no_cache)
@@ -274,7 +272,7 @@ def test_console_shows_the_projects_lines_and_verbose_the_libraries(synthetic_tf
 def test_tensorboard_gets_progress_scalars_and_the_config_as_hyperparameters(small_splits,
                                                                              tmp_path):
   from tensorboard.backend.event_processing import event_accumulator
-  config = tiny_config(num_epochs=2, log_every_steps=4, steps_per_call=2, learning_rate=1e-3)
+  config = tiny_config(run=dict(num_epochs=2), logging=dict(every_steps=4), parallelism=dict(steps_per_call=2), optimizer=dict(learning_rate=1e-3))
   train.train_and_evaluate(config, str(tmp_path))
   events = event_accumulator.EventAccumulator(str(tmp_path))
   events.Reload()

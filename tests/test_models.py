@@ -153,7 +153,7 @@ def test_flops_per_image_counted_from_the_layer_shapes():
   forward = 389_376 + 4_460_544 + 1_327_104 + 294_912 + 2_560
   assert models.flops_per_image(config, train=False) == forward == 6_474_496
   assert models.flops_per_image(config) == 3 * forward - 389_376 == 19_034_112
-  config.conv_features, config.dense_features = (64, 128, 256), 256
+  config.model.conv_features, config.model.dense_features = (64, 128, 256), 256
   conv1 = 2 * 26 * 26 * 9 * 1 * 64
   wide = conv1 + 2 * 11 * 11 * 9 * 64 * 128 + 2 * 3 * 3 * 9 * 128 * 256 \
       + 2 * 3 * 3 * 256 * 256 + 2 * 256 * 10

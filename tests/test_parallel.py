@@ -84,7 +84,7 @@ def _free_port():
 def _start_two_processes(workdir, data_dir, *overrides, env=None):
   port = _free_port()
   common = [sys.executable, "-m", "fmnist_jax.main", "--config", "configs/tiny.py",
-            "--workdir", str(workdir), f"--config.data_dir={data_dir}",
+            "--workdir", str(workdir), f"--config.data.tfds_dir={data_dir}",
             f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", *overrides]
   return [subprocess.Popen(common + [f"--process_id={i}"], cwd=ROOT,
                            env={**_devices_env(4), **(env or {})},
@@ -104,8 +104,8 @@ def _two_processes(workdir, data_dir, *overrides):
 def test_sigterm_to_one_of_two_processes_saves_both_at_the_same_step(synthetic_tfds, tmp_path):
   """JAX's preemption sync service: a notice to process 1 alone stops both processes at one
   agreed step, with one checkpoint holding it; the same command then resumes from there."""
-  overrides = ["--config.num_train_steps=40", "--config.steps_per_call=1",
-               "--config.checkpoint_every_steps=10", "--config.keep_checkpoints=5"]
+  overrides = ["--config.run.num_train_steps=40", "--config.parallelism.steps_per_call=1",
+               "--config.checkpoints.every_steps=10", "--config.checkpoints.keep=5"]
   # Both processes wait 10 s after their first checkpoint: the notice lands mid-run.
   procs = _start_two_processes(tmp_path, synthetic_tfds["data_dir"], *overrides,
                                env={preemption.PAUSE_VARIABLE: "10"})
@@ -136,9 +136,9 @@ def test_sigterm_to_one_of_two_processes_saves_both_at_the_same_step(synthetic_t
 @pytest.mark.parametrize("mode,input_mode", [("jit", "device"), ("pmap", "tfds")])
 def test_two_processes_train_and_the_checkpoint_restores_on_one_device(
     synthetic_tfds, tmp_path, mode, input_mode):
-  logs = _two_processes(tmp_path, synthetic_tfds["data_dir"], "--config.num_train_steps=6",
-                        f"--config.parallelism={mode}", f"--config.input_mode={input_mode}",
-                        "--config.checkpoint_every_steps=3")
+  logs = _two_processes(tmp_path, synthetic_tfds["data_dir"], "--config.run.num_train_steps=6",
+                        f"--config.parallelism.mode={mode}", f"--config.data.input_mode={input_mode}",
+                        "--config.checkpoints.every_steps=3")
   assert "JAX process 1/2, 4 local devices" in logs[1]
   assert "Parallelism(%s, 8 devices, 2 processes)" % mode in logs[0]
   checksums = [re.search(r"parameter checksum (\S+)", log).group(1) for log in logs]

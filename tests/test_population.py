@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, tiny_config
-from fmnist_jax import checkpointing, population, preemption, steps, train
+from fmnist_jax import checkpointing, config_file, population, preemption, steps, train
 from fmnist_jax.errors import ConfigError
 from fmnist_jax.parallel import Parallelism
 
@@ -24,30 +24,33 @@ def _rows(workdir):
 
 
 def test_members_are_the_product_of_the_values_in_the_order_written():
-  config = tiny_config(population=(("dropout_rates", ((0.25, 0.4, 0.3), (0.0, 0.0, 0.0))),
-                                   ("seed", (0, 1, 2))))
+  config = tiny_config(population=dict(members=(("model.dropout_rates", ((0.25, 0.4, 0.3), (0.0, 0.0, 0.0))),
+                                   ("run.seed", (0, 1, 2)))))
   found = population.check(config)
-  assert [(m["dropout_rates"][0], m["seed"]) for m in found] == [
+  assert [(m["model.dropout_rates"][0], m["run.seed"]) for m in found] == [
       (0.25, 0), (0.25, 1), (0.25, 2), (0.0, 0), (0.0, 1), (0.0, 2)]
   single = population.member_config(config, found[4])
-  assert single.seed == 1 and tuple(single.dropout_rates) == (0.0, 0.0, 0.0)
-  assert single.population == () and population.check(tiny_config()) == [{}]  # one member
+  assert single.run.seed == 1 and tuple(single.model.dropout_rates) == (0.0, 0.0, 0.0)
+  assert single.population.members == () and population.check(tiny_config()) == [{}]  # one member
 
 
 @pytest.mark.parametrize("value, says", [
-    ((("batch_size", (16, 32)),), "changes the program or its shapes"),
+    ((("run.batch_size", (16, 32)),), "changes the program or its shapes"),
     ((("sead", (0, 1)),), "is not a config field"),
-    ((("seed", ()),), "must be a non-empty tuple"),
-    ((("learning_rate", ("fast",)),), "is not a float"),
-    ((("dropout_rates", ((0.1, 0.2),)),), "is not a tuple"),
-    ((("learning_rate", (1e-3, -1.0)),), "value learning_rate=-1.0: learning_rate=-1.0 must"),
-    ((("seed", (0,)), ("seed", (1,))), "named twice"),
-    ((("seed", (2 ** 40,)),), "[0, 2**31)"),
-    (("seed",), "must be (field, values) pairs"),
+    ((("run.seed", ()),), "must be a non-empty tuple"),
+    ((("optimizer.learning_rate", ("fast",)),), "is not a float"),
+    ((("model.dropout_rates", ((0.1, 0.2),)),), "is not a tuple"),
+    ((("optimizer.learning_rate", (1e-3, -1.0)),), "value optimizer.learning_rate=-1.0: optimizer.learning_rate=-1.0 must"),
+    ((("run.seed", (0,)), ("run.seed", (1,))), "named twice"),
+    ((("run.seed", (2 ** 40,)),), "[0, 2**31)"),
+    ((("augment.flip", ("random", "alternate")),), "'random' or 'alternate', not both"),
+    ((("augment.flip", ("off", "sometimes")),), "is not a str like the config's 'off'"),
+    (("run.seed",), "must be (path, values) pairs"),
+    ((("learning_rate", (1e-3,)),), "is now 'optimizer.learning_rate'"),
 ])
 def test_a_bad_population_is_one_line_before_any_data_is_read(tmp_path, value, says):
   with pytest.raises(ConfigError) as raised:
-    train.setup(tiny_config(population=value), str(tmp_path / "run"))
+    train.setup(tiny_config(population=dict(members=value)), str(tmp_path / "run"))
   assert says in str(raised.value) and "\n" not in str(raised.value)
   assert not (tmp_path / "run").exists()
 
@@ -57,7 +60,7 @@ def test_a_population_too_large_for_memory_says_how_many_fit(small_splits, tmp_p
                                                             monkeypatch):
   from fmnist_jax import hardware
   monkeypatch.setattr(hardware, "device_memory_bytes", lambda device: 2 ** 30)  # 1 GiB
-  config = tiny_config(population=(("seed", tuple(range(100_000))),))
+  config = tiny_config(population=dict(members=(("run.seed", tuple(range(100_000))),)))
   with pytest.raises(ConfigError) as raised:
     train.setup(config, str(tmp_path / "run"))
   message = str(raised.value)
@@ -65,14 +68,14 @@ def test_a_population_too_large_for_memory_says_how_many_fit(small_splits, tmp_p
   fit = int(message.split("at most about ")[1].split()[0])
   assert 1000 < fit < 100_000 and not (tmp_path / "run").exists()
   monkeypatch.setattr(hardware, "device_memory_bytes", lambda device: 2 ** 40)
-  config.num_train_steps = 1
+  config.run.num_train_steps = 1
   run = train.setup(config, str(tmp_path / "run2"))
   run.lock.release()
-  assert run.members[-1] == {"seed": 99_999}
+  assert run.members[-1] == {"run.seed": 99_999}
 
 
 def test_tfds_streaming_cannot_feed_a_population(tmp_path):
-  config = tiny_config(input_mode="tfds", population=(("seed", (0, 1)),))
+  config = tiny_config(data=dict(input_mode="tfds"), population=dict(members=(("run.seed", (0, 1)),)))
   with pytest.raises(ConfigError, match="input_mode='device'") as raised:
     train.setup(config, str(tmp_path / "run"))
   assert "\n" not in str(raised.value) and not (tmp_path / "run").exists()
@@ -80,15 +83,16 @@ def test_tfds_streaming_cannot_feed_a_population(tmp_path):
 
 # Each pair of fields, 2 values each: 4 members against 4 single runs of `main`'s loop.
 SWEEPS = {
-    "dropout_study": ({}, (("dropout_rates", ((0.25, 0.4, 0.3), (0.0, 0.0, 0.0))),
-                           ("seed", (0, 1)))),
-    "lr_smoothing_schedule": ({"schedule": "warmup_cosine", "warmup_epochs": 0.1},
-                              (("learning_rate", (1e-3, 3e-3)),
-                               ("label_smoothing", (0.0, 0.1)))),
-    "ema_translate": ({}, (("ema_decay", (0.0, 0.9)), ("augment_translate", (0, 2)))),
-    "adamw_flip_erase": ({"optimizer": "adamw", "augment_erase_size": 6},
-                         (("weight_decay", (0.0, 0.05)), ("augment_flip", (False, True)),
-                          ("augment_erase_prob", (0.0, 0.5)))),
+    "dropout_study": ({}, (("model.dropout_rates", ((0.25, 0.4, 0.3), (0.0, 0.0, 0.0))),
+                           ("run.seed", (0, 1)))),
+    "lr_smoothing_schedule": ({"optimizer.schedule": "warmup_cosine",
+                               "optimizer.warmup_epochs": 0.1},
+                              (("optimizer.learning_rate", (1e-3, 3e-3)),
+                               ("optimizer.label_smoothing", (0.0, 0.1)))),
+    "ema_translate": ({}, (("optimizer.ema_decay", (0.0, 0.9)), ("augment.translate", (0, 2)))),
+    "adamw_flip_erase": ({"optimizer.name": "adamw", "augment.erase_size": 6},
+                         (("optimizer.weight_decay", (0.0, 0.05)), ("augment.flip", ("off", "random")),
+                          ("augment.erase_prob", (0.0, 0.5)))),
 }
 
 
@@ -98,7 +102,8 @@ def test_every_member_is_its_single_run(small_splits, tmp_path, name):
   """After a few steps a member's evaluation equals `main` run alone with its fields: the
   first member and the last (every field at its second value) of each sweep."""
   base, pairs = SWEEPS[name]
-  config = tiny_config(num_train_steps=3, steps_per_call=2, **base, population=pairs)
+  config = tiny_config(base, run=dict(num_train_steps=3), parallelism=dict(steps_per_call=2),
+                       population=dict(members=pairs))
   train.train_and_evaluate(config, str(tmp_path / "population"))
   rows = {row["member"]: row for row in _rows(tmp_path / "population")}
   found = population.members(config)
@@ -110,12 +115,12 @@ def test_every_member_is_its_single_run(small_splits, tmp_path, name):
     assert rows[index]["test_accuracy"] == alone["test_accuracy"]
 
 
-STUDY = "(('dropout_rates', ((0.25, 0.4, 0.3), (0.0, 0.0, 0.0))), ('seed', (0, 1)))"
+STUDY = "(('model.dropout_rates', ((0.25, 0.4, 0.3), (0.0, 0.0, 0.0))), ('run.seed', (0, 1)))"
 
 
 def _main(workdir, *flags, env=None):
   return [sys.executable, "-m", "fmnist_jax.main", "--config", "configs/tiny.py",
-          "--workdir", str(workdir), f"--config.population={STUDY}", *flags]
+          "--workdir", str(workdir), f"--config.population.members={STUDY}", *flags]
 
 
 def _stacked(workdir, config):
@@ -133,8 +138,8 @@ def _stacked(workdir, config):
 
 @pytest.mark.slow
 def test_sigkill_of_a_population_then_rerun_is_bit_identical(synthetic_tfds, tmp_path):
-  flags = (f"--config.data_dir={synthetic_tfds['data_dir']}", "--config.num_train_steps=40",
-           "--config.checkpoint_every_steps=10", "--config.steps_per_call=1")
+  flags = (f"--config.data.tfds_dir={synthetic_tfds['data_dir']}", "--config.run.num_train_steps=40",
+           "--config.checkpoints.every_steps=10", "--config.parallelism.steps_per_call=1")
   straight = subprocess.run(_main(tmp_path / "straight", *flags), cwd=ROOT, capture_output=True,
                             text=True, timeout=600)
   assert straight.returncode == 0, straight.stderr[-3000:]
@@ -149,7 +154,7 @@ def test_sigkill_of_a_population_then_rerun_is_bit_identical(synthetic_tfds, tmp
   assert process.poll() is None, "the run ended before it could be killed"
   process.send_signal(signal.SIGKILL)
   process.wait(timeout=60)
-  config = tiny_config(population=eval(STUDY))  # pylint: disable=eval-used
+  config = tiny_config(population=dict(members=eval(STUDY)))  # pylint: disable=eval-used
   assert 0 < int(np.ravel(_stacked(tmp_path / "killed", config).step)[0]) < 40
   rerun = subprocess.run(_main(tmp_path / "killed", *flags), cwd=ROOT, capture_output=True,
                          text=True, timeout=600)
@@ -167,13 +172,12 @@ def test_a_member_stopped_before_a_kill_stays_stopped_after_the_rerun(synthetic_
   """stop_at_accuracy per member is in the checkpoint: member 0 reaches it at epoch 1 and the
   run is killed -9 after that epoch's checkpoint; the rerun keeps member 0 stopped, its
   parameters as they were, and ends bit-identical to a run without the kill."""
-  pairs = "(('learning_rate', (1e-2, 1e-5)),)"
+  pairs = "(('optimizer.learning_rate', (1e-2, 1e-5)),)"
   command = [sys.executable, "-m", "fmnist_jax.main", "--config", "configs/tiny.py",
-             f"--config.data_dir={synthetic_tfds['data_dir']}", f"--config.population={pairs}",
-             "--config.stop_at_accuracy=0.2", "--config.num_epochs=3",
-             "--config.checkpoint_every_steps=0", "--config.dropout_rates=(0.0, 0.0, 0.0)"]
-  config = tiny_config(population=eval(pairs), num_epochs=3,  # pylint: disable=eval-used
-                       dropout_rates=(0.0, 0.0, 0.0))
+             f"--config.data.tfds_dir={synthetic_tfds['data_dir']}", f"--config.population.members={pairs}",
+             "--config.eval.stop_at_accuracy=0.2", "--config.run.num_epochs=3",
+             "--config.checkpoints.every_steps=0", "--config.model.dropout_rates=(0.0, 0.0, 0.0)"]
+  config = tiny_config(population=dict(members=eval(pairs)), run=dict(num_epochs=3), model=dict(dropout_rates=(0.0, 0.0, 0.0)))
   straight = subprocess.run([*command, "--workdir", str(tmp_path / "straight")], cwd=ROOT,
                             capture_output=True, text=True, timeout=600)
   assert straight.returncode == 0, straight.stderr[-3000:]
@@ -207,7 +211,7 @@ def test_a_member_stopped_before_a_kill_stays_stopped_after_the_rerun(synthetic_
 def test_a_population_checkpoint_saved_without_its_hparams_still_restores(tmp_path):
   """Checkpoints written before the members' values and stop flags were saved restore with
   every member training, as they did."""
-  config = tiny_config(population=(("learning_rate", (1e-2, 1e-3)),))
+  config = tiny_config(population=dict(members=(("optimizer.learning_rate", (1e-2, 1e-3)),)))
   found = population.members(config)
   state = Parallelism("jit", member_shards=1).place_state(
       population.initial_state(config, found, 1, 1))
@@ -224,7 +228,7 @@ def test_a_population_checkpoint_saved_without_its_hparams_still_restores(tmp_pa
 
 
 def test_resume_with_another_population_is_refused_and_harms_nothing(small_splits, tmp_path):
-  config = tiny_config(num_train_steps=4, population=(("seed", (0, 1)),))
+  config = tiny_config(run=dict(num_train_steps=4), population=dict(members=(("run.seed", (0, 1)),)))
   train.train_and_evaluate(config, str(tmp_path / "run"))
   (tmp_path / "run" / "result.json").unlink()  # (killed after its last checkpoint)
   train.train_and_evaluate(config, str(tmp_path / "run"))  # already finished: rebuilt
@@ -234,7 +238,7 @@ def test_resume_with_another_population_is_refused_and_harms_nothing(small_split
   before = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*") if p.is_file()
             and p.name != ".lock"}
   with pytest.raises(ConfigError, match="another population") as raised:
-    train.train_and_evaluate(tiny_config(num_train_steps=8, population=(("seed", (0, 1, 2)),)),
+    train.train_and_evaluate(tiny_config(run=dict(num_train_steps=8), population=dict(members=(("run.seed", (0, 1, 2)),))),
                              str(tmp_path / "run"))
   assert "\n" not in str(raised.value)
   assert before == {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")
@@ -245,8 +249,7 @@ def test_stopped_members_keep_their_state_and_the_run_ends_when_all_have(small_s
                                                                          tmp_path):
   """stop_at_accuracy per member: one member reaches it (its state then stays), the run ends
   when every member has."""
-  config = tiny_config(num_epochs=8, dropout_rates=(0.0, 0.0, 0.0), stop_at_accuracy=0.5,
-                       stop_metric="test_accuracy", population=(("learning_rate", (1e-2, 3e-3)),))
+  config = tiny_config(run=dict(num_epochs=8), model=dict(dropout_rates=(0.0, 0.0, 0.0)), eval=dict(stop_at_accuracy=0.5, stop_metric="test_accuracy"), population=dict(members=(("optimizer.learning_rate", (1e-2, 3e-3)),)))
   train.train_and_evaluate(config, str(tmp_path / "run"))
   rows = _rows(tmp_path / "run")
   first = {m: min(r["epoch"] for r in rows if r["member"] == m and r["test_accuracy"] >= 0.5)
@@ -278,7 +281,7 @@ train.train_and_evaluate(config, sys.argv[1])
 
 @pytest.mark.slow
 def test_a_population_on_8_devices_splits_members_and_equals_1_device(small_splits, tmp_path):
-  config = tiny_config(num_train_steps=6, steps_per_call=2, population=eval(STUDY))
+  config = tiny_config(run=dict(num_train_steps=6), parallelism=dict(steps_per_call=2), population=dict(members=eval(STUDY)))
   train.train_and_evaluate(config, str(tmp_path / "one"))
   env = {**__import__("os").environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
   result = subprocess.run([sys.executable, "-c", EIGHT_DEVICES % STUDY, str(tmp_path / "eight")],
@@ -310,7 +313,7 @@ for mode in ("jit", "pmap"):
 def test_a_population_under_pmap_equals_jit_on_8_devices(tmp_path):
   """pmap (every device: every member, an eighth of each member's batch) against jit (a
   (members, data) mesh), dropout off: the same rows."""
-  pairs = (("learning_rate", (1e-3, 3e-3)), ("seed", (0, 1)))
+  pairs = (("optimizer.learning_rate", (1e-3, 3e-3)), ("run.seed", (0, 1)))
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
   result = subprocess.run([sys.executable, "-c", PMAP_AND_JIT % (pairs,), str(tmp_path)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -325,7 +328,7 @@ def test_a_population_under_pmap_equals_jit_on_8_devices(tmp_path):
 
 def test_the_report_of_a_population_gives_members_settings_and_ensembles_apart(small_splits,
                                                                                tmp_path):
-  config = tiny_config(num_train_steps=12, population=eval(STUDY))  # pylint: disable=eval-used
+  config = tiny_config(run=dict(num_train_steps=12), population=dict(members=eval(STUDY)))  # pylint: disable=eval-used
   train.train_and_evaluate(config, str(tmp_path / "run"))
   from fmnist_jax import report
   report.write_report(str(tmp_path / "run"), splits=small_splits)
@@ -362,9 +365,9 @@ def test_the_fields_a_population_may_vary_are_declared_once():
   options = {f.name for f in dataclasses.fields(steps.StepOptions)} - {
       "microbatches", "varying", "keep_stopped"}
   assert options <= set(steps.STEP_FIELDS)
-  assert all(field in config for field in steps.STEP_FIELDS.values())
-  assert set(population.VARYING) == {"seed", *population.IN_OPTIMIZER,
+  assert all(path in config_file.paths(config) for path in steps.STEP_FIELDS.values())
+  assert set(population.VARYING) == {"run.seed", *population.IN_OPTIMIZER,
                                      *steps.STEP_FIELDS.values()}
-  found = population.check(tiny_config(population=(("augment_translate", (0, 2)),)))
+  found = population.check(tiny_config(population=dict(members=(("augment.translate", (0, 2)),))))
   step = population.step_options(config, found, steps.StepOptions())
   assert (step.translate, step.varying) == (2, ("translate",))

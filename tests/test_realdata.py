@@ -18,8 +18,8 @@ def _real_data_dir():
 @pytest.mark.realdata
 def test_a_few_steps_on_the_real_data_learn_and_count_every_example(tmp_path):
   config = default.get_config()
-  config.data_dir = _real_data_dir()
-  config.num_train_steps = 60
+  config.data.tfds_dir = _real_data_dir()
+  config.run.num_train_steps = 60
   result = train.train_and_evaluate(config, str(tmp_path))
   assert result["test_count"] == 10_000 and result["val_count"] == 5_000
   assert result["test_accuracy"] > 0.4  # chance is 0.1

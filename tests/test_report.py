@@ -68,7 +68,7 @@ def test_report_on_a_workdir_without_metrics_or_checkpoints_is_a_clear_error(tra
 
 def test_compare_tabulates_runs(small_splits, tmp_path):
   for name, rates in (("with", (0.25, 0.4, 0.3)), ("without", (0.0, 0.0, 0.0))):
-    train.train_and_evaluate(tiny_config(num_epochs=2, dropout_rates=rates),
+    train.train_and_evaluate(tiny_config(run=dict(num_epochs=2), model=dict(dropout_rates=rates)),
                              str(tmp_path / name))
   out = compare.compare([str(tmp_path / "with"), str(tmp_path / "without")],
                         str(tmp_path / "cmp"))
@@ -89,7 +89,7 @@ def test_compare_labels_runs_by_their_distinct_path_parts():
 
 
 def test_compare_draws_validation_and_handles_a_single_evaluation(small_splits, tmp_path):
-  train.train_and_evaluate(tiny_config(num_train_steps=6), str(tmp_path / "short"))
+  train.train_and_evaluate(tiny_config(run=dict(num_train_steps=6)), str(tmp_path / "short"))
   out = compare.compare([str(tmp_path / "short")], str(tmp_path / "cmp"))
   table = (out / "compare.md").read_text()
   assert "| short | 0.50 |" in table  # one evaluation, half an epoch: not "0"
@@ -113,7 +113,7 @@ def test_the_report_says_what_its_numbers_show(small_splits, tmp_path):
   """One evaluation (a few steps): "1 evaluation", an epoch axis, the class counts as they are
   (the small splits are not balanced), and a command row that can be pasted."""
   workdir = tmp_path / "run"
-  train.train_and_evaluate(tiny_config(num_train_steps=3), str(workdir))
+  train.train_and_evaluate(tiny_config(run=dict(num_train_steps=3)), str(workdir))
   info = workdir / "run_info.jsonl"
   row = json.loads(info.read_text().splitlines()[0])
   row["argv"] = ["/x/fmnist_jax/main.py", "--config", "configs/tiny.py", "--workdir", "runs/a b"]
@@ -129,7 +129,7 @@ def test_the_report_says_what_its_numbers_show(small_splits, tmp_path):
 def test_an_interrupted_report_leaves_the_previous_one_whole(trained_workdir, monkeypatch):
   out = report.write_report(str(trained_workdir))
   before = {p.name: p.read_bytes() for p in out.iterdir()}
-  train.train_and_evaluate(tiny_config(num_epochs=3, keep_checkpoints=1), str(trained_workdir))
+  train.train_and_evaluate(tiny_config(run=dict(num_epochs=3), checkpoints=dict(keep=1)), str(trained_workdir))
 
   def interrupted(*args, **kwargs):
     raise KeyboardInterrupt
@@ -157,7 +157,7 @@ def test_the_report_is_written_while_the_run_holds_the_workdir(small_splits, tmp
     seen.append(workdir)
     return write(workdir, *args, **kwargs)
   monkeypatch.setattr(report, "write_report", checking_write)
-  main.train_and_report(tiny_config(num_train_steps=6, write_report=True), str(tmp_path / "run"))
+  main.train_and_report(tiny_config(run=dict(num_train_steps=6), logging=dict(write_report=True)), str(tmp_path / "run"))
   assert seen and (tmp_path / "run" / "report" / "report.md").exists()
   held = workdir_lib.Lock(tmp_path / "run")
   try:

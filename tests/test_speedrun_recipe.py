@@ -40,10 +40,9 @@ def test_whitening_filters_whiten_the_training_patches():
 
 
 def test_recipe_initialisation_keeps_shapes_and_the_other_filters():
-  config = tiny_config(conv_features=(32, 64, 128), dense_features=128,
-                                       conv1_init="whiten", dirac_init=True)
+  config = tiny_config(model=dict(conv_features=(32, 64, 128), dense_features=128, conv1_init="whiten", dirac_init=True))
   images, _ = synthetic_arrays(100)
-  plain = state_lib.initial_state(tiny_config(conv_features=(32, 64, 128), dense_features=128))
+  plain = state_lib.initial_state(tiny_config(model=dict(conv_features=(32, 64, 128), dense_features=128)))
   adjusted = state_lib.initial_state(config, adjust=initializers.recipe(config, images))
   assert models.parameter_count(config) == 241_546 == sum(
       x.size for x in jax.tree.leaves(adjusted.params))
@@ -102,7 +101,7 @@ def test_translation_tta_averages_the_moved_views():
   expected = logp(images) / 2 + (logp(up_left) + logp(down_right)) / 4
   got = models.inference_logits(model.apply, params, images, flip_average=True, translate=1)
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-  assert models.tta_options(tiny_config(eval_translate=1)) == {"flip_average": False,
+  assert models.tta_options(tiny_config(eval=dict(tta_translate=1))) == {"flip_average": False,
                                                                "translate": 1}
   # The loop's eval step and the report's predictions agree.
   uint8_images, labels = synthetic_arrays(32)
@@ -137,46 +136,51 @@ def test_lookahead_matches_optax_lookahead():
     theirs.append(params.fast["w"])
   np.testing.assert_allclose(ours, np.array(theirs), rtol=1e-6)
   assert not np.allclose(ours, _quadratic_path(optax.sgd(0.1)))
-  config = tiny_config(lookahead_every=4)
+  config = tiny_config(optimizer=dict(lookahead_every=4))
   assert isinstance(state_lib.initial_state(config).opt_state, state_lib.LookaheadState)
 
 
 def test_sgd_weight_decay_and_the_warmup_linear_schedule():
-  config = tiny_config(optimizer="sgd", momentum=0.0, weight_decay=0.1, learning_rate=0.5)
+  config = tiny_config(optimizer=dict(name="sgd", momentum=0.0, weight_decay=0.1, learning_rate=0.5))
   tx = state_lib.create_optimizer(config, 0.5)
   params, grads = {"w": jnp.array([2.0])}, {"w": jnp.array([1.0])}
   updates, _ = tx.update(grads, tx.init(params), params)
   assert float(updates["w"][0]) == pytest.approx(-0.5 * (1.0 + 0.1 * 2.0))
-  linear = tiny_config(schedule="warmup_linear", warmup_epochs=1.0, learning_rate=2e-3)
+  linear = tiny_config(optimizer=dict(schedule="warmup_linear", warmup_epochs=1.0, learning_rate=2e-3))
   lr = state_lib.create_learning_rate_fn(linear, steps_per_epoch=10, total_steps=50)
   assert [float(lr(s)) for s in (0, 5, 10, 30, 50)] == pytest.approx(
       [0.0, 1e-3, 2e-3, 1e-3, 0.0], abs=1e-9)
 
 
 def test_recipe_options_are_refused_in_one_line_before_any_data():
-  for fields, words in (({"conv1_init": "pca"}, "conv1_init"),
-                        ({"conv1_init": "whiten", "conv_features": (8, 8, 8)}, ">= 18"),
-                        ({"augment_flip_alternate": True}, "augment_flip=True"),
-                        ({"eval_translate": 9}, "eval_translate"),
-                        ({"lookahead_alpha": 0.0}, "lookahead_alpha")):
+  for fields, words in (({"model.conv1_init": "pca"}, "conv1_init"),
+                        ({"model.conv1_init": "whiten", "model.conv_features": (8, 8, 8)},
+                         ">= 18"),
+                        ({"augment.flip": "alternate", "data.input_mode": "tfds"},
+                         "input_mode='device'"),
+                        ({"augment.flip": "sometimes"}, "augment.flip='sometimes'"),
+                        ({"eval.tta_translate": 9}, "eval.tta_translate"),
+                        ({"optimizer.lookahead_alpha": 0.0}, "lookahead_alpha")):
     with pytest.raises(ConfigError, match=words):
-      configuration.validate_config(tiny_config(**fields))
+      configuration.validate_config(tiny_config(fields))
   with pytest.raises(ConfigError, match="conv1_init"):  # not a field a population varies
-    population.check(tiny_config(population=(("conv1_init", ("glorot", "whiten")),)))
+    population.check(tiny_config(population=dict(members=(("model.conv1_init", ("glorot", "whiten")),))))
 
 
-RECIPE = dict(conv_features=(20, 8, 8), conv1_init="whiten", dirac_init=True,
-              augment_flip=True, augment_flip_alternate=True, augment_translate=1,
-              eval_flip_average=True, eval_translate=1, lookahead_every=3,
-              optimizer="sgd", learning_rate=0.02, weight_decay=5e-4,
-              schedule="warmup_linear", warmup_epochs=0.5, label_smoothing=0.2)
+RECIPE = {"model.conv_features": (20, 8, 8), "model.conv1_init": "whiten",
+          "model.dirac_init": True, "augment.flip": "alternate", "augment.translate": 1,
+          "eval.tta_flip": True, "eval.tta_translate": 1, "optimizer.lookahead_every": 3,
+          "optimizer.name": "sgd", "optimizer.learning_rate": 0.02,
+          "optimizer.weight_decay": 5e-4, "optimizer.schedule": "warmup_linear",
+          "optimizer.warmup_epochs": 0.5, "optimizer.label_smoothing": 0.2}
 
 
 @pytest.mark.slow
 def test_every_option_at_once_trains_and_a_member_equals_its_single_run(small_splits,
                                                                          tmp_path):
-  single = train.train_and_evaluate(tiny_config(seed=1, **RECIPE), str(tmp_path / "single"))
-  both = train.train_and_evaluate(tiny_config(population=(("seed", (0, 1)),), **RECIPE),
+  single = train.train_and_evaluate(tiny_config(RECIPE, run=dict(seed=1)),
+                                    str(tmp_path / "single"))
+  both = train.train_and_evaluate(tiny_config(RECIPE, population=dict(members=(("run.seed", (0, 1)),))),
                                   str(tmp_path / "population"))
   member = both["members"][1]
   for key in ("val_accuracy", "test_accuracy", "train_loss"):
@@ -197,10 +201,11 @@ def _latest_state(workdir, config):
 def test_a_resume_mid_lookahead_cycle_and_flip_parity_is_bit_identical(small_splits, tmp_path):
   """Stopped at step 7 (lookahead syncs every 3; 12 steps an epoch, so the flips' parity
   turns after the resume), resumed to 20: the same state as a run straight through."""
-  fields = {**RECIPE, "schedule": "constant", "checkpoint_every_steps": 5}
-  config = tiny_config(num_train_steps=20, **fields)
+  fields = {**RECIPE, "optimizer.schedule": "constant", "checkpoints.every_steps": 5}
+  config = tiny_config(fields, run=dict(num_train_steps=20))
   train.train_and_evaluate(config, str(tmp_path / "straight"))
-  train.train_and_evaluate(tiny_config(num_train_steps=7, **fields), str(tmp_path / "resumed"))
+  train.train_and_evaluate(tiny_config(fields, run=dict(num_train_steps=7)),
+                           str(tmp_path / "resumed"))
   train.train_and_evaluate(config, str(tmp_path / "resumed"))
   a, b = (_latest_state(tmp_path / run, config) for run in ("straight", "resumed"))
   assert int(a.step) == int(b.step) == 20 and int(b.opt_state.count) == 20

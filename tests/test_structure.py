@@ -146,8 +146,8 @@ def test_one_training_path_asks_about_members_only_where_it_says():
 def test_training_and_the_report_run_without_tensorflow(synthetic_tfds, tmp_path):
   result = _without_tensorflow(
       synthetic_tfds, "fmnist_jax.main", "--config", "configs/tiny.py",
-      "--workdir", str(tmp_path), "--config.data_dir=/nonexistent", "--config.num_train_steps=6",
-      "--config.write_report=True")
+      "--workdir", str(tmp_path), "--config.data.tfds_dir=/nonexistent", "--config.run.num_train_steps=6",
+      "--config.logging.write_report=True")
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'LOADED []' in result.stdout  # TensorFlow was not imported
   rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -157,7 +157,7 @@ def test_training_and_the_report_run_without_tensorflow(synthetic_tfds, tmp_path
   # Streaming through tf.data is the one thing that needs TensorFlow: one line says so.
   streaming = _without_tensorflow(synthetic_tfds, "fmnist_jax.main", "--config",
                                   "configs/tiny.py", "--workdir", str(tmp_path / "tfds"),
-                                  "--config.input_mode=tfds")
+                                  "--config.data.input_mode=tfds")
   assert streaming.returncode != 0 and "pip install tensorflow-cpu" in streaming.stderr
   assert "Traceback" not in streaming.stderr and not (tmp_path / "tfds").exists()
 

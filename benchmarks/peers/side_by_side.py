@@ -41,7 +41,7 @@ def _peer(name, batch_sizes, train_images, eval_images):
 
 
 def _auto_microbatches(batch_size):
-  """The default config's choice on one CPU device (config.microbatches = 0)."""
+  """The default config's choice on one CPU device (config.parallelism.microbatches = 0)."""
   config = ml_collections.ConfigDict({"microbatches": 0, "batch_size": batch_size})
   return steps.resolve_microbatches(config, 1, "cpu")
 
