@@ -41,7 +41,8 @@ def cumulative_rows(config: str, names=None) -> list[tuple[str, dict]]:
 def row_overrides(fields: dict, seeds, epochs: int) -> list[str]:
   seeds = ", ".join(str(seed) for seed in seeds)
   return [f"--config.{key}={value}" for key, value in fields.items()] + [
-      f"--config.run.num_epochs={epochs}", f"--config.population.members=(('run.seed', ({seeds},)),)",
+      f"--config.run.num_epochs={epochs}",
+      f"--config.population.members=(('run.seed', ({seeds},)),)",
       "--config.eval.stop_at_accuracy=0", "--config.eval.tta_flip=True",
       "--config.checkpoints.every_seconds=0", f"--config.checkpoints.keep={epochs + 1}"]
 

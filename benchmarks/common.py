@@ -115,7 +115,8 @@ def run(config: str, workdir, overrides=(), log_path=None, env=None) -> dict:
               "process_seconds_to_end": result["end_unix_time"] - start}
     clocks_path.write_text(json.dumps(clocks) + "\n")
   else:
-    asked = config_file.load_with_overrides(config, ["--config.logging.write_report=False", *overrides])
+    asked = config_file.load_with_overrides(config,
+                                            ["--config.logging.write_report=False", *overrides])
     changes = workdir_lib.config_changes(workdir, asked)
     if changes:
       sys.exit(f"error: {workdir} finished with another config than the one asked for ("

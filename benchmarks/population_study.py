@@ -2,10 +2,10 @@
 `python -m benchmarks.population_study`.
 
 Runs the population config (default configs/dropout_study.py: 10 members) and, in the same
-sitting, one model of it (the same config with `population.members=()`, i.e. configs/default.py for the
-dropout study), each through `python -m fmnist_jax.main`; records both processes' seconds and
-their ratio, then writes the population's report (not timed) and keeps its numbers: each
-setting's mean +- std and ensemble.
+sitting, one model of it (the same config with `population.members=()`, i.e.
+configs/default.py for the dropout study), each through `python -m fmnist_jax.main`; records
+both processes' seconds and their ratio, then writes the population's report (not timed) and
+keeps its numbers: each setting's mean +- std and ensemble.
 
   python -m benchmarks.population_study --json benchmarks/results/dropout_study_cpu_xeon.json
 
@@ -56,7 +56,8 @@ def main(argv=None):
   with tempfile.TemporaryDirectory() as tmp:
     root = pathlib.Path(args.workdir or tmp)
     single = common.run(args.config, root / "single",
-                        [*common.without(overrides, ["population.members"]), "--config.population.members=()"])
+                        [*common.without(overrides, ["population.members"]),
+                         "--config.population.members=()"])
     members = common.run(args.config, root / "population", overrides)
     report_lib.write_report(str(root / "population"))
     numbers = json.loads((root / "population" / "report" / "metrics.json").read_text())

@@ -59,7 +59,8 @@ def _refusals(config, scratch: pathlib.Path, env) -> dict:
   main = [sys.executable, "-m", "fmnist_jax.main"]
   commands = {
       "rerun of a finished run": [*main, f"--config={config}", f"--workdir={scratch / 'w0'}",
-                                  "--config.run.num_train_steps=1", "--config.logging.write_report=False"],
+                                  "--config.run.num_train_steps=1",
+                                  "--config.logging.write_report=False"],
       "workdir is a file": [*main, f"--config={config}", f"--workdir={scratch / 'a_file'}"],
       "missing config file": [*main, "--config=configs/missing.py", f"--workdir={scratch}/x"],
       "field without config. prefix": [*main, f"--config={config}", f"--workdir={scratch}/x",

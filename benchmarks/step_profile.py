@@ -181,7 +181,8 @@ def markdown(results) -> str:
               f"{r['wall_ms_per_step']:.1f} ms/step untraced ({r['images_per_second']:,.0f} "
               f"images/s); operations {r['op_ms_per_step']:.1f} ms/step summed over threads "
               f"(traced), threads busy {100 * r['threads_busy']:.0f}%\n",
-              "| part | ms/step | share | GFLOP/step | GFLOP/s |", "| --- | --- | --- | --- | --- |"]
+              "| part | ms/step | share | GFLOP/step | GFLOP/s |",
+              "| --- | --- | --- | --- | --- |"]
     lines += [f"| {p['part']} | {p['ms_per_step']:.2f} | {100 * p['share']:.1f}% | "
               f"{p['gflop_per_step'] or ''} | {p['gflop_per_second'] or ''} |"
               for p in r["parts"]]

@@ -255,7 +255,8 @@ def main(argv=None):
     par = Parallelism(common_setting["parallelism"], devices, member_shards=member_shards(
         [{}] * members, len(devices)) if common_setting["parallelism"] == "jit" else 1)
     config = base.copy_and_resolve_references()
-    config.model.dtype, config.run.batch_size = common_setting["dtype"], common_setting["batch_size"]
+    config.model.dtype = common_setting["dtype"]
+    config.run.batch_size = common_setting["batch_size"]
     peak = cpu_peak or (hardware.peak_flops(report["device_kind"], config.model.dtype) or 0) \
         * len(devices)  # simulated CPU devices share one machine: its peak is the budget
     for setting in settings:

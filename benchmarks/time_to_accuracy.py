@@ -33,7 +33,8 @@ def one_run(args, overrides, seed: int, cache_dir: str, root: pathlib.Path, tag:
   """One seed through main (common.run's clocks); its evaluations."""
   run = common.run(args.config, root / f"{tag}_seed{seed}",
                    [f"--config.eval.stop_at_accuracy={args.target}",
-                    "--config.eval.stop_metric=test_accuracy", f"--config.run.seed={seed}", *overrides],
+                    "--config.eval.stop_metric=test_accuracy", f"--config.run.seed={seed}",
+                    *overrides],
                    env={"JAX_COMPILATION_CACHE_DIR": cache_dir})
   reached, last = run["stop_reason"] == "target_reached", run["rows"][-1]
   return {"seed": seed, "cache": tag, "reached": reached, "epochs": last["epoch"],

@@ -18,14 +18,18 @@ from configs import default
 # name -> fields changed from the 60-epoch recipe below ("" is that recipe itself).
 VARIANTS = {
     "": {},
-    "b512_e150": {"run.batch_size": 512, "optimizer.learning_rate": 4e-3, "optimizer.ema_decay": 0.99,
+    "b512_e150": {"run.batch_size": 512, "optimizer.learning_rate": 4e-3,
+                  "optimizer.ema_decay": 0.99,
                   "run.num_epochs": 150, "eval.tta_flip": True},
-    "b512_e300": {"run.batch_size": 512, "optimizer.learning_rate": 4e-3, "optimizer.ema_decay": 0.99,
+    "b512_e300": {"run.batch_size": 512, "optimizer.learning_rate": 4e-3,
+                  "optimizer.ema_decay": 0.99,
                   "run.num_epochs": 300, "eval.tta_flip": True},
-    "b512_e150_erase": {"run.batch_size": 512, "optimizer.learning_rate": 4e-3, "optimizer.ema_decay": 0.99,
+    "b512_e150_erase": {"run.batch_size": 512, "optimizer.learning_rate": 4e-3,
+                        "optimizer.ema_decay": 0.99,
                         "run.num_epochs": 150, "eval.tta_flip": True,
                         "augment.erase_size": 8, "augment.erase_prob": 0.5},
-    "b256_e150": {"run.batch_size": 256, "optimizer.learning_rate": 3e-3, "optimizer.ema_decay": 0.995,
+    "b256_e150": {"run.batch_size": 256, "optimizer.learning_rate": 3e-3,
+                  "optimizer.ema_decay": 0.995,
                   "run.num_epochs": 150, "eval.tta_flip": True},
 }
 # The speedrun round's options (configs/speedrun.py's ABLATION) on the longer schedules:

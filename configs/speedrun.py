@@ -19,7 +19,8 @@ from configs import best, default
 # name -> fields changed from configs/best.py. The learning rate grows with the batch (about
 # as its square root) and the EMA horizon stays near one epoch of steps.
 VARIANTS = {
-    f"b{batch}_e{epochs}": {"run.batch_size": batch, "optimizer.learning_rate": lr, "optimizer.ema_decay": ema,
+    f"b{batch}_e{epochs}": {"run.batch_size": batch, "optimizer.learning_rate": lr,
+                            "optimizer.ema_decay": ema,
                             "run.num_epochs": epochs}
     for batch, lr, ema in ((512, 4e-3, 0.99), (1024, 6e-3, 0.98), (2048, 8e-3, 0.97))
     for epochs in (20, 30, 45)

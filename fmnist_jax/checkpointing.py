@@ -288,10 +288,10 @@ class Saver:
     if int(np.sum(sums["nonfinite"])) and not self.skip_nonfinite:
       raise NonFiniteError(
           f"non-finite loss or gradient in {steps}: the run stopped without saving them, and "
-          "the checkpoints already written are intact. Lower learning_rate and run the same "
-          "command again (it resumes from the last checkpoint), or drop such updates with "
-          "--config.optimizer.skip_nonfinite_updates=True in a new --workdir (it changes the optimizer "
-          "state).")
+          "the checkpoints already written are intact. Lower optimizer.learning_rate and run the "
+          "same command again (it resumes from the last checkpoint), or drop such updates with "
+          "--config.optimizer.skip_nonfinite_updates=True in a new --workdir (it changes the "
+          "optimizer state).")
     diverged = [key for key, value in (row or {}).items()
                 if isinstance(value, float) and not math.isfinite(value)]
     if int(np.sum(sums.get("diverged", 0))) or diverged:

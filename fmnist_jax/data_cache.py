@@ -115,7 +115,8 @@ def load(config, read_source: Callable[[], Splits]) -> Splits:
       cached = None
     if cached is not None:
       if dataset.tensorflow_available():  # (the source is tfds' copy, as in dataset.prepare)
-        dataset.warn_idx_dir_unused(config.data.idx_dir, dataset.default_data_dir(config.data.tfds_dir))
+        dataset.warn_idx_dir_unused(config.data.idx_dir,
+                                    dataset.default_data_dir(config.data.tfds_dir))
       return cached
   splits = read_source()
   files = source_files(config) if directory else None  # (tfds may have prepared it just now)

@@ -1,5 +1,5 @@
-"""The recipe's initialisations (config.model.conv1_init, config.model.dirac_init): the same parameters
-and shapes as the model's own draw, other starting values.
+"""The recipe's initialisations (config.model.conv1_init, config.model.dirac_init): the same
+parameters and shapes as the model's own draw, other starting values.
 
 - "whiten" (conv1_init): conv1's first 2 x 9 filters are the whitening transform of the
   training images' 3x3 patches (airbench's initialisation, Jordan 2024): each eigenvector v of

@@ -61,9 +61,9 @@ def initialize_distributed():
 
 def configure_compilation_cache(cache_dir: str) -> str:
   """JAX's persistent compilation cache, so that a repeated or resumed run skips XLA's
-  compilation: $JAX_COMPILATION_CACHE_DIR if set, else config.parallelism.compilation_cache_dir ("" turns
-  it off). Every program is cached, however fast it compiled. Returns what the console says:
-  the folder used, or "off" and why."""
+  compilation: $JAX_COMPILATION_CACHE_DIR if set, else
+  config.parallelism.compilation_cache_dir ("" turns it off). Every program is cached, however
+  fast it compiled. Returns what the console says: the folder used, or "off" and why."""
   import jax
   cache_dir = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.expanduser(cache_dir)
   if not cache_dir:

@@ -303,6 +303,7 @@ def flops_per_image(config, train: bool = True) -> int:
     if i < 2:
       size //= 2  # 2x2 max-pool after conv1 and conv2
   fan_in = size * size * channels
-  layers += [fan_in * config.model.dense_features, config.model.dense_features * config.model.num_classes]
+  layers += [fan_in * config.model.dense_features,
+             config.model.dense_features * config.model.num_classes]
   forward = 2 * sum(layers)
   return 3 * forward - 2 * layers[0] if train else forward

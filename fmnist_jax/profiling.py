@@ -1,5 +1,5 @@
-"""A jax.profiler trace of a window of train steps (config.logging.profile_steps), for ui.perfetto.dev
-and TensorBoard's Profile tab (with xprof installed).
+"""A jax.profiler trace of a window of train steps (config.logging.profile_steps), for
+ui.perfetto.dev and TensorBoard's Profile tab (with xprof installed).
 
     python -m fmnist_jax.main ... --config.logging.profile_steps="(1000, 1500)"
     python -m fmnist_jax.trace_gaps WORKDIR   # where the device waited, and for what

@@ -232,13 +232,14 @@ def _headline(workdir, config, rows, numbers) -> list[str]:
   last = numbers["checkpoints"]["last"]
   final, best = rows[-1], workdir_lib.best_by_val(rows)
   command = _command(starts[0]["argv"]) if starts and starts[0].get("argv") else "?"
+  model, opt = config.model, config.optimizer
   lines = [
       ("command", f"`{command}`" + (f" ({len(starts)} starts)" if len(starts) > 1 else "")),
-      ("model", f"CNN, conv {tuple(config.model.conv_features)}, dense {config.model.dense_features}, "
-                f"{last['parameters']:,} parameters, {config.model.dtype}"),
-      ("recipe", f"{config.optimizer.name} lr {config.optimizer.learning_rate:g} ({config.optimizer.schedule}), batch "
-                 f"{config.run.batch_size}, dropout {tuple(config.model.dropout_rates)}, label smoothing "
-                 f"{config.optimizer.label_smoothing:g}, EMA {config.optimizer.ema_decay:g}, shifts "
+      ("model", f"CNN, conv {tuple(model.conv_features)}, dense {model.dense_features}, "
+                f"{last['parameters']:,} parameters, {model.dtype}"),
+      ("recipe", f"{opt.name} lr {opt.learning_rate:g} ({opt.schedule}), batch "
+                 f"{config.run.batch_size}, dropout {tuple(model.dropout_rates)}, label smoothing "
+                 f"{opt.label_smoothing:g}, EMA {opt.ema_decay:g}, shifts "
                  f"{config.augment.translate}, flips {config.augment.flip}"),
       ("device", f"{starts[-1]['device_kind']} x{starts[-1]['device_count']} "
                  f"({starts[-1]['platform']}; host {starts[-1].get('host_cpu', '?')})"

@@ -27,7 +27,7 @@ def create_learning_rate_fn(config, steps_per_epoch: int, total_steps: int, peak
   if config.optimizer.schedule == "cosine":
     return optax.cosine_decay_schedule(peak, total_steps)
   warmup = int(config.optimizer.warmup_epochs * steps_per_epoch)
-  if config.optimizer.schedule == "warmup_linear":  # one cycle of straight lines: up, then down to 0
+  if config.optimizer.schedule == "warmup_linear":  # one cycle of straight lines: up, down to 0
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup),
                                  optax.linear_schedule(peak, 0.0, max(total_steps - warmup, 1))],
                                 [warmup])
@@ -35,8 +35,9 @@ def create_learning_rate_fn(config, steps_per_epoch: int, total_steps: int, peak
 
 
 def create_optimizer(config, learning_rate_fn, weight_decay=None) -> optax.GradientTransformation:
-  """The config's optimizer; `weight_decay` (possibly traced) replaces config.optimizer.weight_decay.
-  sgd is Nesterov's momentum, its weight decay added to the gradient (L2, as PyTorch's)."""
+  """The config's optimizer; `weight_decay` (possibly traced) replaces
+  config.optimizer.weight_decay. sgd is Nesterov's momentum, its weight decay added to the
+  gradient (L2, as PyTorch's)."""
   weight_decay = config.optimizer.weight_decay if weight_decay is None else weight_decay
   if config.optimizer.name == "adam":
     tx = optax.adam(learning_rate_fn)

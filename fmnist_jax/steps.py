@@ -71,9 +71,9 @@ class StepOptions:
 
 
 def resolve_microbatches(config, num_devices: int, platform: str) -> int:
-  """config.parallelism.microbatches; 0 ("auto") means chunks of 32 images on CPU, where cache-sized chunks
-  train faster (docs/performance.md), and the whole batch on GPU/TPU. The chunking
-  depends on the global batch only, so results stay the same on any device count."""
+  """config.parallelism.microbatches; 0 ("auto") means chunks of 32 images on CPU, where
+  cache-sized chunks train faster (docs/performance.md), and the whole batch on GPU/TPU. The
+  chunking depends on the global batch only, so results stay the same on any device count."""
   if config.parallelism.microbatches:
     return config.parallelism.microbatches
   chunk = 32
@@ -85,8 +85,9 @@ def resolve_microbatches(config, num_devices: int, platform: str) -> int:
 def check_microbatches(config, microbatches: int, num_devices: int) -> None:
   if config.run.batch_size % (microbatches * num_devices):
     raise ConfigError(
-        f"batch_size {config.run.batch_size} does not split into microbatches={config.parallelism.microbatches}"
-        f" chunks on each of {num_devices} devices: make batch_size a multiple of "
+        f"run.batch_size {config.run.batch_size} does not split into "
+        f"parallelism.microbatches={config.parallelism.microbatches} chunks on each of "
+        f"{num_devices} devices: make run.batch_size a multiple of "
         f"{config.parallelism.microbatches * num_devices}, lower microbatches, or use 0 (auto).")
 
 

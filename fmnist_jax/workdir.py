@@ -278,7 +278,8 @@ def check_resume(workdir: pathlib.Path, config) -> None:
         f"resuming {workdir} with a changed {', '.join(changed)} ("
         + ", ".join(f"{f} {changes[f][0]} -> {changes[f][1]}" for f in changed)
         + ") would reinterpret its saved step count: use a new --workdir, or "
-        "--config.checkpoints.resume_with_changed_steps=True to continue from the saved step anyway.")
+        "--config.checkpoints.resume_with_changed_steps=True to continue from the saved step "
+        "anyway.")
 
 
 def read_run_info(workdir) -> list[dict]:
@@ -420,9 +421,10 @@ def reached_target(workdir, config, step: int) -> bool:
   """Whether result.json says the run stopped at `step` on a stop_at_accuracy it still meets
   (a requeued job reruns the command of a run that already reached its target)."""
   result = read_result(workdir) or {}
-  return (bool(config.eval.stop_at_accuracy) and result.get("stop_reason") == "target_reached"
+  target = config.eval
+  return (bool(target.stop_at_accuracy) and result.get("stop_reason") == "target_reached"
           and result.get("step") == step
-          and result.get("final", {}).get(config.eval.stop_metric, -1) >= config.eval.stop_at_accuracy)
+          and result.get("final", {}).get(target.stop_metric, -1) >= target.stop_at_accuracy)
 
 
 def rebuild_result(workdir, step: int, target: bool) -> bool:

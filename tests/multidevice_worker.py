@@ -19,13 +19,15 @@ from fmnist_jax.parallel import Parallelism
 def train_params(mode, devices, dropout, num_steps=6, steps_per_call=2):
   """With `dropout`, also on-device augmentation: both random, both drawn for the global batch.
   Two micro-batches per step: each chunk spans all devices."""
-  config = tiny_config(run=dict(batch_size=32), model=dict(dropout_rates=(0.3, 0.3, 0.3) if dropout else (0, 0, 0)))
+  config = tiny_config(run=dict(batch_size=32),
+                       model=dict(dropout_rates=(0.3, 0.3, 0.3) if dropout else (0, 0, 0)))
   options = steps.StepOptions(microbatches=2, translate=2 if dropout else 0, flip=dropout)
   par = Parallelism(mode, devices)
   found = population.members(config)  # (one member: the training loop's program for it)
   state = par.place_state(population.initial_state(config, found, 6, 6))
   images, labels = synthetic_arrays(200, seed=1)
-  data = input_pipeline.DeviceTrainData(images, labels, par, config.run.batch_size, (config.run.seed,))
+  data = input_pipeline.DeviceTrainData(images, labels, par, config.run.batch_size,
+                                        (config.run.seed,))
   step_fn = par.compile_train(functools.partial(population.train_call, options=options),
                               batch_axis=2, num_extra=2)
   losses = []

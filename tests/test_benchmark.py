@@ -133,7 +133,8 @@ def test_speedrun_search_trains_variants_through_main_and_repeats_the_chosen_one
   result = subprocess.run(
       [sys.executable, "-m", "benchmarks.speedrun_search", "--config", "configs/speedrun.py",
        "--only", "b512_e20", "b1024_e20", "--choose", "fastest:0.0",
-       "--json", str(out), "--config.model.conv_features=(4,8,8)", "--config.model.dense_features=16",
+       "--json", str(out), "--config.model.conv_features=(4,8,8)",
+       "--config.model.dense_features=16",
        "--config.run.batch_size=16", "--config.data.validation_size=40",
        *_tiny_run_args(synthetic_tfds)],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -295,7 +296,7 @@ def test_population_study_times_a_population_against_one_model(synthetic_tfds, t
   assert report["ratio"] == pytest.approx(report["population"]["process_seconds"]
                                           / report["single"]["process_seconds"])
   single = json.loads((tmp_path / "runs" / "single" / "config.json").read_text())
-  assert single["population"]["members"] == []  # the one model: the same config without the population
+  assert single["population"]["members"] == []  # the one model: the config without them
   assert "members in one process vs one model" in result.stdout
 
 
@@ -304,7 +305,8 @@ def test_ablation_adds_each_row_s_fields_to_the_rows_above_and_measures_tta(synt
                                                                             tmp_path):
   from benchmarks import ablation
   rows = dict(ablation.cumulative_rows("configs/speedrun.py"))
-  assert rows["baseline"] == {} and rows["dirac"] == {"conv1_init": "whiten", "dirac_init": True}
+  assert rows["baseline"] == {}
+  assert rows["dirac"] == {"model.conv1_init": "whiten", "model.dirac_init": True}
   out = tmp_path / "ablation.json"
   result = subprocess.run(
       [sys.executable, "-m", "benchmarks.ablation", "--config", "configs/speedrun.py",

@@ -112,7 +112,8 @@ def test_a_recorded_config_reads_over_todays_defaults(tmp_path, caplog):
   from fmnist_jax import workdir as workdir_lib
   config = workdir_lib.read_config(tmp_path)
   assert config.augment.flip == "off" and config.eval.tta_translate == 0
-  assert config.run.batch_size == 16 and tuple(config.model.conv_features) == (4, 8, 8)  # as recorded
+  assert config.run.batch_size == 16  # as recorded
+  assert tuple(config.model.conv_features) == (4, 8, 8)
   assert "an_old_field" not in config and "an_old_field" in caplog.text
   assert workdir_lib.config_changes(tmp_path, tiny_config(run=dict(num_train_steps=7))) == {}
 
@@ -153,7 +154,8 @@ def test_a_population_workdir_from_before_one_path_resumes(small_splits, tmp_pat
   workdir = tmp_path / "run"
   shutil.copytree(FIXTURE.parent / "population_v1" / "workdir", workdir)
   saved = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / "7" / "default")
-  config = tiny_config(run=dict(num_train_steps=14), population=dict(members=(("run.seed", (0, 1)),)))
+  config = tiny_config(run=dict(num_train_steps=14),
+                       population=dict(members=(("run.seed", (0, 1)),)))
   state = Parallelism("jit").place_state(
       population.initial_state(config, population.members(config), 27, 14))
   ckpt = checkpointing.Checkpointer(workdir / "checkpoints", config)

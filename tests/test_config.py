@@ -11,7 +11,8 @@ def test_shipped_configs_are_valid(module):
 
 def test_default_is_the_seed_recipe():
   config = default.get_config()
-  assert (config.optimizer.name, config.optimizer.learning_rate, config.run.batch_size, config.run.num_epochs) == \
+  assert (config.optimizer.name, config.optimizer.learning_rate, config.run.batch_size,
+          config.run.num_epochs) == \
       ("adam", 1e-3, 128, 15)
   assert tuple(config.model.dropout_rates) == (0.25, 0.4, 0.3)
   assert tuple(no_dropout.get_config().model.dropout_rates) == (0.0, 0.0, 0.0)

@@ -186,7 +186,8 @@ def test_checkpoint_from_another_model_names_the_mismatched_shapes(small_splits,
       str(error.value)
   assert _snapshot(tmp_path) == before
   with pytest.raises(checkpointing.CheckpointError, match="opt_state: .* arrays in the checkpoint"):
-    train.train_and_evaluate(tiny_config(run=dict(num_train_steps=10), optimizer=dict(name="sgd")), str(tmp_path))
+    train.train_and_evaluate(tiny_config(run=dict(num_train_steps=10), optimizer=dict(name="sgd")),
+                             str(tmp_path))
   assert _snapshot(tmp_path) == before
 
 
@@ -197,7 +198,8 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(small_
   train.train_and_evaluate(tiny_config(run=dict(num_train_steps=12)), str(tmp_path))
   good = _restore(tmp_path, tiny_config())
   # An absurd learning rate blows the parameters up to inf within a few steps.
-  exploding = tiny_config(run=dict(num_train_steps=24), optimizer=dict(learning_rate=1e30), checkpoints=dict(every_steps=2), parallelism=dict(steps_per_call=1))
+  exploding = tiny_config(run=dict(num_train_steps=24), optimizer=dict(learning_rate=1e30),
+                          checkpoints=dict(every_steps=2), parallelism=dict(steps_per_call=1))
   with pytest.raises(errors.NonFiniteError, match=r"non-finite loss or gradient in steps \d+"):
     train.train_and_evaluate(exploding, str(tmp_path))
   steps = checkpointing.complete_steps(tmp_path / "checkpoints")
@@ -209,7 +211,8 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(small_
 
 
 def test_skip_nonfinite_updates_drops_the_update():
-  config = tiny_config(optimizer=dict(skip_nonfinite_updates=True), model=dict(dropout_rates=(0.0, 0.0, 0.0)))
+  config = tiny_config(optimizer=dict(skip_nonfinite_updates=True),
+                       model=dict(dropout_rates=(0.0, 0.0, 0.0)))
   state = state_lib.initial_state(config)
   params = jax.tree.map(lambda x: x, state.params)
   params["logits"]["bias"] = params["logits"]["bias"].at[0].set(jnp.nan)
@@ -387,20 +390,23 @@ def test_a_second_run_on_a_workdir_in_use_is_refused(small_splits, tmp_path):
   finally:
     held.release()
   assert _snapshot(tmp_path) == before
-  train.train_and_evaluate(tiny_config(run=dict(num_epochs=2)), str(tmp_path))  # free again: resumes
+  # free again: resumes
+  train.train_and_evaluate(tiny_config(run=dict(num_epochs=2)), str(tmp_path))
   assert json.loads((tmp_path / "result.json").read_text())["step"] == 24
 
 
 def test_a_resume_that_changes_what_a_step_means_is_refused(small_splits, tmp_path, caplog):
   train.train_and_evaluate(tiny_config(run=dict(num_epochs=1)), str(tmp_path))  # 12 steps of 16
   before = _snapshot(tmp_path)
-  with pytest.raises(errors.ConfigError, match=r"changed run.batch_size \(run.batch_size 16 -> 32\)"):
+  with pytest.raises(errors.ConfigError,
+                     match=r"changed run.batch_size \(run.batch_size 16 -> 32\)"):
     train.train_and_evaluate(tiny_config(run=dict(num_epochs=2, batch_size=32)), str(tmp_path))
   assert _snapshot(tmp_path) == before
   caplog.set_level("WARNING")  # other changes are said, and allowed
   train.train_and_evaluate(tiny_config(run=dict(num_epochs=2)), str(tmp_path))
   assert "num_epochs 1 -> 2" in caplog.text
-  allowed = tiny_config(run=dict(num_epochs=5, batch_size=32), checkpoints=dict(resume_with_changed_steps=True))
+  allowed = tiny_config(run=dict(num_epochs=5, batch_size=32),
+                        checkpoints=dict(resume_with_changed_steps=True))
   train.train_and_evaluate(allowed, str(tmp_path))
   assert json.loads((tmp_path / "result.json").read_text())["resumed_from_step"] == 24
 
@@ -413,7 +419,8 @@ def test_a_damaged_prepared_dataset_is_named_and_no_workdir_is_made(synthetic_tf
   record.write_bytes(record.read_bytes()[:len(record.read_bytes()) // 2])
   workdir = tmp_path / "run"
   with pytest.raises(errors.DataError, match=r"fashion_mnist is damaged .*delete that folder"):
-    train.train_and_evaluate(tiny_config(data=dict(tfds_dir=str(data_dir)), run=dict(num_train_steps=2)),
+    train.train_and_evaluate(tiny_config(data=dict(tfds_dir=str(data_dir)),
+                                         run=dict(num_train_steps=2)),
                              str(workdir))
   assert not workdir.exists()
 
@@ -422,7 +429,8 @@ def test_a_metrics_row_written_again_after_a_resume_replaces_the_old_one(small_s
                                                                          tmp_path):
   """A kill between an evaluation's row and its checkpoint: the resumed run evaluates that
   step again, and metrics.jsonl keeps one row per step, the new one."""
-  train.train_and_evaluate(tiny_config(run=dict(num_epochs=1)), str(tmp_path))  # row and checkpoint 12
+  # row and checkpoint 12
+  train.train_and_evaluate(tiny_config(run=dict(num_epochs=1)), str(tmp_path))
   metrics = tmp_path / "metrics.jsonl"
   with open(metrics, "a") as f:  # the row of step 24, whose checkpoint never got written
     f.write(json.dumps({"step": 24, "epoch": 2.0, "train_loss": 999.0}) + "\n")
@@ -436,7 +444,8 @@ def test_a_run_preempted_mid_epoch_writes_the_rows_of_an_uninterrupted_one(small
   """The epoch's running train sums are saved with a mid-epoch checkpoint: the resumed
   epoch's train loss and accuracy average all of its steps, and every row of metrics.jsonl
   equals the uninterrupted run's (12 steps per epoch; preempted after step 14)."""
-  config = tiny_config(run=dict(num_epochs=3), parallelism=dict(steps_per_call=1), checkpoints=dict(every_steps=0))
+  config = tiny_config(run=dict(num_epochs=3), parallelism=dict(steps_per_call=1),
+                       checkpoints=dict(every_steps=0))
   train.train_and_evaluate(config, str(tmp_path / "straight"))
   reached = preemption.PreemptionWatch.reached
 
@@ -575,10 +584,13 @@ def test_skipped_updates_count_only_what_optax_dropped(monkeypatch):
 def test_the_non_finite_stop_advises_what_the_workdir_accepts(small_splits, tmp_path):
   train.train_and_evaluate(tiny_config(run=dict(num_train_steps=12)), str(tmp_path))
   with pytest.raises(errors.NonFiniteError) as error:
-    train.train_and_evaluate(tiny_config(run=dict(num_train_steps=24), optimizer=dict(learning_rate=1e30), parallelism=dict(steps_per_call=1)), str(tmp_path))
+    train.train_and_evaluate(tiny_config(run=dict(num_train_steps=24),
+                                         optimizer=dict(learning_rate=1e30),
+                                         parallelism=dict(steps_per_call=1)), str(tmp_path))
   assert "new --workdir" in str(error.value)  # skipping changes the optimizer state
   with pytest.raises(checkpointing.CheckpointError):  # as the advice says: not this workdir
-    train.train_and_evaluate(tiny_config(run=dict(num_train_steps=24), optimizer=dict(skip_nonfinite_updates=True)),
+    train.train_and_evaluate(tiny_config(run=dict(num_train_steps=24),
+                                         optimizer=dict(skip_nonfinite_updates=True)),
                              str(tmp_path))
 
 
@@ -628,7 +640,8 @@ def test_an_unusable_compilation_cache_is_said_to_be_off(synthetic_tfds, tmp_pat
 def test_a_profile_window_that_can_trace_nothing_is_refused(small_splits, tmp_path, window,
                                                             message):
   with pytest.raises(errors.ConfigError, match=message):
-    train.train_and_evaluate(tiny_config(run=dict(num_train_steps=20), logging=dict(profile_steps=window)),
+    train.train_and_evaluate(tiny_config(run=dict(num_train_steps=20),
+                                         logging=dict(profile_steps=window)),
                              str(tmp_path / "w"))
   assert not (tmp_path / "w" / "checkpoints").exists()
 
@@ -636,7 +649,8 @@ def test_a_profile_window_that_can_trace_nothing_is_refused(small_splits, tmp_pa
 def test_a_run_that_reached_its_target_is_finished_when_its_command_runs_again(small_splits,
                                                                               tmp_path,
                                                                               caplog):
-  config = tiny_config(run=dict(num_epochs=4), eval=dict(stop_at_accuracy=0.01), checkpoints=dict(every_steps=0))
+  config = tiny_config(run=dict(num_epochs=4), eval=dict(stop_at_accuracy=0.01),
+                       checkpoints=dict(every_steps=0))
   train.train_and_evaluate(config, str(tmp_path))
   result = (tmp_path / "result.json").read_text()
   assert json.loads(result)["stop_reason"] == "target_reached"
@@ -647,7 +661,8 @@ def test_a_run_that_reached_its_target_is_finished_when_its_command_runs_again(s
   assert (tmp_path / "result.json").read_text() == result
   assert {k: v for k, v in _snapshot(tmp_path).items() if "run_info" not in k} == \
       {k: v for k, v in before.items() if "run_info" not in k}
-  higher = tiny_config(run=dict(num_epochs=4), eval=dict(stop_at_accuracy=0.999), checkpoints=dict(every_steps=0))
+  higher = tiny_config(run=dict(num_epochs=4), eval=dict(stop_at_accuracy=0.999),
+                       checkpoints=dict(every_steps=0))
   train.train_and_evaluate(higher, str(tmp_path))  # a higher target trains on
   assert json.loads((tmp_path / "result.json").read_text())["step"] == 48
 
@@ -696,7 +711,8 @@ def test_damaged_or_stray_run_files_get_one_line_not_a_traceback(trained_workdir
     import shutil
     shutil.rmtree(tmp_path / "checkpoints")
     (tmp_path / "checkpoints").write_text("not a folder")
-  for action in (lambda: train.train_and_evaluate(tiny_config(run=dict(num_epochs=3)), str(tmp_path)),
+  for action in (lambda: train.train_and_evaluate(tiny_config(run=dict(num_epochs=3)),
+                                                  str(tmp_path)),
                  lambda: report.write_report(str(tmp_path))):
     try:
       action()
@@ -758,7 +774,10 @@ def test_an_explicit_idx_dir_that_is_not_read_is_said_so(synthetic_tfds, tmp_pat
   """With tfds' copy already prepared, the IDX files are not read: a named idx_dir (here one
   that does not exist) gets a line saying it was not used."""
   caplog.set_level("WARNING")
-  train.train_and_evaluate(tiny_config(data=dict(tfds_dir=synthetic_tfds["data_dir"], idx_dir=str(tmp_path / "nonexistent")), run=dict(num_train_steps=2)), str(tmp_path / "w"))
+  config = tiny_config(data=dict(tfds_dir=synthetic_tfds["data_dir"],
+                                 idx_dir=str(tmp_path / "nonexistent")),
+                       run=dict(num_train_steps=2))
+  train.train_and_evaluate(config, str(tmp_path / "w"))
   assert f"idx_dir='{tmp_path / 'nonexistent'}' is not used: tfds' copy" in caplog.text
 
 
@@ -769,7 +788,8 @@ def test_ctrl_c_twice_while_the_first_program_compiles_ends_in_one_line(syntheti
   either saves (the two were taken for one) or aborts, in one line; never a crash."""
   env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
   command = [sys.executable, "-m", "fmnist_jax.main", "--config", "configs/tiny.py",
-             "--workdir", str(tmp_path / "w"), f"--config.data.tfds_dir={synthetic_tfds['data_dir']}",
+             "--workdir", str(tmp_path / "w"),
+             f"--config.data.tfds_dir={synthetic_tfds['data_dir']}",
              "--config.parallelism.compilation_cache_dir=", "--config.run.num_epochs=50"]
   process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True, env=env)

@@ -49,7 +49,8 @@ def test_trains_and_evaluates_after_every_epoch(small_splits, tmp_path):
 
 
 def test_num_train_steps_stops_mid_epoch_with_a_final_evaluation(small_splits, tmp_path):
-  config = tiny_config(run=dict(num_train_steps=17), data=dict(validation_size=0), parallelism=dict(steps_per_call=4))
+  config = tiny_config(run=dict(num_train_steps=17), data=dict(validation_size=0),
+                       parallelism=dict(steps_per_call=4))
   train.train_and_evaluate(config, str(tmp_path))
   rows = _metrics(tmp_path)
   assert [r["step"] for r in rows] == [12, 17]
@@ -185,7 +186,8 @@ def test_one_train_program_per_run_even_with_uneven_last_calls(small_splits, tmp
 def test_epoch_end_saves_wait_for_checkpoint_every_seconds(small_splits, tmp_path):
   """With a long interval only the final state is saved (every epoch still gets its metrics
   row); with 0, every epoch's end is saved."""
-  config = tiny_config(run=dict(num_epochs=3), checkpoints=dict(every_steps=0, keep=5, every_seconds=1e9))
+  config = tiny_config(run=dict(num_epochs=3),
+                       checkpoints=dict(every_steps=0, keep=5, every_seconds=1e9))
   train.train_and_evaluate(config, str(tmp_path / "rare"))
   assert [r["step"] for r in _metrics(tmp_path / "rare")] == [12, 24, 36]
   steps = checkpointing.complete_steps(tmp_path / "rare" / "checkpoints")
@@ -217,14 +219,16 @@ def test_saves_are_written_while_later_calls_are_queued(small_splits, tmp_path, 
 
   monkeypatch.setattr(Parallelism, "compile_train", counting_compile_train)
   monkeypatch.setattr(checkpointing.Checkpointer, "save", recording_save)
-  config = tiny_config(run=dict(num_epochs=3), parallelism=dict(steps_per_call=1), checkpoints=dict(every_steps=5, keep=20))
+  config = tiny_config(run=dict(num_epochs=3), parallelism=dict(steps_per_call=1),
+                       checkpoints=dict(every_steps=5, keep=20))
   train.train_and_evaluate(config, str(tmp_path / "run"))
   saved = [step for step, _ in saves]
   assert saved == sorted(saved), saves  # oldest first (Orbax takes no step below its latest)
   assert set(saved) == {5, 10, 15, 20, 25, 30, 35} | {12, 24, 36}  # every save point, epoch end
   assert all(queued > step for step, queued in saves[:-1]), saves
   assert saves[-1] == (36, 36)  # the end of the run: nothing left to queue
-  train.train_and_evaluate(tiny_config(run=dict(num_train_steps=5), parallelism=dict(steps_per_call=1)),
+  train.train_and_evaluate(tiny_config(run=dict(num_train_steps=5),
+                                       parallelism=dict(steps_per_call=1)),
                            str(tmp_path / "five"))
   ckpt = checkpointing.Checkpointer(tmp_path / "run" / "checkpoints", config, read_only=True)
   at_five = ckpt.restore(5, replicated_state(config))[0].params
@@ -272,7 +276,8 @@ def test_console_shows_the_projects_lines_and_verbose_the_libraries(synthetic_tf
 def test_tensorboard_gets_progress_scalars_and_the_config_as_hyperparameters(small_splits,
                                                                              tmp_path):
   from tensorboard.backend.event_processing import event_accumulator
-  config = tiny_config(run=dict(num_epochs=2), logging=dict(every_steps=4), parallelism=dict(steps_per_call=2), optimizer=dict(learning_rate=1e-3))
+  config = tiny_config(run=dict(num_epochs=2), logging=dict(every_steps=4),
+                       parallelism=dict(steps_per_call=2), optimizer=dict(learning_rate=1e-3))
   train.train_and_evaluate(config, str(tmp_path))
   events = event_accumulator.EventAccumulator(str(tmp_path))
   events.Reload()

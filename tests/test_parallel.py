@@ -72,7 +72,7 @@ def test_eval_counts_every_example_on_1_and_8_devices(eight_devices, mode):
 @pytest.mark.slow
 def test_batch_not_divisible_by_devices_is_a_clear_error(eight_devices):
   assert eight_devices["indivisible_error"].startswith(
-      "batch_size 100 is not divisible by the 8 devices")
+      "run.batch_size 100 is not divisible by the 8 devices")
 
 
 def _free_port():
@@ -137,7 +137,8 @@ def test_sigterm_to_one_of_two_processes_saves_both_at_the_same_step(synthetic_t
 def test_two_processes_train_and_the_checkpoint_restores_on_one_device(
     synthetic_tfds, tmp_path, mode, input_mode):
   logs = _two_processes(tmp_path, synthetic_tfds["data_dir"], "--config.run.num_train_steps=6",
-                        f"--config.parallelism.mode={mode}", f"--config.data.input_mode={input_mode}",
+                        f"--config.parallelism.mode={mode}",
+                        f"--config.data.input_mode={input_mode}",
                         "--config.checkpoints.every_steps=3")
   assert "JAX process 1/2, 4 local devices" in logs[1]
   assert "Parallelism(%s, 8 devices, 2 processes)" % mode in logs[0]

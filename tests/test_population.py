@@ -24,7 +24,8 @@ def _rows(workdir):
 
 
 def test_members_are_the_product_of_the_values_in_the_order_written():
-  config = tiny_config(population=dict(members=(("model.dropout_rates", ((0.25, 0.4, 0.3), (0.0, 0.0, 0.0))),
+  config = tiny_config(population=dict(members=(("model.dropout_rates",
+                                                 ((0.25, 0.4, 0.3), (0.0, 0.0, 0.0))),
                                    ("run.seed", (0, 1, 2)))))
   found = population.check(config)
   assert [(m["model.dropout_rates"][0], m["run.seed"]) for m in found] == [
@@ -40,7 +41,8 @@ def test_members_are_the_product_of_the_values_in_the_order_written():
     ((("run.seed", ()),), "must be a non-empty tuple"),
     ((("optimizer.learning_rate", ("fast",)),), "is not a float"),
     ((("model.dropout_rates", ((0.1, 0.2),)),), "is not a tuple"),
-    ((("optimizer.learning_rate", (1e-3, -1.0)),), "value optimizer.learning_rate=-1.0: optimizer.learning_rate=-1.0 must"),
+    ((("optimizer.learning_rate", (1e-3, -1.0)),),
+     "value optimizer.learning_rate=-1.0: optimizer.learning_rate=-1.0 must"),
     ((("run.seed", (0,)), ("run.seed", (1,))), "named twice"),
     ((("run.seed", (2 ** 40,)),), "[0, 2**31)"),
     ((("augment.flip", ("random", "alternate")),), "'random' or 'alternate', not both"),
@@ -75,7 +77,8 @@ def test_a_population_too_large_for_memory_says_how_many_fit(small_splits, tmp_p
 
 
 def test_tfds_streaming_cannot_feed_a_population(tmp_path):
-  config = tiny_config(data=dict(input_mode="tfds"), population=dict(members=(("run.seed", (0, 1)),)))
+  config = tiny_config(data=dict(input_mode="tfds"),
+                       population=dict(members=(("run.seed", (0, 1)),)))
   with pytest.raises(ConfigError, match="input_mode='device'") as raised:
     train.setup(config, str(tmp_path / "run"))
   assert "\n" not in str(raised.value) and not (tmp_path / "run").exists()
@@ -91,7 +94,8 @@ SWEEPS = {
                                ("optimizer.label_smoothing", (0.0, 0.1)))),
     "ema_translate": ({}, (("optimizer.ema_decay", (0.0, 0.9)), ("augment.translate", (0, 2)))),
     "adamw_flip_erase": ({"optimizer.name": "adamw", "augment.erase_size": 6},
-                         (("optimizer.weight_decay", (0.0, 0.05)), ("augment.flip", ("off", "random")),
+                         (("optimizer.weight_decay", (0.0, 0.05)),
+                          ("augment.flip", ("off", "random")),
                           ("augment.erase_prob", (0.0, 0.5)))),
 }
 
@@ -138,7 +142,8 @@ def _stacked(workdir, config):
 
 @pytest.mark.slow
 def test_sigkill_of_a_population_then_rerun_is_bit_identical(synthetic_tfds, tmp_path):
-  flags = (f"--config.data.tfds_dir={synthetic_tfds['data_dir']}", "--config.run.num_train_steps=40",
+  flags = (f"--config.data.tfds_dir={synthetic_tfds['data_dir']}",
+           "--config.run.num_train_steps=40",
            "--config.checkpoints.every_steps=10", "--config.parallelism.steps_per_call=1")
   straight = subprocess.run(_main(tmp_path / "straight", *flags), cwd=ROOT, capture_output=True,
                             text=True, timeout=600)
@@ -174,10 +179,12 @@ def test_a_member_stopped_before_a_kill_stays_stopped_after_the_rerun(synthetic_
   parameters as they were, and ends bit-identical to a run without the kill."""
   pairs = "(('optimizer.learning_rate', (1e-2, 1e-5)),)"
   command = [sys.executable, "-m", "fmnist_jax.main", "--config", "configs/tiny.py",
-             f"--config.data.tfds_dir={synthetic_tfds['data_dir']}", f"--config.population.members={pairs}",
+             f"--config.data.tfds_dir={synthetic_tfds['data_dir']}",
+             f"--config.population.members={pairs}",
              "--config.eval.stop_at_accuracy=0.2", "--config.run.num_epochs=3",
              "--config.checkpoints.every_steps=0", "--config.model.dropout_rates=(0.0, 0.0, 0.0)"]
-  config = tiny_config(population=dict(members=eval(pairs)), run=dict(num_epochs=3), model=dict(dropout_rates=(0.0, 0.0, 0.0)))
+  config = tiny_config(population=dict(members=eval(pairs)), run=dict(num_epochs=3),
+                       model=dict(dropout_rates=(0.0, 0.0, 0.0)))
   straight = subprocess.run([*command, "--workdir", str(tmp_path / "straight")], cwd=ROOT,
                             capture_output=True, text=True, timeout=600)
   assert straight.returncode == 0, straight.stderr[-3000:]
@@ -228,7 +235,8 @@ def test_a_population_checkpoint_saved_without_its_hparams_still_restores(tmp_pa
 
 
 def test_resume_with_another_population_is_refused_and_harms_nothing(small_splits, tmp_path):
-  config = tiny_config(run=dict(num_train_steps=4), population=dict(members=(("run.seed", (0, 1)),)))
+  config = tiny_config(run=dict(num_train_steps=4),
+                       population=dict(members=(("run.seed", (0, 1)),)))
   train.train_and_evaluate(config, str(tmp_path / "run"))
   (tmp_path / "run" / "result.json").unlink()  # (killed after its last checkpoint)
   train.train_and_evaluate(config, str(tmp_path / "run"))  # already finished: rebuilt
@@ -238,7 +246,8 @@ def test_resume_with_another_population_is_refused_and_harms_nothing(small_split
   before = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*") if p.is_file()
             and p.name != ".lock"}
   with pytest.raises(ConfigError, match="another population") as raised:
-    train.train_and_evaluate(tiny_config(run=dict(num_train_steps=8), population=dict(members=(("run.seed", (0, 1, 2)),))),
+    train.train_and_evaluate(tiny_config(run=dict(num_train_steps=8),
+                                         population=dict(members=(("run.seed", (0, 1, 2)),))),
                              str(tmp_path / "run"))
   assert "\n" not in str(raised.value)
   assert before == {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")
@@ -249,7 +258,9 @@ def test_stopped_members_keep_their_state_and_the_run_ends_when_all_have(small_s
                                                                          tmp_path):
   """stop_at_accuracy per member: one member reaches it (its state then stays), the run ends
   when every member has."""
-  config = tiny_config(run=dict(num_epochs=8), model=dict(dropout_rates=(0.0, 0.0, 0.0)), eval=dict(stop_at_accuracy=0.5, stop_metric="test_accuracy"), population=dict(members=(("optimizer.learning_rate", (1e-2, 3e-3)),)))
+  config = tiny_config(run=dict(num_epochs=8), model=dict(dropout_rates=(0.0, 0.0, 0.0)),
+                       eval=dict(stop_at_accuracy=0.5, stop_metric="test_accuracy"),
+                       population=dict(members=(("optimizer.learning_rate", (1e-2, 3e-3)),)))
   train.train_and_evaluate(config, str(tmp_path / "run"))
   rows = _rows(tmp_path / "run")
   first = {m: min(r["epoch"] for r in rows if r["member"] == m and r["test_accuracy"] >= 0.5)
@@ -271,7 +282,8 @@ from fmnist_jax import input_pipeline, train
 splits = {"train": synthetic_arrays(200, seed=1), "val": synthetic_arrays(40, seed=3),
           "test": synthetic_arrays(75, seed=2)}
 input_pipeline.load_splits = lambda config: splits
-config = tiny_config(num_train_steps=6, steps_per_call=2, population=%s)
+config = tiny_config(run=dict(num_train_steps=6), parallelism=dict(steps_per_call=2),
+                     population=dict(members=%s))
 run = train.setup(config, sys.argv[1])
 run.lock.release()
 print(json.dumps({"mesh": dict(run.par.mesh.shape)}))
@@ -281,7 +293,8 @@ train.train_and_evaluate(config, sys.argv[1])
 
 @pytest.mark.slow
 def test_a_population_on_8_devices_splits_members_and_equals_1_device(small_splits, tmp_path):
-  config = tiny_config(run=dict(num_train_steps=6), parallelism=dict(steps_per_call=2), population=dict(members=eval(STUDY)))
+  config = tiny_config(run=dict(num_train_steps=6), parallelism=dict(steps_per_call=2),
+                       population=dict(members=eval(STUDY)))
   train.train_and_evaluate(config, str(tmp_path / "one"))
   env = {**__import__("os").environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
   result = subprocess.run([sys.executable, "-c", EIGHT_DEVICES % STUDY, str(tmp_path / "eight")],
@@ -303,8 +316,9 @@ splits = {"train": synthetic_arrays(200, seed=1), "val": synthetic_arrays(40, se
           "test": synthetic_arrays(75, seed=2)}
 input_pipeline.load_splits = lambda config: splits
 for mode in ("jit", "pmap"):
-  config = tiny_config(num_train_steps=6, steps_per_call=2, parallelism=mode,
-                       dropout_rates=(0.0, 0.0, 0.0), population=%s)
+  config = tiny_config(run=dict(num_train_steps=6),
+                       parallelism=dict(steps_per_call=2, mode=mode),
+                       model=dict(dropout_rates=(0.0, 0.0, 0.0)), population=dict(members=%s))
   train.train_and_evaluate(config, sys.argv[1] + "/" + mode)
 """
 
@@ -328,7 +342,8 @@ def test_a_population_under_pmap_equals_jit_on_8_devices(tmp_path):
 
 def test_the_report_of_a_population_gives_members_settings_and_ensembles_apart(small_splits,
                                                                                tmp_path):
-  config = tiny_config(run=dict(num_train_steps=12), population=dict(members=eval(STUDY)))  # pylint: disable=eval-used
+  config = tiny_config(run=dict(num_train_steps=12),
+                       population=dict(members=eval(STUDY)))  # pylint: disable=eval-used
   train.train_and_evaluate(config, str(tmp_path / "run"))
   from fmnist_jax import report
   report.write_report(str(tmp_path / "run"), splits=small_splits)

@@ -33,7 +33,8 @@ def test_the_trace_window_follows_the_calls(monkeypatch, tmp_path, window, calls
 
 
 def test_a_profiled_run_writes_a_trace_of_the_loops_phases(small_splits, tmp_path):
-  config = tiny_config(run=dict(num_epochs=1), parallelism=dict(steps_per_call=2), logging=dict(profile_steps=(4, 10)))
+  config = tiny_config(run=dict(num_epochs=1), parallelism=dict(steps_per_call=2),
+                       logging=dict(profile_steps=(4, 10)))
   train.train_and_evaluate(config, str(tmp_path))
   traces = list(tmp_path.glob("plugins/profile/*/perfetto_trace.json.gz"))
   assert len(traces) == 1 and trace_gaps.find_trace(tmp_path) == traces[0]

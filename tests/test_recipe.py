@@ -87,14 +87,16 @@ def test_flip_average_is_mirror_invariant_and_averages_log_probabilities():
 
 
 def test_warmup_cosine_schedule_values():
-  config = tiny_config(optimizer=dict(schedule="warmup_cosine", warmup_epochs=2.0, learning_rate=2e-3))
+  config = tiny_config(optimizer=dict(schedule="warmup_cosine", warmup_epochs=2.0,
+                                      learning_rate=2e-3))
   lr = state_lib.create_learning_rate_fn(config, steps_per_epoch=10, total_steps=120)
   assert float(lr(0)) == 0.0
   assert float(lr(10)) == pytest.approx(1e-3)          # halfway through the warm-up
   assert float(lr(20)) == pytest.approx(2e-3)          # the peak
   assert float(lr(70)) == pytest.approx(1e-3, rel=1e-5)  # the cosine's midpoint
   assert float(lr(120)) == pytest.approx(0.0, abs=1e-9)
-  cosine = state_lib.create_learning_rate_fn(tiny_config(optimizer=dict(schedule="cosine")), 10, 100)
+  cosine = state_lib.create_learning_rate_fn(
+      tiny_config(optimizer=dict(schedule="cosine")), 10, 100)
   assert float(cosine(50)) == pytest.approx(5e-4)
 
 
@@ -141,7 +143,8 @@ def test_ema_follows_the_parameters_with_a_warmed_up_decay():
 
 
 def test_stop_at_accuracy_stops_at_the_first_evaluation_reaching_it(small_splits, tmp_path):
-  config = tiny_config(run=dict(num_epochs=5), eval=dict(stop_at_accuracy=0.01, stop_metric="val_accuracy"))
+  config = tiny_config(run=dict(num_epochs=5),
+                       eval=dict(stop_at_accuracy=0.01, stop_metric="val_accuracy"))
   train.train_and_evaluate(config, str(tmp_path))
   rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows] == [12]  # one epoch of 12 steps, then the target is met
@@ -157,9 +160,12 @@ def test_a_stop_after_the_next_epochs_first_calls_keeps_the_epochs_state(small_s
   bit-identical to step 12 of a run that does not stop."""
   from fmnist_jax import checkpointing
   from conftest import replicated_state
-  config = tiny_config(run=dict(num_epochs=3), parallelism=dict(steps_per_call=4), checkpoints=dict(every_steps=0, keep=5))
+  config = tiny_config(run=dict(num_epochs=3), parallelism=dict(steps_per_call=4),
+                       checkpoints=dict(every_steps=0, keep=5))
   train.train_and_evaluate(config, str(tmp_path / "straight"))
-  stopping = tiny_config(run=dict(num_epochs=3), parallelism=dict(steps_per_call=4), checkpoints=dict(every_steps=0, keep=5), eval=dict(stop_at_accuracy=0.01, stop_metric="val_accuracy"))
+  stopping = tiny_config(run=dict(num_epochs=3), parallelism=dict(steps_per_call=4),
+                         checkpoints=dict(every_steps=0, keep=5),
+                         eval=dict(stop_at_accuracy=0.01, stop_metric="val_accuracy"))
   train.train_and_evaluate(stopping, str(tmp_path / "stopped"))
   states = []
   for run in ("straight", "stopped"):
@@ -175,7 +181,8 @@ def test_a_stop_after_the_next_epochs_first_calls_keeps_the_epochs_state(small_s
 
 
 def test_a_run_without_a_target_completes_and_records_its_best(small_splits, tmp_path):
-  config = tiny_config(run=dict(num_epochs=2), optimizer=dict(ema_decay=0.9, label_smoothing=0.1), augment=dict(translate=1, flip="random"))
+  config = tiny_config(run=dict(num_epochs=2), optimizer=dict(ema_decay=0.9, label_smoothing=0.1),
+                       augment=dict(translate=1, flip="random"))
   train.train_and_evaluate(config, str(tmp_path))
   result = json.loads((tmp_path / "result.json").read_text())
   assert result["stop_reason"] == "completed" and result["step"] == 24

@@ -129,7 +129,8 @@ def test_the_report_says_what_its_numbers_show(small_splits, tmp_path):
 def test_an_interrupted_report_leaves_the_previous_one_whole(trained_workdir, monkeypatch):
   out = report.write_report(str(trained_workdir))
   before = {p.name: p.read_bytes() for p in out.iterdir()}
-  train.train_and_evaluate(tiny_config(run=dict(num_epochs=3), checkpoints=dict(keep=1)), str(trained_workdir))
+  train.train_and_evaluate(tiny_config(run=dict(num_epochs=3), checkpoints=dict(keep=1)),
+                           str(trained_workdir))
 
   def interrupted(*args, **kwargs):
     raise KeyboardInterrupt
@@ -157,7 +158,8 @@ def test_the_report_is_written_while_the_run_holds_the_workdir(small_splits, tmp
     seen.append(workdir)
     return write(workdir, *args, **kwargs)
   monkeypatch.setattr(report, "write_report", checking_write)
-  main.train_and_report(tiny_config(run=dict(num_train_steps=6), logging=dict(write_report=True)), str(tmp_path / "run"))
+  main.train_and_report(tiny_config(run=dict(num_train_steps=6), logging=dict(write_report=True)),
+                        str(tmp_path / "run"))
   assert seen and (tmp_path / "run" / "report" / "report.md").exists()
   held = workdir_lib.Lock(tmp_path / "run")
   try:

@@ -40,9 +40,11 @@ def test_whitening_filters_whiten_the_training_patches():
 
 
 def test_recipe_initialisation_keeps_shapes_and_the_other_filters():
-  config = tiny_config(model=dict(conv_features=(32, 64, 128), dense_features=128, conv1_init="whiten", dirac_init=True))
+  config = tiny_config(model=dict(conv_features=(32, 64, 128), dense_features=128,
+                                  conv1_init="whiten", dirac_init=True))
   images, _ = synthetic_arrays(100)
-  plain = state_lib.initial_state(tiny_config(model=dict(conv_features=(32, 64, 128), dense_features=128)))
+  plain = state_lib.initial_state(tiny_config(model=dict(conv_features=(32, 64, 128),
+                                                         dense_features=128)))
   adjusted = state_lib.initial_state(config, adjust=initializers.recipe(config, images))
   assert models.parameter_count(config) == 241_546 == sum(
       x.size for x in jax.tree.leaves(adjusted.params))
@@ -141,12 +143,14 @@ def test_lookahead_matches_optax_lookahead():
 
 
 def test_sgd_weight_decay_and_the_warmup_linear_schedule():
-  config = tiny_config(optimizer=dict(name="sgd", momentum=0.0, weight_decay=0.1, learning_rate=0.5))
+  config = tiny_config(optimizer=dict(name="sgd", momentum=0.0, weight_decay=0.1,
+                                      learning_rate=0.5))
   tx = state_lib.create_optimizer(config, 0.5)
   params, grads = {"w": jnp.array([2.0])}, {"w": jnp.array([1.0])}
   updates, _ = tx.update(grads, tx.init(params), params)
   assert float(updates["w"][0]) == pytest.approx(-0.5 * (1.0 + 0.1 * 2.0))
-  linear = tiny_config(optimizer=dict(schedule="warmup_linear", warmup_epochs=1.0, learning_rate=2e-3))
+  linear = tiny_config(optimizer=dict(schedule="warmup_linear", warmup_epochs=1.0,
+                                      learning_rate=2e-3))
   lr = state_lib.create_learning_rate_fn(linear, steps_per_epoch=10, total_steps=50)
   assert [float(lr(s)) for s in (0, 5, 10, 30, 50)] == pytest.approx(
       [0.0, 1e-3, 2e-3, 1e-3, 0.0], abs=1e-9)
@@ -164,7 +168,8 @@ def test_recipe_options_are_refused_in_one_line_before_any_data():
     with pytest.raises(ConfigError, match=words):
       configuration.validate_config(tiny_config(fields))
   with pytest.raises(ConfigError, match="conv1_init"):  # not a field a population varies
-    population.check(tiny_config(population=dict(members=(("model.conv1_init", ("glorot", "whiten")),))))
+    population.check(tiny_config(population=dict(members=(("model.conv1_init",
+                                                           ("glorot", "whiten")),))))
 
 
 RECIPE = {"model.conv_features": (20, 8, 8), "model.conv1_init": "whiten",
@@ -180,7 +185,8 @@ def test_every_option_at_once_trains_and_a_member_equals_its_single_run(small_sp
                                                                          tmp_path):
   single = train.train_and_evaluate(tiny_config(RECIPE, run=dict(seed=1)),
                                     str(tmp_path / "single"))
-  both = train.train_and_evaluate(tiny_config(RECIPE, population=dict(members=(("run.seed", (0, 1)),))),
+  both = train.train_and_evaluate(tiny_config(RECIPE,
+                                              population=dict(members=(("run.seed", (0, 1)),))),
                                   str(tmp_path / "population"))
   member = both["members"][1]
   for key in ("val_accuracy", "test_accuracy", "train_loss"):

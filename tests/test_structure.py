@@ -146,7 +146,8 @@ def test_one_training_path_asks_about_members_only_where_it_says():
 def test_training_and_the_report_run_without_tensorflow(synthetic_tfds, tmp_path):
   result = _without_tensorflow(
       synthetic_tfds, "fmnist_jax.main", "--config", "configs/tiny.py",
-      "--workdir", str(tmp_path), "--config.data.tfds_dir=/nonexistent", "--config.run.num_train_steps=6",
+      "--workdir", str(tmp_path), "--config.data.tfds_dir=/nonexistent",
+      "--config.run.num_train_steps=6",
       "--config.logging.write_report=True")
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'LOADED []' in result.stdout  # TensorFlow was not imported

@@ -78,7 +78,8 @@ def test_one_exact_training_step_matches_stored_numbers(xla):
 
 
 def test_a_few_steps_overfit_a_tiny_batch():
-  config = tiny_config(model=dict(dropout_rates=(0.0, 0.0, 0.0)), optimizer=dict(learning_rate=1e-2))
+  config = tiny_config(model=dict(dropout_rates=(0.0, 0.0, 0.0)),
+                       optimizer=dict(learning_rate=1e-2))
   _, state = _state(config)
   batch = _batch(16, seed=7)
   step = jax.jit(steps.train_step)
@@ -146,7 +147,8 @@ def test_every_optimizer_and_schedule_steps_as_defined(optimizer, schedule):
   AdamW adds the decoupled decay lr * wd * w; SGD's Nesterov momentum (0.9) gives
   lr(1) * (1 + m + m^2) * (g + wd * w) at the second step of the same gradient (its weight
   decay is L2, added to the gradient; lr(0) = 0 in warm-up)."""
-  config = tiny_config(optimizer=dict(name=optimizer, schedule=schedule, warmup_epochs=1.0, weight_decay=0.05, learning_rate=0.1, momentum=0.9))
+  config = tiny_config(optimizer=dict(name=optimizer, schedule=schedule, warmup_epochs=1.0,
+                                      weight_decay=0.05, learning_rate=0.1, momentum=0.9))
   learning_rate = state_lib.create_learning_rate_fn(config, steps_per_epoch=10, total_steps=100)
   tx = state_lib.create_optimizer(config, learning_rate)
   params, grads = jnp.array([1.0, -2.0, 3.0]), jnp.array([0.5, 0.5, -0.25])
@@ -168,7 +170,8 @@ def test_every_optimizer_and_schedule_steps_as_defined(optimizer, schedule):
 
 
 def test_learning_rate_schedules_at_chosen_steps():
-  config = tiny_config(optimizer=dict(learning_rate=0.1, schedule="warmup_cosine", warmup_epochs=1.0))
+  config = tiny_config(optimizer=dict(learning_rate=0.1, schedule="warmup_cosine",
+                                      warmup_epochs=1.0))
   fn = state_lib.create_learning_rate_fn(config, steps_per_epoch=10, total_steps=110)
   assert float(fn(0)) == 0.0
   assert float(fn(5)) == pytest.approx(0.05)

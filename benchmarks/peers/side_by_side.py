@@ -42,7 +42,8 @@ def _peer(name, batch_sizes, train_images, eval_images):
 
 def _auto_microbatches(batch_size):
   """The default config's choice on one CPU device (config.parallelism.microbatches = 0)."""
-  config = ml_collections.ConfigDict({"microbatches": 0, "batch_size": batch_size})
+  config = ml_collections.ConfigDict({"parallelism": {"microbatches": 0},
+                                      "run": {"batch_size": batch_size}})
   return steps.resolve_microbatches(config, 1, "cpu")
 
 
