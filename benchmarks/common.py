@@ -136,13 +136,10 @@ def without(overrides, paths) -> list[str]:
 
 
 def mean_std(values) -> list[float] | None:
-  """[mean, sample std] of the values that are not None (std 0 for one value); None if none."""
-  import statistics
-  values = [v for v in values if v is not None]
-  if not values:
-    return None
-  return [float(statistics.mean(values)),
-          float(statistics.stdev(values)) if len(values) > 1 else 0.0]
+  """fmnist_jax.population.mean_std, the one (imported when first used: a benchmark's front
+  end starts without jax)."""
+  from fmnist_jax import population
+  return population.mean_std(values)
 
 
 def pm(value, scale: float = 1.0, digits: int = 2) -> str:

@@ -360,7 +360,10 @@ def result(found: list[dict], rows: list[dict]) -> dict:
   return {"population": {"members": per_member, "settings": summary}}
 
 
-def mean_std(values) -> list[float]:
-  """[mean, sample std] (std 0 for one value)."""
-  values = np.asarray(values, np.float64)
+def mean_std(values) -> list[float] | None:
+  """[mean, sample std] of the values that are not None (std 0 for one value); None if none:
+  the one summary of several runs' numbers (result.json, the report, the benchmarks)."""
+  values = np.asarray([v for v in values if v is not None], np.float64)
+  if not len(values):
+    return None
   return [float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0]

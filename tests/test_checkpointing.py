@@ -137,6 +137,20 @@ def test_a_flat_config_from_before_the_sections_reads_as_its_paths(flip, alterna
       ("run.seed", (0, 1)), ("augment.flip", ("off", "alternate" if alternate else "random"))]
 
 
+def test_workdirs_from_before_the_sections_report_and_compare(small_splits, tmp_path):
+  # Both fixtures recorded flat config.json files: the report and compare read them as paths.
+  from fmnist_jax import compare, report
+  for name in ("population_v1", "single_run_v1"):
+    shutil.copytree(FIXTURE.parent / name / "workdir", tmp_path / name)
+  report.write_report(str(tmp_path / "population_v1"))
+  numbers = json.loads((tmp_path / "population_v1" / "report" / "metrics.json").read_text())
+  assert [(m["member"], m["seed"]) for m in numbers["members"]] == [(0, 0), (1, 1)]
+  out = compare.compare([str(tmp_path / "population_v1"), str(tmp_path / "single_run_v1")],
+                        str(tmp_path / "compared"))
+  table = (out / "compare.md").read_text()
+  assert "| single_run_v1 |" in table and "| population_v1/m1" in table
+
+
 def test_a_recorded_config_of_the_wrong_kind_is_one_line(tmp_path):
   recorded = json.loads((FIXTURE / "workdir" / "config.json").read_text())
   recorded["batch_size"] = "sixteen"
