@@ -127,8 +127,9 @@ def load_with_overrides(spec: str, overrides=()) -> ml_collections.ConfigDict:
   from ml_collections import config_flags
   config = load(spec)
   for override in overrides:
-    check_path(config, override.removeprefix("--config.").split("=", 1)[0],
-               spec.partition(":")[0])
+    path, _, text = override.removeprefix("--config.").partition("=")
+    check_path(config, path, spec.partition(":")[0])
+    _check_not_a_dict(path, text)
   argv = ["fmnist_jax", f"--config={spec}", *overrides]
   values = flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True,
@@ -138,6 +139,19 @@ def load_with_overrides(spec: str, overrides=()) -> ml_collections.ConfigDict:
   except flags.Error as e:
     raise ConfigError(str(e)) from None
   return values.config
+
+
+def _check_not_a_dict(path: str, text: str) -> None:
+  """config_flags reads a dict given for a tuple field as its keys: say so, with the text."""
+  import ast
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return
+  if isinstance(value, dict):
+    raise ConfigError(f"--config.{path}={text}: a dict, where the field takes a tuple "
+                      "(population.members: (path, values) pairs, e.g. "
+                      "(('optimizer.learning_rate', (1e-3, 3e-3)),)).")
 
 
 def check_path(config, path: str, where: str) -> None:
@@ -153,8 +167,8 @@ def check_path(config, path: str, where: str) -> None:
                       "sections: configs/default.py).")
   if section not in config or field not in config[section] or "." in field:
     known = paths(config)
-    close = difflib.get_close_matches(path, known, n=1, cutoff=0.6) or [
-        p for p in known if p.endswith("." + field.partition(".")[0])][:1]
+    close = [p for p in known if field and p.endswith("." + field.partition(".")[0])][:1] or \
+        difflib.get_close_matches(path, known, n=1, cutoff=0.6)
     raise ConfigError(f"--config.{path}: {where} has no field {path!r}"
                       + (f"; did you mean {close[0]}?" if close else
                          "; its sections and fields are in configs/default.py."))

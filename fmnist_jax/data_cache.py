@@ -81,9 +81,19 @@ def _read(entry: pathlib.Path) -> Splits | None:
           for split in ("train", "test")}
 
 
+def _off(directory: pathlib.Path, why: str) -> None:
+  from absl import logging
+  logging.warning("the data cache is off for this run: %s %s (set $%s or data.cache_dir to a "
+                  "folder, or to \"\" to turn it off); the data is read from its source",
+                  directory, why, ENV)
+
+
 def _write(entry: pathlib.Path, splits: Splits, files: list[pathlib.Path]) -> None:
-  entry.parent.mkdir(parents=True, exist_ok=True)
-  staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+  try:
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+  except OSError as e:
+    return _off(entry.parent, f"cannot be written ({e.strerror or e})")
   try:
     index = {"source": [str(p) for p in files]}
     for split in ("train", "test"):
@@ -101,9 +111,12 @@ def _write(entry: pathlib.Path, splits: Splits, files: list[pathlib.Path]) -> No
 
 def load(config, read_source: Callable[[], Splits]) -> Splits:
   """The full train and test splits: from the cache when it holds this source's, else from
-  `read_source()` (then cached). A cache that cannot be written is skipped silently: the
-  run needs only the source."""
+  `read_source()` (then cached). A cache folder that is not one, or cannot be written, is
+  skipped with one line saying so: the run needs only the source."""
   directory = cache_dir(config)
+  if directory and directory.exists() and not directory.is_dir():
+    _off(directory, "is not a folder")
+    directory = None
   files = source_files(config) if directory else None
   if files:
     entry = directory / _key(files)

@@ -24,6 +24,7 @@ member is that single run, up to float rounding.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import itertools
 import math
 
@@ -79,7 +80,10 @@ def describe(member: dict) -> str:
 
 def check(config) -> list[dict]:
   """The members, or one ConfigError line naming what to change. Before any data is read."""
-  population = config.population.members
+  population, per_pass = config.population.members, config.population.per_pass
+  if not population and per_pass:
+    raise ConfigError(f"population.per_pass={per_pass} needs a population (population.members) "
+                      "to pass over: set the members, or leave per_pass 0.")
   if not population:
     return members(config)
   if not isinstance(population, (tuple, list)) or not all(
@@ -92,8 +96,11 @@ def check(config) -> list[dict]:
       raise ConfigError(f"population field {field!r} is now {config_file.RENAMED[field]!r} "
                         "(the config is in sections).")
     if field not in config_file.paths(config):
-      raise ConfigError(f"population field {field!r} is not a config field; it may vary "
-                        f"{', '.join(VARYING)}.")
+      close = [path for path in VARYING if name(path) == field.rpartition(".")[2]] or \
+          difflib.get_close_matches(field, VARYING, n=1, cutoff=0.6)
+      raise ConfigError(f"population field {field!r} is not a config field"
+                        + (f"; did you mean {close[0]!r}?" if close else "")
+                        + f" A population may vary {', '.join(VARYING)}.")
     if field not in VARYING:
       raise ConfigError(f"population field {field!r} changes the program or its shapes: run "
                         f"such values as separate runs; a population may vary "
@@ -104,6 +111,7 @@ def check(config) -> list[dict]:
       raise ConfigError(f"population values of {field!r} must be a non-empty tuple, got "
                         f"{values!r}.")
     _check_types(config, field, values)
+    _check_distinct(field, values)
   if config.data.input_mode != "device":
     raise ConfigError("a population trains with data.input_mode='device' (one tf.data stream "
                       f"per run; got {config.data.input_mode!r}): set "
@@ -115,6 +123,10 @@ def check(config) -> list[dict]:
       except ConfigError as e:
         problems = str(e).removeprefix("Invalid config:\n  - ").replace("\n  - ", "; ")
         raise ConfigError(f"population value {field}={value!r}: {problems}") from None
+  count = math.prod(len(values) for _, values in population)
+  if per_pass > count:
+    raise ConfigError(f"population.per_pass={per_pass} is more than the population's {count} "
+                      f"members: give at most {count} (or 0: all side by side).")
   flips = dict(population).get("augment.flip", (config.augment.flip,))
   if {"random", "alternate"} <= set(flips):
     raise ConfigError("population augment.flip: 'alternate' flips come with the data order, "
@@ -142,6 +154,18 @@ def _check_types(config, field: str, values) -> None:
   if field == "run.seed" and any(not 0 <= v < 2 ** 31 for v in values):
     raise ConfigError("population seeds must be in [0, 2**31): a member's seed is traced as "
                       "an int32.")
+
+
+def _check_distinct(field: str, values) -> None:
+  """Members that are the same run would make error bars of nothing: values compared as
+  numbers (1e-5 and 0.00001 are one)."""
+  seen = []
+  for value in values:
+    key = tuple(value) if isinstance(value, (tuple, list)) else value
+    if key in seen:
+      raise ConfigError(f"population field {field!r} gives {value!r} twice: its members would "
+                        "be the same run (a std of 0 over copies); give each value once.")
+    seen.append(key)
 
 
 def member_shards(found: list[dict], num_devices: int | None = None) -> int:

@@ -74,6 +74,17 @@ def test_an_empty_cache_dir_turns_it_off(cache, monkeypatch):
   assert len(cache["reads"]) == 2 and not cache["dir"].exists()
 
 
+def test_a_cache_folder_that_is_a_file_turns_it_off_in_one_line(cache, caplog):
+  cache["dir"].write_text("a file, not a folder")
+  for _ in range(2):
+    splits = input_pipeline.load_splits(cache["config"])
+  assert len(cache["reads"]) == 2 and len(splits["train"][1]) == cache["train_count"] - 50
+  assert cache["dir"].read_text() == "a file, not a folder"  # left as it was
+  lines = [r.getMessage() for r in caplog.records if "data cache" in r.getMessage()]
+  assert lines and all("is off for this run" in line and "is not a folder" in line
+                       for line in lines) and "damaged" not in caplog.text
+
+
 _LOAD = """
 import sys
 from conftest import tiny_config

@@ -287,6 +287,9 @@ def test_a_damaged_config_json_stops_before_training_and_is_kept(small_splits, t
                                  "--config.optimizer.name="),
     (["--config.learning_rate=0.01"], "--config.learning_rate is now "
                                       "--config.optimizer.learning_rate"),
+    (["--config.population.members={'optimizer.learning_rate': (1e-3, 3e-3)}"],
+     "--config.population.members={'optimizer.learning_rate': (1e-3, 3e-3)}: a dict, where"),
+    (["--config.population.per_pass=2"], "population.per_pass=2 needs a population"),
     (["--config.optimizer.warmup_epochs=inf"], "warmup_epochs=inf must be a finite number"),
     (["--config.optimizer.learning_rate=inf"], "learning_rate=inf must be > 0 and finite"),
     (["--config.run.seed=18446744073709551616"], "must be below 2**63"),

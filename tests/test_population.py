@@ -38,12 +38,19 @@ def test_members_are_the_product_of_the_values_in_the_order_written():
 @pytest.mark.parametrize("value, says", [
     ((("run.batch_size", (16, 32)),), "changes the program or its shapes"),
     ((("sead", (0, 1)),), "is not a config field"),
+    ((("optimizer.learning_rat", (1e-3,)),), "did you mean 'optimizer.learning_rate'?"),
+    ((("augment.learning_rate", (1e-3,)),), "did you mean 'optimizer.learning_rate'?"),
     ((("run.seed", ()),), "must be a non-empty tuple"),
     ((("optimizer.learning_rate", ("fast",)),), "is not a float"),
     ((("model.dropout_rates", ((0.1, 0.2),)),), "is not a tuple"),
     ((("optimizer.learning_rate", (1e-3, -1.0)),),
      "value optimizer.learning_rate=-1.0: optimizer.learning_rate=-1.0 must"),
     ((("run.seed", (0,)), ("run.seed", (1,))), "named twice"),
+    ((("run.seed", (0, 0)),), "gives 0 twice"),
+    ((("run.seed", (0, 1)), ("optimizer.learning_rate", (1e-3,))), "per_pass=3 is more than "
+                                                                   "the population's 2 members"),
+    ((("optimizer.learning_rate", (1e-5, 0.00001)),), "gives 1e-05 twice"),
+    ((("model.dropout_rates", ((0.1, 0.1, 0.1), [0.1, 0.1, 0.1])),), "twice"),
     ((("run.seed", (2 ** 40,)),), "[0, 2**31)"),
     ((("augment.flip", ("random", "alternate")),), "'random' or 'alternate', not both"),
     ((("augment.flip", ("off", "sometimes")),), "is not a str like the config's 'off'"),
@@ -52,7 +59,9 @@ def test_members_are_the_product_of_the_values_in_the_order_written():
 ])
 def test_a_bad_population_is_one_line_before_any_data_is_read(tmp_path, value, says):
   with pytest.raises(ConfigError) as raised:
-    train.setup(tiny_config(population=dict(members=value)), str(tmp_path / "run"))
+    per_pass = 3 if "per_pass" in says else 0
+    train.setup(tiny_config(population=dict(members=value, per_pass=per_pass)),
+                str(tmp_path / "run"))
   assert says in str(raised.value) and "\n" not in str(raised.value)
   assert not (tmp_path / "run").exists()
 
