@@ -48,7 +48,8 @@ def labels(workdirs: list[str]) -> list[str]:
 
 def _runs_of(name: str, workdir: pathlib.Path) -> dict[str, tuple[list[dict], float | None]]:
   """{label: (metrics rows, test ECE of the last checkpoint where the run's report measured
-  it)}: one entry for a run, one per member for a population (NAME/mN)."""
+  it)}: one entry for a run, one per member for a population (NAME/mN, with the values it
+  varies: "NAME/m1 (learning_rate=0.003 seed=1)")."""
   rows = workdir_lib.read_metrics(workdir, required=True)
   report = workdir / workdir_lib.REPORT / "metrics.json"
   try:
@@ -64,8 +65,14 @@ def _runs_of(name: str, workdir: pathlib.Path) -> dict[str, tuple[list[dict], fl
   members = sorted({r["member"] for r in rows if "member" in r})
   if not members:
     return {name: (rows, eces.get(None))}
-  return {f"{name}/m{m}": ([r for r in rows if r.get("member") == m], eces.get(m))
-          for m in members}
+  varying = [path.rpartition(".")[2]
+             for path, _ in workdir_lib.read_config(workdir).population.members]
+  runs = {}
+  for m in members:
+    mine = [r for r in rows if r.get("member") == m]
+    values = " ".join(f"{key}={mine[0][key]}" for key in varying if key in mine[0])
+    runs[f"{name}/m{m}" + (f" ({values})" if values else "")] = (mine, eces.get(m))
+  return runs
 
 
 def compare(workdirs: list[str], out: str) -> pathlib.Path:

@@ -46,6 +46,23 @@ def validate_config(config) -> None:
     raise ConfigError("Invalid config:\n  - " + "\n  - ".join(problems))
 
 
+def warnings(config) -> list[str]:
+  """What a valid config does that its author probably did not mean, one line each (the run
+  goes on): a warm-up no shorter than the run, whose learning rate never reaches its peak.
+  Counted on Fashion-MNIST's training split, before any data is read."""
+  opt, run = config.optimizer, config.run
+  if not opt.schedule.startswith("warmup") or not opt.warmup_epochs:
+    return []
+  per_epoch = (dataset.NUM_TRAIN - config.data.validation_size) // run.batch_size
+  total = run.num_train_steps if run.num_train_steps > 0 else run.num_epochs * per_epoch
+  warmup = int(opt.warmup_epochs * per_epoch)
+  if warmup < total:
+    return []
+  return [f"optimizer.warmup_epochs={opt.warmup_epochs} is {warmup} steps, and the run is "
+          f"{total}: the learning rate never reaches its peak optimizer.learning_rate="
+          f"{opt.learning_rate:g}; shorten the warm-up or lengthen the run."]
+
+
 def _check_types(config, check) -> None:
   """Choices, counts and the numbers that must be finite."""
   for path, choices in CHOICES:

@@ -356,6 +356,16 @@ def plain(member: dict) -> dict:
           for path, value in member.items()}
 
 
+def console_lines(found: list[dict]) -> list[str]:
+  """What the console says of the members when a run starts; nothing for one member."""
+  if len(found) == 1:
+    return []
+  counts = ", ".join(f"{len({str(m[path]) for m in found})} {name(path)}" for path in found[0])
+  return [f"{len(found)} members train as one program ({counts}): the evaluation lines and the "
+          "done line give the members' mean; each member's rows: metrics.jsonl (its member "
+          "column) and the report"]
+
+
 def setting(row: dict, found: list[dict]) -> str:
   """A member's setting: its varying fields other than the seed ("" when only seeds vary)."""
   return describe({k: v for k, v in found[row["member"]].items() if k != "run.seed"})

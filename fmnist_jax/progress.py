@@ -186,7 +186,7 @@ class Progress:
 
   def evaluation_line(self, step: int, scalars: dict) -> None:
     logging.info("epoch %.2f step %d | %s", scalars["epoch"], step,
-                 " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                 " ".join(f"{k} {figure(v)}" if isinstance(v, float) else f"{k} {v}"
                           for k, v in scalars.items() if k != "epoch"))
 
   def record(self, step: int, steps_per_epoch: int) -> dict:
@@ -205,13 +205,19 @@ class Progress:
     trained = (step - self.start_step) * self.batch_size
     split = "test" if "test_accuracy" in final else "val"
     logging.info(
-        "done (%s) at step %d, epoch %.2f: %s accuracy %.4f, loss %.4f | %.1f s (%.1f s "
+        "done (%s) at step %d, epoch %.2f: %s accuracy %.4f, loss %s | %.1f s (%.1f s "
         "compiling), %s img/s | %s: metrics.jsonl, result.json, checkpoints/", stop_reason,
-        step, final["epoch"], split, final[f"{split}_accuracy"], final[f"{split}_loss"],
+        step, final["epoch"], split, final[f"{split}_accuracy"], figure(final[f"{split}_loss"]),
         seconds, compiling, f"{trained / max(seconds - compiling, 1e-9):,.0f}", workdir)
 
   def close(self) -> None:
     self.compile.close()
+
+
+def figure(value: float) -> str:
+  """A metric for the console: 4 decimals, or 4 significant digits where it is huge (a
+  diverged loss is 1.18e+34, not 35 digits)."""
+  return f"{value:.4f}" if abs(value) < 1e6 else f"{value:.4g}"
 
 
 class Deferred:

@@ -22,7 +22,7 @@ from absl import logging
 
 from fmnist_jax import checkpointing, evaluate, hardware, initializers, input_pipeline, models
 from fmnist_jax import population, profiling, state as state_lib, steps, workdir as workdir_lib
-from fmnist_jax.configuration import validate_config
+from fmnist_jax import configuration
 from fmnist_jax.errors import ConfigError, DiskFullError, is_disk_full
 from fmnist_jax.parallel import Parallelism
 from fmnist_jax.preemption import Preempted, PreemptionWatch
@@ -54,7 +54,9 @@ class Run:
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   """Checks everything that can fail on bad input, reads the data, prepares the workdir.
   Raises ConfigError/DataError/OSError before anything is compiled."""
-  validate_config(config)
+  configuration.validate_config(config)
+  for line in configuration.warnings(config):
+    logging.warning("%s", line)
   members = population.check(config)
   input_pipeline.check_input_mode(config)
   par = population.parallelism(config, members)
@@ -73,8 +75,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
         config, par, splits, tuple(population.values(config, members, "run.seed")),
         alternate="alternate" in population.values(config, members, "augment.flip"))
     if train_data.steps_per_epoch == 0:
-      raise ConfigError(f"batch_size {config.run.batch_size} is larger than the training split "
-                        f"({len(splits['train'][0])} examples).")
+      raise ConfigError(f"run.batch_size {config.run.batch_size} is larger than the training "
+                        f"split ({len(splits['train'][0])} examples).")
     eval_sets = {name: input_pipeline.eval_batches(*splits[name], par, config.eval.batch_size)
                  for name in ("val", "test") if name in splits}
     total_steps = (config.run.num_train_steps if config.run.num_train_steps > 0
@@ -144,6 +146,8 @@ def _restore(run: Run):
            f"{step * run.config.run.batch_size:,} examples seen" if step else "starting at step 0")
   logging.info("%s; %d steps/epoch, %d steps in all; %s", run.par, run.steps_per_epoch,
                run.total_steps, where)
+  for line in population.console_lines(run.members):
+    logging.info("%s", line)
   return state, step, extras, ckpt
 
 

@@ -148,7 +148,7 @@ def test_workdirs_from_before_the_sections_report_and_compare(small_splits, tmp_
   out = compare.compare([str(tmp_path / "population_v1"), str(tmp_path / "single_run_v1")],
                         str(tmp_path / "compared"))
   table = (out / "compare.md").read_text()
-  assert "| single_run_v1 |" in table and "| population_v1/m1" in table
+  assert "| single_run_v1 |" in table and "| population_v1/m1 (seed=1) |" in table
 
 
 def test_a_recorded_config_of_the_wrong_kind_is_one_line(tmp_path):

@@ -91,3 +91,18 @@ def test_config_file_loads_a_variant_and_names_a_missing_one():
   with pytest.raises(ConfigError, match=r"get_config\(nope\) in 'configs/speedrun.py' failed: "
                      r"ValueError: .*its variants are b512_e20"):
     config_file.load("configs/speedrun.py:nope")
+
+
+@pytest.mark.parametrize("changes, warned", [
+    ({"optimizer.schedule": "warmup_linear", "optimizer.warmup_epochs": 3.0}, True),
+    ({"optimizer.schedule": "warmup_cosine", "optimizer.warmup_epochs": 1.0,
+      "run.num_train_steps": 100}, True),
+    ({"optimizer.schedule": "warmup_cosine", "optimizer.warmup_epochs": 1.0}, False),
+    ({"optimizer.schedule": "cosine", "optimizer.warmup_epochs": 5.0}, False),
+])
+def test_a_warmup_the_run_never_finishes_is_one_warning_line(changes, warned):
+  from fmnist_jax import configuration
+  config = default.override(default.get_config(), {"run.num_epochs": 2, **changes})
+  lines = configuration.warnings(config)
+  assert bool(lines) == warned
+  assert all("never reaches its peak" in line and "\n" not in line for line in lines)

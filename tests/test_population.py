@@ -395,3 +395,11 @@ def test_the_fields_a_population_may_vary_are_declared_once():
   found = population.check(tiny_config(population=dict(members=(("augment.translate", (0, 2)),))))
   step = population.step_options(config, found, steps.StepOptions())
   assert (step.translate, step.varying) == (2, ("translate",))
+
+
+def test_the_console_says_how_many_members_train_and_that_its_figures_are_means():
+  found = population.members(tiny_config(population=dict(
+      members=(("optimizer.learning_rate", (1e-3, 3e-3)), ("run.seed", (0, 1, 2))))))
+  (line,) = population.console_lines(found)
+  assert line.startswith("6 members train as one program (2 learning_rate, 3 seed)")
+  assert "give the members' mean" in line and population.console_lines([{}]) == []

@@ -98,3 +98,15 @@ def test_a_short_runs_lines_say_what_they_can(caplog):
   assert progress_lib.format_flops(2.5e6) == "2.50 MFLOP/s"
   assert progress_lib.format_flops(3e12) == "3.00 TFLOP/s"
   progress.close()
+
+
+def test_a_diverged_loss_is_printed_in_a_few_digits(caplog):
+  caplog.set_level(logging.INFO)
+  clock = FakeClock()
+  progress = _progress(clock)
+  progress.evaluation_line(40, {"epoch": 1.0, "test_loss": 1.18e34, "test_accuracy": 0.1})
+  progress.summary("completed", 40, {"epoch": 1.0, "test_loss": 1.18e34,
+                                     "test_accuracy": 0.1}, "W")
+  assert "test_loss 1.18e+34 " in caplog.text and "loss 1.18e+34 |" in caplog.text
+  assert not re.search(r"\d{10}", caplog.text)  # (not 35 digits)
+  assert progress_lib.figure(0.23456789) == "0.2346" and progress_lib.figure(float("nan")) == "nan"
