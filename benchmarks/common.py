@@ -150,19 +150,28 @@ def pm(value, scale: float = 1.0, digits: int = 2) -> str:
 
 
 def checked_overrides(parser, config: str, extra: list[str]) -> list[str]:
-  """The `--config.FIELD=VALUE` arguments a benchmark passes on, checked before anything runs
-  by the parser `python -m fmnist_jax.main` uses; any other argument is the parser's error."""
-  from fmnist_jax import config_file
-  from fmnist_jax.errors import ConfigError
+  """The `--config.SECTION.FIELD=VALUE` arguments a benchmark passes on, checked before
+  anything runs (`check_arm`); any other argument is the parser's error."""
   unknown = [arg for arg in extra if not (arg.startswith("--config.") and "=" in arg)]
   if unknown:
     parser.error(f"unrecognized arguments: {' '.join(unknown)} (besides its own flags, a "
-                 "benchmark takes only --config.FIELD=VALUE)")
-  try:
-    config_file.load_with_overrides(config, extra)
-  except ConfigError as e:
-    parser.error(str(e))
+                 "benchmark takes only --config.SECTION.FIELD=VALUE)")
+  check_arm(parser, config, extra)
   return extra
+
+
+def check_arm(parser, config: str, overrides: list[str]) -> None:
+  """The parser's error, before anything trains, unless the config with these overrides is
+  one `python -m fmnist_jax.main` would train: parsed as it parses them, then its checks
+  (fields, population). A benchmark with several arms checks each."""
+  from fmnist_jax import config_file, configuration, population
+  from fmnist_jax.errors import ConfigError
+  try:
+    asked = config_file.load_with_overrides(config, overrides)
+    configuration.validate_config(asked)
+    population.check(asked)
+  except ConfigError as e:
+    parser.error(str(e).replace("\n", " "))
 
 
 def checked_json(parser, path: str) -> str:

@@ -46,14 +46,16 @@ def main(argv=None):
   args, overrides = common.parse(parser, argv)
   from fmnist_jax import config_file, population
   found = population.check(config_file.load_with_overrides(args.config, overrides))
+  arms = [[*common.without(overrides, ["population.members", "population.per_pass", *member]),
+           *_member_flags(member)] for member in found]
+  for arm in arms:  # (every single run's config, before anything trains)
+    common.check_arm(parser, args.config, arm)
   report = {**common.machine(), "config": args.config, "overrides": overrides, "members": []}
   with tempfile.TemporaryDirectory() as tmp:
     root = pathlib.Path(tmp)
     rows = common.run(args.config, root / "population", overrides)["rows"]
-    for index, member in enumerate(found):
-      single = common.run(args.config, root / f"single{index}",
-                          [*common.without(overrides, ["population.members", *member]),
-                           *_member_flags(member)])["rows"]
+    for index, (member, arm) in enumerate(zip(found, arms)):
+      single = common.run(args.config, root / f"single{index}", arm)["rows"]
       mine = [r for r in rows if r["member"] == index]
       report["members"].append({"member": index, **population.plain(member),
                                 **compare_rows(mine, single)})

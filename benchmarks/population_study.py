@@ -52,12 +52,13 @@ def main(argv=None):
   parser.add_argument("--workdir", help="keep both runs here (default: a temporary folder)")
   args, overrides = common.parse(parser, argv)
   from fmnist_jax import report as report_lib
+  alone = [*common.without(overrides, ["population.members", "population.per_pass"]),
+           "--config.population.members=()"]
+  common.check_arm(parser, args.config, alone)
   report = {**common.machine(), "config": args.config, "overrides": overrides}
   with tempfile.TemporaryDirectory() as tmp:
     root = pathlib.Path(args.workdir or tmp)
-    single = common.run(args.config, root / "single",
-                        [*common.without(overrides, ["population.members"]),
-                         "--config.population.members=()"])
+    single = common.run(args.config, root / "single", alone)
     members = common.run(args.config, root / "population", overrides)
     report_lib.write_report(str(root / "population"))
     numbers = json.loads((root / "population" / "report" / "metrics.json").read_text())

@@ -16,5 +16,5 @@ SEEDS = (0, 1, 2, 3, 4)
 def get_config():
   config = default.get_config()
   config.population.members = (("model.dropout_rates", ((0.25, 0.4, 0.3), (0.0, 0.0, 0.0))),
-                       ("seed", SEEDS))
+                               ("run.seed", SEEDS))
   return config

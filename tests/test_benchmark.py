@@ -377,3 +377,18 @@ def test_recipe_and_ablation_summaries_and_their_rows():
   rows = ablation.summarize(members)
   assert rows["reached"] == 1 and rows["epochs"] == [2.0, 0.0]
   assert rows["final_val"] == [pytest.approx(0.925), pytest.approx(0.00707106781)]
+
+
+@pytest.mark.parametrize("module, flag, says", [
+    ("population_study", "--config.population.members=(('run.seed', ()),)",
+     "must be a non-empty tuple"),
+    ("population_study", "--config.population.per_pass=99", "is more than the population's"),
+    ("time_to_accuracy", "--config.run.batch_size=0", "run.batch_size=0 must be a positive"),
+])
+def test_a_benchmark_checks_every_arm_before_anything_trains(tmp_path, module, flag, says):
+  where = ["--workdir", str(tmp_path / "runs")] if module == "population_study" else []
+  result = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", *where, "--json",
+                           str(tmp_path / "out.json"), flag], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 2 and says in result.stderr, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr and not any(tmp_path.iterdir())

@@ -1,12 +1,14 @@
 import pytest
 
-from configs import best, default, no_dropout, tiny, wide
+from configs import best, default, dropout_study, no_dropout, tiny, wide
 from fmnist_jax.configuration import ConfigError, validate_config
 
 
-@pytest.mark.parametrize("module", [default, no_dropout, tiny, best, wide])
+@pytest.mark.parametrize("module", [default, no_dropout, tiny, best, wide, dropout_study])
 def test_shipped_configs_are_valid(module):
+  from fmnist_jax import population
   validate_config(module.get_config())
+  population.check(module.get_config())
 
 
 def test_default_is_the_seed_recipe():
