@@ -32,7 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fmnist_jax import augment, config_file, hardware, models, state as state_lib, steps
+from fmnist_jax import augment, config_file, dataset, hardware, models
+from fmnist_jax import state as state_lib, steps
 from fmnist_jax.configuration import validate_config
 from fmnist_jax.errors import ConfigError
 from fmnist_jax.parallel import Parallelism
@@ -159,13 +160,13 @@ def _check_types(config, field: str, values) -> None:
 def _check_distinct(field: str, values) -> None:
   """Members that are the same run would make error bars of nothing: values compared as
   numbers (1e-5 and 0.00001 are one)."""
-  seen = []
+  seen = set()
   for value in values:
     key = tuple(value) if isinstance(value, (tuple, list)) else value
     if key in seen:
       raise ConfigError(f"population field {field!r} gives {value!r} twice: its members would "
                         "be the same run (a std of 0 over copies); give each value once.")
-    seen.append(key)
+    seen.add(key)
 
 
 def member_shards(found: list[dict], num_devices: int | None = None) -> int:
@@ -184,27 +185,37 @@ def parallelism(config, found: list[dict]) -> Parallelism:
   return par
 
 
+# The share of a device's memory the estimate may fill: it leaves out XLA's temporaries and,
+# on a CPU, the host's own copies of the data.
+MEMORY_SHARE = 0.75
+
+
 def check_memory(config, found: list[dict], par, per_pass: int) -> None:
-  """ConfigError, before anything is compiled, if the population's states (parameters,
-  optimizer moments, EMA) and one pass's activations (forward and backward, float32) need more
-  than a device group holds; it says how many members fit."""
+  """ConfigError, before anything is compiled, if the population needs more than a device
+  group holds (MEMORY_SHARE of it); it says how many members fit. Each member holds its state
+  (parameters, optimizer moments, EMA) and its batches (this call's and the next's, gathered
+  while this one trains, and the epoch's order); each pass, one member's activations (forward
+  and backward, float32)."""
   available = hardware.device_memory_bytes(par.devices[0])
   if not available:
     return
-  groups = par.member_shards
+  usable, groups = MEMORY_SHARE * available, par.member_shards
   members = math.ceil(len(found) / groups)  # on each device group
-  per_member_state = 4 * models.parameter_count(config) * (4 + bool(
+  batch, calls = config.run.batch_size, config.parallelism.steps_per_call
+  per_member = 4 * models.parameter_count(config) * (4 + bool(
       max(values(config, found, "optimizer.ema_decay"))))
-  per_member_pass = 4 * 2 * models.activations_per_image(config) * config.run.batch_size
+  per_member += 2 * calls * batch * (28 * 28 + 4) + 4 * (dataset.NUM_TRAIN + calls * batch)
+  per_pass_bytes = 4 * 2 * models.activations_per_image(config) * batch
   side_by_side = min(per_pass or members, members)
-  need = members * per_member_state + side_by_side * per_member_pass
-  if need > available:
-    fit = max(0, int((available - side_by_side * per_member_pass) // per_member_state)) \
-        if per_pass else int(available // (per_member_state + per_member_pass))
+  need = members * per_member + side_by_side * per_pass_bytes
+  if need > usable:
+    fit = max(0, int((usable - side_by_side * per_pass_bytes) // per_member)) \
+        if per_pass else int(usable // (per_member + per_pass_bytes))
     raise ConfigError(
         f"a population of {len(found)} members needs about {need / 2 ** 30:.1f} GiB on each "
-        f"device ({members} members there), more than its {available / 2 ** 30:.1f} GiB: at "
-        f"most about {fit * groups} members fit; give fewer values"
+        f"device ({members} members there: states, batches, activations), more than "
+        f"{MEMORY_SHARE:.0%} of its {available / 2 ** 30:.1f} GiB: at most about "
+        f"{fit * groups} members fit; give fewer values"
         + ("" if per_pass == 1 else ", or set --config.population.per_pass=1") + ".")
 
 

@@ -13,6 +13,10 @@ from absl import logging
 
 
 PAUSE_VARIABLE = "FMNIST_JAX_PAUSE_AFTER_SAVE"
+# Seconds a SIGTERM waits for the current call and its save before the process exits without
+# them (a scheduler's grace period is often 30 s, after which it kills without a word).
+GRACE_VARIABLE = "FMNIST_JAX_SIGTERM_GRACE_SECONDS"
+GRACE_SECONDS = 25.0
 
 
 class Preempted(Exception):
@@ -29,6 +33,14 @@ class Preempted(Exception):
 
 ABORTED = (b"aborted (Ctrl-C): the checkpoints already written are intact; run the same "
            b"command again to resume from the latest.\n")
+
+
+def _out_of_time(seconds: float):
+  """The SIGTERM's grace is over and no save came: one line, and out."""
+  os.write(2, f"SIGTERM: the current step did not end within {seconds:g} s, so no new "
+              "checkpoint was saved; exiting. The checkpoints already written are intact: run "
+              "the same command again to resume from the latest.\n".encode())
+  os._exit(Preempted.exit_code)
 
 
 def _abort(signum, frame):
@@ -50,6 +62,7 @@ class PreemptionWatch:
   def __init__(self, reached_preemption):
     self.reached_preemption = reached_preemption
     self.calls, self.requested, self.reason = 0, False, "SIGTERM"
+    self._deadline = None
     self.pause_seconds = float(os.environ.get(PAUSE_VARIABLE) or 0.0)
     self._previous = {}
     if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
@@ -63,7 +76,12 @@ class PreemptionWatch:
       logging.warning("Ctrl-C: saving a checkpoint after the current step (Ctrl-C again to "
                       "abort at once; the checkpoints already written stay intact)")
     else:
-      logging.warning("SIGTERM received: saving a checkpoint after the current step")
+      grace = float(os.environ.get(GRACE_VARIABLE) or GRACE_SECONDS)
+      logging.warning("SIGTERM received: saving a checkpoint after the current step (or "
+                      "exiting without one if that takes over %g s)", grace)
+      self._deadline = threading.Timer(grace, _out_of_time, (grace,))
+      self._deadline.daemon = True
+      self._deadline.start()
     self.requested = True
 
   def after_saves(self, written: int) -> None:
@@ -86,5 +104,7 @@ class PreemptionWatch:
     return self.requested
 
   def close(self):
+    if self._deadline:  # (the run saved and is exiting by its own path)
+      self._deadline.cancel()
     for sig, previous in self._previous.items():
       signal.signal(sig, previous)

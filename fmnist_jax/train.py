@@ -327,8 +327,8 @@ class Loop:
     if self.profiler.seconds:
       self.progress.host_seconds["profiler"] += self.profiler.seconds
     self.progress.close()
-    self.preemption.close()
     self.ckpt.close()
+    self.preemption.close()  # (after the saves: a SIGTERM's grace covers them too)
     if self.writer:
       self.writer.close()
 

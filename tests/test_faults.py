@@ -810,3 +810,23 @@ def test_ctrl_c_twice_while_the_first_program_compiles_ends_in_one_line(syntheti
   assert "Fatal Python error" not in stderr and "Traceback" not in stderr, stderr[-3000:]
   last = stderr.strip().splitlines()[-1]
   assert "aborted (Ctrl-C)" in last or "checkpoint saved at step" in last, last
+
+
+_LONG_CALL = """
+import os, signal, sys, time
+sys.path.insert(0, ".")
+from fmnist_jax import preemption
+watch = preemption.PreemptionWatch(lambda calls: False)
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(120)  # a call that does not end before the grace is over
+"""
+
+
+def test_a_sigterm_during_a_call_longer_than_its_grace_exits_in_one_line():
+  env = {**os.environ, "FMNIST_JAX_SIGTERM_GRACE_SECONDS": "0.5"}
+  start = time.monotonic()
+  result = subprocess.run([sys.executable, "-c", _LONG_CALL], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+  assert time.monotonic() - start < 30 and result.returncode == 75, result.stderr[-2000:]
+  assert "did not end within 0.5 s, so no new checkpoint was saved" in result.stderr
+  assert "Traceback" not in result.stderr

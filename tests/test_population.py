@@ -403,3 +403,22 @@ def test_the_console_says_how_many_members_train_and_that_its_figures_are_means(
   (line,) = population.console_lines(found)
   assert line.startswith("6 members train as one program (2 learning_rate, 3 seed)")
   assert "give the members' mean" in line and population.console_lines([{}]) == []
+
+
+def test_a_population_whose_batches_do_not_fit_is_refused_before_the_data(tmp_path,
+                                                                          monkeypatch):
+  """The fourth adversarial pass's 2,000 members (seeds x2, three fields x10) at batch 512: each
+  member's batches (this call's and the next's) are 8 MB, 16.8 GB in all; with 16 GiB it is
+  refused, naming how many fit. (The states alone, all the check counted before, are 72 MB.)"""
+  from fmnist_jax import hardware
+  monkeypatch.setattr(hardware, "device_memory_bytes", lambda device: 16 * 2 ** 30)
+  tenfold = tuple(0.01 * (i + 1) for i in range(10))
+  config = tiny_config(run=dict(batch_size=512), population=dict(members=(
+      ("run.seed", (0, 1)), ("optimizer.learning_rate", tuple(1e-3 * v for v in tenfold)),
+      ("optimizer.weight_decay", tenfold), ("optimizer.label_smoothing", tenfold))))
+  with pytest.raises(ConfigError) as raised:
+    train.setup(config, str(tmp_path / "run"))
+  message = str(raised.value)
+  assert "a population of 2000 members needs about 15.6 GiB" in message, message
+  fit = int(message.split("at most about ")[1].split()[0])
+  assert 1000 < fit < 2000 and not (tmp_path / "run").exists()
