@@ -59,7 +59,7 @@ def translated(workdir: pathlib.Path, steps: list[int], split: str = "val") -> n
   config = workdir_lib.read_config(workdir)
   config.eval.tta_translate = 1
   images, labels = input_pipeline.load_splits(config)[split]
-  return np.array([(report.member_probabilities(
+  return np.array([(report.member_log_probabilities(
       workdir, config, images, step=step)[1].argmax(-1) == labels).mean(-1)
       for step in steps])
 

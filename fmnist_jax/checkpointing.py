@@ -266,8 +266,10 @@ class Saver:
   an evaluation's row always, its checkpoint at most every checkpoints.every_seconds (unless
   `always`: the run's last state)."""
 
-  def __init__(self, ckpt: Checkpointer, config, fetch, write_row, start_step: int):
+  def __init__(self, ckpt: Checkpointer, config, fetch, write_row, start_step: int,
+               names: tuple = ()):
     self.ckpt, self.fetch, self.write_row = ckpt, fetch, write_row
+    self.names = names  # population.names: who diverged, where several models train
     # Several processes must all save the same steps: a clock of their own would not agree.
     self.every_seconds = config.checkpoints.every_seconds if jax.process_count() == 1 else 0.0
     self.skip_nonfinite = config.optimizer.skip_nonfinite_updates
@@ -287,21 +289,36 @@ class Saver:
     steps = f"steps {self.finite_through + 1}-{step}"
     if int(np.sum(sums["nonfinite"])) and not self.skip_nonfinite:
       raise NonFiniteError(
-          f"non-finite loss or gradient in {steps}: the run stopped without saving them, and "
-          "the checkpoints already written are intact. Lower optimizer.learning_rate and run the "
-          "same command again (it resumes from the last checkpoint), or drop such updates with "
-          "--config.optimizer.skip_nonfinite_updates=True in a new --workdir (it changes the "
-          "optimizer state).")
+          f"non-finite loss or gradient in {steps}{self._which(sums['nonfinite'])}: the run "
+          "stopped without saving them, and the checkpoints already written are intact. "
+          + self._advice(" (it changes the optimizer state)"))
     diverged = [key for key, value in (row or {}).items()
                 if isinstance(value, float) and not math.isfinite(value)]
     if int(np.sum(sums.get("diverged", 0))) or diverged:
       raise NonFiniteError(
-          f"the model diverged in {steps} (" + (f"{', '.join(diverged)} NaN/inf" if diverged
-                                                 else "its parameters NaN/inf")
+          f"the model diverged in {steps}{self._which(sums.get('diverged', 0))} ("
+          + (f"{', '.join(diverged)} NaN/inf" if diverged else "its parameters NaN/inf")
           + "; skipped updates are applied after 5 in a row). The run stopped without saving "
-          "it; the checkpoints already written are intact. Lower learning_rate and run the "
-          "same command again.")
+          "it; the checkpoints already written are intact. " + self._advice(""))
     self.finite_through = max(self.finite_through, step)
+
+  def _which(self, counts) -> str:
+    """", in members 1 (learning_rate=1e+37 seed=1)": the members whose count is not 0."""
+    bad = [i for i, count in enumerate(np.atleast_1d(np.asarray(counts))) if count]
+    if not self.names or not bad:
+      return ""
+    return ", in members " + ", ".join(f"{i} ({self.names[i]})" for i in bad)
+
+  def _advice(self, skipping: str) -> str:
+    """What works: the config's learning rate, or a population's values, which its workdir
+    keeps (a population resumes only with the values it was started with)."""
+    if not self.names:
+      return ("Lower optimizer.learning_rate and run the same command again (it resumes from "
+              "the last checkpoint), or drop such updates with --config.optimizer."
+              f"skip_nonfinite_updates=True in a new --workdir{skipping}.")
+    return ("A population's values are its workdir's: train it in a new --workdir without the "
+            "values that diverged, or with --config.optimizer.skip_nonfinite_updates=True"
+            f"{skipping}.")
 
   def flush(self, checked_only: bool = False) -> int:
     """Writes every request, oldest first (`checked_only`: those whose evaluation checked

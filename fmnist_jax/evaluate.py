@@ -74,19 +74,34 @@ def best_checkpoint(workdir: pathlib.Path) -> int | None:
 def predict(model, params, images: np.ndarray, batch_size: int = 1000, *,
             flip_average: bool = False, translate: int = 0,
             per_pass: int | None = None) -> np.ndarray:
-  """Class probabilities [N, 10] for uint8 images (the same logits as the training loop's eval);
-  with `per_pass` (members side by side per pass: population.over_members), `params` are a
-  population's stacked parameters and the probabilities [members, N, 10]."""
+  """Class log-probabilities [N, 10] for uint8 images (the training loop's eval logits,
+  normalised: its loss is `nll` of them); with `per_pass` (members side by side per pass:
+  population.over_members), `params` are a population's stacked parameters and the
+  log-probabilities [members, N, 10]."""
   @jax.jit
-  def probabilities(params, batch):  # (params an argument: not baked into the program)
+  def log_probabilities(params, batch):  # (params an argument: not baked into the program)
     def one(params):
       logits = models.inference_logits(model.apply, params, models.normalize(batch),
                                        flip_average=flip_average, translate=translate)
-      return jax.nn.softmax(logits)
+      return jax.nn.log_softmax(logits)
     return one(params) if per_pass is None else population.over_members(one, per_pass, params)
-  return np.concatenate([np.asarray(probabilities(params, images[i:i + batch_size]))
+  return np.concatenate([np.asarray(log_probabilities(params, images[i:i + batch_size]))
                          for i in range(0, len(images), batch_size)],
                         axis=0 if per_pass is None else 1)
+
+
+def nll(log_probabilities: np.ndarray, labels: np.ndarray) -> float:
+  """The mean negative log-likelihood of the labels: the loss of the training loop's
+  evaluation (cross-entropy of its logits), unclipped, so a diverged model's is as large here
+  as in metrics.jsonl."""
+  picked = log_probabilities[np.arange(len(labels)), labels].astype(np.float64)
+  return float(-np.mean(picked))
+
+
+def ensemble(log_probabilities: np.ndarray) -> np.ndarray:
+  """Members' [M, N, 10] log-probabilities -> their mean probabilities', as log-probabilities."""
+  return np.logaddexp.reduce(log_probabilities.astype(np.float64), axis=0) - np.log(
+      len(log_probabilities))
 
 
 def classification_report(labels: np.ndarray, predictions: np.ndarray,
@@ -130,11 +145,11 @@ def calibration(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> 
 def evaluate_split(model, params, images, labels, class_names=CLASS_NAMES, *,
                    flip_average: bool = False, translate: int = 0) -> dict:
   """Everything the report shows about one checkpoint on one split."""
-  probabilities = predict(model, params, images, flip_average=flip_average, translate=translate)
-  predictions = probabilities.argmax(-1)
-  confidence = probabilities.max(-1)
-  loss = float(-np.mean(np.log(np.clip(probabilities[np.arange(len(labels)), labels],
-                                       1e-12, None))))
+  log_probabilities = predict(model, params, images, flip_average=flip_average,
+                              translate=translate)
+  predictions = log_probabilities.argmax(-1)
+  confidence = np.exp(log_probabilities.max(-1))
+  loss = nll(log_probabilities, labels)
   confusion = confusion_matrix(labels, predictions, len(class_names))
   report = classification_report(labels, predictions, class_names)
   f1 = {name: report[name]["f1-score"] for name in class_names}

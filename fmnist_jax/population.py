@@ -367,6 +367,12 @@ def plain(member: dict) -> dict:
           for path, value in member.items()}
 
 
+def names(found: list[dict]) -> list[str]:
+  """Each member's varying values ("learning_rate=0.001 seed=0"), to name it in a message;
+  none for one member (a single run's messages name no member)."""
+  return [describe(member) for member in found] if len(found) > 1 else []
+
+
 def console_lines(found: list[dict]) -> list[str]:
   """What the console says of the members when a run starts; nothing for one member."""
   if len(found) == 1:

@@ -307,9 +307,9 @@ MEMBER_COLUMNS = (("test_accuracy", "test accuracy", 100, "%.2f%%"),
                   ("gap", "train-test gap", 100, "%.2f pt"))
 
 
-def member_probabilities(workdir: pathlib.Path, config, images: np.ndarray,
-                         batch_size: int = 1000, step: int | None = None):
-  """(step, class probabilities [members, N, 10]) of the latest (or `step`'s) checkpoint's
+def member_log_probabilities(workdir: pathlib.Path, config, images: np.ndarray,
+                             batch_size: int = 1000, step: int | None = None):
+  """(step, class log-probabilities [members, N, 10]) of the latest (or `step`'s) checkpoint's
   members, with the config's test-time augmentation."""
   model, params, step = evaluate.restore_params(workdir, config, step=step)
   per_pass = population.resolve_per_pass(config, jax.devices()[0].platform)
@@ -317,23 +317,26 @@ def member_probabilities(workdir: pathlib.Path, config, images: np.ndarray,
                                 **models.tta_options(config))
 
 
-def scores(probabilities: np.ndarray, labels: np.ndarray) -> dict:
-  """Accuracy, loss and ECE of one model's (or an ensemble's) probabilities [N, 10]."""
-  predictions = probabilities.argmax(-1)
-  true = np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, None)
+def scores(log_probabilities: np.ndarray, labels: np.ndarray) -> dict:
+  """Accuracy, loss (evaluate.nll: the training loop's) and ECE of one model's (or an
+  ensemble's) log-probabilities [N, 10]."""
+  predictions = log_probabilities.argmax(-1)
+  confidence = np.exp(log_probabilities.max(-1))
   return {"test_accuracy": float(np.mean(predictions == labels)),
-          "test_loss": float(-np.mean(np.log(true))),
-          "ece": evaluate.calibration(probabilities.max(-1), predictions == labels)["ece"]}
+          "test_loss": evaluate.nll(log_probabilities, labels),
+          "ece": evaluate.calibration(confidence, predictions == labels)["ece"]}
 
 
-def member_numbers(config, rows: list[dict], probabilities: np.ndarray, labels: np.ndarray) -> dict:
+def member_numbers(config, rows: list[dict], log_probabilities: np.ndarray,
+                   labels: np.ndarray) -> dict:
   """Members, the mean +- std per setting, and each setting's ensemble."""
   found = population.members(config)
   members, settings = [], {}
   for index, member in enumerate(found):
     final = [r for r in rows if r.get("member") == index][-1]
     entry = {"member": index, **population.plain(member),
-             "setting": population.setting(final, found), **scores(probabilities[index], labels)}
+             "setting": population.setting(final, found),
+             **scores(log_probabilities[index], labels)}
     entry["gap"] = final["train_accuracy"] - entry["test_accuracy"]
     members.append(entry)
     settings.setdefault(entry["setting"], []).append(index)
@@ -341,7 +344,8 @@ def member_numbers(config, rows: list[dict], probabilities: np.ndarray, labels: 
   for name, indices in settings.items():
     summary[name] = {key: population.mean_std([members[i][key] for i in indices])
                      for key, *_ in MEMBER_COLUMNS} | {"members": len(indices)}
-    ensembles[name] = scores(probabilities[indices].mean(0), labels) | {"members": len(indices)}
+    ensembles[name] = scores(evaluate.ensemble(log_probabilities[indices]), labels) | {
+        "members": len(indices)}
   return {"members": members, "settings": summary, "ensembles": ensembles}
 
 
@@ -390,8 +394,8 @@ def write_members_report(workdir: pathlib.Path, config, rows: list[dict],
   shutil.rmtree(out, ignore_errors=True)
   out.mkdir()
   images, labels = splits["test"]
-  step, probabilities = member_probabilities(workdir, config, images)
-  result = member_numbers(config, rows, probabilities, labels)
+  step, log_probabilities = member_log_probabilities(workdir, config, images)
+  result = member_numbers(config, rows, log_probabilities, labels)
   plot_members(rows, found, out / "members.png")
   (out / "metrics.json").write_text(json.dumps({"workdir": str(workdir), "step": step,
                                                 **result}, indent=2))

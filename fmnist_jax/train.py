@@ -190,7 +190,7 @@ class Loop:
     if self.writer:
       self.writer.write_hparams(config)
     self.saver = checkpointing.Saver(ckpt, config, self.progress.fetch, self.write_row,
-                                     start_step)
+                                     start_step, population.names(run.members))
     self.preemption = PreemptionWatch(ckpt.reached_preemption)
     self.profiler = profiling.StepProfiler(
         run.workdir, config.logging.profile_steps if run.is_chief else (0, 0), self.progress.paused)

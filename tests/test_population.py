@@ -15,6 +15,7 @@ import pytest
 
 from conftest import ROOT, tiny_config
 from fmnist_jax import checkpointing, config_file, population, preemption, steps, train
+from fmnist_jax import errors
 from fmnist_jax.errors import ConfigError
 from fmnist_jax.parallel import Parallelism
 
@@ -375,10 +376,12 @@ def test_the_report_of_a_population_gives_members_settings_and_ensembles_apart(s
   from fmnist_jax import compare
   compare.compare([str(tmp_path / "run")], str(tmp_path / "compare"))
   compared = json.loads((tmp_path / "compare" / "compare.json").read_text())
-  assert list(compared) == ["run/m0", "run/m1", "run/m2", "run/m3"]  # a run per member
+  names = list(compared)  # a run per member, named with the values it varies
+  assert [n.split(" ")[0] for n in names] == ["run/m0", "run/m1", "run/m2", "run/m3"]
+  assert names[0] == "run/m0 (dropout_rates=[0.25, 0.4, 0.3] seed=0)"
   for index, member in enumerate(numbers["members"]):
-    assert compared[f"run/m{index}"]["last_checkpoint_test_ece"] == member["ece"]
-    assert compared[f"run/m{index}"]["final_test_accuracy"] == rows[index]["test_accuracy"]
+    assert compared[names[index]]["last_checkpoint_test_ece"] == member["ece"]
+    assert compared[names[index]]["final_test_accuracy"] == rows[index]["test_accuracy"]
 
 
 
@@ -422,3 +425,16 @@ def test_a_population_whose_batches_do_not_fit_is_refused_before_the_data(tmp_pa
   assert "a population of 2000 members needs about 15.6 GiB" in message, message
   fit = int(message.split("at most about ")[1].split()[0])
   assert 1000 < fit < 2000 and not (tmp_path / "run").exists()
+
+
+def test_a_diverged_member_is_named_with_its_values_and_advice_that_works(small_splits,
+                                                                          tmp_path):
+  config = tiny_config(run=dict(num_train_steps=24), parallelism=dict(steps_per_call=2),
+                       population=dict(members=(("optimizer.learning_rate", (1e-3, 1e30)),
+                                                ("run.seed", (0, 1)))))
+  with pytest.raises(errors.NonFiniteError) as raised:
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  message = str(raised.value)
+  assert "in members 2 (learning_rate=1e+30 seed=0), 3 (learning_rate=1e+30 seed=1)" in message
+  assert "new --workdir without the values that diverged" in message
+  assert "Lower optimizer.learning_rate and run the same command" not in message

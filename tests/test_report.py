@@ -176,3 +176,24 @@ def test_the_report_is_written_while_the_run_holds_the_workdir(small_splits, tmp
   assert free.returncode == 0, free.stderr[-3000:]
   # Orbax's notes on normal use (checkpoints opened read-only) stay quiet, as in main.
   assert "read only" not in free.stderr and "WARNING:absl" not in free.stderr, free.stderr
+
+
+def test_the_report_s_loss_is_the_training_loop_s(trained_workdir):
+  # One definition: the report's test loss of the last checkpoint is metrics.jsonl's.
+  report.write_report(str(trained_workdir))
+  last = json.loads((trained_workdir / "report" / "metrics.json").read_text())
+  last = last["checkpoints"]["last"]
+  row = [r for r in workdir_lib.read_metrics(trained_workdir) if r["step"] == last["step"]][-1]
+  assert last["loss"] == pytest.approx(row["test_loss"], rel=1e-5)
+
+
+def test_a_confidently_wrong_model_s_loss_is_not_clipped():
+  # A diverged member's logits put all mass on wrong classes: its loss is as large as the
+  # training loop's (1e34 here), not a clipped probability's 27.6.
+  log_probabilities = np.full((2, 10), -1e34, np.float32)
+  log_probabilities[:, 3] = 0.0
+  labels = np.array([0, 3])
+  assert evaluate.nll(log_probabilities, labels) == pytest.approx(0.5e34)
+  assert report.scores(log_probabilities, labels)["test_loss"] == pytest.approx(0.5e34)
+  ensemble = evaluate.ensemble(np.stack([log_probabilities, np.log(np.full((2, 10), 0.1))]))
+  assert np.exp(ensemble).sum(-1) == pytest.approx(1.0)
