@@ -24,6 +24,10 @@ DEFAULT_TIER_PROCESSES = {
     "test_faults::test_tools_refuse_bad_arguments_in_one_line_before_they_work":
         "argument checks before any work",
     "test_data_cache::test_a_start_from_the_cache_imports_no_tensorflow": "loads .npy files",
+    "test_faults::test_a_sigterm_during_a_call_longer_than_its_grace_exits_in_one_line":
+        "imports the preemption module (jax; nothing compiled), out after a 0.5 s grace",
+    "test_benchmark::test_a_benchmark_checks_every_arm_before_anything_trains":
+        "the config checks only; nothing compiles",
 }
 
 
