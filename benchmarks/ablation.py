@@ -102,22 +102,23 @@ def summarize(members: list[dict]) -> dict:
 def _markdown(report: dict) -> str:
   pm = common.pm
   seeds, epochs = len(report["seeds"]), report["epochs"]
-  lines = [common.machine_line(report), "",
-           f"`{report['config']}`, {epochs} epochs, {seeds} seeds; target "
-           f"{report['target']:.1%} val", "",
-           "| row (adds) | epochs to target, flip TTA | seeds | epochs, flip+translate TTA | "
-           "seeds | final val, flip | final val, flip+translate | final test, flip | "
-           "final test, flip+translate |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+  rows = []
   for row in report["rows"]:
     s = row["summary"]
     added = ", ".join(f"{k}={v}" for k, v in row["fields"].items()) or "CHOSEN"
-    lines.append(f"| {row['name']} ({added}) | {pm(s['epochs'], digits=1)} | "
-                 f"{s['reached']}/{seeds} | "
-                 f"{pm(s['epochs_translated'], digits=1)} | {s['reached_translated']}/{seeds} | "
-                 f"{pm(s['final_val'], 100, 2)}% | {pm(s['final_val_translated'], 100, 2)}% | "
-                 f"{pm(s['final_test'], 100, 2)}% | {pm(s['final_test_translated'], 100, 2)}% |")
-  return "\n".join(lines)
+    rows.append([f"{row['name']} ({added})", pm(s["epochs"], digits=1),
+                 f"{s['reached']}/{seeds}", pm(s["epochs_translated"], digits=1),
+                 f"{s['reached_translated']}/{seeds}",
+                 *(f"{pm(s[key], 100, 2)}%" for key in (
+                     "final_val", "final_val_translated", "final_test",
+                     "final_test_translated"))])
+  return "\n".join([common.machine_line(report), "",
+                    f"`{report['config']}`, {epochs} epochs, {seeds} seeds; target "
+                    f"{report['target']:.1%} val", "", *common.table(
+                        ["row (adds)", "epochs to target, flip TTA", "seeds",
+                         "epochs, flip+translate TTA", "seeds", "final val, flip",
+                         "final val, flip+translate", "final test, flip",
+                         "final test, flip+translate"], rows)])
 
 
 def main(argv=None):

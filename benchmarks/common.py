@@ -149,6 +149,12 @@ def pm(value, scale: float = 1.0, digits: int = 2) -> str:
   return f"{value[0] * scale:.{digits}f} ± {value[1] * scale:.{digits}f}"
 
 
+def table(header, rows) -> list[str]:
+  """A markdown table's lines: the header, its rule, one line per row (cells as given)."""
+  return ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header),
+          *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows)]
+
+
 def checked_overrides(parser, config: str, extra: list[str]) -> list[str]:
   """The `--config.SECTION.FIELD=VALUE` arguments a benchmark passes on, checked before
   anything runs (`check_arm`); any other argument is the parser's error."""

@@ -29,22 +29,19 @@ def _seconds(run: dict) -> dict:
 
 def _markdown(report: dict) -> str:
   single, members = report["single"], report["population"]
-  lines = [common.machine_line(report), "",
-           f"`{report['config']}` {' '.join(report['overrides'])}: "
-           f"{members['members']} members in one process vs one model", "",
-           "| run | process s | training s | compile s |", "| --- | --- | --- | --- |",
-           f"| one model | {single['process_seconds']:.1f} | {single['training_seconds']:.1f} | "
-           f"{single['compile_seconds']:.1f} |",
-           f"| {members['members']} members | {members['process_seconds']:.1f} | "
-           f"{members['training_seconds']:.1f} | {members['compile_seconds']:.1f} |", "",
-           f"population / one model, process seconds: {report['ratio']:.2f}x", "",
-           "| setting | members | test accuracy | test loss | ECE | train-test gap |",
-           "| --- | --- | --- | --- | --- | --- |"]
-  for name, s in report["settings"].items():
-    lines.append(f"| {name or 'all'} | {s['members']} | {common.pm(s['test_accuracy'], 100)}% | "
-                 f"{common.pm(s['test_loss'], digits=4)} | {common.pm(s['ece'], 100)}% | "
-                 f"{common.pm(s['gap'], 100)} pt |")
-  return "\n".join(lines)
+  runs = [[name, *(f"{run[key]:.1f}" for key in ("process_seconds", "training_seconds",
+                                                 "compile_seconds"))]
+          for name, run in (("one model", single), (f"{members['members']} members", members))]
+  settings = [[name or "all", s["members"], f"{common.pm(s['test_accuracy'], 100)}%",
+               common.pm(s["test_loss"], digits=4), f"{common.pm(s['ece'], 100)}%",
+               f"{common.pm(s['gap'], 100)} pt"] for name, s in report["settings"].items()]
+  return "\n".join([
+      common.machine_line(report), "", f"`{report['config']}` {' '.join(report['overrides'])}: "
+      f"{members['members']} members in one process vs one model", "",
+      *common.table(["run", "process s", "training s", "compile s"], runs), "",
+      f"population / one model, process seconds: {report['ratio']:.2f}x", "",
+      *common.table(["setting", "members", "test accuracy", "test loss", "ECE",
+                     "train-test gap"], settings)])
 
 
 def main(argv=None):

@@ -2,7 +2,7 @@
 
 Runs `python -m fmnist_jax.main` once per seed (each in WORKDIR_ROOT/seed<N>, its log in
 seed<N>.log; common.run: a finished run is reused, so an interrupted sweep continues where it
-stopped), and writes a JSON and prints a markdown row set. What this benchmark adds to a run
+stopped), and writes a JSON and prints a markdown table. What this benchmark adds to a run
 (the evaluation both ways) goes to seed<N>.recipe.json beside the run: a run's own files are
 never rewritten.
 
@@ -88,15 +88,12 @@ def summarize(name: str, results: list[dict]) -> dict:
 def to_markdown(summary: dict) -> str:
   def pm(key, scale=100, digits=2):
     return common.pm(summary.get(key), scale, digits)
-  return (f"| {summary['name']} | {summary['seeds']} | {summary['epochs']:.0f} | "
-          f"{pm('test_accuracy')} | {pm('test_loss', 1, 4)} | "
-          f"{pm('test_accuracy_flip_average')} | {pm('best_val_accuracy')} | "
-          f"{pm('train_seconds', 1, 0)} |")
-
-
-HEADER = ("| recipe | seeds | epochs | test accuracy % (final) | test loss (final) | "
-          "test accuracy %, flip-averaged | best val accuracy % | train seconds |\n"
-          "| --- | --- | --- | --- | --- | --- | --- | --- |")
+  return "\n".join(common.table(
+      ["recipe", "seeds", "epochs", "test accuracy % (final)", "test loss (final)",
+       "test accuracy %, flip-averaged", "best val accuracy %", "train seconds"],
+      [[summary["name"], summary["seeds"], f"{summary['epochs']:.0f}", pm("test_accuracy"),
+        pm("test_loss", 1, 4), pm("test_accuracy_flip_average"), pm("best_val_accuracy"),
+        pm("train_seconds", 1, 0)]]))
 
 
 def main(argv=None):
@@ -108,7 +105,7 @@ def main(argv=None):
   summary = summarize(name, results)
   report = {**machine, "config": args.config, "overrides": overrides,
             "seeds": args.seeds, "summary": summary, "runs": results}
-  markdown = HEADER + "\n" + to_markdown(summary)
+  markdown = to_markdown(summary)
   common.write(args.json, report, markdown)
   return report
 

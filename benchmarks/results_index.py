@@ -13,7 +13,7 @@ import json
 import pathlib
 import sys
 
-from benchmarks.common import pm as _pm
+from benchmarks.common import pm as _pm, table
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 INDEX = RESULTS / "README.md"
@@ -145,17 +145,17 @@ def _command(d: dict) -> str:
 
 
 def build() -> str:
-  rows = ["# Results", "",
-          "One row per JSON in this folder, made by `python -m benchmarks.results_index` from the",
-          "JSONs (do not edit by hand). Each JSON also holds the versions and every number.", "",
-          "| file | figure | machine | commit | date | command |",
-          "| --- | --- | --- | --- | --- | --- |"]
+  rows = []
   for path in sorted(RESULTS.glob("*.json")):
     d = json.loads(path.read_text())
     date = d.get("time", d.get("machine", {}).get("time", "?"))[:10]
     cells = [f"`{path.name}`", figure(d), _machine(d), _commit(d), date, f"`{_command(d)}`"]
-    rows.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
-  return "\n".join(rows) + "\n"
+    rows.append([c.replace("|", "/") for c in cells])
+  return "\n".join([
+      "# Results", "",
+      "One row per JSON in this folder, made by `python -m benchmarks.results_index` from the",
+      "JSONs (do not edit by hand). Each JSON also holds the versions and every number.", "",
+      *table(["file", "figure", "machine", "commit", "date", "command"], rows)]) + "\n"
 
 
 def main(argv=None):

@@ -81,16 +81,17 @@ def summarize_seeds(runs: list[dict]) -> dict:
 
 def _markdown(report: dict) -> str:
   lines = [common.machine_line(report), "", f"{report['config']}, chosen by "
-           f"`{report['rule']}`: **{report['chosen'] or 'base'}**", "",
-           "| variant | final val acc | best val acc | train s (no compile) | test acc (not "
-           "used to choose) |", "| --- | --- | --- | --- | --- |"]
-  lines += [f"| {r['name'] or 'base'} | {100 * r['final_val_accuracy']:.2f}% | "
-            f"{100 * r['best_val_accuracy']:.2f}% | {r['train_seconds_excluding_compile']:.1f} | "
-            f"{100 * r['final_test_accuracy']:.2f}% |" for r in report["results"]]
+           f"`{report['rule']}`: **{report['chosen'] or 'base'}**", "", *common.table(
+               ["variant", "final val acc", "best val acc", "train s (no compile)",
+                "test acc (not used to choose)"],
+               [[r["name"] or "base", f"{100 * r['final_val_accuracy']:.2f}%",
+                 f"{100 * r['best_val_accuracy']:.2f}%",
+                 f"{r['train_seconds_excluding_compile']:.1f}",
+                 f"{100 * r['final_test_accuracy']:.2f}%"] for r in report["results"]])]
   if "seeds_summary" in report:
     s = report["seeds_summary"]
-    lines += ["", f"Chosen variant over seeds {s['seeds']} (mean +- std): " + ", ".join(
-        f"{key} {100 * value[0]:.2f} +- {100 * value[1]:.2f}%" for key, value in s.items()
+    lines += ["", f"Chosen variant over seeds {s['seeds']} (mean ± std): " + ", ".join(
+        f"{key} {common.pm(value, 100)}%" for key, value in s.items()
         if key.endswith(("plain", "flip_average")))]
   return "\n".join(lines)
 

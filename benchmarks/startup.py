@@ -86,12 +86,12 @@ def main(argv=None):
   phases = list(warm[0])
   median = {k: round(statistics.median(run[k] for run in warm), 3) for k in phases}
   report.update(cold=cold, warm=warm, warm_median=median, refusals=refusals)
-  lines = [common.machine_line(report), "",
-           "| start | " + " | ".join(phases) + " |", "|" + " --- |" * (len(phases) + 1),
-           "| cold | " + " | ".join(f"{cold[k]:.2f}" for k in phases) + " |",
-           f"| warm (median of {args.runs}) | " + " | ".join(f"{median[k]:.2f}" for k in phases)
-           + " |", "", "| command that trains nothing | seconds |", "| --- | --- |"]
-  lines += [f"| {name} | {seconds:.2f} |" for name, seconds in refusals.items()]
+  lines = [common.machine_line(report), "", *common.table(
+      ["start", *phases], [["cold", *(f"{cold[k]:.2f}" for k in phases)],
+                           [f"warm (median of {args.runs})",
+                            *(f"{median[k]:.2f}" for k in phases)]]), "",
+      *common.table(["command that trains nothing", "seconds"],
+                    [[name, f"{seconds:.2f}"] for name, seconds in refusals.items()])]
   common.write(args.json, report, "\n".join(lines))
 
 

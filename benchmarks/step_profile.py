@@ -180,12 +180,11 @@ def markdown(results) -> str:
     lines += [f"\nbatch {r['batch_size']} ({r['microbatches']} micro-batches): "
               f"{r['wall_ms_per_step']:.1f} ms/step untraced ({r['images_per_second']:,.0f} "
               f"images/s); operations {r['op_ms_per_step']:.1f} ms/step summed over threads "
-              f"(traced), threads busy {100 * r['threads_busy']:.0f}%\n",
-              "| part | ms/step | share | GFLOP/step | GFLOP/s |",
-              "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {p['part']} | {p['ms_per_step']:.2f} | {100 * p['share']:.1f}% | "
-              f"{p['gflop_per_step'] or ''} | {p['gflop_per_second'] or ''} |"
-              for p in r["parts"]]
+              f"(traced), threads busy {100 * r['threads_busy']:.0f}%\n"]
+    lines += common.table(
+        ["part", "ms/step", "share", "GFLOP/step", "GFLOP/s"],
+        [[p["part"], f"{p['ms_per_step']:.2f}", f"{100 * p['share']:.1f}%",
+          p["gflop_per_step"] or "", p["gflop_per_second"] or ""] for p in r["parts"]])
   return "\n".join(lines)
 
 

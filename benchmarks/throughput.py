@@ -310,22 +310,22 @@ def _members(r) -> str:
 
 def to_markdown(report) -> str:
   from benchmarks import common
-  lines = [f"# Throughput: {common.machine_line(report)}", "",
-           f"config {report['config']}; XLA_FLAGS={report['xla_flags'] or '(none)'}; FLOPs "
-           "counted from the layer shapes (XLA's own count in parentheses)", "",
-           "| step | parallelism | devices | members (per pass) | batch | conv | dtype | input "
-           "| steps/call | microbatches | images/s (all members) | MFLOP/image | % of peak | "
-           "compile s |", "|" + " --- |" * 14]
+  rows = []
   for r in report["results"]:
     roofline = f"{r['roofline_percent']:.1f}" if r["roofline_percent"] else "–"
     xla = f" ({r['xla_flops_per_image'] / 1e6:.2f})" if r["xla_flops_per_image"] else ""
-    lines.append(f"| {r['step']} | {r['parallelism']} | {r['devices']} | "
-                 f"{_members(r)} | {r['batch_size']} | "
-                 f"{r['conv_impl']} | {r['dtype']} | {r['input_mode']} | {r['steps_per_call']} "
-                 f"| {r['microbatches']} | {r['images_per_second']:,.0f} | "
-                 f"{r['flops_per_image'] / 1e6:.2f}{xla} | {roofline} | "
-                 f"{r['compile_seconds']:.1f} |")
-  return "\n".join(lines) + "\n"
+    rows.append([r["step"], r["parallelism"], r["devices"], _members(r), r["batch_size"],
+                 r["conv_impl"], r["dtype"], r["input_mode"], r["steps_per_call"],
+                 r["microbatches"], f"{r['images_per_second']:,.0f}",
+                 f"{r['flops_per_image'] / 1e6:.2f}{xla}", roofline,
+                 f"{r['compile_seconds']:.1f}"])
+  return "\n".join([
+      f"# Throughput: {common.machine_line(report)}", "",
+      f"config {report['config']}; XLA_FLAGS={report['xla_flags'] or '(none)'}; FLOPs counted "
+      "from the layer shapes (XLA's own count in parentheses)", "", *common.table(
+          ["step", "parallelism", "devices", "members (per pass)", "batch", "conv", "dtype",
+           "input", "steps/call", "microbatches", "images/s (all members)", "MFLOP/image",
+           "% of peak", "compile s"], rows)]) + "\n"
 
 
 if __name__ == "__main__":

@@ -88,17 +88,14 @@ def summarize(runs: list[dict]) -> dict:
 def _markdown(report: dict) -> str:
   def pm(value, digits=1):
     return common.pm(value, digits=digits)
-  lines = [common.machine_line(report), "",
-           f"`{report['config']}` {' '.join(report['overrides'])}: test accuracy "
-           f">= {report['target']:.2%}", "",
-           "| cache | seeds reaching it | training s | process s | compile s | epochs |",
-           "| --- | --- | --- | --- | --- | --- |"]
-  for tag, s in report["summary"].items():
-    tag = f"{tag}, one population (seconds: all seeds)" if s.get("population") else tag
-    lines.append(f"| {tag} | {s['reached']}/{s['runs']} | {pm(s['train_seconds'], 2)} | "
-                 f"{pm(s['process_seconds'])} | {pm(s['compile_seconds'])} | "
-                 f"{pm(s['epochs'])} |")
-  return "\n".join(lines)
+  rows = [[f"{tag}, one population (seconds: all seeds)" if s.get("population") else tag,
+           f"{s['reached']}/{s['runs']}", pm(s["train_seconds"], 2), pm(s["process_seconds"]),
+           pm(s["compile_seconds"]), pm(s["epochs"])] for tag, s in report["summary"].items()]
+  return "\n".join([common.machine_line(report), "",
+                    f"`{report['config']}` {' '.join(report['overrides'])}: test accuracy "
+                    f">= {report['target']:.2%}", "", *common.table(
+                        ["cache", "seeds reaching it", "training s", "process s", "compile s",
+                         "epochs"], rows)])
 
 
 def main(argv=None):
