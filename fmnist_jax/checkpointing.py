@@ -156,7 +156,8 @@ class Checkpointer:
     if mismatches:
       raise CheckpointError(
           f"checkpoint {self.directory / str(step)} does not match this config (was it written "
-          "with other conv_features/dense_features, optimizer or ema_decay?):\n  - "
+          "with other model.conv_features / dense_features, optimizer.name or "
+          "optimizer.ema_decay?):\n  - "
           + "\n  - ".join(mismatches[:20])
           + "\nUse the config it was written with, or a new --workdir.")
     return saved

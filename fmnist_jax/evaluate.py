@@ -55,7 +55,7 @@ def restore_params(workdir: pathlib.Path, config, which: str = "last",
       step = ckpt.latest_step()
     if step is None:
       raise ReportError(f"{directory} holds no {which} checkpoint"
-                        + (" (best needs validation metrics: validation_size > 0)."
+                        + (" (best needs validation metrics: data.validation_size > 0)."
                            if which == "best" else "."))
     state, _ = ckpt.restore(step, state)
   finally:

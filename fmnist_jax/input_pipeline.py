@@ -178,9 +178,10 @@ def _read_source(config) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 def check_input_mode(config) -> None:
   """input_mode=tfds streams through tf.data: a clear error, before any work, without it."""
   if config.data.input_mode == "tfds" and not dataset.tensorflow_available():
-    raise ConfigError("input_mode='tfds' streams through tf.data, and tensorflow / "
+    raise ConfigError("data.input_mode='tfds' streams through tf.data, and tensorflow / "
                       "tensorflow-datasets are not installed: `pip install tensorflow-cpu "
-                      "tensorflow-datasets`, or use --config.data.input_mode=device (the default).")
+                      "tensorflow-datasets`, or use --config.data.input_mode=device (the "
+                      "default).")
 
 
 def create_train_data(config, par: Parallelism, splits, seeds: tuple, alternate: bool = False):

@@ -68,7 +68,7 @@ def load_lanes(trace_path) -> tuple[list, list, str]:
                               if e["name"].startswith("PjitFunction("))
   if not on_device or not calls:
     raise SystemExit(f"error: {trace_path} has no device events or no compiled calls: was "
-                     "the trace's window inside the training (profile_steps)?")
+                     "the trace's window inside the training (logging.profile_steps)?")
   loop_thread = calls.most_common(1)[0][0]
   host = [(e["ts"], e["ts"] + e.get("dur", 0), e["name"]) for e in spans
           if (e["pid"], e.get("tid")) == loop_thread]
