@@ -271,6 +271,7 @@ class Saver:
                names: tuple = ()):
     self.ckpt, self.fetch, self.write_row = ckpt, fetch, write_row
     self.names = names  # population.names: who diverged, where several models train
+    self.stopped: set[int] = set()  # the members that diverged, named once
     # Several processes must all save the same steps: a clock of their own would not agree.
     self.every_seconds = config.checkpoints.every_seconds if jax.process_count() == 1 else 0.0
     self.skip_nonfinite = config.optimizer.skip_nonfinite_updates
@@ -286,8 +287,13 @@ class Saver:
     """NonFiniteError if the run's non-finite counter (`sums`, host values) is not 0 by
     `step`, unless such updates are skipped (then it counts them); or if the model diverged
     anyway: an update made the parameters NaN/inf (optax stopped skipping), or its evaluation
-    `row` holds a NaN/inf."""
+    `row` holds a NaN/inf. Of several members, those that diverged have stopped (the step
+    keeps their state from before) and are named once: only all of them diverging stops the
+    run."""
     steps = f"steps {self.finite_through + 1}-{step}"
+    if self._others_go_on(sums, steps):
+      self.finite_through = max(self.finite_through, step)
+      return
     if int(np.sum(sums["nonfinite"])) and not self.skip_nonfinite:
       raise NonFiniteError(
           f"non-finite loss or gradient in {steps}{self._which(sums['nonfinite'])}: the run "
@@ -302,6 +308,20 @@ class Saver:
           + "; skipped updates are applied after 5 in a row). The run stopped without saving "
           "it; the checkpoints already written are intact. " + self._advice(""))
     self.finite_through = max(self.finite_through, step)
+
+  def _others_go_on(self, sums, steps: str) -> bool:
+    """Whether some, not all, members diverged (they stopped; each is named once)."""
+    if not self.names or self.skip_nonfinite:
+      return False
+    bad = (np.asarray(sums["nonfinite"]) + np.asarray(sums.get("diverged", 0))) > 0
+    if not bad.any() or bad.all():
+      return False
+    for index in np.flatnonzero(bad):
+      if index not in self.stopped:
+        self.stopped.add(index)
+        logging.warning("member %d (%s) diverged (NaN/inf) by %s: it stopped there, with its "
+                        "state from before; the others go on", index, self.names[index], steps)
+    return True
 
   def _which(self, counts) -> str:
     """", in members 1 (learning_rate=1e+37 seed=1)": the members whose count is not 0."""

@@ -22,12 +22,15 @@ def dispatch(eval_fn, params, eval_sets: dict) -> dict[str, list]:
           for name, batches in eval_sets.items()}
 
 
-def summarize(fetched: dict[str, list]) -> dict[str, dict]:
+def summarize(fetched: dict[str, list], counted=None) -> dict[str, dict]:
   """{split: {'loss', 'accuracy', 'count'}} from dispatch's metrics, fetched (summed in
-  float64)."""
+  float64); `counted` (bools along the member axis): whose sums count (those that did not
+  diverge)."""
   results = {}
   for name, metrics in fetched.items():
     sums = {key: sum(np.asarray(m[key], np.float64) for m in metrics) for key in metrics[0]}
+    if counted is not None and np.any(counted):
+      sums = {key: value[np.asarray(counted)] for key, value in sums.items()}
     loss, accuracy = steps.summarize(sums)
     # (a population: the members' mean; each member counts every example once)
     results[name] = {"loss": loss, "accuracy": accuracy, "count": int(np.max(sums["count"]))}
@@ -132,6 +135,7 @@ def calibration(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> 
   """Expected calibration error (Guo et al., 2017): the mean over equal-width confidence bins
   of |accuracy - mean confidence|, weighted by the bin's share of examples; with the bins'
   accuracy, confidence and count for a reliability diagram."""
+  confidence = np.nan_to_num(confidence)  # (a diverged model's NaN: the lowest bin)
   index = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
   count = np.bincount(index, minlength=bins)
   safe = np.maximum(count, 1)

@@ -221,15 +221,16 @@ def check_memory(config, found: list[dict], par, per_pass: int) -> None:
 
 def step_options(config, found: list[dict], base: steps.StepOptions) -> steps.StepOptions:
   """The members' static options: each augmentation's largest value (its shapes), the hparams
-  keys the population varies (traced; the others are the config's constants), and whether a
-  member may stop while others train (stop_at_accuracy with several members: one member's
-  target ends the run)."""
+  keys the population varies (traced; the others are the config's constants), and that of
+  several members one may stop while the others train: at stop_at_accuracy, or where its step
+  is NaN/inf (its state from before is kept; unless such updates are skipped)."""
   largest = {key: max(steps.step_value(field, v) for v in values(config, found, field))
              for key, field in steps.STEP_FIELDS.items() if hasattr(base, key)}
   return dataclasses.replace(
       base, **largest,
       varying=tuple(key for key, field in steps.STEP_FIELDS.items() if field in found[0]),
-      keep_stopped=bool(config.eval.stop_at_accuracy) and len(found) > 1)
+      keep_stopped=len(found) > 1,
+      stop_diverged=len(found) > 1 and not config.optimizer.skip_nonfinite_updates)
 
 
 def initial_state(config, found: list[dict], steps_per_epoch: int, total_steps: int, *,
@@ -336,8 +337,9 @@ def stop_reached(config, eval_sets: dict):
 
 def member_rows(found: list[dict], scalars: dict, train_sums, fetched: dict) -> list[dict]:
   """One metrics row per member from an evaluation's fetched per-member sums; `scalars` gives
-  the fields all share (epoch, elapsed_seconds). One member's row is `scalars` itself, without
-  a member column: a single run's rows read as they always did."""
+  the fields all share (epoch, elapsed_seconds). A member that diverged (and stopped) is marked
+  `"diverged": true`. One member's row is `scalars` itself, without a member column: a single
+  run's rows read as they always did."""
   if len(found) == 1:
     return [dict(scalars)]
   rows = []
@@ -350,9 +352,17 @@ def member_rows(found: list[dict], scalars: dict, train_sums, fetched: dict) -> 
               for key in metrics[0]}
       row[f"{name}_loss"], row[f"{name}_accuracy"] = steps.summarize(sums)
       row[f"{name}_count"] = int(sums["count"])
+    if not healthy(train_sums)[index]:
+      row["diverged"] = True
     row["elapsed_seconds"] = scalars["elapsed_seconds"]
     rows.append(row)
   return rows
+
+
+def healthy(train_sums) -> np.ndarray:
+  """Per member, whether none of its steps so far was NaN/inf (the counts the run carries);
+  one that diverged stopped there (steps.StepOptions.stop_diverged)."""
+  return (np.asarray(train_sums["nonfinite"]) + np.asarray(train_sums["diverged"])) == 0
 
 
 def tensorboard_tag(row: dict) -> str:
@@ -403,8 +413,9 @@ def result(found: list[dict], rows: list[dict]) -> dict:
     per_member.append({"member": index, **plain(found[index]), "final": mine[-1],
                        "best": best})
   settings = {}
-  for entry in per_member:
-    settings.setdefault(setting(entry["final"], found), []).append(entry["final"])
+  for entry in per_member:  # (a member that diverged is listed, not summed)
+    if not entry["final"].get("diverged"):
+      settings.setdefault(setting(entry["final"], found), []).append(entry["final"])
   summary = {name: {key: mean_std([r[key] for r in finals])
                     for key in ("test_accuracy", "test_loss", "train_accuracy", "train_loss")}
              | {"members": len(finals)} for name, finals in settings.items()}

@@ -33,8 +33,8 @@ def check_window(steps: tuple[int, int], total_steps: int) -> None:
   """A ConfigError for a window that starts after the run's last step."""
   first, last = (int(s) for s in steps)
   if last and first >= total_steps:
-    raise ConfigError(f"logging.profile_steps=({first}, {last}) traces nothing: the run ends at step "
-                      f"{total_steps}. Pick a window inside it, e.g. ({total_steps // 4}, "
+    raise ConfigError(f"logging.profile_steps=({first}, {last}) traces nothing: the run ends "
+                      f"at step {total_steps}. Pick a window inside it, e.g. ({total_steps // 4}, "
                       f"{total_steps // 2}), or (0, 0) for none.")
 
 

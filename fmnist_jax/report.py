@@ -338,8 +338,10 @@ def member_numbers(config, rows: list[dict], log_probabilities: np.ndarray,
              "setting": population.setting(final, found),
              **scores(log_probabilities[index], labels)}
     entry["gap"] = final["train_accuracy"] - entry["test_accuracy"]
+    entry["diverged"] = bool(final.get("diverged"))  # (stopped there: listed, not summed)
     members.append(entry)
-    settings.setdefault(entry["setting"], []).append(index)
+    if not entry["diverged"]:
+      settings.setdefault(entry["setting"], []).append(index)
   summary, ensembles = {}, {}
   for name, indices in settings.items():
     summary[name] = {key: population.mean_std([members[i][key] for i in indices])
@@ -373,8 +375,9 @@ def _members_markdown(workdir, step: int, found: list[dict], result: dict) -> li
             f"| member | fields | {header} |", "| --- | --- |" + " --- |" * len(MEMBER_COLUMNS)]
   for entry in result["members"]:
     cells = [fmt % (scale * entry[key]) for key, _, scale, fmt in MEMBER_COLUMNS]
-    lines.append(f"| {entry['member']} | {population.describe(found[entry['member']])} | "
-                 f"{' | '.join(cells)} |")
+    fields = population.describe(found[entry["member"]]) + (
+        " (diverged: stopped, its state from before)" if entry["diverged"] else "")
+    lines.append(f"| {entry['member']} | {fields} | {' | '.join(cells)} |")
   lines += ["", "## Ensembles (apart: not a member's figure)", "",
             "Each setting's members' mean class probabilities, evaluated as one model.", "",
             "| setting | members | test accuracy | test loss | ECE |",

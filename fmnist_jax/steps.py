@@ -57,6 +57,7 @@ class StepOptions:
   erase_prob: float = 0.0
   varying: tuple = ()            # hparams keys read from the member's state (population.py)
   keep_stopped: bool = False     # a member whose hparams["active"] is off keeps its state
+  stop_diverged: bool = False    # ... and a step with a NaN/inf turns it off (population.py)
 
   @classmethod
   def from_config(cls, config, num_devices: int = 1, platform: str = "cpu") -> "StepOptions":
@@ -120,7 +121,8 @@ def train_step(state, batch, *, axis_name=None, options=StepOptions()):
   Under pmap (axis_name given) the batch is this device's shard: gradients are averaged and
   metrics summed over the axis, and each device folds its index into the dropout key.
   A population member's varying fields come from `state.hparams` (options.varying), and with
-  options.keep_stopped a member that has stopped keeps its state.
+  options.keep_stopped a member that has stopped keeps its state (with options.stop_diverged,
+  one whose step is NaN/inf stops there, keeping its state from before: the others go on).
   Returns the new state and summed metrics {'loss', 'correct', 'count', 'nonfinite'}.
   """
   hyper = member_values(state.hparams, options)
@@ -164,9 +166,13 @@ def train_step(state, batch, *, axis_name=None, options=StepOptions()):
     decay = jnp.minimum(hyper["ema_decay"], (1.0 + state.step) / (10.0 + state.step))
     new_state = new_state.replace(ema_params=optax.incremental_update(
         new_state.params, state.ema_params, 1.0 - decay))
-  if options.keep_stopped:
-    return _keep_if_stopped(state.hparams["active"], state, new_state, metrics)
-  return new_state, metrics
+  if not options.keep_stopped:
+    return new_state, metrics
+  active = keep = state.hparams["active"]
+  if options.stop_diverged:
+    keep = active & finite & (metrics["diverged"] == 0)
+    new_state = new_state.replace(hparams=dict(new_state.hparams, active=keep))
+  return _keep_if_stopped(keep, active, state, new_state, metrics)
 
 
 def member_values(hparams, options: StepOptions) -> dict:
@@ -179,15 +185,16 @@ def member_values(hparams, options: StepOptions) -> dict:
   return {**values, **traced}
 
 
-def _keep_if_stopped(active, state, new_state, metrics):
-  """A stopped member (stop_at_accuracy reached) keeps its state and adds no metrics; the
-  step counter, shared by the population, advances."""
-  def keep(new, old):
-    return jnp.where(active, new, old)
+def _keep_if_stopped(keep, active, state, new_state, metrics):
+  """A stopped member (stop_at_accuracy reached, or diverged) keeps its state where `keep` is
+  off, and adds no metrics once stopped (`active` off: the step it diverged still counts its
+  NaN/inf, for the host to name it); the step counter, shared by the population, advances."""
+  def chosen(new, old):
+    return jnp.where(keep, new, old)
   new_state = new_state.replace(
-      params=jax.tree.map(keep, new_state.params, state.params),
-      opt_state=jax.tree.map(keep, new_state.opt_state, state.opt_state),
-      ema_params=jax.tree.map(keep, new_state.ema_params, state.ema_params))
+      params=jax.tree.map(chosen, new_state.params, state.params),
+      opt_state=jax.tree.map(chosen, new_state.opt_state, state.opt_state),
+      ema_params=jax.tree.map(chosen, new_state.ema_params, state.ema_params))
   return new_state, jax.tree.map(lambda m: jnp.where(active, m, jnp.zeros_like(m)), metrics)
 
 

@@ -283,8 +283,8 @@ class Loop:
     config = self.run.config
     with self.progress.timed("evaluation"):
       train_sums, fetched = self.progress.fetch((sums, evaluation))
-    scalars = self.epoch_scalars(step, train_sums, evaluate.summarize(fetched))
-    # The scalars above are the members' means; each member's own row is written.
+    scalars = self.epoch_scalars(step, train_sums, evaluate.summarize(
+        fetched, population.healthy(train_sums)))  # (the means of those that did not diverge)
     scalars["members"] = population.member_rows(self.run.members, scalars, train_sums, fetched)
     self.saver.check_finite(step, train_sums, scalars)
     self.last_eval = scalars
@@ -307,7 +307,7 @@ class Loop:
       scalars[f"{name}_loss"], scalars[f"{name}_accuracy"] = result["loss"], result["accuracy"]
       scalars[f"{name}_count"] = result["count"]
     scalars["elapsed_seconds"] = self.progress.elapsed()
-    if np.sum(train_sums["nonfinite"]):  # (only when such updates are skipped)
+    if self.run.config.optimizer.skip_nonfinite_updates and np.sum(train_sums["nonfinite"]):
       scalars["skipped_updates"] = int(np.sum(train_sums["nonfinite"]))
     self.progress.evaluation_line(step, scalars)
     return scalars

@@ -390,7 +390,7 @@ def test_the_fields_a_population_may_vary_are_declared_once():
   # each names a config field, and population.VARYING is built from it.
   config = tiny_config()
   options = {f.name for f in dataclasses.fields(steps.StepOptions)} - {
-      "microbatches", "varying", "keep_stopped"}
+      "microbatches", "varying", "keep_stopped", "stop_diverged"}
   assert options <= set(steps.STEP_FIELDS)
   assert all(path in config_file.paths(config) for path in steps.STEP_FIELDS.values())
   assert set(population.VARYING) == {"run.seed", *population.IN_OPTIMIZER,
@@ -427,14 +427,40 @@ def test_a_population_whose_batches_do_not_fit_is_refused_before_the_data(tmp_pa
   assert 1000 < fit < 2000 and not (tmp_path / "run").exists()
 
 
-def test_a_diverged_member_is_named_with_its_values_and_advice_that_works(small_splits,
-                                                                          tmp_path):
+def test_a_diverged_member_stops_with_its_state_from_before_and_the_others_go_on(
+    small_splits, tmp_path, caplog):
+  pairs = (("optimizer.learning_rate", (1e-3, 1e30)), ("run.seed", (0, 1)))
   config = tiny_config(run=dict(num_train_steps=24), parallelism=dict(steps_per_call=2),
-                       population=dict(members=(("optimizer.learning_rate", (1e-3, 1e30)),
-                                                ("run.seed", (0, 1)))))
+                       population=dict(members=pairs))
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  rows = _rows(tmp_path / "run")
+  assert {r["member"] for r in rows if r.get("diverged")} == {2, 3}
+  assert "member 2 (learning_rate=1e+30 seed=0) diverged" in caplog.text
+  result = json.loads((tmp_path / "run" / "result.json").read_text())
+  assert [m["final"].get("diverged", False) for m in result["population"]["members"]] == [
+      False, False, True, True]
+  healthy = tiny_config(run=dict(num_train_steps=24), parallelism=dict(steps_per_call=2),
+                        population=dict(members=(("run.seed", (0, 1)),)))
+  train.train_and_evaluate(healthy, str(tmp_path / "healthy"))
+  for a, b in zip([r for r in rows if r["member"] < 2], _rows(tmp_path / "healthy"), strict=True):
+    np.testing.assert_allclose(a["test_loss"], b["test_loss"], rtol=1e-5)  # (not disturbed)
+  assert result["final"]["test_loss"] == pytest.approx(  # the means: of those that went on
+      np.mean([r["test_loss"] for r in rows if r["member"] < 2 and r["step"] == 24]), rel=1e-5)
+  from fmnist_jax import report
+  report.write_report(str(tmp_path / "run"))
+  text = (tmp_path / "run" / "report" / "report.md").read_text()
+  assert text.count("(diverged: stopped, its state from before)") == 2
+  numbers = json.loads((tmp_path / "run" / "report" / "metrics.json").read_text())
+  assert numbers["settings"]["learning_rate=0.001"]["members"] == 2
+  assert "learning_rate=1e+30" not in numbers["settings"]  # (listed, not summed)
+
+
+def test_a_population_whose_every_member_diverges_stops_naming_them(small_splits, tmp_path):
+  config = tiny_config(run=dict(num_train_steps=24), parallelism=dict(steps_per_call=2),
+                       population=dict(members=(("optimizer.learning_rate", (1e30, 1e31)),)))
   with pytest.raises(errors.NonFiniteError) as raised:
     train.train_and_evaluate(config, str(tmp_path / "run"))
   message = str(raised.value)
-  assert "in members 2 (learning_rate=1e+30 seed=0), 3 (learning_rate=1e+30 seed=1)" in message
+  assert "in members 0 (learning_rate=1e+30), 1 (learning_rate=1e+31)" in message
   assert "new --workdir without the values that diverged" in message
   assert "Lower optimizer.learning_rate and run the same command" not in message
