@@ -1,6 +1,8 @@
 """Reading a config file: `FILE` or `FILE:ARG`, a Python file defining get_config([ARG]) that
-returns an ml_collections.ConfigDict. Imports neither jax nor TensorFlow, so the command line
-can check a config file before either is loaded."""
+returns an ml_collections.ConfigDict in sections, and its overrides by path
+(`--config.SECTION.FIELD=VALUE`), checked; with the paths' helpers and the one mapping of the
+flat names configs had before the sections. Imports neither jax nor TensorFlow, so the command
+line can check a config file before either is loaded."""
 
 from __future__ import annotations
 
