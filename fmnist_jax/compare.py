@@ -15,7 +15,7 @@ import sys
 
 from absl import logging
 
-from fmnist_jax import plots, workdir as workdir_lib
+from fmnist_jax import config_file, plots, workdir as workdir_lib
 from fmnist_jax.errors import FmnistError, ReportError
 
 
@@ -65,7 +65,7 @@ def _runs_of(name: str, workdir: pathlib.Path) -> dict[str, tuple[list[dict], fl
   members = sorted({r["member"] for r in rows if "member" in r})
   if not members:
     return {name: (rows, eces.get(None))}
-  varying = [path.rpartition(".")[2]
+  varying = [config_file.field_name(path)
              for path, _ in workdir_lib.read_config(workdir).population.members]
   runs = {}
   for m in members:

@@ -58,6 +58,20 @@ def paths(config) -> list[str]:
   return [f"{section}.{field}" for section in config for field in config[section]]
 
 
+def field_name(path: str) -> str:
+  """A path's field ("learning_rate"): how rows, result.json and the report name it."""
+  return path.rpartition(".")[2]
+
+
+def nearest(path: str, known) -> list[str]:
+  """[the path of `known` meant by a misspelt `path`], or []: the one with the same field in
+  another section ("run.learning_rate" -> "optimizer.learning_rate"), else the closest."""
+  import difflib
+  field = path.split(".")[1] if "." in path else ""
+  return [p for p in known if field and field_name(p) == field][:1] or \
+      difflib.get_close_matches(path, known, n=1, cutoff=0.6)
+
+
 def from_flat(recorded: dict) -> dict:
   """A config recorded with flat names ({"learning_rate": ..., "augment_flip": ...}) as
   sections ({"optimizer": {"learning_rate": ...}, "augment": {"flip": "random"}}); a name
@@ -158,7 +172,6 @@ def _check_not_a_dict(path: str, text: str) -> None:
 
 def check_path(config, path: str, where: str) -> None:
   """One ConfigError line when `path` is not a "section.field" of `config`."""
-  import difflib
   section, _, field = path.partition(".")
   if section in config and isinstance(config[section], ml_collections.ConfigDict) and not field:
     example = RENAMED.get(path, f"{path}.{next(iter(config[section]))}")
@@ -168,9 +181,7 @@ def check_path(config, path: str, where: str) -> None:
     raise ConfigError(f"--config.{path} is now --config.{RENAMED[path]} (the config is in "
                       "sections: configs/default.py).")
   if section not in config or field not in config[section] or "." in field:
-    known = paths(config)
-    close = [p for p in known if field and p.endswith("." + field.partition(".")[0])][:1] or \
-        difflib.get_close_matches(path, known, n=1, cutoff=0.6)
+    close = nearest(path, paths(config))
     raise ConfigError(f"--config.{path}: {where} has no field {path!r}"
                       + (f"; did you mean {close[0]}?" if close else
                          "; its sections and fields are in configs/default.py."))

@@ -168,7 +168,8 @@ def check_command_line(argv) -> str | None:
       return f"error: {e}"
     for arg in argv:  # a config field given as a flag of its own
       name, _, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
-      found = [path for path in config_file.paths(config) if name in (path, path.split(".")[1])]
+      found = [path for path in config_file.paths(config)
+               if name in (path, config_file.field_name(path))]
       if found and name not in _FLAG_NAMES:
         return (f"error: --{name} is not a flag of fmnist_jax.main but a field of the config: "
                 "write "

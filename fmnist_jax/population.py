@@ -24,7 +24,6 @@ member is that single run, up to float rounding.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import itertools
 import math
 
@@ -43,11 +42,6 @@ from fmnist_jax.parallel import Parallelism
 # step reads (steps.STEP_FIELDS, their one list).
 IN_OPTIMIZER = ("optimizer.learning_rate", "optimizer.weight_decay")
 VARYING = ("run.seed", *IN_OPTIMIZER, *steps.STEP_FIELDS.values())
-
-
-def name(path: str) -> str:
-  """A varying path's name in rows, result.json and the report: its field ("learning_rate")."""
-  return path.rpartition(".")[2]
 
 
 def members(config) -> list[dict]:
@@ -97,8 +91,7 @@ def check(config) -> list[dict]:
       raise ConfigError(f"population field {field!r} is now {config_file.RENAMED[field]!r} "
                         "(the config is in sections).")
     if field not in config_file.paths(config):
-      close = [path for path in VARYING if name(path) == field.rpartition(".")[2]] or \
-          difflib.get_close_matches(field, VARYING, n=1, cutoff=0.6)
+      close = config_file.nearest(field, VARYING)
       raise ConfigError(f"population field {field!r} is not a config field"
                         + (f"; did you mean {close[0]!r}?" if close else "")
                         + f" A population may vary {', '.join(VARYING)}.")
@@ -248,7 +241,7 @@ def initial_state(config, found: list[dict], steps_per_epoch: int, total_steps: 
   column = {key: _column([steps.step_value(field, v) for v in values(config, found, field)])
             for key, field in steps.STEP_FIELDS.items()}
   column["active"] = np.ones(len(found), bool)
-  optimizer = {name(path): np.array(values(config, found, path), np.float32)
+  optimizer = {config_file.field_name(path): np.array(values(config, found, path), np.float32)
                for path in IN_OPTIMIZER}
   seeds = np.array(values(config, found, "run.seed"), np.int32)
 
@@ -373,7 +366,7 @@ def tensorboard_tag(row: dict) -> str:
 
 def plain(member: dict) -> dict:
   """A member's fields as JSON values."""
-  return {name(path): list(value) if isinstance(value, tuple) else value
+  return {config_file.field_name(path): list(value) if isinstance(value, tuple) else value
           for path, value in member.items()}
 
 
@@ -387,7 +380,8 @@ def console_lines(found: list[dict]) -> list[str]:
   """What the console says of the members when a run starts; nothing for one member."""
   if len(found) == 1:
     return []
-  counts = ", ".join(f"{len({str(m[path]) for m in found})} {name(path)}" for path in found[0])
+  counts = ", ".join(f"{len({str(m[path]) for m in found})} {config_file.field_name(path)}"
+                     for path in found[0])
   return [f"{len(found)} members train as one program ({counts}): the evaluation lines and the "
           "done line give the members' mean; each member's rows: metrics.jsonl (its member "
           "column) and the report"]
