@@ -30,7 +30,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers as policies
 
-
+from fmnist_jax import steps as steps_lib
 from fmnist_jax.errors import CheckpointError, DiskFullError, NonFiniteError
 
 
@@ -313,7 +313,7 @@ class Saver:
     """Whether some, not all, members diverged (they stopped; each is named once)."""
     if not self.names or self.skip_nonfinite:
       return False
-    bad = (np.asarray(sums["nonfinite"]) + np.asarray(sums.get("diverged", 0))) > 0
+    bad = ~steps_lib.healthy(sums)
     if not bad.any() or bad.all():
       return False
     for index in np.flatnonzero(bad):

@@ -335,7 +335,7 @@ def member_rows(found: list[dict], scalars: dict, train_sums, fetched: dict) -> 
   run's rows read as they always did."""
   if len(found) == 1:
     return [dict(scalars)]
-  rows = []
+  rows, healthy = [], steps.healthy(train_sums)
   for index, member in enumerate(found):
     row = {"member": index, **plain(member), "epoch": scalars["epoch"]}
     row["train_loss"], row["train_accuracy"] = steps.summarize(
@@ -345,17 +345,11 @@ def member_rows(found: list[dict], scalars: dict, train_sums, fetched: dict) -> 
               for key in metrics[0]}
       row[f"{name}_loss"], row[f"{name}_accuracy"] = steps.summarize(sums)
       row[f"{name}_count"] = int(sums["count"])
-    if not healthy(train_sums)[index]:
+    if not healthy[index]:
       row["diverged"] = True
     row["elapsed_seconds"] = scalars["elapsed_seconds"]
     rows.append(row)
   return rows
-
-
-def healthy(train_sums) -> np.ndarray:
-  """Per member, whether none of its steps so far was NaN/inf (the counts the run carries);
-  one that diverged stopped there (steps.StepOptions.stop_diverged)."""
-  return (np.asarray(train_sums["nonfinite"]) + np.asarray(train_sums["diverged"])) == 0
 
 
 def tensorboard_tag(row: dict) -> str:

@@ -264,6 +264,13 @@ def eval_step(params, batch, *, apply_fn=None, axis_name=None, flip_average: boo
   return metrics
 
 
+def healthy(sums: dict[str, Any]) -> np.ndarray:
+  """Per member (host values of the run's carried sums), whether none of its steps so far was
+  NaN/inf or left NaN/inf parameters; of several members, one that was stopped there
+  (StepOptions.stop_diverged)."""
+  return (np.asarray(sums["nonfinite"]) + np.asarray(sums.get("diverged", 0))) == 0
+
+
 def summarize(sums: dict[str, Any]) -> tuple[float, float]:
   """(mean loss, accuracy) from summed metrics (host values; a population's pooled over its
   members, i.e. the members' mean)."""

@@ -284,7 +284,7 @@ class Loop:
     with self.progress.timed("evaluation"):
       train_sums, fetched = self.progress.fetch((sums, evaluation))
     scalars = self.epoch_scalars(step, train_sums, evaluate.summarize(
-        fetched, population.healthy(train_sums)))  # (the means of those that did not diverge)
+        fetched, steps.healthy(train_sums)))  # (the means of those that did not diverge)
     scalars["members"] = population.member_rows(self.run.members, scalars, train_sums, fetched)
     self.saver.check_finite(step, train_sums, scalars)
     self.last_eval = scalars
