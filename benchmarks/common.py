@@ -136,8 +136,8 @@ def without(overrides, paths) -> list[str]:
 
 
 def mean_std(values) -> list[float] | None:
-  """fmnist_jax.population.mean_std, the one (imported when first used: a benchmark's front
-  end starts without jax)."""
+  """fmnist_jax.population.mean_std, the one (imported when first used, so that importing
+  this module stays light: benchmarks.results_index reads JSONs without jax)."""
   from fmnist_jax import population
   return population.mean_std(values)
 
