@@ -37,9 +37,11 @@ from fmnist_jax.errors import CheckpointError, DiskFullError, NonFiniteError
 def _one_member(state) -> bool:
   """Whether `state` is a run of one member ([1] leading axis). Its checkpoints are a single
   run's as they always were: no member axis (the seed's shapes, which plain Orbax readers and
-  older workdirs have) and no hparams (one member's are the config's; it trains until the run
-  ends)."""
+  older workdirs have) and, of its hparams (the config's values), only its status."""
   return np.shape(state.step) == (1,)
+
+
+STATUS_KEYS = ("status", "status_step")
 
 
 def _saved_tree(state):
@@ -47,9 +49,28 @@ def _saved_tree(state):
           "dropout_key": state.dropout_key}
   if state.ema_params is not None:
     tree["ema_params"] = state.ema_params
-  if state.hparams is not None and not _one_member(state):  # values; which members train
-    tree["hparams"] = state.hparams
+  if state.hparams is not None:  # values and statuses; one member's values are the config's
+    tree["status" if _one_member(state) else "hparams"] = {
+        key: value for key, value in state.hparams.items()
+        if key in STATUS_KEYS or not _one_member(state)}
   return tree
+
+
+def _restored_hparams(state, restored: dict):
+  """The state's hparams with what the checkpoint held. A checkpoint from before the statuses
+  held `active` (training or not): a member that was not is REACHED at the checkpoint's step
+  (population.reopen then checks it against its row)."""
+  saved = {**(restored.pop("hparams", None) or {}), **(restored.pop("status", None) or {})}
+  if state.hparams is None:
+    return None
+  hparams = {**state.hparams, **{k: v for k, v in saved.items() if k in state.hparams}}
+  if "active" in saved and "status" not in saved:
+    active = saved["active"]
+    hparams["status"] = jax.numpy.where(active, steps_lib.TRAINING, steps_lib.REACHED).astype(
+        state.hparams["status"].dtype)
+    hparams["status_step"] = jax.numpy.where(active, 0, restored["step"]).astype(
+        state.hparams["status_step"].dtype)
+  return hparams
 
 
 _squeeze = jax.jit(lambda tree: jax.tree.map(lambda x: x[0], tree))  # one program per tree
@@ -169,8 +190,12 @@ class Checkpointer:
     averages cover all of its steps."""
     saved = self.check_compatible(step, state)
     target = _target(state)
-    if "hparams" not in saved:  # (saved before they were: every member trains)
-      target.pop("hparams", None)
+    sharding = target["step"].sharding
+    for key in ("hparams", "status"):  # as this checkpoint holds them (an older one: fewer)
+      held, mine = dict(saved.get(key) or {}), target.pop(key, {})
+      if held:  # (a state without them, e.g. state.initial_state's, reads them and drops them)
+        target[key] = {k: mine[k] if k in mine else jax.ShapeDtypeStruct(
+            meta.shape, meta.dtype, sharding=sharding) for k, meta in held.items()}
     if "epoch_sums" in saved:  # restored as numpy, in their saved shapes and dtypes
       target["epoch_sums"] = {key: np.zeros(meta.shape, meta.dtype)
                               for key, meta in dict(saved["epoch_sums"]).items()}
@@ -180,7 +205,8 @@ class Checkpointer:
       restored = _unsqueeze(restored)
       extras = {key: {k: np.reshape(v, (1,)) for k, v in value.items()}
                 for key, value in extras.items()}
-    return state.replace(**restored), extras
+    hparams = _restored_hparams(state, restored)
+    return state.replace(**restored, hparams=hparams), extras
 
   def restore_latest(self, state):
     """(state, extras) of the newest checkpoint that restores ((state, {}) when there is
@@ -251,6 +277,11 @@ class Checkpointer:
     self.manager.close()
 
 
+def status_of(state):
+  """(hparams["status"], hparams["status_step"]) of `state`, to fetch with other values."""
+  return state.hparams["status"], state.hparams["status_step"]
+
+
 @dataclasses.dataclass
 class _Request:
   step: int
@@ -267,79 +298,74 @@ class Saver:
   an evaluation's row always, its checkpoint at most every checkpoints.every_seconds (unless
   `always`: the run's last state)."""
 
-  def __init__(self, ckpt: Checkpointer, config, fetch, write_row, start_step: int,
-               names: tuple = ()):
+  def __init__(self, ckpt: Checkpointer, config, fetch, write_row, names: tuple = (),
+               diverged_before=()):
     self.ckpt, self.fetch, self.write_row = ckpt, fetch, write_row
     self.names = names  # population.names: who diverged, where several models train
-    self.stopped: set[int] = set()  # the members that diverged, named once
+    self.named: set[int] = set(diverged_before)  # members named as diverged (by an earlier run)
     # Several processes must all save the same steps: a clock of their own would not agree.
     self.every_seconds = config.checkpoints.every_seconds if jax.process_count() == 1 else 0.0
     self.skip_nonfinite = config.optimizer.skip_nonfinite_updates
     self.requests: list[_Request] = []
-    self.finite_through = start_step
     self.last_save = time.perf_counter()  # (a restored checkpoint was just read)
 
   def request(self, step: int, state, sums, row: dict | None = None,
               always: bool = False) -> None:
     self.requests.append(_Request(step, state, sums, row, always))
 
-  def check_finite(self, step: int, sums, row: dict | None = None) -> None:
-    """NonFiniteError if the run's non-finite counter (`sums`, host values) is not 0 by
-    `step`, unless such updates are skipped (then it counts them); or if the model diverged
-    anyway: an update made the parameters NaN/inf (optax stopped skipping), or its evaluation
-    `row` holds a NaN/inf. Of several members, those that diverged have stopped (the step
-    keeps their state from before) and are named once: only all of them diverging stops the
-    run."""
-    steps = f"steps {self.finite_through + 1}-{step}"
-    if self._others_go_on(sums, steps):
-      self.finite_through = max(self.finite_through, step)
+  def check_finite(self, sums, status, row: dict | None = None) -> None:
+    """Reads the members' statuses (host values of hparams["status"], ["status_step"]): each
+    member that diverged is named once, with the step (it stopped there, its state from before,
+    and the others go on); NonFiniteError once every member has, or if an evaluation `row` of
+    the members that did not holds a NaN/inf. `sums` (host values) tell a NaN/inf step from
+    parameters made NaN/inf (optax gives up skipping after 5 in a row)."""
+    codes, at = np.atleast_1d(status[0]), np.atleast_1d(status[1])
+    diverged = np.flatnonzero(codes == steps_lib.DIVERGED)
+    fresh = [i for i in diverged if i not in self.named]
+    self.named.update(fresh)
+    nan_row = [key for key, value in (row or {}).items()
+               if isinstance(value, float) and not math.isfinite(value)]
+    if len(diverged) < len(codes) and not nan_row:
+      for index in fresh:
+        logging.warning("member %d (%s) diverged (NaN/inf) at step %d: it stopped there, with "
+                        "its state from before; the others go on", index, self.names[index],
+                        at[index])
       return
+    if not len(diverged) and not nan_row:
+      return
+    where = (f"at step {', '.join(str(at[i]) for i in diverged)}" + self._which(diverged)
+             if len(diverged) else "")
     if int(np.sum(sums["nonfinite"])) and not self.skip_nonfinite:
       raise NonFiniteError(
-          f"non-finite loss or gradient in {steps}{self._which(sums['nonfinite'])}: the run "
-          "stopped without saving them, and the checkpoints already written are intact. "
+          f"non-finite loss or gradient {where}: the run stopped without saving it, and the "
+          "checkpoints already written are intact. "
           + self._advice(" (it changes the optimizer state)"))
-    diverged = [key for key, value in (row or {}).items()
-                if isinstance(value, float) and not math.isfinite(value)]
-    if int(np.sum(sums.get("diverged", 0))) or diverged:
-      raise NonFiniteError(
-          f"the model diverged in {steps}{self._which(sums.get('diverged', 0))} ("
-          + (f"{', '.join(diverged)} NaN/inf" if diverged else "its parameters NaN/inf")
-          + "; skipped updates are applied after 5 in a row). The run stopped without saving "
-          "it; the checkpoints already written are intact. " + self._advice(""))
-    self.finite_through = max(self.finite_through, step)
+    raise NonFiniteError(
+        f"the model diverged {where or 'in its last epoch'} ("
+        + (f"{', '.join(nan_row)} NaN/inf" if nan_row else "its parameters NaN/inf")
+        + ("; skipped updates are applied after 5 in a row" if self.skip_nonfinite else "")
+        + "). The run stopped without saving it; the checkpoints already written are intact. "
+        + self._advice(""))
 
-  def _others_go_on(self, sums, steps: str) -> bool:
-    """Whether some, not all, members diverged (they stopped; each is named once)."""
-    if not self.names or self.skip_nonfinite:
-      return False
-    bad = ~steps_lib.healthy(sums)
-    if not bad.any() or bad.all():
-      return False
-    for index in np.flatnonzero(bad):
-      if index not in self.stopped:
-        self.stopped.add(index)
-        logging.warning("member %d (%s) diverged (NaN/inf) by %s: it stopped there, with its "
-                        "state from before; the others go on", index, self.names[index], steps)
-    return True
-
-  def _which(self, counts) -> str:
-    """", in members 1 (learning_rate=1e+37 seed=1)": the members whose count is not 0."""
-    bad = [i for i, count in enumerate(np.atleast_1d(np.asarray(counts))) if count]
-    if not self.names or not bad:
+  def _which(self, members) -> str:
+    """", in members 1 (learning_rate=1e+37 seed=1)"; "" for a single run."""
+    if not self.names:
       return ""
-    return ", in members " + ", ".join(f"{i} ({self.names[i]})" for i in bad)
+    return ", in members " + ", ".join(f"{i} ({self.names[i]})" for i in members)
 
   def _advice(self, skipping: str) -> str:
     """What works: the config's learning rate, or a population's values, which its workdir
-    keeps (a population resumes only with the values it was started with)."""
+    keeps (a population resumes only with the values it was started with); skipping such
+    updates only where the run does not already."""
+    skip = ("" if self.skip_nonfinite else
+            " or drop such updates with --config.optimizer.skip_nonfinite_updates=True"
+            f"{skipping}")
     if not self.names:
       return ("Lower optimizer.learning_rate and run the same command again (it resumes from "
-              "the last checkpoint), or drop such updates with --config.optimizer."
-              f"skip_nonfinite_updates=True in a new --workdir{skipping}.")
-    return ("A population's values are its workdir's: train it in a new --workdir without the "
-            "values that diverged, or with --config.optimizer.skip_nonfinite_updates=True"
-            f"{skipping}.")
+              "the last checkpoint)" + (f", {skip.strip()} in a new --workdir" if skip else "")
+              + ".")
+    return ("A population's values are its workdir's: train it in a new --workdir with lower "
+            "values" + (f",{skip}" if skip else "") + ".")
 
   def flush(self, checked_only: bool = False) -> int:
     """Writes every request, oldest first (`checked_only`: those whose evaluation checked
@@ -352,8 +378,8 @@ class Saver:
         continue
       sums = request.sums
       if any(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(sums)):
-        sums = self.fetch(sums)
-        self.check_finite(request.step, sums)
+        sums, status = self.fetch((sums, status_of(request.state)))
+        self.check_finite(sums, status)
       if request.row is not None:
         self.write_row(request.step, request.row)
       now = time.perf_counter()

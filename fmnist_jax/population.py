@@ -214,16 +214,17 @@ def check_memory(config, found: list[dict], par, per_pass: int) -> None:
 
 def step_options(config, found: list[dict], base: steps.StepOptions) -> steps.StepOptions:
   """The members' static options: each augmentation's largest value (its shapes), the hparams
-  keys the population varies (traced; the others are the config's constants), and that of
-  several members one may stop while the others train: at stop_at_accuracy, or where its step
-  is NaN/inf (its state from before is kept; unless such updates are skipped)."""
+  keys the population varies (traced; the others are the config's constants), that of several
+  members one may stop while the others train (at stop_at_accuracy, or diverged: its state
+  from before is kept), and whether a NaN/inf step diverges a member (not when
+  optimizer.skip_nonfinite_updates skips it)."""
   largest = {key: max(steps.step_value(field, v) for v in values(config, found, field))
              for key, field in steps.STEP_FIELDS.items() if hasattr(base, key)}
   return dataclasses.replace(
       base, **largest,
       varying=tuple(key for key, field in steps.STEP_FIELDS.items() if field in found[0]),
       keep_stopped=len(found) > 1,
-      stop_diverged=len(found) > 1 and not config.optimizer.skip_nonfinite_updates)
+      stop_nonfinite=not config.optimizer.skip_nonfinite_updates)
 
 
 def initial_state(config, found: list[dict], steps_per_epoch: int, total_steps: int, *,
@@ -240,7 +241,7 @@ def initial_state(config, found: list[dict], steps_per_epoch: int, total_steps: 
   ema = any(values(config, found, "optimizer.ema_decay"))
   column = {key: _column([steps.step_value(field, v) for v in values(config, found, field)])
             for key, field in steps.STEP_FIELDS.items()}
-  column["active"] = np.ones(len(found), bool)
+  column.update(status_columns(len(found)))
   optimizer = {config_file.field_name(path): np.array(values(config, found, path), np.float32)
                for path in IN_OPTIMIZER}
   seeds = np.array(values(config, found, "run.seed"), np.int32)
@@ -253,6 +254,12 @@ def initial_state(config, found: list[dict], steps_per_epoch: int, total_steps: 
         field: jnp.asarray(value) for field, value in optimizer.items()}))
   return jax.device_get(jax.jit(lambda *args: over_members(init, 0, *args))(
       seeds, column, optimizer))
+
+
+def status_columns(count: int) -> dict:
+  """Every member TRAINING since step 0: the status columns of a new state."""
+  return {"status": np.full(count, steps.TRAINING, np.int32),
+          "status_step": np.zeros(count, np.int32)}
 
 
 def _column(member_values: list):
@@ -312,9 +319,9 @@ def needed_correct(target: float, count: int) -> int:
 
 
 def stop_reached(config, eval_sets: dict):
-  """state, evaluation -> state with `active` cleared for the members whose evaluation
-  reached stop_at_accuracy (decided on the device, so no call waits for the host: a stopped
-  member's later steps change nothing). None without stop_at_accuracy."""
+  """state, evaluation -> state with REACHED (at its step) for the training members whose
+  evaluation reached stop_at_accuracy (decided on the device, so no call waits for the host: a
+  stopped member's later steps change nothing). None without stop_at_accuracy."""
   if not config.eval.stop_at_accuracy:
     return None
   split = config.eval.stop_metric.removesuffix("_accuracy")
@@ -323,33 +330,73 @@ def stop_reached(config, eval_sets: dict):
 
   def update(state, evaluation):
     correct = sum(metrics["correct"] for metrics in evaluation[split])
-    hparams = dict(state.hparams, active=state.hparams["active"] & (correct < need))
-    return state.replace(hparams=hparams)
+    status = state.hparams["status"]
+    reached = (status == steps.TRAINING) & (correct >= need)
+    return state.replace(hparams=dict(
+        state.hparams, status=jnp.where(reached, steps.REACHED, status),
+        status_step=jnp.where(reached, state.step, state.hparams["status_step"])))
   return jax.jit(update, donate_argnums=0)
 
 
-def member_rows(found: list[dict], scalars: dict, train_sums, fetched: dict) -> list[dict]:
-  """One metrics row per member from an evaluation's fetched per-member sums; `scalars` gives
-  the fields all share (epoch, elapsed_seconds). A member that diverged (and stopped) is marked
-  `"diverged": true`. One member's row is `scalars` itself, without a member column: a single
-  run's rows read as they always did."""
+def member_rows(found: list[dict], scalars: dict, train_sums, fetched: dict, status,
+                last_rows: dict) -> list[dict]:
+  """One metrics row per member from an evaluation's fetched per-member sums and statuses;
+  `scalars` gives the fields all share (epoch, elapsed_seconds). A member that is not training
+  says so (`status`, `status_step`; one that diverged also `"diverged": true`), and one that
+  did not train this epoch carries its train values from `last_rows` (its previous row). One
+  member's row is `scalars` itself, without a member column: a single run's rows read as they
+  always did."""
   if len(found) == 1:
     return [dict(scalars)]
-  rows, healthy = [], steps.healthy(train_sums)
+  rows = []
   for index, member in enumerate(found):
     row = {"member": index, **plain(member), "epoch": scalars["epoch"]}
-    row["train_loss"], row["train_accuracy"] = steps.summarize(
-        {key: value[index] for key, value in train_sums.items()})
+    mine = {key: value[index] for key, value in train_sums.items()}
+    if mine["count"] or index not in last_rows:
+      row["train_loss"], row["train_accuracy"] = steps.summarize(mine)
+    else:
+      row["train_loss"], row["train_accuracy"] = (last_rows[index][k] for k in
+                                                  ("train_loss", "train_accuracy"))
     for name, metrics in fetched.items():
       sums = {key: sum(np.asarray(m[key][index], np.float64) for m in metrics)
               for key in metrics[0]}
       row[f"{name}_loss"], row[f"{name}_accuracy"] = steps.summarize(sums)
       row[f"{name}_count"] = int(sums["count"])
-    if not healthy[index]:
-      row["diverged"] = True
+    row.update(status_fields(status, index))
     row["elapsed_seconds"] = scalars["elapsed_seconds"]
     rows.append(row)
   return rows
+
+
+def status_fields(status, index: int) -> dict:
+  """A member's status as row fields: none while it trains."""
+  code, step = int(np.ravel(status[0])[index]), int(np.ravel(status[1])[index])
+  if code == steps.TRAINING:
+    return {}
+  return {"status": steps.STATUS_NAMES[code], "status_step": step,
+          **({"diverged": True} if code == steps.DIVERGED else {})}
+
+
+def reopen(config, status, rows: list[dict]):
+  """The statuses a resumed run starts from (host arrays): a member REACHED at a target this
+  config no longer asks for (its row at that step is below eval.stop_at_accuracy, or there is
+  no target) trains on; one whose row says it diverged is DIVERGED (a checkpoint from before
+  the statuses)."""
+  codes, at = (np.array(np.atleast_1d(x)) for x in status)
+  target, metric = config.eval.stop_at_accuracy, config.eval.stop_metric
+  for index in np.flatnonzero(codes == steps.REACHED):
+    row = next((r for r in rows if r.get("step") == at[index]
+                and r.get("member", 0) == index), None)
+    if row and row.get("diverged"):
+      codes[index] = steps.DIVERGED
+    elif not target or not row or row.get(metric, -1.0) < target:
+      codes[index], at[index] = steps.TRAINING, 0
+  return codes, at
+
+
+def last_rows(rows: list[dict]) -> dict:
+  """Each member's latest metrics row (by member index; 0 for a single run's)."""
+  return {row.get("member", 0): row for row in rows}
 
 
 def tensorboard_tag(row: dict) -> str:
@@ -370,15 +417,36 @@ def names(found: list[dict]) -> list[str]:
   return [describe(member) for member in found] if len(found) > 1 else []
 
 
-def console_lines(found: list[dict]) -> list[str]:
-  """What the console says of the members when a run starts; nothing for one member."""
+def console_lines(found: list[dict], status) -> list[str]:
+  """What the console says of the members when a run starts (`status`: the restored statuses,
+  host values): how many train, and those that stopped before; nothing for one member."""
   if len(found) == 1:
     return []
   counts = ", ".join(f"{len({str(m[path]) for m in found})} {config_file.field_name(path)}"
                      for path in found[0])
-  return [f"{len(found)} members train as one program ({counts}): the evaluation lines and the "
-          "done line give the members' mean; each member's rows: metrics.jsonl (its member "
-          "column) and the report"]
+  lines = [f"{len(found)} members train as one program ({counts}): the evaluation lines and the "
+           "done line give the mean of those that did not diverge; each member's rows: "
+           "metrics.jsonl (its member column) and the report"]
+  codes, at = status
+  for index in np.flatnonzero(np.asarray(codes) != steps.TRAINING):
+    lines.append(f"member {index} ({describe(found[index])}) "
+                 f"{steps.STATUS_NAMES[codes[index]]} at step {at[index]} before this resume: "
+                 "it stays stopped")
+  return lines
+
+
+def none_training(codes) -> bool:
+  """Whether no member trains any more (each reached the target or diverged): the run ends."""
+  return not (np.asarray(codes) == steps.TRAINING).any()
+
+
+def stop_line(config, codes) -> str:
+  """Why the run stops before its last step: its members' statuses."""
+  reached = int(np.sum(np.asarray(codes) == steps.REACHED))
+  diverged = len(np.ravel(codes)) - reached
+  return (f"{config.eval.stop_metric} >= stop_at_accuracy {config.eval.stop_at_accuracy:.4f}"
+          + (f" in {reached} of {len(np.ravel(codes))} members ({diverged} diverged)"
+             if diverged else ""))
 
 
 def setting(row: dict, found: list[dict]) -> str:
@@ -388,8 +456,9 @@ def setting(row: dict, found: list[dict]) -> str:
 
 def result(found: list[dict], rows: list[dict]) -> dict:
   """result.json's population part, {"population": ...}: each member's final and best (by
-  validation accuracy) rows, and the mean +- std over the members of each setting; {} for one
-  member (its result is the run's)."""
+  validation accuracy) rows (the final row says whether it stopped: status), and the mean +- std
+  over the members of each setting that did not diverge; {} for one member (its result is the
+  run's)."""
   if len(found) == 1:
     return {}
   per_member = []

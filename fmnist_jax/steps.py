@@ -30,6 +30,12 @@ STEP_FIELDS = {"label_smoothing": "optimizer.label_smoothing", "ema_decay": "opt
                "flip": "augment.flip", "erase_size": "augment.erase_size",
                "erase_prob": "augment.erase_prob"}
 
+# What a member is doing: its one status, TrainState.hparams["status"], with the step it took
+# it in hparams["status_step"] (checkpointed; the stop rule, the rows, the messages and
+# result.json read them). The step sets DIVERGED; population.stop_reached sets REACHED.
+TRAINING, REACHED, DIVERGED = 0, 1, 2
+STATUS_NAMES = ("training", "reached", "diverged")
+
 
 def step_value(path: str, value):
   """A STEP_FIELDS value as the step reads it: augment.flip's mode as whether it flips (which
@@ -56,8 +62,8 @@ class StepOptions:
   erase_size: int = 0
   erase_prob: float = 0.0
   varying: tuple = ()            # hparams keys read from the member's state (population.py)
-  keep_stopped: bool = False     # a member whose hparams["active"] is off keeps its state
-  stop_diverged: bool = False    # ... and a step with a NaN/inf turns it off (population.py)
+  keep_stopped: bool = False     # a member that is not TRAINING keeps its state (others go on)
+  stop_nonfinite: bool = True    # a NaN/inf loss or gradient diverges a member (else: skipped)
 
   @classmethod
   def from_config(cls, config, num_devices: int = 1, platform: str = "cpu") -> "StepOptions":
@@ -120,10 +126,12 @@ def train_step(state, batch, *, axis_name=None, options=StepOptions()):
 
   Under pmap (axis_name given) the batch is this device's shard: gradients are averaged and
   metrics summed over the axis, and each device folds its index into the dropout key.
-  A population member's varying fields come from `state.hparams` (options.varying), and with
-  options.keep_stopped a member that has stopped keeps its state (with options.stop_diverged,
-  one whose step is NaN/inf stops there, keeping its state from before: the others go on).
-  Returns the new state and summed metrics {'loss', 'correct', 'count', 'nonfinite'}.
+  A population member's varying fields come from `state.hparams` (options.varying); a step
+  that leaves its parameters NaN/inf (or, with options.stop_nonfinite, has a NaN/inf loss or
+  gradient) sets its status DIVERGED, and with options.keep_stopped a member that is not
+  TRAINING keeps its state (the step that diverged it too: its state from before).
+  Returns the new state and summed metrics {'loss', 'correct', 'count', 'nonfinite',
+  'diverged'}.
   """
   hyper = member_values(state.hparams, options)
   step_key = jax.random.fold_in(state.dropout_key, state.step)
@@ -166,13 +174,24 @@ def train_step(state, batch, *, axis_name=None, options=StepOptions()):
     decay = jnp.minimum(hyper["ema_decay"], (1.0 + state.step) / (10.0 + state.step))
     new_state = new_state.replace(ema_params=optax.incremental_update(
         new_state.params, state.ema_params, 1.0 - decay))
+  if state.hparams is None:  # (a bare state.initial_state: no member columns, no status)
+    return new_state, metrics
+  return _update_status(state, new_state, metrics, finite, options)
+
+
+def _update_status(state, new_state, metrics, finite, options: StepOptions):
+  """A training member whose step left its parameters NaN/inf (or, with
+  options.stop_nonfinite, was NaN/inf) is DIVERGED from this step on; with
+  options.keep_stopped, every member that is not training keeps its state."""
+  training = state.hparams["status"] == TRAINING
+  bad = (metrics["diverged"] > 0) | (jnp.logical_not(finite) & options.stop_nonfinite)
+  diverges = training & bad
+  new_state = new_state.replace(hparams=dict(
+      new_state.hparams, status=jnp.where(diverges, DIVERGED, state.hparams["status"]),
+      status_step=jnp.where(diverges, state.step + 1, state.hparams["status_step"])))
   if not options.keep_stopped:
     return new_state, metrics
-  active = keep = state.hparams["active"]
-  if options.stop_diverged:
-    keep = active & finite & (metrics["diverged"] == 0)
-    new_state = new_state.replace(hparams=dict(new_state.hparams, active=keep))
-  return _keep_if_stopped(keep, active, state, new_state, metrics)
+  return _keep_if_stopped(training & ~bad, training, state, new_state, metrics)
 
 
 def member_values(hparams, options: StepOptions) -> dict:
@@ -185,17 +204,17 @@ def member_values(hparams, options: StepOptions) -> dict:
   return {**values, **traced}
 
 
-def _keep_if_stopped(keep, active, state, new_state, metrics):
+def _keep_if_stopped(keep, training, state, new_state, metrics):
   """A stopped member (stop_at_accuracy reached, or diverged) keeps its state where `keep` is
-  off, and adds no metrics once stopped (`active` off: the step it diverged still counts its
-  NaN/inf, for the host to name it); the step counter, shared by the population, advances."""
+  off, and adds no metrics once stopped (`training` off: the step it diverged still counts its
+  NaN/inf); the step counter, shared by the population, advances, and so does its status."""
   def chosen(new, old):
     return jnp.where(keep, new, old)
   new_state = new_state.replace(
       params=jax.tree.map(chosen, new_state.params, state.params),
       opt_state=jax.tree.map(chosen, new_state.opt_state, state.opt_state),
       ema_params=jax.tree.map(chosen, new_state.ema_params, state.ema_params))
-  return new_state, jax.tree.map(lambda m: jnp.where(active, m, jnp.zeros_like(m)), metrics)
+  return new_state, jax.tree.map(lambda m: jnp.where(training, m, jnp.zeros_like(m)), metrics)
 
 
 def train_steps(state, batches, *, axis_name=None, options=StepOptions(), steps_taken=None):
@@ -264,11 +283,10 @@ def eval_step(params, batch, *, apply_fn=None, axis_name=None, flip_average: boo
   return metrics
 
 
-def healthy(sums: dict[str, Any]) -> np.ndarray:
-  """Per member (host values of the run's carried sums), whether none of its steps so far was
-  NaN/inf or left NaN/inf parameters; of several members, one that was stopped there
-  (StepOptions.stop_diverged)."""
-  return (np.asarray(sums["nonfinite"]) + np.asarray(sums.get("diverged", 0))) == 0
+def healthy(status) -> np.ndarray:
+  """Per member (host values of hparams["status"]), whether it did not diverge: the members
+  that the means, the ensembles and the stop rule count."""
+  return np.asarray(status) != DIVERGED
 
 
 def summarize(sums: dict[str, Any]) -> tuple[float, float]:

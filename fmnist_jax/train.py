@@ -101,11 +101,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   startup.mark("data")
   try:
     state, step, extras, ckpt = _restore(run)
-    last_eval = {}
-    if workdir_lib.finished(run.workdir, run.config, step, run.total_steps, run.is_chief):
+    codes = run.par.to_host(state.hparams["status"])
+    stopped, last_eval = population.none_training(codes), {}
+    if workdir_lib.finished(run.workdir, step, run.total_steps, stopped, run.is_chief):
       ckpt.close()
     else:
-      loop = Loop(run, ckpt, step, extras.get("epoch_sums"), startup)
+      loop = Loop(run, ckpt, step, extras.get("epoch_sums"), startup, codes)
       gc.collect()
       gc.freeze()  # what lives for the whole run stays out of the collector's walks
       try:
@@ -138,6 +139,11 @@ def _restore(run: Run):
     ckpt.close()  # no async machinery left behind by a refused restore
     raise
   step = int(run.par.to_host(state.step)[0])  # (the members share it)
+  status = run.par.to_host(checkpointing.status_of(state))
+  if (status[0] == steps.REACHED).any():  # (at a target this config may no longer ask for)
+    status = population.reopen(run.config, status, workdir_lib.read_metrics(run.workdir))
+    state = state.replace(hparams={**state.hparams, **run.par.place_state(
+        dict(zip(checkpointing.STATUS_KEYS, status)))})
   if run.is_chief:
     workdir_lib.record_start(run.workdir, run.config, run.par.mode,
                              steps_per_epoch=run.steps_per_epoch, total_steps=run.total_steps,
@@ -146,7 +152,7 @@ def _restore(run: Run):
            f"{step * run.config.run.batch_size:,} examples seen" if step else "starting at step 0")
   logging.info("%s; %d steps/epoch, %d steps in all; %s", run.par, run.steps_per_epoch,
                run.total_steps, where)
-  for line in population.console_lines(run.members):
+  for line in population.console_lines(run.members, status):
     logging.info("%s", line)
   return state, step, extras, ckpt
 
@@ -162,7 +168,7 @@ class Loop:
   """One run's compiled functions, its clock, its saver and the loop over its train calls."""
 
   def __init__(self, run: Run, ckpt: checkpointing.Checkpointer, start_step: int,
-               resumed_sums, startup: Startup):
+               resumed_sums, startup: Startup, status):
     config, par = run.config, run.par
     self.run, self.ckpt, self.stopping, self.last_eval = run, ckpt, False, {}
     self.stop_reason = "completed"
@@ -190,7 +196,11 @@ class Loop:
     if self.writer:
       self.writer.write_hparams(config)
     self.saver = checkpointing.Saver(ckpt, config, self.progress.fetch, self.write_row,
-                                     start_step, population.names(run.members))
+                                     population.names(run.members),
+                                     np.flatnonzero(status == steps.DIVERGED))
+    # Each member's latest row: a member that no longer trains carries its train values.
+    self.last_rows = population.last_rows(workdir_lib.read_metrics(run.workdir)) \
+        if start_step else {}
     self.preemption = PreemptionWatch(ckpt.reached_preemption)
     self.profiler = profiling.StepProfiler(
         run.workdir, config.logging.profile_steps if run.is_chief else (0, 0), self.progress.paused)
@@ -282,20 +292,22 @@ class Loop:
     stop_at_accuracy."""
     config = self.run.config
     with self.progress.timed("evaluation"):
-      train_sums, fetched = self.progress.fetch((sums, evaluation))
-    scalars = self.epoch_scalars(step, train_sums, evaluate.summarize(
-        fetched, steps.healthy(train_sums)))  # (the means of those that did not diverge)
-    scalars["members"] = population.member_rows(self.run.members, scalars, train_sums, fetched)
-    self.saver.check_finite(step, train_sums, scalars)
+      train_sums, fetched, status = self.progress.fetch(
+          (sums, evaluation, checkpointing.status_of(state)))
+    counted = steps.healthy(status[0])  # (the means are those of the members that did not diverge)
+    scalars = self.epoch_scalars(step, {k: v[counted] for k, v in train_sums.items()},
+                                 evaluate.summarize(fetched, counted))
+    scalars["members"] = population.member_rows(self.run.members, scalars, train_sums, fetched,
+                                                status, self.last_rows)
+    self.last_rows = population.last_rows(scalars["members"])
+    self.saver.check_finite(train_sums, status, scalars)
     self.last_eval = scalars
     self.progress.restart_interval(step)  # (the calls queued since run behind its evaluation)
-    reached = bool(config.eval.stop_at_accuracy) and min(
-        row[config.eval.stop_metric] for row in scalars["members"]) >= config.eval.stop_at_accuracy
+    reached = population.none_training(status[0])
     self.saver.request(step, state, train_sums, row=scalars, always=reached or self.stopping)
     self.deferred.add(save_due, self.save)
     if reached:
-      logging.info("%s %.4f >= stop_at_accuracy %.4f: stopping at step %d", config.eval.stop_metric,
-                   scalars[config.eval.stop_metric], config.eval.stop_at_accuracy, step)
+      logging.info("%s: stopping at step %d", population.stop_line(config, status[0]), step)
       raise TargetReached(step, state)
 
   def epoch_scalars(self, step: int, train_sums, results: dict) -> dict:

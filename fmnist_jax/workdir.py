@@ -401,30 +401,20 @@ def write_result(workdir, **result) -> None:
   write_atomically(workdir / RESULT_FILE, json.dumps(result, indent=1) + "\n")
 
 
-def finished(workdir, config, step: int, total_steps: int, chief: bool = True) -> bool:
+def finished(workdir, step: int, total_steps: int, reached: bool, chief: bool = True) -> bool:
   """Whether a run restored at `step` has nothing left to train: it reached total_steps, or
-  the stop_at_accuracy it still asks for. Says so, and (on the chief process) rebuilds a
-  missing or stale result.json (a kill after the last checkpoint) from the step's row."""
-  target = reached_target(workdir, config, step)
-  if step < total_steps and not target:
+  every member stopped (`reached`: none trains, from the checkpoint's statuses checked against
+  today's stop_at_accuracy). Says so, and (on the chief process) rebuilds a missing or stale
+  result.json (a kill after the last checkpoint) from the step's rows."""
+  if step < total_steps and not reached:
     return False
   logging.warning("already finished at step %d of %d%s: nothing to train (raise %s to train "
                   "on, or use a new --workdir)", step, total_steps,
-                  " (stop_at_accuracy reached)" if target else "",
-                  "eval.stop_at_accuracy" if target else "run.num_epochs or run.num_train_steps")
-  if chief and rebuild_result(workdir, step, target):
+                  " (stop_at_accuracy reached)" if reached else "",
+                  "eval.stop_at_accuracy" if reached else "run.num_epochs or run.num_train_steps")
+  if chief and rebuild_result(workdir, step, reached):
     logging.warning("result.json was missing or stale: rebuilt from metrics.jsonl")
   return True
-
-
-def reached_target(workdir, config, step: int) -> bool:
-  """Whether result.json says the run stopped at `step` on a stop_at_accuracy it still meets
-  (a requeued job reruns the command of a run that already reached its target)."""
-  result = read_result(workdir) or {}
-  target = config.eval
-  return (bool(target.stop_at_accuracy) and result.get("stop_reason") == "target_reached"
-          and result.get("step") == step
-          and result.get("final", {}).get(target.stop_metric, -1) >= target.stop_at_accuracy)
 
 
 def rebuild_result(workdir, step: int, target: bool) -> bool:

@@ -200,7 +200,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(small_
   # An absurd learning rate blows the parameters up to inf within a few steps.
   exploding = tiny_config(run=dict(num_train_steps=24), optimizer=dict(learning_rate=1e30),
                           checkpoints=dict(every_steps=2), parallelism=dict(steps_per_call=1))
-  with pytest.raises(errors.NonFiniteError, match=r"non-finite loss or gradient in steps \d+"):
+  with pytest.raises(errors.NonFiniteError, match=r"non-finite loss or gradient at step \d+"):
     train.train_and_evaluate(exploding, str(tmp_path))
   steps = checkpointing.complete_steps(tmp_path / "checkpoints")
   restored = _restore(tmp_path, tiny_config(), step=12)

@@ -212,7 +212,7 @@ def test_a_member_stopped_before_a_kill_stays_stopped_after_the_rerun(synthetic_
   process.wait(timeout=60)
   killed = _stacked(tmp_path / "killed", config)
   assert int(np.ravel(killed.step)[0]) == 27  # the end of epoch 1: 27 steps of 16
-  assert list(np.asarray(killed.hparams["active"])) == [False, True]
+  assert list(np.asarray(killed.hparams["status"])) == [steps.REACHED, steps.TRAINING]
   rerun = subprocess.run([*command, "--workdir", str(tmp_path / "killed")], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
@@ -236,10 +236,10 @@ def test_a_population_checkpoint_saved_without_its_hparams_still_restores(tmp_pa
   ckpt.save(0, state.replace(hparams=None))
   ckpt.close()
   ckpt = checkpointing.Checkpointer(tmp_path, config, read_only=True)
-  stopped = state.replace(hparams=dict(state.hparams, active=np.zeros(2, bool)))
+  stopped = state.replace(hparams=dict(state.hparams, status=np.ones(2, np.int32)))
   restored, _ = ckpt.restore_latest(stopped)
   ckpt.close()
-  assert restored.hparams is stopped.hparams  # (not in the checkpoint: the target's own)
+  assert list(np.asarray(restored.hparams["status"])) == [1, 1]  # (the target's own)
   for x, y in zip(jax.tree.leaves(restored.params), jax.tree.leaves(state.params)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
@@ -390,7 +390,7 @@ def test_the_fields_a_population_may_vary_are_declared_once():
   # each names a config field, and population.VARYING is built from it.
   config = tiny_config()
   options = {f.name for f in dataclasses.fields(steps.StepOptions)} - {
-      "microbatches", "varying", "keep_stopped", "stop_diverged"}
+      "microbatches", "varying", "keep_stopped", "stop_nonfinite"}
   assert options <= set(steps.STEP_FIELDS)
   assert all(path in config_file.paths(config) for path in steps.STEP_FIELDS.values())
   assert set(population.VARYING) == {"run.seed", *population.IN_OPTIMIZER,
@@ -403,9 +403,10 @@ def test_the_fields_a_population_may_vary_are_declared_once():
 def test_the_console_says_how_many_members_train_and_that_its_figures_are_means():
   found = population.members(tiny_config(population=dict(
       members=(("optimizer.learning_rate", (1e-3, 3e-3)), ("run.seed", (0, 1, 2))))))
-  (line,) = population.console_lines(found)
+  (line,) = population.console_lines(found, population.status_columns(6).values())
   assert line.startswith("6 members train as one program (2 learning_rate, 3 seed)")
-  assert "give the members' mean" in line and population.console_lines([{}]) == []
+  assert "give the mean of those that did not diverge" in line
+  assert population.console_lines([{}], population.status_columns(1).values()) == []
 
 
 def test_a_population_whose_batches_do_not_fit_is_refused_before_the_data(tmp_path,
@@ -462,5 +463,5 @@ def test_a_population_whose_every_member_diverges_stops_naming_them(small_splits
     train.train_and_evaluate(config, str(tmp_path / "run"))
   message = str(raised.value)
   assert "in members 0 (learning_rate=1e+30), 1 (learning_rate=1e+31)" in message
-  assert "new --workdir without the values that diverged" in message
+  assert "new --workdir with lower values" in message
   assert "Lower optimizer.learning_rate and run the same command" not in message
