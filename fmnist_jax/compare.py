@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import sys
 
@@ -114,8 +115,8 @@ def compare(workdirs: list[str], out: str) -> pathlib.Path:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("workdirs", nargs="+")
-  parser.add_argument("--out", default="runs/compare")
+  parser.add_argument("workdirs", nargs="+", type=os.path.expanduser)
+  parser.add_argument("--out", default="runs/compare", type=os.path.expanduser)
   args = parser.parse_args(argv)
   from fmnist_jax import console
   console.configure()

@@ -131,7 +131,43 @@ def load(spec: str) -> ml_collections.ConfigDict:
     raise ConfigError(f"get_config() in {path!r} returned a {type(config).__name__}, not an "
                       "ml_collections.ConfigDict: build it as configs/default.py does, or start "
                       "from `config = default.get_config()`.")
+  check_fields(config, path)
   return config
+
+
+def check_fields(config, where: str) -> None:
+  """One ConfigError line for the first field of a config file that is not configs/default.py's
+  by path, as an override would get: a flat name from before the sections (its path now), a
+  misspelt field or section (the nearest path), a section given a value, or a section or field
+  the file deleted."""
+  from configs import default
+  reference = default.get_config()
+  start = "start from `config = default.get_config()` and change its fields (configs/tiny.py)"
+  for key in config:
+    if key in reference and isinstance(config[key], ml_collections.ConfigDict):
+      continue
+    if key in RENAMED:
+      raise ConfigError(f"{where} sets config.{key}, which is config.{RENAMED[key]} now (the "
+                        "config is in sections: configs/default.py).")
+    if key in reference:
+      raise ConfigError(f"{where} gives the section config.{key} a value: set its fields, "
+                        f"e.g. config.{key}.{next(iter(reference[key]))}.")
+    close = nearest(f"{key}.", list(reference)) or nearest(key, list(reference))
+    raise ConfigError(f"{where} sets config.{key}, which is no section of the config"
+                      + (f"; did you mean config.{close[0]}?" if close else
+                         f" (its sections: {', '.join(reference)})."))
+  for section in reference:
+    if section not in config:
+      raise ConfigError(f"{where} has no section config.{section}: {start}.")
+    for field in config[section]:
+      if field not in reference[section]:
+        close = nearest(f"{section}.{field}", paths(reference))
+        raise ConfigError(f"{where} sets config.{section}.{field}, which is no field of the "
+                          "config" + (f"; did you mean config.{close[0]}?" if close else
+                                      " (its fields are in configs/default.py)."))
+    missing = [field for field in reference[section] if field not in config[section]]
+    if missing:
+      raise ConfigError(f"{where} has no config.{section}.{missing[0]}: {start}.")
 
 
 def load_with_overrides(spec: str, overrides=()) -> ml_collections.ConfigDict:

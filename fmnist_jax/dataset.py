@@ -344,8 +344,8 @@ def main(argv=None):
   import argparse
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--prepare", action="store_true", help="prepare tfds' fashion_mnist")
-  parser.add_argument("--data_dir", default="")
-  parser.add_argument("--idx_dir", default="")
+  parser.add_argument("--data_dir", default="", type=os.path.expanduser)
+  parser.add_argument("--idx_dir", default="", type=os.path.expanduser)
   args = parser.parse_args(argv)
   if not args.prepare:
     parser.error("nothing to do: pass --prepare")

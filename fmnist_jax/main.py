@@ -27,8 +27,8 @@ def define_flags(values: flags.FlagValues = FLAGS, sys_argv=None) -> None:
                       flag_values=values)
   config_flags.DEFINE_config_file(
       "config", None, "Training config file: FILE or FILE:VARIANT, e.g. configs/default.py, "
-      "configs/best.py, configs/speedrun.py:b1024_e30; override fields with "
-      "--config.FIELD=VALUE.", flag_values=values, lock_config=True, sys_argv=sys_argv)
+      "configs/best.py, configs/speedrun.py:b1024_e30; override fields by path with "
+      "--config.SECTION.FIELD=VALUE (e.g. --config.optimizer.learning_rate=3e-3).", flag_values=values, lock_config=True, sys_argv=sys_argv)
   flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with "
                     "auto-detection (TPU pod, SLURM, ...).", flag_values=values)
   flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).",
@@ -43,8 +43,10 @@ def define_flags(values: flags.FlagValues = FLAGS, sys_argv=None) -> None:
   flags.mark_flags_as_required(["config", "workdir"], flag_values=values)
 
 
-define_flags()
-_FLAG_NAMES = frozenset(FLAGS) | {"help", "helpshort", "helpfull", "helpxml"}
+def _flag_names() -> frozenset:
+  values = flags.FlagValues()
+  define_flags(values, sys_argv=["fmnist_jax.main"])
+  return frozenset(values) | {"help", "helpshort", "helpfull", "helpxml", "flagfile"}
 
 
 def initialize_distributed():
@@ -119,8 +121,8 @@ def main(argv):
                jax.process_count(), jax.local_device_count(), jax.local_devices())
   logging.info("compilation cache: %s",
                configure_compilation_cache(FLAGS.config.parallelism.compilation_cache_dir))
-  try:
-    train_and_report(FLAGS.config, FLAGS.workdir)
+  try:  # (`~` after `=` is not the shell's to expand: the one expansion, here)
+    train_and_report(FLAGS.config, os.path.expanduser(FLAGS.workdir))
   except Preempted as e:
     logging.warning("%s", e)
     sys.exit(e.exit_code)
@@ -141,20 +143,36 @@ def _flag_values(argv, name: str) -> list[str]:
   return values
 
 
+def _overrides(argv) -> list[str]:
+  """The --config.PATH overrides as `--config.PATH=VALUE`, also where given as
+  `--config.PATH VALUE` (absl takes both)."""
+  found = []
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config."):
+      spaced = "=" not in arg and i + 1 < len(argv) and not argv[i + 1].startswith("--")
+      found.append(f"{arg}={argv[i + 1]}" if spaced else arg)
+  return found
+
+
 def check_command_line(argv) -> str | None:
   """A one-paragraph error for what absl would answer with a traceback, or None: a --config
-  file that is missing, not valid Python or without get_config(); a --config.FIELD that the
-  config has not (with the closest valid names) or a value of the wrong type; a --workdir
-  that is empty, a file, or a folder of something else (workdir.check). Runs before flags are
-  parsed and before jax is imported."""
+  file that is missing, not valid Python or without get_config(), or whose fields are not
+  configs/default.py's; a --config.SECTION.FIELD (also in a --flagfile) that the config has
+  not (with the closest valid names) or a value of the wrong type; a --workdir that is empty,
+  a file, or a folder of something else (workdir.check). Runs before flags are parsed and
+  before jax is imported."""
   from fmnist_jax import config_file, workdir as workdir_lib
   from fmnist_jax.errors import ConfigError
+  try:  # (the flags a --flagfile holds, in its place)
+    argv = flags.FlagValues().read_flags_from_files(list(argv), force_gnu=False)
+  except flags.Error as e:
+    return f"error: --flagfile: {str(e).removeprefix('ERROR:: ')}"
   for workdir in _flag_values(argv, "workdir"):
     try:
       workdir_lib.check(workdir)
     except ConfigError as e:
       return f"error: {e}"
-  overrides = [arg for arg in argv if arg.startswith("--config.") and "=" in arg]
+  overrides = _overrides(argv)
   for value in _flag_values(argv, "config"):
     path = value.partition(":")[0]  # ml_collections allows "file.py:arg"
     if not os.path.isfile(path):
@@ -170,7 +188,7 @@ def check_command_line(argv) -> str | None:
       name, _, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
       found = [path for path in config_file.paths(config)
                if name in (path, config_file.field_name(path))]
-      if found and name not in _FLAG_NAMES:
+      if found and name not in _flag_names():
         return (f"error: --{name} is not a flag of fmnist_jax.main but a field of the config: "
                 "write "
                 + " or ".join(f"--config.{path}" + (f"={value}" if value else "")
@@ -181,4 +199,5 @@ def check_command_line(argv) -> str | None:
 if __name__ == "__main__":
   if (problem := check_command_line(sys.argv[1:])):
     sys.exit(problem)
+  define_flags()  # (after the check: config_flags reads the command line, flagfiles too, here)
   app.run(main)

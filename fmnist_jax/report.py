@@ -11,6 +11,7 @@ ensemble.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import shutil
 import sys
@@ -409,7 +410,7 @@ def write_members_report(workdir: pathlib.Path, config, rows: list[dict],
 def main(argv=None):
   import argparse
   parser = argparse.ArgumentParser(description="Write the visual report of a trained workdir.")
-  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--workdir", required=True, type=os.path.expanduser)
   args = parser.parse_args(argv)
   dataset.quiet_tensorflow()
   from fmnist_jax import console

@@ -19,6 +19,7 @@ import argparse
 import collections
 import gzip
 import json
+import os
 import pathlib
 import zlib
 
@@ -147,9 +148,9 @@ def markdown(summary: dict) -> str:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("path", help="a workdir (its newest trace) or a perfetto_trace.json.gz")
+  parser.add_argument("path", type=os.path.expanduser, help="a workdir (its newest trace) or a perfetto_trace.json.gz")
   parser.add_argument("--top", type=int, default=10, help="how many of the longest gaps to list")
-  parser.add_argument("--json", help="also write the summary here, as JSON")
+  parser.add_argument("--json", type=os.path.expanduser, help="also write the summary here, as JSON")
   args = parser.parse_args(argv)
   summary = summarize(find_trace(args.path), args.top)
   text = markdown(summary)

@@ -297,6 +297,7 @@ def test_a_damaged_config_json_stops_before_training_and_is_kept(small_splits, t
     (["--config.eval.stop_at_accuracy=0.5", "--config.data.validation_size=0"],
      "stop_metric='val_accuracy' needs the val split"),
     (["--config.run.batch_size=abc"], "--config.run.batch_size=abc: invalid literal"),
+    (["--config.run.num_train_step", "2"], "did you mean run.num_train_steps?"),
 ])
 def test_user_mistakes_get_one_line_and_no_workdir(tmp_path, args, message):
   workdir = tmp_path / "w"
@@ -308,9 +309,20 @@ def test_user_mistakes_get_one_line_and_no_workdir(tmp_path, args, message):
   assert "Traceback" not in result.stderr and not workdir.exists()
 
 
+FROM_DEFAULT = "from configs import default\ndef get_config():\n  c = default.get_config()\n"
+
+
 @pytest.mark.parametrize("body,message", [
     ("def other():\n  pass\n", "defines no get_config()"),
     ("def get_config():\n  return {'batch_size': 3}\n", "returned a dict"),
+    (FROM_DEFAULT + "  c.learning_rate = 1e-3\n  return c\n",
+     "sets config.learning_rate, which is config.optimizer.learning_rate now"),
+    (FROM_DEFAULT + "  del c.augment\n  return c\n", "has no section config.augment"),
+    (FROM_DEFAULT + "  c.optimizer.learning_rte = 0.1\n  return c\n",
+     "config.optimizer.learning_rte, which is no field of the config; did you mean "
+     "config.optimizer.learning_rate?"),
+    (FROM_DEFAULT + "  c.optimiser = default.get_config().optimizer\n  return c\n",
+     "did you mean config.optimizer?"),
 ])
 def test_config_files_without_a_config_dict_get_one_paragraph(tmp_path, body, message):
   bad = tmp_path / "bad.py"
@@ -318,6 +330,32 @@ def test_config_files_without_a_config_dict_get_one_paragraph(tmp_path, body, me
   result = _main("--config", str(bad), "--workdir", str(tmp_path / "w"))
   assert result.returncode != 0 and message in result.stderr
   assert "Traceback" not in result.stderr and not (tmp_path / "w").exists()
+
+
+def test_a_flagfile_is_checked_as_the_command_line(tmp_path):
+  (tmp_path / "flags.txt").write_text("--config.run.num_train_stps=3\n")
+  for flagfile, message in ((tmp_path / "flags.txt", "did you mean run.num_train_steps?"),
+                            (tmp_path / "nope.txt", "--flagfile: Unable to open flagfile")):
+    result = _main("--config", "configs/tiny.py", f"--flagfile={flagfile}",
+                   "--workdir", str(tmp_path / "w"))
+    assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow
+def test_a_workdir_after_an_equals_sign_is_expanded_once_for_the_run_and_its_report(
+    synthetic_tfds, tmp_path):
+  """`--workdir=~/runs/t1`: bash leaves the `~`; the run and its report both use $HOME/runs/t1
+  (the report looked for the unexpanded path, and every rerun failed)."""
+  result = subprocess.run(
+      [sys.executable, "-m", "fmnist_jax.main", "--config", "configs/tiny.py",
+       f"--config.data.tfds_dir={synthetic_tfds['data_dir']}", "--config.run.num_train_steps=2",
+       "--config.logging.write_report=True", "--workdir=~/runs/t1"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600,
+      env={**os.environ, "HOME": str(tmp_path)})
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert (tmp_path / "runs" / "t1" / "report" / "report.md").is_file()
+  assert not (ROOT / "~").exists()
 
 
 def test_a_workdir_holding_a_source_tree_is_refused(small_splits, tmp_path):

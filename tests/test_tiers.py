@@ -19,6 +19,7 @@ DEFAULT_TIER_PROCESSES = {
     "test_faults::test_user_mistakes_get_one_line_and_no_workdir": "refused before jax",
     "test_faults::test_config_files_without_a_config_dict_get_one_paragraph": "refused early",
     "test_faults::test_a_config_field_given_without_its_prefix_is_named_with_it": "refused early",
+    "test_faults::test_a_flagfile_is_checked_as_the_command_line": "refused before jax",
     "test_faults::test_a_cut_short_writers_coroutine_does_not_print_after_the_error_line":
         "a few lines of asyncio, no jax",
     "test_faults::test_tools_refuse_bad_arguments_in_one_line_before_they_work":
