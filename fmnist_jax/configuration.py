@@ -22,6 +22,17 @@ COUNTS = ("checkpoints.every_steps", "checkpoints.keep_best", "data.validation_s
           "run.seed", "parallelism.microbatches", "augment.translate", "augment.erase_size",
           "population.per_pass", "eval.tta_translate", "optimizer.lookahead_every")
 FRACTIONS = ("optimizer.label_smoothing", "optimizer.ema_decay", "augment.erase_prob")
+# A seed is traced as an int32 (its PRNG key; one value per member in a population).
+SEED_LIMIT = 2 ** 31
+# Fields with no effect under another field's value: (path, the other path, when, why). A single
+# run says so in one warning; a population may not vary such a field (its members would be one
+# run).
+INERT = (("optimizer.weight_decay", "optimizer.name", lambda name: name == "adam",
+          "optimizer.name='adam' applies none; adamw or sgd do"),
+         ("augment.erase_size", "augment.erase_prob", lambda prob: prob == 0,
+          "augment.erase_prob=0 erases nothing"),
+         ("augment.erase_prob", "augment.erase_size", lambda size: size == 0,
+          "augment.erase_size=0 erases nothing"))
 
 
 def _is_int(value) -> bool:
@@ -50,6 +61,12 @@ def warnings(config) -> list[str]:
   """What a valid config does that its author probably did not mean, one line each (the run
   goes on): a warm-up no shorter than the run, whose learning rate never reaches its peak.
   Counted on Fashion-MNIST's training split, before any data is read."""
+  lines = [f"{path}={get(config, path)!r} has no effect: {why}." for path, other, inert, why
+           in INERT if get(config, path) and inert(get(config, other))]
+  return lines + _warmup_warnings(config)
+
+
+def _warmup_warnings(config) -> list[str]:
   opt, run = config.optimizer, config.run
   if not opt.schedule.startswith("warmup") or not opt.warmup_epochs:
     return []
@@ -96,11 +113,12 @@ def _check_types(config, check) -> None:
 def _check_values(config, check) -> None:
   """Ranges and the fields that must agree with each other or with the dataset."""
   run, model, opt, stop = config.run, config.model, config.optimizer, config.eval
-  check(not _is_int(run.seed) or run.seed < 2 ** 63,
-        f"run.seed={run.seed!r} must be below 2**63 (a 64-bit signed integer).")
+  check(not _is_int(run.seed) or run.seed < SEED_LIMIT,
+        f"run.seed={run.seed!r} must be below 2**31 (it is traced as an int32).")
   check(not _is_int(model.num_classes) or model.num_classes >= 10,
         f"model.num_classes={model.num_classes!r}: Fashion-MNIST has 10 classes; use 10.")
-  check(opt.weight_decay >= 0, f"optimizer.weight_decay={opt.weight_decay!r} must be >= 0.")
+  check(_is_finite(opt.weight_decay) and opt.weight_decay >= 0,
+        f"optimizer.weight_decay={opt.weight_decay!r} must be >= 0 and finite.")
   check(0 <= opt.momentum < 1, f"optimizer.momentum={opt.momentum!r} must be in [0, 1).")
   check(0 <= stop.stop_at_accuracy <= 1,
         f"eval.stop_at_accuracy={stop.stop_at_accuracy!r} must be in [0, 1] (0: off).")
@@ -135,7 +153,12 @@ def _check_run(config, check) -> None:
         f"run.num_train_steps={steps!r} must be -1 (the epochs decide) or a positive integer.")
   check(_is_int(epochs) and (epochs > 0 or steps > 0),
         f"run.num_epochs={epochs!r} must be a positive integer (or set run.num_train_steps > 0).")
-  held_out = config.data.validation_size
+  held_out, eval_batch = config.data.validation_size, config.eval.batch_size
+  if _is_int(held_out) and _is_int(eval_batch):
+    largest = max(dataset.NUM_TEST, held_out)
+    check(eval_batch <= largest,
+          f"eval.batch_size={eval_batch} is larger than the largest evaluated split ({largest} "
+          f"images; the rest of a batch is padding): use at most {largest}.")
   if _is_int(held_out) and _is_int(batch):
     train_size = dataset.NUM_TRAIN - held_out
     check(train_size >= batch,

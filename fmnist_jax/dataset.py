@@ -37,6 +37,7 @@ CLASS_NAMES = (
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
 NUM_TRAIN = 60_000
+NUM_TEST = 10_000
 DEBIAN_IDX_DIR = "/usr/share/datasets/fashion-mnist"
 
 # The four IDX files, keyed the way tfds' MNIST builder names them. SHA-256 of the *decompressed*

@@ -33,7 +33,7 @@ import numpy as np
 
 from fmnist_jax import augment, config_file, dataset, hardware, models
 from fmnist_jax import state as state_lib, steps
-from fmnist_jax.configuration import validate_config
+from fmnist_jax.configuration import INERT, SEED_LIMIT, validate_config
 from fmnist_jax.errors import ConfigError
 from fmnist_jax.parallel import Parallelism
 
@@ -121,6 +121,7 @@ def check(config) -> list[dict]:
   if per_pass > count:
     raise ConfigError(f"population.per_pass={per_pass} is more than the population's {count} "
                       f"members: give at most {count} (or 0: all side by side).")
+  _check_effect(config, dict(population))
   flips = dict(population).get("augment.flip", (config.augment.flip,))
   if {"random", "alternate"} <= set(flips):
     raise ConfigError("population augment.flip: 'alternate' flips come with the data order, "
@@ -145,9 +146,20 @@ def _check_types(config, field: str, values) -> None:
     if not ok:
       raise ConfigError(f"population value {value!r} of {field!r} is not a "
                         f"{type(default).__name__} like the config's {default!r}.")
-  if field == "run.seed" and any(not 0 <= v < 2 ** 31 for v in values):
+  if field == "run.seed" and any(not 0 <= v < SEED_LIMIT for v in values):
     raise ConfigError("population seeds must be in [0, 2**31): a member's seed is traced as "
                       "an int32.")
+
+
+def _check_effect(config, varied: dict) -> None:
+  """A varied field that no member's other values let act (configuration.INERT) trains
+  identical members: refused, as duplicate values are."""
+  for path, other, inert, why in INERT:
+    others = varied.get(other, (config_file.get(config, other),))
+    if path in varied and all(inert(value) for value in others):
+      raise ConfigError(f"population field {path!r} has no effect here ({why}): its members "
+                        "would be the same run; vary another field, or change "
+                        f"{other} first.")
 
 
 def _check_distinct(field: str, values) -> None:

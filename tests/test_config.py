@@ -1,6 +1,8 @@
 import pytest
 
 from configs import best, default, dropout_study, no_dropout, tiny, wide
+from conftest import tiny_config
+from fmnist_jax import configuration
 from fmnist_jax.configuration import ConfigError, validate_config
 
 
@@ -108,3 +110,20 @@ def test_a_warmup_the_run_never_finishes_is_one_warning_line(changes, warned):
   lines = configuration.warnings(config)
   assert bool(lines) == warned
   assert all("never reaches its peak" in line and "\n" not in line for line in lines)
+
+
+@pytest.mark.parametrize("changes,members,inert", [
+    ({"optimizer.name": "adam"}, (("optimizer.weight_decay", (0.0, 1e-4)),),
+     "optimizer.weight_decay"),
+    ({"augment.erase_prob": 0.0}, (("augment.erase_size", (0, 8)),), "augment.erase_size"),
+])
+def test_a_field_with_no_effect_is_refused_in_a_population_and_said_of_a_single_run(
+    changes, members, inert):
+  from fmnist_jax import population
+  from fmnist_jax.errors import ConfigError
+  with pytest.raises(ConfigError, match=f"population field '{inert}' has no effect here"):
+    population.check(tiny_config(changes, population=dict(members=members)))
+  single = tiny_config({**changes, inert: members[0][1][1]})
+  (line,) = configuration.warnings(single)
+  assert line.startswith(f"{inert}=") and "has no effect" in line
+  assert configuration.warnings(tiny_config(changes)) == []  # (0 is no claim of an effect)

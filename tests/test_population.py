@@ -417,7 +417,8 @@ def test_a_population_whose_batches_do_not_fit_is_refused_before_the_data(tmp_pa
   from fmnist_jax import hardware
   monkeypatch.setattr(hardware, "device_memory_bytes", lambda device: 16 * 2 ** 30)
   tenfold = tuple(0.01 * (i + 1) for i in range(10))
-  config = tiny_config(run=dict(batch_size=512), population=dict(members=(
+  config = tiny_config(run=dict(batch_size=512), optimizer=dict(name="adamw"),
+                       population=dict(members=(
       ("run.seed", (0, 1)), ("optimizer.learning_rate", tuple(1e-3 * v for v in tenfold)),
       ("optimizer.weight_decay", tenfold), ("optimizer.label_smoothing", tenfold))))
   with pytest.raises(ConfigError) as raised:
