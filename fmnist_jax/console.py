@@ -23,7 +23,10 @@ class _QuietLibraries(std_logging.Filter):
   # tracebacks from each of its writer threads.
   DISK_FULL = "No space left on device"
 
-  OURS = (f"{os.sep}fmnist_jax{os.sep}", f"{os.sep}benchmarks{os.sep}")
+  # The package's folder and the benchmarks' beside it, as folders (a checkout named fmnist_jax
+  # holds a .venv whose libraries' paths also contain "/fmnist_jax/").
+  _PACKAGE = os.path.dirname(os.path.abspath(__file__))
+  OURS = (_PACKAGE + os.sep, os.path.join(os.path.dirname(_PACKAGE), "benchmarks") + os.sep)
 
   def __init__(self, verbose: bool = False):
     super().__init__()
@@ -38,7 +41,7 @@ class _QuietLibraries(std_logging.Filter):
 
 
 def _is_ours(record) -> bool:
-  return any(part in record.pathname for part in _QuietLibraries.OURS)
+  return os.path.abspath(record.pathname).startswith(_QuietLibraries.OURS)
 
 
 class _ConsoleFormat(std_logging.Formatter):

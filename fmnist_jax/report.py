@@ -10,10 +10,12 @@ ensemble.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
 import shutil
+import signal
 import sys
 
 import matplotlib
@@ -27,7 +29,8 @@ from fmnist_jax import dataset, evaluate, input_pipeline, models, plots  # noqa:
 from fmnist_jax import population  # noqa: E402
 from fmnist_jax import workdir as workdir_lib  # noqa: E402
 from fmnist_jax.dataset import CLASS_NAMES  # noqa: E402
-from fmnist_jax.errors import FmnistError  # noqa: E402
+from fmnist_jax.errors import DiskFullError, FmnistError, ReportError  # noqa: E402
+from fmnist_jax.errors import is_disk_full  # noqa: E402
 
 SHORT_NAMES = ("T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                "Bag", "Boot")
@@ -143,9 +146,43 @@ def _class_table(report: dict) -> list[str]:
 
 def write_report(workdir: str, splits: dict | None = None) -> pathlib.Path:
   """Writes WORKDIR/report/ as a whole: into WORKDIR/.report.tmp/, swapped in at the end, so
-  that an interrupted report leaves the previous one (or none), never a mix. Returns its
-  path. `splits` (name -> arrays) saves a reload."""
+  that an interrupted report leaves the previous one (or none), never a mix, and no
+  .report.tmp (a full disk and a SIGTERM are one line each). Returns its path. `splits` (name
+  -> arrays) saves a reload."""
   workdir = pathlib.Path(workdir)
+  again = f"write it with `python -m fmnist_jax.report --workdir {workdir}`"
+  try:
+    with _sigterm_raises(ReportError(
+        f"terminated (SIGTERM) while writing the report of {workdir}: the training is complete "
+        f"and saved, the previous report (if any) intact; {again}.")):
+      return _write_report(workdir, splits)
+  except BaseException as e:
+    shutil.rmtree(workdir / f".{workdir_lib.REPORT}.tmp", ignore_errors=True)
+    if is_disk_full(e) and not isinstance(e, DiskFullError):
+      raise DiskFullError(
+          f"no space left on the device holding {workdir} while writing its report: the "
+          "training is complete and saved, the previous report (if any) intact. Free space "
+          f"there, then {again}.") from None
+    raise
+
+
+@contextlib.contextmanager
+def _sigterm_raises(error: Exception):
+  """SIGTERM raises `error` in the main thread while the block runs (elsewhere: unchanged)."""
+  def handler(signum, frame):
+    raise error
+  try:
+    previous = signal.signal(signal.SIGTERM, handler)
+  except ValueError:  # (not the main thread)
+    yield
+    return
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
+def _write_report(workdir: pathlib.Path, splits: dict | None) -> pathlib.Path:
   config = workdir_lib.read_config(workdir)
   rows = workdir_lib.read_metrics(workdir, required=True)
   if splits is None:

@@ -144,6 +144,52 @@ def test_an_interrupted_report_leaves_the_previous_one_whole(trained_workdir, mo
   assert (out / "report.md").exists()
 
 
+@pytest.mark.parametrize("fault", ["full disk", "SIGTERM"])
+def test_a_report_cut_short_says_so_in_one_line_and_leaves_no_temporary_folder(
+    trained_workdir, monkeypatch, fault):
+  """A full disk while the report is written is the report's line (the training is complete,
+  not "run the same command again to resume"); a SIGTERM is one line too (it exited 143 with
+  none); neither leaves .report.tmp holding the space."""
+  import errno
+  import os
+  import signal
+
+  def cut(*args, **kwargs):
+    if fault == "SIGTERM":
+      os.kill(os.getpid(), signal.SIGTERM)
+    raise OSError(errno.ENOSPC, "No space left on device")
+  monkeypatch.setattr(report, "plot_examples", cut)  # late in the report
+  expected = errors.DiskFullError if fault == "full disk" else errors.ReportError
+  with pytest.raises(expected) as raised:
+    report.write_report(str(trained_workdir))
+  message = str(raised.value)
+  assert "the training is complete and saved" in message and "resume" not in message
+  assert f"python -m fmnist_jax.report --workdir {trained_workdir}" in message
+  assert ("SIGTERM" in message) == (fault == "SIGTERM")
+  assert not (trained_workdir / ".report.tmp").exists()
+  assert signal.getsignal(signal.SIGTERM) is not None  # (the handler before it, back)
+
+
+def test_the_console_keeps_the_projects_lines_not_a_checkouts_libraries():
+  """A checkout named fmnist_jax holds .venv/: its libraries' paths contain /fmnist_jax/ too
+  (a 10-step run printed 66 lines instead of 8)."""
+  import logging
+  import os
+  from fmnist_jax import console
+  package = os.path.dirname(os.path.abspath(report.__file__))
+  checkout = os.path.dirname(package)
+  quiet = console._QuietLibraries()
+
+  def record(path, level=logging.INFO):
+    return logging.LogRecord("x", level, path, 1, "a line", None, None)
+  assert quiet.filter(record(os.path.join(package, "train.py")))
+  assert quiet.filter(record(os.path.join(checkout, "benchmarks", "throughput.py")))
+  library = os.path.join(os.sep, "home", "u", "fmnist_jax", ".venv", "lib", "python3.11",
+                         "site-packages", "orbax", "checkpoint_manager.py")
+  assert not quiet.filter(record(library))
+  assert quiet.filter(record(library, logging.WARNING))
+
+
 @pytest.mark.slow
 def test_the_report_is_written_while_the_run_holds_the_workdir(small_splits, tmp_path,
                                                               monkeypatch):
