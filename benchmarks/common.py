@@ -22,11 +22,13 @@ def parser(doc: str, config: str | None = "configs/default.py", *, seeds=None,
   parser = argparse.ArgumentParser(description=doc.splitlines()[0])
   parser.add_argument("--config", default=config, required=config is None,
                       help="config file" + (f" (default {config})" if config else ""))
-  parser.add_argument("--json", required=True, type=os.path.expanduser, help="where to write the results (JSON)")
+  parser.add_argument("--json", required=True, type=os.path.expanduser,
+                      help="where to write the results (JSON)")
   if seeds is not None:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(seeds))
   if workdir_root:
-    parser.add_argument("--workdir-root", required=True, type=os.path.expanduser, help="the runs' workdirs go here")
+    parser.add_argument("--workdir-root", required=True, type=os.path.expanduser,
+                        help="the runs' workdirs go here")
   return parser
 
 

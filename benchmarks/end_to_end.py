@@ -24,7 +24,7 @@ def _end_to_end(run: pathlib.Path) -> dict:
   from fmnist_jax import workdir
   rows = workdir.read_metrics(run, required=True)
   info, result = workdir.read_run_info(run)[0], workdir.read_result(run)
-  batch_size = workdir.read_config(run).batch_size
+  batch_size = workdir.read_config(run).run.batch_size
   steps = result["step"] - result["resumed_from_step"]
   whole = steps * batch_size / (result["train_seconds"] - result["compile_seconds"])
   after_first = None

@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from benchmarks import common
+
 # (name, (M, K), N) for 32 images per micro-batch: patches (positions, 9*Cin) x kernel (9*Cin, F).
 SHAPES = (
     ("conv1 forward", (32 * 26 * 26, 9), 32),
@@ -33,9 +35,11 @@ def main(argv=None):
   parser.add_argument("--calls", type=int, default=200, help="timed calls per matmul and form")
   parser.add_argument("--repeats", type=int, default=3)
   args = parser.parse_args(argv)
+  if args.calls < 1 or args.repeats < 1:
+    parser.error("--calls and --repeats must be at least 1")
+  common.checked_json(parser, args.json)
   import jax
   import jax.numpy as jnp
-  from benchmarks import common
   machine = common.machine()  # (the code that runs: recorded before it runs)
 
   rows = []

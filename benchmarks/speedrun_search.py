@@ -28,9 +28,29 @@ import tempfile
 from benchmarks import common
 
 
-def _variants(path: str) -> dict:
+def _variants(parser, path: str, only) -> list[str]:
+  """The variants to train, checked before any trains: the file's VARIANTS, or `only` of them."""
   from fmnist_jax import config_file
-  return config_file.load_module(path).VARIANTS
+  variants = getattr(config_file.load_module(path), "VARIANTS", None)
+  if not isinstance(variants, dict) or not variants:
+    parser.error(f"--config {path} defines no VARIANTS to search (configs/speedrun.py and "
+                 "configs/best.py do)")
+  unknown = [name for name in only or () if name not in variants and name != "base"]
+  if unknown:
+    parser.error(f"--only {' '.join(unknown)}: not a variant of {path} (its variants: "
+                 f"{', '.join(n or 'base' for n in variants)})")
+  return [n for n in variants if not only or n in only or (n or "base") in only]
+
+
+def _check_rule(parser, rule: str) -> None:
+  threshold = rule.removeprefix("fastest:")
+  try:
+    ok = rule == "best" or (threshold != rule and 0 < float(threshold) <= 1)
+  except ValueError:
+    ok = False
+  if not ok:
+    parser.error(f"--choose {rule}: 'best', or 'fastest:ACCURACY' with an accuracy in (0, 1], "
+                 "e.g. fastest:0.937")
 
 
 def run_variant(path: str, name: str, root: pathlib.Path, seed: int, both_ways: bool,
@@ -104,8 +124,8 @@ def main(argv=None):
   parser.add_argument("--seeds", type=int, nargs="*", default=[],
                       help="more seeds for the chosen variant")
   args, overrides = common.parse(parser, argv)  # --config.field=value: to every run
-  variants = _variants(args.config)
-  names = [n for n in variants if not args.only or n in args.only or (n or "base") in args.only]
+  _check_rule(parser, args.choose)
+  names = _variants(parser, args.config, args.only)
   report = {**common.machine(), "config": args.config, "rule": args.choose,
             "overrides": overrides, "results": []}
   with tempfile.TemporaryDirectory() as tmp:

@@ -30,9 +30,11 @@ def _parse_args(argv):
   parser = common.parser(__doc__)
   parser.add_argument("--runs", type=int, default=5, help="warm starts measured")
   parser.add_argument("--steps", type=int, default=20, help="steps each start trains")
+  parser.add_argument("--repeats", type=int, default=3,
+                      help="times each command that trains nothing is timed (their median)")
   args, _ = common.parse(parser, argv, overrides=False)
-  if args.runs < 1 or args.steps < 1:
-    parser.error("--runs and --steps must be positive")
+  if min(args.runs, args.steps, args.repeats) < 1:
+    parser.error("--runs, --steps and --repeats must be positive")
   return args
 
 
@@ -53,7 +55,7 @@ def _start(config, workdir, steps, env) -> dict:
   return {**result["startup_seconds"], "process_seconds": round(seconds, 3)}
 
 
-def _refusals(config, scratch: pathlib.Path, env) -> dict:
+def _refusals(config, scratch: pathlib.Path, env, repeats: int) -> dict:
   """Wall seconds of commands that must answer without training."""
   (scratch / "a_file").write_text("not a workdir")
   main = [sys.executable, "-m", "fmnist_jax.main"]
@@ -68,7 +70,7 @@ def _refusals(config, scratch: pathlib.Path, env) -> dict:
   }
   seconds = {}
   for name, command in commands.items():
-    times = [_timed(command, env)[0] for _ in range(3)]
+    times = [_timed(command, env)[0] for _ in range(repeats)]
     seconds[name] = round(statistics.median(times), 3)
   return seconds
 
@@ -82,7 +84,7 @@ def main(argv=None):
            "FMNIST_JAX_DATA_CACHE_DIR": str(scratch / "data"), "TF_CPP_MIN_LOG_LEVEL": "2"}
     cold = _start(args.config, scratch / "cold", args.steps, env)
     warm = [_start(args.config, scratch / f"w{i}", args.steps, env) for i in range(args.runs)]
-    refusals = _refusals(args.config, scratch, env)
+    refusals = _refusals(args.config, scratch, env, args.repeats)
   phases = list(warm[0])
   median = {k: round(statistics.median(run[k] for run in warm), 3) for k in phases}
   report.update(cold=cold, warm=warm, warm_median=median, refusals=refusals)

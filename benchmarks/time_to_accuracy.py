@@ -105,6 +105,8 @@ def main(argv=None):
   parser.add_argument("--population", action="store_true",
                       help="train the seeds as one population (one process per cache)")
   args, overrides = common.parse(parser, argv)
+  if not 0 < args.target <= 1:
+    parser.error(f"--target {args.target}: an accuracy in (0, 1], e.g. 0.93")
   report = {**common.machine(), "config": args.config, "overrides": overrides,
             "target": args.target, "seeds": args.seeds, "runs": [], "summary": {}}
   with tempfile.TemporaryDirectory() as tmp:

@@ -148,10 +148,17 @@ def markdown(summary: dict) -> str:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("path", type=os.path.expanduser, help="a workdir (its newest trace) or a perfetto_trace.json.gz")
+  parser.add_argument("path", type=os.path.expanduser,
+                      help="a workdir (its newest trace) or a perfetto_trace.json.gz")
   parser.add_argument("--top", type=int, default=10, help="how many of the longest gaps to list")
-  parser.add_argument("--json", type=os.path.expanduser, help="also write the summary here, as JSON")
+  parser.add_argument("--json", type=os.path.expanduser,
+                      help="also write the summary here, as JSON")
   args = parser.parse_args(argv)
+  if args.top < 0:
+    parser.error(f"--top {args.top}: give how many gaps to list (0 or more)")
+  if args.json and not pathlib.Path(args.json).parent.is_dir():
+    parser.error(f"--json {args.json}: its folder {pathlib.Path(args.json).parent} does not "
+                 "exist; make it, or name another")
   summary = summarize(find_trace(args.path), args.top)
   text = markdown(summary)
   if args.json:

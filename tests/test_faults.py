@@ -769,7 +769,13 @@ def test_damaged_or_stray_run_files_get_one_line_not_a_traceback(trained_workdir
                                   "throughput: --batch-sizes 0",
                                   "throughput: damaged --config-json",
                                   "dataset: --prepare into a file",
-                                  "time_to_accuracy: a flag it does not have"])
+                                  "time_to_accuracy: a flag it does not have",
+                                  "time_to_accuracy: --target 1.5",
+                                  "speedrun_search: --choose fastest=0.9",
+                                  "speedrun_search: --only a misspelt variant",
+                                  "speedrun_search: a config without VARIANTS",
+                                  "matmul_dtypes: --calls 0", "trace_gaps: --top -1",
+                                  "trace_gaps: --json into a missing folder"])
 def test_tools_refuse_bad_arguments_in_one_line_before_they_work(tmp_path, case):
   (tmp_path / "file").write_text("not a folder")
   (tmp_path / "damaged.json").write_text('{"batch_size": ')
@@ -795,6 +801,26 @@ def test_tools_refuse_bad_arguments_in_one_line_before_they_work(tmp_path, case)
           ["benchmarks.time_to_accuracy", "--config", "configs/tiny.py", "--json",
            str(tmp_path / "x.json"), "--workdir", str(tmp_path / "out")],
           "unrecognized arguments: --workdir"),
+      "time_to_accuracy: --target 1.5": (
+          ["benchmarks.time_to_accuracy", "--config", "configs/tiny.py", "--json",
+           str(tmp_path / "x.json"), "--target", "1.5"], "--target 1.5: an accuracy in (0, 1]"),
+      "speedrun_search: --choose fastest=0.9": (
+          ["benchmarks.speedrun_search", "--json", str(tmp_path / "x.json"), "--choose",
+           "fastest=0.9"], "--choose fastest=0.9: 'best', or 'fastest:ACCURACY'"),
+      "speedrun_search: --only a misspelt variant": (
+          ["benchmarks.speedrun_search", "--json", str(tmp_path / "x.json"), "--only",
+           "b512_e2"], "--only b512_e2: not a variant of configs/speedrun.py"),
+      "speedrun_search: a config without VARIANTS": (
+          ["benchmarks.speedrun_search", "--json", str(tmp_path / "x.json"), "--config",
+           "configs/default.py"], "defines no VARIANTS to search"),
+      "matmul_dtypes: --calls 0": (["benchmarks.matmul_dtypes", "--json",
+                                    str(tmp_path / "x.json"), "--calls", "0"],
+                                   "--calls and --repeats must be at least 1"),
+      "trace_gaps: --top -1": (["fmnist_jax.trace_gaps", str(tmp_path), "--top", "-1"],
+                               "--top -1: give how many gaps to list"),
+      "trace_gaps: --json into a missing folder": (
+          ["fmnist_jax.trace_gaps", str(tmp_path), "--json", str(tmp_path / "no" / "x.json")],
+          "does not exist; make it"),
   }[case]
   start = time.time()
   result = subprocess.run([sys.executable, "-m", *command], cwd=ROOT, capture_output=True,

@@ -42,7 +42,8 @@ def test_a_profiled_run_writes_a_trace_of_the_loops_phases(small_splits, tmp_pat
   assert kind == "CPU (XLA's threads)" and device
   names = {name for _, _, name in trace_gaps.outermost(host)}
   assert {"train calls", "checkpoints"} <= names  # the loop's phases, named in the trace
-  summary = trace_gaps.summarize(traces[0])
+  trace_gaps.main([str(tmp_path), "--json", str(tmp_path / "gaps.json")])  # (the tool, whole)
+  summary = json.loads((tmp_path / "gaps.json").read_text())
   assert summary["window_ms"] > 0 and 0 < summary["busy_percent"] <= 100
   assert sum(summary["idle_ms_by_host_work"].values()) == pytest.approx(
       summary["idle_ms"], abs=0.01)
