@@ -21,14 +21,27 @@ from fmnist_jax.errors import FmnistError, ReportError
 
 
 def summarize_run(rows: list[dict]) -> dict:
+  """A run's line; a value a row holds as null (NaN/inf: a diverged member's loss) stays
+  None."""
   final, best = rows[-1], workdir_lib.best_by_val(rows)
-  lowest = min(rows, key=lambda r: r["test_loss"])  # (describes overfitting; chooses nothing)
-  return {"epochs": final["epoch"], "final_test_accuracy": final["test_accuracy"],
+  finite = [r for r in rows if r["test_loss"] is not None] or rows[-1:]
+  lowest = min(finite, key=lambda r: r["test_loss"] or 0.0)  # (describes overfitting)
+  train, test = final["train_accuracy"], final["test_accuracy"]
+  return {"epochs": final["epoch"], "final_test_accuracy": test,
           "test_accuracy_at_best_val": best and best["test_accuracy"],
           "best_val_epoch": best and best["epoch"], "final_test_loss": final["test_loss"],
           "lowest_test_loss": lowest["test_loss"], "lowest_test_loss_epoch": lowest["epoch"],
-          "final_train_accuracy": final["train_accuracy"],
-          "train_test_gap": final["train_accuracy"] - final["test_accuracy"]}
+          "final_train_accuracy": train,
+          "train_test_gap": None if None in (train, test) else train - test,
+          "status": final.get("status", "completed"), "status_step": final.get("status_step")}
+
+
+def _pct(value, unit: str = "%") -> str:
+  return "–" if value is None else f"{100 * value:.2f}{unit}"
+
+
+def _num(value) -> str:
+  return "–" if value is None else f"{value:.4f}"
 
 
 def labels(workdirs: list[str]) -> list[str]:
@@ -93,20 +106,20 @@ def compare(workdirs: list[str], out: str) -> pathlib.Path:
   summary = {name: summarize_run(rows) for name, rows in runs.items()}
   for name in runs:
     summary[name]["last_checkpoint_test_ece"] = eces[name]
-  (out_path / "compare.json").write_text(json.dumps(summary, indent=2))
+  (out_path / "compare.json").write_text(workdir_lib.dumps(summary, indent=2))
   lines = ["| run | epochs | final test acc | test acc at best val (epoch) | final test loss | "
            "lowest test loss (epoch) | final train acc | train − test gap | test ECE |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
   for name, s in summary.items():
+    stopped = f" ({s['status']} at step {s['status_step']})" if s["status_step"] else ""
     lines.append(
-        f"| {name} | {s['epochs']:.2f} | {100 * s['final_test_accuracy']:.2f}% | "
-        + (f"{100 * s['test_accuracy_at_best_val']:.2f}% ({s['best_val_epoch']:.2f}) | "
+        f"| {name}{stopped} | {s['epochs']:.2f} | {_pct(s['final_test_accuracy'])} | "
+        + (f"{_pct(s['test_accuracy_at_best_val'])} ({s['best_val_epoch']:.2f}) | "
            if s["test_accuracy_at_best_val"] is not None else "no validation split | ")
-        + f"{s['final_test_loss']:.4f} | "
-        f"{s['lowest_test_loss']:.4f} ({s['lowest_test_loss_epoch']:.2f}) | "
-        f"{100 * s['final_train_accuracy']:.2f}% | {100 * s['train_test_gap']:.2f} pts | "
-        + (f"{100 * s['last_checkpoint_test_ece']:.2f}% |"
-           if s.get("last_checkpoint_test_ece") is not None else "– |"))
+        + f"{_num(s['final_test_loss'])} | "
+        f"{_num(s['lowest_test_loss'])} ({s['lowest_test_loss_epoch']:.2f}) | "
+        f"{_pct(s['final_train_accuracy'])} | {_pct(s['train_test_gap'], ' pts')} | "
+        f"{_pct(s.get('last_checkpoint_test_ece'))} |")
   (out_path / "compare.md").write_text("\n".join(
       ["# Runs compared", "", "![curves](compare.png)", ""] + lines) + "\n")
   print("\n".join(lines))

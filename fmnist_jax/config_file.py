@@ -47,6 +47,20 @@ RENAMED = {
 }
 
 
+def renamed(name: str, prefix: str = "--config.") -> str | None:
+  """"X is now Y" for a flat name from before the sections (with how augment_flip's values
+  read now), or None."""
+  if name == "augment_flip_alternate":
+    return (f"{prefix}{name} is now {prefix}augment.flip='alternate' (augment.flip is one mode: "
+            "'off', 'random' or 'alternate')")
+  if name not in RENAMED:
+    return None
+  note = (" (one mode now: True is 'random', False 'off', and with augment_flip_alternate "
+          "'alternate')" if name == "augment_flip" else " (the config is in sections: "
+          "configs/default.py)")
+  return f"{prefix}{name} is now {prefix}{RENAMED[name]}{note}"
+
+
 def get(config, path: str):
   """The value at "section.field"."""
   section, field = path.split(".")
@@ -146,9 +160,8 @@ def check_fields(config, where: str) -> None:
   for key in config:
     if key in reference and isinstance(config[key], ml_collections.ConfigDict):
       continue
-    if key in RENAMED:
-      raise ConfigError(f"{where} sets config.{key}, which is config.{RENAMED[key]} now (the "
-                        "config is in sections: configs/default.py).")
+    if renamed(key):
+      raise ConfigError(f"{where}: {renamed(key, 'config.')}.")
     if key in reference:
       raise ConfigError(f"{where} gives the section config.{key} a value: set its fields, "
                         f"e.g. config.{key}.{next(iter(reference[key]))}.")
@@ -213,9 +226,8 @@ def check_path(config, path: str, where: str) -> None:
     example = RENAMED.get(path, f"{path}.{next(iter(config[section]))}")
     raise ConfigError(f"--config.{path} is a section: set one of its fields, e.g. "
                       f"--config.{example}=... (its fields: {', '.join(config[section])}).")
-  if path in RENAMED and path not in config:
-    raise ConfigError(f"--config.{path} is now --config.{RENAMED[path]} (the config is in "
-                      "sections: configs/default.py).")
+  if renamed(path) and path not in config:
+    raise ConfigError(f"{renamed(path)}.")
   if section not in config or field not in config[section] or "." in field:
     close = nearest(path, paths(config))
     raise ConfigError(f"--config.{path}: {where} has no field {path!r}"

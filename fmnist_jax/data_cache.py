@@ -131,6 +131,10 @@ def load(config, read_source: Callable[[], Splits]) -> Splits:
         dataset.warn_idx_dir_unused(config.data.idx_dir,
                                     dataset.default_data_dir(config.data.tfds_dir))
       return cached
+  if directory:
+    from absl import logging
+    logging.info("reading Fashion-MNIST from its source into the data cache %s (once; the "
+                 "next runs read it from there in a second)", directory)
   splits = read_source()
   files = source_files(config) if directory else None  # (tfds may have prepared it just now)
   if files:

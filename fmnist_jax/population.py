@@ -87,9 +87,8 @@ def check(config) -> list[dict]:
                       "(('run.seed', (0, 1, 2)), ('optimizer.learning_rate', (1e-3, 3e-3))).")
   fields = [field for field, _ in population]
   for field, values in population:
-    if field in config_file.RENAMED:
-      raise ConfigError(f"population field {field!r} is now {config_file.RENAMED[field]!r} "
-                        "(the config is in sections).")
+    if config_file.renamed(field, ""):
+      raise ConfigError(f"population field {config_file.renamed(field, '')}.")
     if field not in config_file.paths(config):
       close = config_file.nearest(field, VARYING)
       raise ConfigError(f"population field {field!r} is not a config field"

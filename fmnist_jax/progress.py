@@ -151,9 +151,9 @@ class Progress:
     if step >= self.interval[0]:
       self.interval = (step, self.clock(), self.excluded)
 
-  def line(self, step: int, epoch: int, sums) -> dict:
-    """Logs a progress line for `step` from the epoch's summed train metrics (host values);
-    returns its scalars."""
+  def line(self, step: int, epoch: float, sums) -> dict:
+    """Logs a progress line for `step` (at `epoch`, in epochs: as the evaluation lines count
+    them) from the epoch's summed train metrics (host values); returns its scalars."""
     loss, accuracy = steps.summarize(sums)
     now, excluded = self.clock(), self.excluded
     last_step, last_time, last_excluded = self.interval
@@ -165,8 +165,8 @@ class Progress:
     flops = images_per_second * self.flops_per_image
     peak = f" ({100 * flops / self.peak_flops:.1f}% of peak)" if self.peak_flops else ""
     if self.show:  # (no ETA on the last line: nothing is left)
-      logging.info("step %d/%d epoch %d | train loss %.4f acc %.4f | %s img/s | %s%s%s",
-                   step, self.total_steps, epoch + 1, loss, accuracy,
+      logging.info("step %d/%d epoch %.2f | train loss %.4f acc %.4f | %s img/s | %s%s%s",
+                   step, self.total_steps, epoch, loss, accuracy,
                    f"{images_per_second:,.0f}",
                    f"ETA {format_seconds(eta)} | " if step < self.total_steps else "",
                    format_flops(flops), peak)

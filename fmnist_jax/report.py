@@ -207,7 +207,7 @@ def _write_report(workdir: pathlib.Path, splits: dict | None) -> pathlib.Path:
              "class_balance": _class_balance(splits),
              "checkpoints": _evaluate_checkpoints(workdir, config, checkpoints, splits["test"],
                                                   figures, out)}
-  (out / "metrics.json").write_text(json.dumps(numbers, indent=2))
+  (out / "metrics.json").write_text(workdir_lib.dumps(numbers, indent=2))
   (out / "report.md").write_text("\n".join(_markdown(workdir, config, rows, numbers, figures)))
   return workdir_lib.swap_in(out, workdir / workdir_lib.REPORT)
 
@@ -438,7 +438,7 @@ def write_members_report(workdir: pathlib.Path, config, rows: list[dict],
   step, log_probabilities = member_log_probabilities(workdir, config, images)
   result = member_numbers(config, rows, log_probabilities, labels)
   plot_members(rows, found, out / "members.png")
-  (out / "metrics.json").write_text(json.dumps({"workdir": str(workdir), "step": step,
+  (out / "metrics.json").write_text(workdir_lib.dumps({"workdir": str(workdir), "step": step,
                                                 **result}, indent=2))
   (out / "report.md").write_text("\n".join(_members_markdown(workdir, step, found, result)))
   return workdir_lib.swap_in(out, workdir / workdir_lib.REPORT)

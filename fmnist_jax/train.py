@@ -234,7 +234,7 @@ class Loop:
           progress.program_ready()  # (said once: the first call compiled or loaded it)
           self.deferred.run(step)  # what the device has now passed: lines, evaluations, saves
           if crossed(step, num, config.logging.every_steps):
-            self.deferred.add(step + 1, self.log_task(step, epoch, sums))
+            self.deferred.add(step + 1, self.log_task(step, sums))
           preempt = self.preemption.reached()
           if step >= epoch_end:
             break
@@ -272,14 +272,15 @@ class Loop:
     self.save()
     return state, step
 
-  def log_task(self, step: int, epoch: int, sums):
+  def log_task(self, step: int, sums):
     """A progress line's task; its values start their way to the host now."""
     for leaf in jax.tree.leaves(sums):
       leaf.copy_to_host_async()
 
     def line():
       with self.progress.timed("progress lines"):
-        scalars = self.progress.line(step, epoch, self.progress.fetch(sums))
+        scalars = self.progress.line(step, step / self.run.steps_per_epoch,
+                                     self.progress.fetch(sums))
         if self.writer:
           with jax.default_device(jax.local_devices(backend="cpu")[0]):  # (no device sync)
             scalars["learning_rate"] = float(self.learning_rate(step))

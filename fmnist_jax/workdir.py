@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import fcntl
 import json
+import math
 import os
 import pathlib
 import re
@@ -119,7 +120,7 @@ def _append_jsonl(path: pathlib.Path, row: dict) -> None:
   with open(path, "ab") as f:
     if f.tell() and not _ends_with_newline(path):
       f.write(b"\n")
-    f.write((json.dumps(row) + "\n").encode())
+    f.write((dumps(row) + "\n").encode())
 
 
 def _ends_with_newline(path: pathlib.Path) -> bool:
@@ -324,6 +325,20 @@ def _py(value):
   return np.asarray(value).item()
 
 
+def dumps(obj, **kwargs) -> str:
+  """JSON as strict parsers (jq, JavaScript) read it: a NaN or infinite number is written
+  null (Python's json writes a bare NaN, which is not JSON); json.loads reads both."""
+  def strict(value):
+    if isinstance(value, float) and not math.isfinite(value):
+      return None
+    if isinstance(value, dict):
+      return {key: strict(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+      return [strict(v) for v in value]
+    return value
+  return json.dumps(strict(obj), allow_nan=False, **kwargs)
+
+
 class MetricsWriter:
   """Each evaluation's scalars: a row of metrics.jsonl and TensorBoard events; each progress
   line's scalars and the config's hyperparameters: TensorBoard only (no TensorFlow:
@@ -353,7 +368,7 @@ class MetricsWriter:
       # row replaces the old one, atomically.
       rows = [r for r in _read_jsonl(path) if (r.get("step"), r.get("member")) != key] + [row]
       rows.sort(key=lambda r: (r.get("step", 0), r.get("member") or 0))
-      write_atomically(path, "".join(json.dumps(r) + "\n" for r in rows))
+      write_atomically(path, "".join(dumps(r) + "\n" for r in rows))
     else:
       _append_jsonl(path, row)
       self._recorded.add(key)
@@ -398,7 +413,7 @@ def write_result(workdir, **result) -> None:
   workdir = pathlib.Path(workdir)
   result["best_by_val"] = best_by_val(read_metrics(workdir))
   result["end_unix_time"] = time.time()
-  write_atomically(workdir / RESULT_FILE, json.dumps(result, indent=1) + "\n")
+  write_atomically(workdir / RESULT_FILE, dumps(result, indent=1) + "\n")
 
 
 def finished(workdir, step: int, total_steps: int, reached: bool, chief: bool = True) -> bool:

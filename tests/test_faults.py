@@ -19,6 +19,7 @@ import pytest
 
 from conftest import ROOT, replicated_state, synthetic_arrays, tiny_config
 from fmnist_jax import checkpointing, errors, preemption, state as state_lib, steps, train
+from fmnist_jax import workdir as workdir_lib
 
 
 
@@ -301,6 +302,9 @@ def test_a_damaged_config_json_stops_before_training_and_is_kept(small_splits, t
      "stop_metric='val_accuracy' needs the val split"),
     (["--config.run.batch_size=abc"], "--config.run.batch_size=abc: invalid literal"),
     (["--config.run.num_train_step", "2"], "did you mean run.num_train_steps?"),
+    (["--config.augment_flip=True"], "--config.augment_flip is now --config.augment.flip (one "
+                                     "mode now: True is 'random'"),
+    (["--config.augment_flip_alternate=True"], "is now --config.augment.flip='alternate'"),
 ])
 def test_user_mistakes_get_one_line_and_no_workdir(tmp_path, args, message):
   workdir = tmp_path / "w"
@@ -319,7 +323,7 @@ FROM_DEFAULT = "from configs import default\ndef get_config():\n  c = default.ge
     ("def other():\n  pass\n", "defines no get_config()"),
     ("def get_config():\n  return {'batch_size': 3}\n", "returned a dict"),
     (FROM_DEFAULT + "  c.learning_rate = 1e-3\n  return c\n",
-     "sets config.learning_rate, which is config.optimizer.learning_rate now"),
+     ": config.learning_rate is now config.optimizer.learning_rate"),
     (FROM_DEFAULT + "  del c.augment\n  return c\n", "has no section config.augment"),
     (FROM_DEFAULT + "  c.optimizer.learning_rte = 0.1\n  return c\n",
      "config.optimizer.learning_rte, which is no field of the config; did you mean "
@@ -897,3 +901,23 @@ def test_a_sigterm_during_a_call_longer_than_its_grace_exits_in_one_line():
   assert time.monotonic() - start < 30 and result.returncode == 75, result.stderr[-2000:]
   assert "did not end within 0.5 s, so no new checkpoint was saved" in result.stderr
   assert "Traceback" not in result.stderr
+
+
+def test_run_files_are_strict_json_with_null_for_nan_and_read_back(tmp_path):
+  """metrics.jsonl and result.json wrote a bare NaN, which jq, JavaScript and strict parsers
+  refuse: a NaN or inf is written null, and the package reads such rows."""
+  def strict(text):
+    def refuse(constant):
+      raise ValueError(f"not JSON: {constant}")
+    return json.loads(text, parse_constant=refuse)
+  row = {"epoch": 1.0, "train_loss": float("nan"), "train_accuracy": 0.5,
+         "test_loss": float("inf"), "test_accuracy": 0.25, "members": [float("-inf")]}
+  writer = workdir_lib.MetricsWriter(tmp_path)
+  writer.write_scalars(10, row)
+  writer.close()
+  (read,) = workdir_lib.read_metrics(tmp_path)
+  assert strict((tmp_path / "metrics.jsonl").read_text())["train_loss"] is None
+  assert read["train_loss"] is None and read["test_accuracy"] == 0.25
+  workdir_lib.write_result(tmp_path, final=row, step=10)
+  result = strict((tmp_path / "result.json").read_text())
+  assert result["final"]["test_loss"] is None and result["final"]["members"] == [None]

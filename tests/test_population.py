@@ -56,7 +56,7 @@ def test_members_are_the_product_of_the_values_in_the_order_written():
     ((("augment.flip", ("random", "alternate")),), "'random' or 'alternate', not both"),
     ((("augment.flip", ("off", "sometimes")),), "is not a str like the config's 'off'"),
     (("run.seed",), "must be (path, values) pairs"),
-    ((("learning_rate", (1e-3,)),), "is now 'optimizer.learning_rate'"),
+    ((("learning_rate", (1e-3,)),), "learning_rate is now optimizer.learning_rate"),
 ])
 def test_a_bad_population_is_one_line_before_any_data_is_read(tmp_path, value, says):
   with pytest.raises(ConfigError) as raised:
@@ -455,6 +455,14 @@ def test_a_diverged_member_stops_with_its_state_from_before_and_the_others_go_on
   numbers = json.loads((tmp_path / "run" / "report" / "metrics.json").read_text())
   assert numbers["settings"]["learning_rate=0.001"]["members"] == 2
   assert "learning_rate=1e+30" not in numbers["settings"]  # (listed, not summed)
+  last = {r["member"]: r for r in rows if r["step"] == 24}
+  for entry in numbers["members"]:  # (the same state: the same accuracy in both)
+    assert entry["test_accuracy"] == pytest.approx(last[entry["member"]]["test_accuracy"])
+  from fmnist_jax import compare
+  compare.compare([str(tmp_path / "run")], str(tmp_path / "compare"))
+  table = (tmp_path / "compare" / "compare.md").read_text()
+  at = last[2]["status_step"]
+  assert f"run/m2 (learning_rate=1e+30 seed=0) (diverged at step {at})" in table
 
 
 def test_a_population_whose_every_member_diverges_stops_naming_them(small_splits, tmp_path):
