@@ -45,11 +45,11 @@ def _variants(parser, path: str, only) -> list[str]:
 def _check_rule(parser, rule: str) -> None:
   threshold = rule.removeprefix("fastest:")
   try:
-    ok = rule == "best" or (threshold != rule and 0 < float(threshold) <= 1)
+    ok = rule == "best" or (threshold != rule and 0 <= float(threshold) <= 1)
   except ValueError:
     ok = False
   if not ok:
-    parser.error(f"--choose {rule}: 'best', or 'fastest:ACCURACY' with an accuracy in (0, 1], "
+    parser.error(f"--choose {rule}: 'best', or 'fastest:ACCURACY' with an accuracy in [0, 1], "
                  "e.g. fastest:0.937")
 
 
