@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fmnist_jax import augment, config_file, dataset, hardware, models
-from fmnist_jax import state as state_lib, steps
+from fmnist_jax import state as state_lib, steps, workdir as workdir_lib
 from fmnist_jax.configuration import INERT, SEED_LIMIT, validate_config
 from fmnist_jax.errors import ConfigError
 from fmnist_jax.parallel import Parallelism
@@ -465,29 +465,46 @@ def setting(row: dict, found: list[dict]) -> str:
   return describe({k: v for k, v in found[row["member"]].items() if k != "run.seed"})
 
 
-def result(found: list[dict], rows: list[dict]) -> dict:
-  """result.json's population part, {"population": ...}: each member's final and best (by
-  validation accuracy) rows (the final row says whether it stopped: status), and the mean +- std
-  over the members of each setting that did not diverge; {} for one member (its result is the
-  run's)."""
+def result(found: list[dict], rows: list[dict], step: int) -> dict:
+  """result.json's summary of the run's rows up to `step`, the same at the end of the run and
+  when rebuilt from metrics.jsonl: `final` (the row at `step`) and `best_by_val` (the row of
+  highest validation accuracy; None without a validation split). Of several members both are
+  the means over the members that did not diverge (each member's best taken by its own
+  validation accuracy; `members` and `diverged` count them), and `population` holds each
+  member's final and best rows and each setting's mean +- std."""
+  rows = [r for r in rows if r["step"] <= step]
   if len(found) == 1:
-    return {}
+    final = next((r for r in reversed(rows) if r["step"] == step), rows[-1] if rows else {})
+    return {"final": {k: v for k, v in final.items() if k != "step"},
+            "best_by_val": workdir_lib.best_by_val(rows)}
   per_member = []
   for index in range(len(found)):
     mine = [r for r in rows if r.get("member") == index]
-    if not mine:
-      continue
-    best = max(mine, key=lambda r: r.get("val_accuracy", r["test_accuracy"]))
-    per_member.append({"member": index, **plain(found[index]), "final": mine[-1],
-                       "best": best})
+    if mine:
+      per_member.append({"member": index, **plain(found[index]), "final": mine[-1],
+                         "best": workdir_lib.best_by_val(mine)})
+  counted = [entry for entry in per_member if not entry["final"].get("diverged")]
   settings = {}
-  for entry in per_member:  # (a member that diverged is listed, not summed)
-    if not entry["final"].get("diverged"):
-      settings.setdefault(setting(entry["final"], found), []).append(entry["final"])
-  summary = {name: {key: mean_std([r[key] for r in finals])
+  for entry in counted:  # (a member that diverged is listed, not summed)
+    settings.setdefault(setting(entry["final"], found), []).append(entry["final"])
+  summary = {name: {key: mean_std([r.get(key) for r in finals])
                     for key in ("test_accuracy", "test_loss", "train_accuracy", "train_loss")}
              | {"members": len(finals)} for name, finals in settings.items()}
-  return {"population": {"members": per_member, "settings": summary}}
+  diverged = len(per_member) - len(counted)
+  bests = [entry["best"] for entry in counted if entry["best"]]
+  return {"final": _mean_row([e["final"] for e in counted], diverged),
+          "best_by_val": _mean_row(bests, diverged) if bests else None,
+          "population": {"members": per_member, "settings": summary}}
+
+
+def _mean_row(rows: list[dict], diverged: int) -> dict:
+  """The members' mean of each number their rows share (a field they vary, and `member`,
+  left out), with how many members it counts and how many diverged."""
+  skip = {"member", "step", "status_step", *(config_file.field_name(p) for p in VARYING)}
+  keys = [k for k, v in rows[0].items() if k not in skip and isinstance(v, (int, float))
+          and not isinstance(v, bool) and all(isinstance(r.get(k), (int, float)) for r in rows)]
+  return {key: float(np.mean([r[key] for r in rows])) for key in keys} | {
+      "members": len(rows), "diverged": diverged}
 
 
 def mean_std(values) -> list[float] | None:

@@ -103,8 +103,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     state, step, extras, ckpt = _restore(run)
     codes = run.par.to_host(state.hparams["status"])
     stopped, last_eval = population.none_training(codes), {}
-    if workdir_lib.finished(run.workdir, step, run.total_steps, stopped, run.is_chief):
+    if workdir_lib.finished(step, run.total_steps, stopped):
       ckpt.close()
+      if run.is_chief and not workdir_lib.result_is_current(run.workdir, step):
+        write_result(run, step, "target_reached" if stopped else "completed", rebuilt=True)
+        logging.warning("result.json was missing or stale: rebuilt from metrics.jsonl")
     else:
       loop = Loop(run, ckpt, step, extras.get("epoch_sums"), startup, codes)
       gc.collect()
@@ -126,6 +129,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   finally:
     if run.lock:
       run.lock.release()
+
+
+def write_result(run: Run, step: int, stop_reason: str, **extra) -> dict:
+  """result.json from the run's rows (population.result): the same at the end of the run and
+  when rebuilt after a kill. Returns it."""
+  summary = population.result(run.members, workdir_lib.read_metrics(run.workdir), step)
+  workdir_lib.write_result(run.workdir, stop_reason=stop_reason, step=step, **summary, **extra)
+  return summary
 
 
 def _restore(run: Run):
@@ -353,11 +364,8 @@ class Loop:
     logging.info("process %d: finished at step %d, parameter checksum %.10g",
                  jax.process_index(), step, checksum)
     if run.is_chief and self.last_eval:
-      final = {k: v for k, v in self.last_eval.items() if k != "members"}
-      extra = population.result(run.members, workdir_lib.read_metrics(run.workdir))
-      workdir_lib.write_result(
-          run.workdir, stop_reason=self.stop_reason, step=step, final=final, **extra,
-          resumed_from_step=self.progress.start_step,
-          flops_per_image=self.progress.flops_per_image,
-          **self.progress.record(step, run.steps_per_epoch))
-      self.progress.summary(self.stop_reason, step, final, run.workdir)
+      summary = write_result(run, step, self.stop_reason,
+                             resumed_from_step=self.progress.start_step,
+                             flops_per_image=self.progress.flops_per_image,
+                             **self.progress.record(step, run.steps_per_epoch))
+      self.progress.summary(self.stop_reason, step, summary["final"], run.workdir)

@@ -316,8 +316,8 @@ def best_by_val(rows: list[dict], steps=None) -> dict | None:
   """The evaluation row with the highest validation accuracy, among `steps` if given (e.g. the
   checkpoints kept); None without a validation split. The one rule for "best": chosen on
   validation, never on test."""
-  scored = [row for row in rows
-            if "val_accuracy" in row and (steps is None or row.get("step") in steps)]
+  scored = [row for row in rows if row.get("val_accuracy") is not None
+            and (steps is None or row.get("step") in steps)]
   return max(scored, key=lambda row: row["val_accuracy"]) if scored else None
 
 
@@ -409,43 +409,28 @@ class MetricsWriter:
 # --- result.json -----------------------------------------------------------------------------
 
 def write_result(workdir, **result) -> None:
-  """WORKDIR/result.json: how the run ended, its last evaluation and its best by validation."""
-  workdir = pathlib.Path(workdir)
-  result["best_by_val"] = best_by_val(read_metrics(workdir))
+  """WORKDIR/result.json: how the run ended and its summary (population.result)."""
   result["end_unix_time"] = time.time()
-  write_atomically(workdir / RESULT_FILE, dumps(result, indent=1) + "\n")
+  write_atomically(pathlib.Path(workdir) / RESULT_FILE, dumps(result, indent=1) + "\n")
 
 
-def finished(workdir, step: int, total_steps: int, reached: bool, chief: bool = True) -> bool:
+def finished(step: int, total_steps: int, reached: bool) -> bool:
   """Whether a run restored at `step` has nothing left to train: it reached total_steps, or
   every member stopped (`reached`: none trains, from the checkpoint's statuses checked against
-  today's stop_at_accuracy). Says so, and (on the chief process) rebuilds a missing or stale
-  result.json (a kill after the last checkpoint) from the step's rows."""
+  today's stop_at_accuracy). Says so."""
   if step < total_steps and not reached:
     return False
   logging.warning("already finished at step %d of %d%s: nothing to train (raise %s to train "
                   "on, or use a new --workdir)", step, total_steps,
                   " (stop_at_accuracy reached)" if reached else "",
                   "eval.stop_at_accuracy" if reached else "run.num_epochs or run.num_train_steps")
-  if chief and rebuild_result(workdir, step, reached):
-    logging.warning("result.json was missing or stale: rebuilt from metrics.jsonl")
   return True
 
 
-def rebuild_result(workdir, step: int, target: bool) -> bool:
-  """Writes result.json of a finished run anew from its metrics row at `step`, if result.json
-  is missing or describes another step; returns whether it did."""
-  result = read_result(workdir)
-  rows = [row for row in read_metrics(workdir) if row.get("step") == step]
-  if (result and result.get("step") == step) or not rows:
-    return False
-  # The members' means, as result.json has them (one member's row is its own mean).
-  final = {k: type(v)(np.mean([r[k] for r in rows])) for k, v in rows[-1].items()
-           if k in ("epoch", "elapsed_seconds", "skipped_updates")
-           or k.endswith(("_loss", "_accuracy", "_count"))}
-  write_result(workdir, stop_reason="target_reached" if target else "completed", step=step,
-               final=final, rebuilt=True)
-  return True
+def result_is_current(workdir, step: int) -> bool:
+  """Whether result.json describes `step` (not missing, stale or cut short by a kill after the
+  last checkpoint)."""
+  return (read_result(workdir) or {}).get("step") == step
 
 
 def read_result(workdir) -> dict | None:

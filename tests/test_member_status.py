@@ -144,3 +144,33 @@ def test_the_divergence_advice_offers_skipping_only_where_it_is_off(skip):
     saver.check_finite(sums, (np.array([2, 2]), np.array([3, 4])))
   assert ("skip_nonfinite_updates=True" in str(raised.value)) is not skip
   assert "at step 3, 4, in members 0 (a), 1 (b)" in str(raised.value)
+
+
+def test_a_populations_result_holds_means_only_and_a_rebuilt_one_equals_it(small_splits,
+                                                                          tmp_path):
+  """The top level of a population's result.json is the means of the members that did not
+  diverge (final and best_by_val, each member's best by its own validation accuracy), never a
+  member's row; result.json rebuilt from the run files (deleted, the command run again) equals
+  the one written at the end (it lost its population part and averaged the diverged in)."""
+  members = (("optimizer.learning_rate", (1e-2, 3e-3, 1e30)),)
+  config = tiny_config(run=dict(num_epochs=2), model=NO_DROPOUT,
+                       population=dict(members=members))
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  written = _result(tmp_path / "run")
+  rows = _rows(tmp_path / "run")
+  healthy = [r for r in rows if r["member"] < 2]
+  for key in ("final", "best_by_val"):
+    assert "member" not in written[key] and "learning_rate" not in written[key]
+    assert (written[key]["members"], written[key]["diverged"]) == (2, 1)
+  assert written["final"]["test_loss"] == pytest.approx(
+      np.mean([r["test_loss"] for r in healthy if r["step"] == written["step"]]))
+  bests = [max((r for r in healthy if r["member"] == m), key=lambda r: r["val_accuracy"])
+           for m in (0, 1)]
+  assert written["best_by_val"]["test_accuracy"] == pytest.approx(
+      np.mean([r["test_accuracy"] for r in bests]))
+  (tmp_path / "run" / "result.json").unlink()
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  rebuilt = _result(tmp_path / "run")
+  assert rebuilt["rebuilt"] and rebuilt["stop_reason"] == written["stop_reason"]
+  for key in ("step", "final", "best_by_val", "population"):
+    assert rebuilt[key] == written[key], key
