@@ -54,14 +54,14 @@ def first_epoch(accuracies, target: float):
 
 def translated(workdir: pathlib.Path, steps: list[int], split: str = "val") -> np.ndarray:
   """Flip- and translation-averaged accuracy [steps, members] of each step's checkpoint."""
-  from fmnist_jax import input_pipeline, report
+  from fmnist_jax import evaluate, input_pipeline, population
   from fmnist_jax import workdir as workdir_lib
   config = workdir_lib.read_config(workdir)
   config.eval.tta_translate = 1
   images, labels = input_pipeline.load_splits(config)[split]
-  return np.array([(report.member_log_probabilities(
-      workdir, config, images, step=step)[1].argmax(-1) == labels).mean(-1)
-      for step in steps])
+  members = len(population.members(config))
+  return np.array([(evaluate.member_predictions(workdir, config, [step] * members, images)
+                    .argmax(-1) == labels).mean(-1) for step in steps])
 
 
 def measure_row(args, name: str, fields: dict, overrides: list[str]) -> dict:

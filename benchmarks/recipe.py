@@ -48,19 +48,17 @@ def run_seed(config: str, seed: int, root: pathlib.Path, overrides: list[str]) -
 def evaluate_both_ways(workdir: pathlib.Path) -> dict:
   """val/test accuracy of the last checkpoint, plain and flip-averaged: {"test": {"plain":
   ..., "flip_average": ...}, ...}."""
-  import jax
   from fmnist_jax import evaluate, input_pipeline, workdir as workdir_lib
   config = workdir_lib.read_config(workdir)
   splits = input_pipeline.load_splits(config)
-  model, params, step = evaluate.restore_params(workdir, config, "last")
-  params = jax.tree.map(lambda x: x[0], params)  # (the run's one member)
+  model, params, step = evaluate.restore_params(workdir, config)
   out = {"step": step}
   for name in ("val", "test"):
     if name in splits:
       images, labels = splits[name]
       out[name] = {
           mode: float(np.mean(evaluate.predict(model, params, images,
-                                               flip_average=flip).argmax(-1) == labels))
+                                               flip_average=flip)[0].argmax(-1) == labels))
           for mode, flip in (("plain", False), ("flip_average", True))}
   return out
 

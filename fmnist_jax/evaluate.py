@@ -37,60 +37,69 @@ def summarize(fetched: dict[str, list], counted=None) -> dict[str, dict]:
   return results
 
 
-def restore_params(workdir: pathlib.Path, config, which: str = "last",
-                   step: int | None = None):
-  """(model, parameters, step) of the latest ('last') or best-by-validation ('best') checkpoint,
-  or of `step`'s: the members' (fmnist_jax.population) stacked on a leading member axis (one
-  for a single run). The parameters are the EMA when the run kept one."""
-  workdir = pathlib.Path(workdir)
-  directory = workdir / workdir_lib.CHECKPOINTS
-  if not directory.is_dir():  # (before anything is compiled)
-    raise ReportError(f"{workdir} has no checkpoints/ directory: nothing to evaluate.")
+def restore_params(workdir: pathlib.Path, config, step: int | None = None):
+  """(model, parameters, step) of `step`'s checkpoint (None: the latest): the members'
+  (fmnist_jax.population) stacked on a leading member axis (one for a single run). The
+  parameters are the EMA when the run kept one."""
+  directory = pathlib.Path(workdir) / workdir_lib.CHECKPOINTS
+  if not checkpointing.complete_steps(directory):  # (before anything is compiled)
+    raise ReportError(f"{workdir} has no checkpoint in {directory}: nothing to evaluate. "
+                      "Train at least one epoch first.")
   initial = population.initial_state(config, population.members(config), 1, 1,
                                      conv_impl="xla")  # the inference form, as trained
   state = Parallelism("jit", jax.devices()[:1]).place_state(initial)
   model = models.create_model(config, conv_impl="xla")
-  if step is None and which == "best":
-    step = best_checkpoint(workdir)
   ckpt = checkpointing.Checkpointer(directory, config, read_only=True)
   try:
-    if step is None and which != "best":
-      step = ckpt.latest_step()
-    if step is None:
-      raise ReportError(f"{directory} holds no {which} checkpoint"
-                        + (" (best needs validation metrics: data.validation_size > 0)."
-                           if which == "best" else "."))
+    step = ckpt.latest_step() if step is None else step
     state, _ = ckpt.restore(step, state)
   finally:
     ckpt.close()
   return model, state.eval_params, step
 
 
-def best_checkpoint(workdir: pathlib.Path) -> int | None:
-  """The kept checkpoint whose evaluation has the highest validation accuracy (None without
-  a validation split): workdir.best_by_val among the complete checkpoints."""
-  kept = checkpointing.complete_steps(pathlib.Path(workdir) / workdir_lib.CHECKPOINTS)
-  best = workdir_lib.best_by_val(workdir_lib.read_metrics(workdir), steps=set(kept))
-  return best and best["step"]
-
-
 def predict(model, params, images: np.ndarray, batch_size: int = 1000, *,
-            flip_average: bool = False, translate: int = 0,
-            per_pass: int | None = None) -> np.ndarray:
-  """Class log-probabilities [N, 10] for uint8 images (the training loop's eval logits,
-  normalised: its loss is `nll` of them); with `per_pass` (members side by side per pass:
-  population.over_members), `params` are a population's stacked parameters and the
-  log-probabilities [members, N, 10]."""
+            flip_average: bool = False, translate: int = 0, per_pass: int = 0) -> np.ndarray:
+  """Class log-probabilities [members, N, 10] of a population's stacked parameters (a single
+  run: one member) for uint8 images: the training loop's eval logits, normalised (its loss is
+  `nll` of them); `per_pass` members side by side per pass (population.over_members)."""
   @jax.jit
   def log_probabilities(params, batch):  # (params an argument: not baked into the program)
     def one(params):
       logits = models.inference_logits(model.apply, params, models.normalize(batch),
                                        flip_average=flip_average, translate=translate)
       return jax.nn.log_softmax(logits)
-    return one(params) if per_pass is None else population.over_members(one, per_pass, params)
+    return population.over_members(one, per_pass, params)
   return np.concatenate([np.asarray(log_probabilities(params, images[i:i + batch_size]))
-                         for i in range(0, len(images), batch_size)],
-                        axis=0 if per_pass is None else 1)
+                         for i in range(0, len(images), batch_size)], axis=1)
+
+
+def member_predictions(workdir: pathlib.Path, config, member_steps: list[int],
+                       images: np.ndarray) -> np.ndarray:
+  """Log-probabilities [members, N, 10] of each member at its own checkpoint (`member_steps`:
+  a step per member, e.g. each one's best by validation), with the config's test-time
+  augmentation; each checkpoint restored once."""
+  per_pass = population.resolve_per_pass(config, jax.devices()[0].platform)
+  out = None
+  for step in dict.fromkeys(member_steps):
+    model, params, _ = restore_params(workdir, config, step=step)
+    mine = np.flatnonzero(np.asarray(member_steps) == step)
+    predicted = predict(model, jax.tree.map(lambda x: x[mine], params), images,
+                        per_pass=per_pass, **models.tta_options(config))
+    out = np.zeros((len(member_steps), *predicted.shape[1:]), np.float32) if out is None else out
+    out[mine] = predicted
+  return out
+
+
+def member_steps(workdir: pathlib.Path, rows: list[dict], members: int, which: str):
+  """The checkpoint step of each member: the latest (`last`), or the kept one of its highest
+  validation accuracy (`best`; None without a validation split)."""
+  kept = checkpointing.complete_steps(pathlib.Path(workdir) / workdir_lib.CHECKPOINTS)
+  if which == "last":  # (None: no checkpoint, which restore_params says)
+    return [kept[-1] if kept else None] * members
+  bests = [workdir_lib.best_by_val([r for r in rows if r.get("member", 0) == m], set(kept))
+           for m in range(members)]
+  return None if None in bests else [best["step"] for best in bests]
 
 
 def nll(log_probabilities: np.ndarray, labels: np.ndarray) -> float:
@@ -146,21 +155,19 @@ def calibration(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> 
           "bin_confidence": mean_confidence.tolist(), "bin_count": count.tolist()}
 
 
-def evaluate_split(model, params, images, labels, class_names=CLASS_NAMES, *,
-                   flip_average: bool = False, translate: int = 0) -> dict:
-  """Everything the report shows about one checkpoint on one split."""
-  log_probabilities = predict(model, params, images, flip_average=flip_average,
-                              translate=translate)
+def analyse(log_probabilities: np.ndarray, labels: np.ndarray,
+            class_names=CLASS_NAMES) -> dict:
+  """Everything the report shows of one model's (or an ensemble's) log-probabilities [N, 10] on
+  a split."""
   predictions = log_probabilities.argmax(-1)
   confidence = np.exp(log_probabilities.max(-1))
-  loss = nll(log_probabilities, labels)
   confusion = confusion_matrix(labels, predictions, len(class_names))
   report = classification_report(labels, predictions, class_names)
   f1 = {name: report[name]["f1-score"] for name in class_names}
   ranked = sorted(f1, key=f1.get)
-  return {"accuracy": float(np.mean(predictions == labels)), "loss": loss,
-          "count": int(len(labels)), "classification_report": report,
-          "confusion_matrix": confusion.tolist(),
+  return {"accuracy": float(np.mean(predictions == labels)),
+          "loss": nll(log_probabilities, labels), "count": int(len(labels)),
+          "classification_report": report, "confusion_matrix": confusion.tolist(),
           "most_confused_pairs": most_confused_pairs(confusion, 5, class_names),
           "best_classes": ranked[::-1][:3], "worst_classes": ranked[:3],
           "calibration": calibration(confidence, predictions == labels),

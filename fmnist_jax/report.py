@@ -183,64 +183,98 @@ def _sigterm_raises(error: Exception):
 
 
 def _write_report(workdir: pathlib.Path, splits: dict | None) -> pathlib.Path:
+  """One report for any number of members: a single run is the population whose ensemble is
+  its one member. Each checkpoint (each member's best by validation, and the last) is analysed
+  as the ensemble of the members that did not diverge, and, where they differ, as each
+  setting's; several members add their table and curves."""
   config = workdir_lib.read_config(workdir)
   rows = workdir_lib.read_metrics(workdir, required=True)
-  if splits is None:
-    splits = input_pipeline.load_splits(config)
-  if any("member" in row for row in rows):  # several members: their tables and ensembles
-    return write_members_report(workdir, config, rows, splits)
+  splits = splits or input_pipeline.load_splits(config)
+  found = population.members(config)
   out = workdir / f".{workdir_lib.REPORT}.tmp"
   shutil.rmtree(out, ignore_errors=True)  # (an interrupted report's)
   out.mkdir()
+  images, labels = splits["test"]
+  chosen = {which: evaluate.member_steps(workdir, rows, len(found), which)
+            for which in ("best", "last")}
+  chosen = {which: steps for which, steps in chosen.items() if steps}  # (best: a val split)
+  by_steps = {tuple(steps): None for steps in chosen.values()}  # (best = last: predicted once)
+  by_steps = {steps: evaluate.member_predictions(workdir, config, list(steps), images)
+              for steps in by_steps}
+  predicted = {which: by_steps[tuple(steps)] for which, steps in chosen.items()}
+  runs, groups = _curves(rows, found)
   figures = {
       "class_distribution": plot_class_distribution(splits, out / "class_distribution.png"),
       "samples_train": plot_samples_per_class(*splits["train"], "Training images per class",
                                               out / "samples_train.png"),
       "samples_test": plot_samples_per_class(*splits["test"], "Test images per class",
                                              out / "samples_test.png"),
-      "curves": plots.curves({"run": rows}, out / "curves.png", "Training curves"),
-  }
-  checkpoints = ["best", "last"]
-  if evaluate.best_checkpoint(workdir) is None:
-    checkpoints = ["last"]  # no validation split: the last checkpoint, and the report says so
-  numbers = {"workdir": str(workdir), "final_metrics": rows[-1],
-             "class_balance": _class_balance(splits),
-             "checkpoints": _evaluate_checkpoints(workdir, config, checkpoints, splits["test"],
-                                                  figures, out)}
+      "curves": plots.curves(runs, out / "curves.png", "Training curves", groups=groups)}
+  summary = population.result(found, rows, rows[-1]["step"])
+  numbers = {"workdir": str(workdir), "final_metrics": summary["final"],
+             "class_balance": _class_balance(splits), "result": summary}
+  numbers["groups"] = {}
+  for i, (name, indices) in enumerate(_groups(found, rows).items()):
+    suffix = "_" + "".join(c if c.isalnum() else "_" for c in name.removeprefix("ensemble of "))
+    numbers["groups"][name] = _analyse_group(indices, chosen, predicted, splits["test"], name,
+                                             suffix if i else "", figures, out)
+  numbers["checkpoints"] = next(iter(numbers["groups"].values()))
+  if len(found) > 1:
+    numbers.update(member_numbers(config, rows, predicted["last"], labels))
   (out / "metrics.json").write_text(workdir_lib.dumps(numbers, indent=2))
   (out / "report.md").write_text("\n".join(_markdown(workdir, config, rows, numbers, figures)))
   return workdir_lib.swap_in(out, workdir / workdir_lib.REPORT)
 
 
-def _evaluate_checkpoints(workdir, config, checkpoints, test, figures, out) -> dict:
-  """Each checkpoint's test evaluation (its numbers, returned) and figures (into `figures`)."""
-  test_images, test_labels = test
+def _groups(found: list[dict], rows: list[dict]) -> dict[str, list[int]]:
+  """The ensembles analysed: of every member that did not diverge (a single run: its one
+  member), then, where the members differ in more than their seed, each setting's."""
+  last = {r.get("member", 0): r for r in rows}
+  healthy = [m for m in range(len(found)) if not last.get(m, {}).get("diverged")] or [0]
+  groups = {"run" if len(found) == 1 else "ensemble of the members": healthy}
+  settings = {}
+  for m in healthy:
+    settings.setdefault(population.setting({"member": m}, found), []).append(m)
+  if len(settings) > 1:
+    groups.update({f"ensemble of {name}": members for name, members in settings.items()})
+  return groups
+
+
+def _curves(rows: list[dict], found: list[dict]):
+  """plots.curves' runs and groups: the run's rows, or each member's by its setting."""
+  if len(found) == 1:
+    return {"run": rows}, None
+  runs = {f"m{m}": [r for r in rows if r.get("member") == m] for m in range(len(found))}
+  return runs, {label: population.setting(mine[0], found) or "every member"
+                for label, mine in runs.items() if mine}
+
+
+def _analyse_group(indices, chosen, predicted, test, name, suffix, figures, out) -> dict:
+  """A group's ensemble at each checkpoint: its numbers (returned) and figures (into
+  `figures`, named by the checkpoint and `suffix`; the first group's, "", also the
+  examples)."""
+  images, labels = test
   numbers, results = {}, {}
-  for which in checkpoints:
-    model, params, step = evaluate.restore_params(workdir, config, which)
-    params = jax.tree.map(lambda x: x[0], params)  # (the run's one member)
-    same = [w for w in numbers if numbers[w]["step"] == step]
-    if same:  # best and last are the same checkpoint: evaluated once
-      results[which], numbers[which] = results[same[0]], numbers[same[0]]
-    else:
-      results[which] = evaluate.evaluate_split(
-          model, params, test_images, test_labels,
-          **models.tta_options(config))
-      numbers[which] = {"step": step, "parameters": int(sum(np.size(x) for x in
-                                                             jax.tree.leaves(params))),
-                        **{k: v for k, v in results[which].items()
-                           if k not in ("predictions", "confidence")}}
-    figures[f"confusion_{which}"] = plot_confusion(
-        results[which]["confusion_matrix"],
-        f"Test confusion matrix, {which} checkpoint (step {step})", out / f"confusion_{which}.png")
-    figures[f"reliability_{which}"] = plot_reliability(
-        results[which]["calibration"], f"Reliability, {which} checkpoint (step {step})",
-        out / f"reliability_{which}.png")
-  chosen = results[checkpoints[0]]
-  for name, which, confident in (("correct", "correct", False), ("wrong", "wrong", False),
+  for which in chosen:
+    steps = sorted({chosen[which][m] for m in indices})
+    results[which] = evaluate.analyse(evaluate.ensemble(predicted[which][indices]), labels)
+    numbers[which] = {"step": steps[0] if len(steps) == 1 else steps, "members": len(indices),
+                      **{k: v for k, v in results[which].items()
+                         if k not in ("predictions", "confidence")}}
+    where = _where(which, numbers[which])
+    numbers[which]["figures"] = {
+        "confusion": plot_confusion(results[which]["confusion_matrix"],
+                                    f"Test confusion matrix, {name}, {where}",
+                                    out / f"confusion_{which}{suffix}.png"),
+        "reliability": plot_reliability(results[which]["calibration"],
+                                        f"Reliability, {name}, {where}",
+                                        out / f"reliability_{which}{suffix}.png")}
+  if not suffix:  # (the examples: the first group's first checkpoint)
+    first = results[next(iter(chosen))]
+    for key, kind, confident in (("correct", "correct", False), ("wrong", "wrong", False),
                                  ("confidently_wrong", "wrong", True)):
-    figures[name] = plot_examples(test_images, test_labels, chosen, which, out / f"{name}.png",
-                                  most_confident=confident)
+      figures[key] = plot_examples(images, labels, first, kind, out / f"{key}.png",
+                                   most_confident=confident)
   return numbers
 
 
@@ -264,17 +298,18 @@ def _class_balance(splits: dict) -> str:
 
 
 def _headline(workdir, config, rows, numbers) -> list[str]:
-  """The run at a glance: what was trained, how, where, how long, and how well."""
+  """The run at a glance: what was trained, how, where, how long, and how well (of several
+  members: their means, result.json's)."""
   starts = workdir_lib.read_run_info(workdir)
   result = workdir_lib.read_result(workdir) or {}
-  last = numbers["checkpoints"]["last"]
-  final, best = rows[-1], workdir_lib.best_by_val(rows)
+  final, best = numbers["result"]["final"], numbers["result"]["best_by_val"]
+  members = f", the mean of {final['members']} members" if "members" in final else ""
   command = _command(starts[0]["argv"]) if starts and starts[0].get("argv") else "?"
   model, opt = config.model, config.optimizer
   lines = [
       ("command", f"`{command}`" + (f" ({len(starts)} starts)" if len(starts) > 1 else "")),
       ("model", f"CNN, conv {tuple(model.conv_features)}, dense {model.dense_features}, "
-                f"{last['parameters']:,} parameters, {model.dtype}"),
+                f"{models.parameter_count(config):,} parameters, {model.dtype}"),
       ("recipe", f"{opt.name} lr {opt.learning_rate:g} ({opt.schedule}), batch "
                  f"{config.run.batch_size}, dropout {tuple(model.dropout_rates)}, label smoothing "
                  f"{opt.label_smoothing:g}, EMA {opt.ema_decay:g}, shifts "
@@ -282,21 +317,38 @@ def _headline(workdir, config, rows, numbers) -> list[str]:
       ("device", f"{starts[-1]['device_kind']} x{starts[-1]['device_count']} "
                  f"({starts[-1]['platform']}; host {starts[-1].get('host_cpu', '?')})"
        if starts else "?"),
-      ("training", f"step {final['step']}, epoch {final['epoch']:.2f}, "
+      ("training", f"step {rows[-1]['step']}, epoch {final['epoch']:.2f}, "
                    f"{result.get('stop_reason', '?')}; {result.get('train_seconds', 0):.1f} s "
                    f"({result.get('compile_seconds', 0):.1f} s compiling)"),
-      ("final", f"test accuracy {100 * final['test_accuracy']:.2f}%, test loss "
-                f"{final['test_loss']:.4f}"),
-      ("best by validation", f"val accuracy {100 * best['val_accuracy']:.2f}% at step "
-                             f"{best['step']} (test {100 * best['test_accuracy']:.2f}%)"
+      ("final", f"test accuracy {_pct(final.get('test_accuracy'))}, test loss "
+                f"{_num(final.get('test_loss'))}{members}"),
+      ("best by validation", f"val accuracy {_pct(best['val_accuracy'])}"
+                             + (f" at step {best['step']}" if "step" in best else
+                                " (each member at its best)")
+                             + f" (test {_pct(best['test_accuracy'])})"
        if best else "no validation split: the last checkpoint is reported")]
   return ["| | |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in lines] + [""]
 
 
+def _pct(value) -> str:
+  return "–" if value is None else f"{100 * value:.2f}%"
+
+
+def _num(value) -> str:
+  return "–" if value is None else f"{value:.4f}"
+
+
+def _where(which: str, n: dict) -> str:
+  """Which checkpoint a figure uses: "best checkpoint (step 20)", or of several members each
+  one's best by validation (their steps)."""
+  step = n["step"]
+  return (f"{which} checkpoint (step {step})" if isinstance(step, int) else
+          f"{which} checkpoints (each member's {'best by validation' if which == 'best' else 'last'}"
+          f": steps {', '.join(map(str, step))})")
+
+
 def _markdown(workdir, config, rows, numbers, figures) -> list[str]:
-  checkpoints = list(numbers["checkpoints"])
-  steps = [numbers["checkpoints"][w]["step"] for w in checkpoints]
-  sections = checkpoints if len(set(steps)) == len(steps) else checkpoints[-1:]
+  first = next(iter(numbers["groups"]))
   md = [f"# Report: `{workdir}`", ""] + _headline(workdir, config, rows, numbers) + [
         f"{len(rows)} evaluation{'s' if len(rows) != 1 else ''}; final step {rows[-1]['step']}, "
         f"epoch {rows[-1]['epoch']:.2f}. "
@@ -308,33 +360,48 @@ def _markdown(workdir, config, rows, numbers, figures) -> list[str]:
         "Training images, one row per class.", "",
         f"![test samples]({figures['samples_test']})", "", "Test images, one row per class.", "",
         "## Training curves", "", f"![curves]({figures['curves']})", "",
-        "Accuracy and loss per epoch, as recorded in `metrics.jsonl` during training.", "",
+        "Accuracy and loss per epoch, as recorded in `metrics.jsonl` during training"
+        + ("." if first == "run" else ", one colour per setting."), "",
         "## Test evaluation", "",
-        "| checkpoint | step | test accuracy | test loss | best classes (F1) | "
-        "worst classes (F1) |", "| --- | --- | --- | --- | --- | --- |"]
-  for which in checkpoints:
-    n = numbers["checkpoints"][which]
-    md.append(f"| {which} | {n['step']} | {100 * n['accuracy']:.2f}% | {n['loss']:.4f} | "
-              f"{', '.join(n['best_classes'])} | {', '.join(n['worst_classes'])} |")
+        "| " + ("" if first == "run" else "ensemble | ") + "checkpoint | step | test accuracy | "
+        "test loss | best classes (F1) | worst classes (F1) |",
+        "| --- " * (6 if first == "run" else 7) + "|"]
+  for group, checkpoints in numbers["groups"].items():
+    for which, n in checkpoints.items():
+      md.append(("| " if first == "run" else f"| {group} ({n['members']}) | ")
+                + f"{which} | {n['step']} | {_pct(n['accuracy'])} | {_num(n['loss'])} | "
+                f"{', '.join(n['best_classes'])} | {', '.join(n['worst_classes'])} |")
+  for group, checkpoints in numbers["groups"].items():
+    md += _group_sections(group, checkpoints)
+  md += ["## Correct vs misclassified", "", f"![correct]({figures['correct']})", "",
+         f"Correctly classified test images ({'' if first == 'run' else first + ', '}"
+         f"{next(iter(numbers['groups'][first]))} checkpoint), with confidence.", "",
+         f"![wrong]({figures['wrong']})", "", "Misclassified test images.", "",
+         f"![confidently wrong]({figures['confidently_wrong']})", "",
+         "The most confidently wrong test predictions.", ""]
+  return md + (_members_markdown(numbers) if "members" in numbers else [])
+
+
+def _group_sections(group: str, checkpoints: dict) -> list[str]:
+  """A group's per-checkpoint sections (one where best and last are the same checkpoint):
+  the class table, the most confused pairs, the confusion matrix and the reliability."""
+  steps = [n["step"] for n in checkpoints.values()]
+  sections = list(checkpoints) if steps[0] != steps[-1] else list(checkpoints)[-1:]
+  md = []
   for which in sections:
-    n = numbers["checkpoints"][which]
-    title = which.capitalize() if sections == checkpoints else " and ".join(checkpoints)
-    md += ["", f"### {title.capitalize()} checkpoint (step {n['step']})", ""]
+    n = checkpoints[which]
+    title = which if len(sections) == len(checkpoints) else " and ".join(checkpoints)
+    where = _where(title, n).capitalize()
+    md += ["", f"### {where}" if group == "run" else f"### {group.capitalize()}: {where}", ""]
     md += _class_table(n["classification_report"])
     md += ["", "Most confused pairs (true → predicted: test images): " +
            "; ".join(f"{t} → {p}: {c}" for t, p, c in n["most_confused_pairs"]) + ".", "",
-           f"![confusion]({figures[f'confusion_{which}']})", "",
+           f"![confusion]({n['figures']['confusion']})", "",
            "Confusion matrix on the test split: counts, and each row divided by its class size.",
-           "", f"![reliability]({figures[f'reliability_{which}']})", "",
+           "", f"![reliability]({n['figures']['reliability']})", "",
            f"Expected calibration error on test: {100 * n['calibration']['ece']:.2f}% (15 "
            "equal-width bins): how far the confidence is from the accuracy.", ""]
-  return md + ["## Correct vs misclassified", "",
-               f"![correct]({figures['correct']})", "",
-               f"Correctly classified test images ({checkpoints[0]} checkpoint), with "
-               "confidence.", "",
-               f"![wrong]({figures['wrong']})", "", "Misclassified test images.", "",
-               f"![confidently wrong]({figures['confidently_wrong']})", "",
-               "The most confidently wrong test predictions.", ""]
+  return md
 
 
 # --- several members (fmnist_jax.population): a table of the members, the mean +- std of each
@@ -343,16 +410,6 @@ def _markdown(workdir, config, rows, numbers, figures) -> list[str]:
 MEMBER_COLUMNS = (("test_accuracy", "test accuracy", 100, "%.2f%%"),
                   ("test_loss", "test loss", 1, "%.4f"), ("ece", "ECE", 100, "%.2f%%"),
                   ("gap", "train-test gap", 100, "%.2f pt"))
-
-
-def member_log_probabilities(workdir: pathlib.Path, config, images: np.ndarray,
-                             batch_size: int = 1000, step: int | None = None):
-  """(step, class log-probabilities [members, N, 10]) of the latest (or `step`'s) checkpoint's
-  members, with the config's test-time augmentation."""
-  model, params, step = evaluate.restore_params(workdir, config, step=step)
-  per_pass = population.resolve_per_pass(config, jax.devices()[0].platform)
-  return step, evaluate.predict(model, params, images, batch_size, per_pass=per_pass,
-                                **models.tta_options(config))
 
 
 def scores(log_probabilities: np.ndarray, labels: np.ndarray) -> dict:
@@ -372,7 +429,7 @@ def member_numbers(config, rows: list[dict], log_probabilities: np.ndarray,
   members, settings = [], {}
   for index, member in enumerate(found):
     final = [r for r in rows if r.get("member") == index][-1]
-    entry = {"member": index, **population.plain(member),
+    entry = {"member": index, **population.plain(member), "fields": population.describe(member),
              "setting": population.setting(final, found),
              **scores(log_probabilities[index], labels)}
     entry["gap"] = final["train_accuracy"] - entry["test_accuracy"]
@@ -389,59 +446,26 @@ def member_numbers(config, rows: list[dict], log_probabilities: np.ndarray,
   return {"members": members, "settings": summary, "ensembles": ensembles}
 
 
-def plot_members(rows: list[dict], found: list[dict], path: pathlib.Path) -> str:
-  """Every member's test accuracy and loss by epoch, one colour per setting."""
-  runs = {f"m{index}": [r for r in rows if r.get("member") == index]
-          for index in range(len(found))}
-  groups = {label: population.setting(mine[0], found) or "every member"
-            for label, mine in runs.items()}
-  return plots.curves(runs, path, "Test accuracy and loss, every member", splits=("test",),
-                      groups=groups)
-
-
-def _members_markdown(workdir, step: int, found: list[dict], result: dict) -> list[str]:
+def _members_markdown(numbers: dict) -> list[str]:
+  """Several members: each setting's mean ± std over its members, and each member, at the last
+  checkpoint (a member that diverged: listed, marked, left out of the means and ensembles)."""
   header = " | ".join(title for _, title, *_ in MEMBER_COLUMNS)
-  lines = [f"# Population report: {workdir}", "",
-           f"{len(found)} members, trained as one program; the last checkpoint (step {step}) "
-           "on the test split.", "", "## Each setting: mean ± std over its members", "",
+  lines = ["## Each setting: mean ± std over its members", "",
+           "The last checkpoint of each member, on the test split.", "",
            f"| setting | members | {header} |", "| --- | --- |" + " --- |" * len(MEMBER_COLUMNS)]
-  for name, summary in result["settings"].items():
+  for name, summary in numbers["settings"].items():
     cells = [f"{fmt % (scale * summary[key][0])} ± {fmt % (scale * summary[key][1])}"
              for key, _, scale, fmt in MEMBER_COLUMNS]
     lines.append(f"| {name or 'all'} | {summary['members']} | {' | '.join(cells)} |")
-  lines += ["", "![every member](members.png)", "", "## Members", "",
-            f"| member | fields | {header} |", "| --- | --- |" + " --- |" * len(MEMBER_COLUMNS)]
-  for entry in result["members"]:
-    cells = [fmt % (scale * entry[key]) for key, _, scale, fmt in MEMBER_COLUMNS]
-    fields = population.describe(found[entry["member"]]) + (
-        " (diverged: stopped, its state from before)" if entry["diverged"] else "")
+  lines += ["", "## Members", "", f"| member | fields | {header} |",
+            "| --- | --- |" + " --- |" * len(MEMBER_COLUMNS)]
+  for entry in numbers["members"]:
+    cells = ["–" if entry[key] is None else fmt % (scale * entry[key])
+             for key, _, scale, fmt in MEMBER_COLUMNS]
+    fields = entry["fields"] + (" (diverged: stopped, its state from before)"
+                                if entry["diverged"] else "")
     lines.append(f"| {entry['member']} | {fields} | {' | '.join(cells)} |")
-  lines += ["", "## Ensembles (apart: not a member's figure)", "",
-            "Each setting's members' mean class probabilities, evaluated as one model.", "",
-            "| setting | members | test accuracy | test loss | ECE |",
-            "| --- | --- | --- | --- | --- |"]
-  for name, ensemble in result["ensembles"].items():
-    lines.append(f"| {name or 'all'} | {ensemble['members']} | "
-                 f"{100 * ensemble['test_accuracy']:.2f}% | {ensemble['test_loss']:.4f} | "
-                 f"{100 * ensemble['ece']:.2f}% |")
   return lines + [""]
-
-
-def write_members_report(workdir: pathlib.Path, config, rows: list[dict],
-                         splits: dict) -> pathlib.Path:
-  """WORKDIR/report/ of a run of several members, written aside and swapped in whole."""
-  found = population.members(config)
-  out = workdir / f".{workdir_lib.REPORT}.tmp"
-  shutil.rmtree(out, ignore_errors=True)
-  out.mkdir()
-  images, labels = splits["test"]
-  step, log_probabilities = member_log_probabilities(workdir, config, images)
-  result = member_numbers(config, rows, log_probabilities, labels)
-  plot_members(rows, found, out / "members.png")
-  (out / "metrics.json").write_text(workdir_lib.dumps({"workdir": str(workdir), "step": step,
-                                                **result}, indent=2))
-  (out / "report.md").write_text("\n".join(_members_markdown(workdir, step, found, result)))
-  return workdir_lib.swap_in(out, workdir / workdir_lib.REPORT)
 
 
 def main(argv=None):

@@ -370,9 +370,22 @@ def test_the_report_of_a_population_gives_members_settings_and_ensembles_apart(s
     assert summary["test_accuracy"][0] == pytest.approx(np.mean(accuracies))
     assert summary["test_accuracy"][1] == pytest.approx(np.std(accuracies, ddof=1))
   assert set(numbers["ensembles"]) == set(settings)
-  text = (tmp_path / "run" / "report" / "report.md").read_text()
-  assert "## Ensembles (apart" in text and "members.png" in text
-  assert (tmp_path / "run" / "report" / "members.png").stat().st_size > 0
+  # The seed's analysis for the ensemble of all members and for each setting's, at each
+  # member's best checkpoint by validation and at the last.
+  out, count = tmp_path / "run" / "report", len(small_splits["test"][1])
+  assert list(numbers["groups"]) == ["ensemble of the members", *(
+      f"ensemble of {name}" for name in settings)]
+  for group in numbers["groups"].values():
+    assert set(group) == {"best", "last"} and group["last"]["members"] in (2, 4)
+    for analysis in group.values():
+      assert np.sum(analysis["confusion_matrix"]) == analysis["count"] == count
+      assert all((out / name).stat().st_size > 1000 for name in analysis["figures"].values())
+  assert numbers["checkpoints"] == numbers["groups"]["ensemble of the members"]
+  text = (out / "report.md").read_text()
+  for heading in ("## Test evaluation", "## Correct vs misclassified", "## Members",
+                  "### Ensemble of the members: ", "### Ensemble of dropout_rates="):
+    assert heading in text, heading
+  assert all((out / f"{name}.png").stat().st_size > 1000 for name in ("curves", "correct"))
   from fmnist_jax import compare
   compare.compare([str(tmp_path / "run")], str(tmp_path / "compare"))
   compared = json.loads((tmp_path / "compare" / "compare.json").read_text())

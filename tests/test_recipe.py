@@ -81,7 +81,8 @@ def test_flip_average_is_mirror_invariant_and_averages_log_probabilities():
   uint8_images, labels = synthetic_arrays(32)
   batch = {"image": uint8_images, "label": labels, "mask": np.ones(32, np.float32)}
   metrics = steps.eval_step(params, batch, apply_fn=model.apply, flip_average=True)
-  probabilities = evaluate.predict(model, params, uint8_images, flip_average=True)
+  stacked = jax.tree.map(lambda x: x[None], params)  # (a population of one)
+  probabilities = evaluate.predict(model, stacked, uint8_images, flip_average=True)[0]
   assert int(metrics["correct"]) == int(np.sum(probabilities.argmax(-1) == labels))
   assert int(metrics["count"]) == 32
 

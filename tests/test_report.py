@@ -60,7 +60,7 @@ def test_report_on_a_workdir_without_metrics_or_checkpoints_is_a_clear_error(tra
     report.write_report(str(trained_workdir))
   (trained_workdir / "kept.jsonl").rename(trained_workdir / "metrics.jsonl")
   (trained_workdir / "checkpoints").rename(trained_workdir / "moved")
-  with pytest.raises(evaluate.ReportError, match="no checkpoints/"):
+  with pytest.raises(evaluate.ReportError, match="has no checkpoint in"):
     report.write_report(str(trained_workdir))
   with pytest.raises(evaluate.ReportError, match="no config.json"):
     report.write_report(str(trained_workdir / "moved"))

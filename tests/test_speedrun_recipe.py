@@ -110,7 +110,8 @@ def test_translation_tta_averages_the_moved_views():
   batch = {"image": uint8_images, "label": labels, "mask": np.ones(32, np.float32)}
   metrics = steps.eval_step(params, batch, apply_fn=model.apply, translate=1)
   from fmnist_jax import evaluate
-  probabilities = evaluate.predict(model, params, uint8_images, translate=1)
+  stacked = jax.tree.map(lambda x: x[None], params)  # (a population of one)
+  probabilities = evaluate.predict(model, stacked, uint8_images, translate=1)[0]
   assert int(metrics["correct"]) == int(np.sum(probabilities.argmax(-1) == labels))
 
 

@@ -123,7 +123,7 @@ MEMBER_QUESTIONS = {
                          # a bare state.initial_state has no statuses to save or restore
     "steps": 1,          # ... nor a status for its step to update
     "workdir": 1,        # a resume that changes the population is refused (not a count)
-    "report": 1,         # several members' rows: their tables, figures and ensembles
+    "report": 2,         # several members add their tables; the headline says a mean
     "compare": 2,        # a workdir of several members compares as one run per member
 }
 
