@@ -137,15 +137,15 @@ def _main(workdir, *flags, env=None):
           "--workdir", str(workdir), f"--config.population.members={STUDY}", *flags]
 
 
-def _stacked(workdir, config):
-  """The latest checkpoint's stacked state."""
+def _stacked(workdir, config, step=None):
+  """The latest (or `step`'s) checkpoint's stacked state."""
   found = population.members(config)
   target = Parallelism("jit", member_shards=1).place_state(
       population.initial_state(config, found, 1, 1))
   ckpt = checkpointing.Checkpointer(pathlib.Path(workdir) / "checkpoints", config,
                                     read_only=True)
   try:
-    return ckpt.restore_latest(target)[0]
+    return (ckpt.restore_latest(target) if step is None else ckpt.restore(step, target))[0]
   finally:
     ckpt.close()
 
@@ -445,16 +445,24 @@ def test_a_population_whose_batches_do_not_fit_is_refused_before_the_data(tmp_pa
 def test_a_diverged_member_stops_with_its_state_from_before_and_the_others_go_on(
     small_splits, tmp_path, caplog):
   pairs = (("optimizer.learning_rate", (1e-3, 1e30)), ("run.seed", (0, 1)))
-  config = tiny_config(run=dict(num_train_steps=24), parallelism=dict(steps_per_call=2),
-                       population=dict(members=pairs))
+  config = tiny_config(run=dict(num_train_steps=24), parallelism=dict(steps_per_call=1),
+                       checkpoints=dict(every_steps=1, keep=30), population=dict(members=pairs))
   train.train_and_evaluate(config, str(tmp_path / "run"))
   rows = _rows(tmp_path / "run")
   assert {r["member"] for r in rows if r.get("diverged")} == {2, 3}
   assert "member 2 (learning_rate=1e+30 seed=0) diverged" in caplog.text
+  # Its state is the one from before the step that diverged it (the checkpoint of that step).
+  (at,) = {r["status_step"] for r in rows if r.get("diverged")}
+  stopped, then = _stacked(tmp_path / "run", config), _stacked(tmp_path / "run", config, at - 1)
+  for x, y in zip(jax.tree.leaves((stopped.params, stopped.opt_state)),
+                  jax.tree.leaves((then.params, then.opt_state))):
+    np.testing.assert_array_equal(np.asarray(x)[2:], np.asarray(y)[2:])
+  assert not np.array_equal(np.asarray(stopped.params["logits"]["bias"])[:2],
+                            np.asarray(then.params["logits"]["bias"])[:2])  # (the others went on)
   result = json.loads((tmp_path / "run" / "result.json").read_text())
   assert [m["final"].get("diverged", False) for m in result["population"]["members"]] == [
       False, False, True, True]
-  healthy = tiny_config(run=dict(num_train_steps=24), parallelism=dict(steps_per_call=2),
+  healthy = tiny_config(run=dict(num_train_steps=24), parallelism=dict(steps_per_call=1),
                         population=dict(members=(("run.seed", (0, 1)),)))
   train.train_and_evaluate(healthy, str(tmp_path / "healthy"))
   for a, b in zip([r for r in rows if r["member"] < 2], _rows(tmp_path / "healthy"), strict=True):
