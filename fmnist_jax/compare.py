@@ -76,16 +76,13 @@ def _runs_of(name: str, workdir: pathlib.Path) -> dict[str, tuple[list[dict], fl
   except (ValueError, KeyError, TypeError, AttributeError):
     logging.warning("%s is damaged: its calibration is left out", report)
     eces = {}
-  members = sorted({r["member"] for r in rows if "member" in r})
-  if not members:
-    return {name: (rows, eces.get(None))}
   varying = [config_file.field_name(path)
              for path, _ in workdir_lib.read_config(workdir).population.members]
   runs = {}
-  for m in members:
-    mine = [r for r in rows if r.get("member") == m]
+  for m, mine in workdir_lib.by_member(rows).items():  # (a single run: one, named as it is)
     values = " ".join(f"{key}={mine[0][key]}" for key in varying if key in mine[0])
-    runs[f"{name}/m{m}" + (f" ({values})" if values else "")] = (mine, eces.get(m))
+    label = f"{name}/m{m}" + (f" ({values})" if values else "") if varying else name
+    runs[label] = (mine, eces.get(m, eces.get(None)))
   return runs
 
 

@@ -97,8 +97,8 @@ def member_steps(workdir: pathlib.Path, rows: list[dict], members: int, which: s
   kept = checkpointing.complete_steps(pathlib.Path(workdir) / workdir_lib.CHECKPOINTS)
   if which == "last":  # (None: no checkpoint, which restore_params says)
     return [kept[-1] if kept else None] * members
-  bests = [workdir_lib.best_by_val([r for r in rows if r.get("member", 0) == m], set(kept))
-           for m in range(members)]
+  mine = workdir_lib.by_member(rows)
+  bests = [workdir_lib.best_by_val(mine.get(m, []), set(kept)) for m in range(members)]
   return None if None in bests else [best["step"] for best in bests]
 
 

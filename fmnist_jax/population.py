@@ -407,7 +407,7 @@ def reopen(config, status, rows: list[dict]):
 
 def last_rows(rows: list[dict]) -> dict:
   """Each member's latest metrics row (by member index; 0 for a single run's)."""
-  return {row.get("member", 0): row for row in rows}
+  return {index: mine[-1] for index, mine in workdir_lib.by_member(rows).items()}
 
 
 def tensorboard_tag(row: dict) -> str:
@@ -477,12 +477,9 @@ def result(found: list[dict], rows: list[dict], step: int) -> dict:
     final = next((r for r in reversed(rows) if r["step"] == step), rows[-1] if rows else {})
     return {"final": {k: v for k, v in final.items() if k != "step"},
             "best_by_val": workdir_lib.best_by_val(rows)}
-  per_member = []
-  for index in range(len(found)):
-    mine = [r for r in rows if r.get("member") == index]
-    if mine:
-      per_member.append({"member": index, **plain(found[index]), "final": mine[-1],
-                         "best": workdir_lib.best_by_val(mine)})
+  per_member = [{"member": index, **plain(found[index]), "final": mine[-1],
+                 "best": workdir_lib.best_by_val(mine)}
+                for index, mine in sorted(workdir_lib.by_member(rows).items())]
   counted = [entry for entry in per_member if not entry["final"].get("diverged")]
   settings = {}
   for entry in counted:  # (a member that diverged is listed, not summed)

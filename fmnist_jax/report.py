@@ -229,7 +229,7 @@ def _write_report(workdir: pathlib.Path, splits: dict | None) -> pathlib.Path:
 def _groups(found: list[dict], rows: list[dict]) -> dict[str, list[int]]:
   """The ensembles analysed: of every member that did not diverge (a single run: its one
   member), then, where the members differ in more than their seed, each setting's."""
-  last = {r.get("member", 0): r for r in rows}
+  last = population.last_rows(rows)
   healthy = [m for m in range(len(found)) if not last.get(m, {}).get("diverged")] or [0]
   groups = {"run" if len(found) == 1 else "ensemble of the members": healthy}
   settings = {}
@@ -244,9 +244,9 @@ def _curves(rows: list[dict], found: list[dict]):
   """plots.curves' runs and groups: the run's rows, or each member's by its setting."""
   if len(found) == 1:
     return {"run": rows}, None
-  runs = {f"m{m}": [r for r in rows if r.get("member") == m] for m in range(len(found))}
+  runs = {f"m{m}": mine for m, mine in workdir_lib.by_member(rows).items()}
   return runs, {label: population.setting(mine[0], found) or "every member"
-                for label, mine in runs.items() if mine}
+                for label, mine in runs.items()}
 
 
 def _analyse_group(indices, chosen, predicted, test, name, suffix, figures, out) -> dict:
@@ -426,13 +426,14 @@ def member_numbers(config, rows: list[dict], log_probabilities: np.ndarray,
                    labels: np.ndarray) -> dict:
   """Members, the mean +- std per setting, and each setting's ensemble."""
   found = population.members(config)
-  members, settings = [], {}
+  members, settings, last = [], {}, population.last_rows(rows)
   for index, member in enumerate(found):
-    final = [r for r in rows if r.get("member") == index][-1]
+    final = last[index]
     entry = {"member": index, **population.plain(member), "fields": population.describe(member),
              "setting": population.setting(final, found),
              **scores(log_probabilities[index], labels)}
-    entry["gap"] = final["train_accuracy"] - entry["test_accuracy"]
+    entry["gap"] = None if final["train_accuracy"] is None else \
+        final["train_accuracy"] - entry["test_accuracy"]
     entry["diverged"] = bool(final.get("diverged"))  # (stopped there: listed, not summed)
     members.append(entry)
     if not entry["diverged"]:

@@ -312,6 +312,14 @@ def read_metrics(workdir, required: bool = False) -> list[dict]:
   return rows
 
 
+def by_member(rows: list[dict]) -> dict[int, list[dict]]:
+  """Each member's metrics rows by its index (a single run's: member 0), in their order."""
+  members = {}
+  for row in rows:
+    members.setdefault(row.get("member", 0), []).append(row)
+  return members
+
+
 def best_by_val(rows: list[dict], steps=None) -> dict | None:
   """The evaluation row with the highest validation accuracy, among `steps` if given (e.g. the
   checkpoints kept); None without a validation split. The one rule for "best": chosen on
