@@ -47,6 +47,12 @@ RENAMED = {
 }
 
 
+# Folders each host of a multi-process run may keep at its own place (local disks); every other
+# field must be the same on every process.
+HOST_PATHS = ("data.tfds_dir", "data.idx_dir", "data.cache_dir",
+              "parallelism.compilation_cache_dir")
+
+
 def renamed(name: str, prefix: str = "--config.") -> str | None:
   """"X is now Y" for a flat name from before the sections (with how augment_flip's values
   read now), or None."""

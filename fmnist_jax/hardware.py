@@ -113,3 +113,31 @@ def peak_flops(device_kind: str, dtype: str) -> float | None:
     if name.lower() in device_kind.lower():
       return peaks.get(dtype)
   return None
+
+
+def check_processes_agree(settings: dict) -> None:
+  """Several processes: ConfigError on every process, before anything trains, if its
+  settings ({name: JSON value}, e.g. each config path and the workdir) differ from process
+  0's, naming the first that differs (processes that disagree train a wrong run, or wait on
+  each other's saves for good). Each setting is compared by a hash of its JSON text."""
+  if jax.process_count() == 1:
+    return
+  import hashlib
+  import json
+  import numpy as np
+  from jax.experimental import multihost_utils
+  from fmnist_jax.errors import ConfigError
+  names = sorted(settings)
+  mine = np.array([list(hashlib.sha256(json.dumps(settings[n], sort_keys=True).encode())
+                        .digest()[:8]) for n in names], np.uint8)
+  first = multihost_utils.broadcast_one_to_all(mine)  # (process 0's)
+  differs = [i for i, (a, b) in enumerate(zip(mine, np.asarray(first))) if (a != b).any()]
+  index = np.int32(differs[0] if differs else len(names))
+  seen = np.asarray(multihost_utils.process_allgather(index))
+  if (seen < len(names)).any():
+    process = int(np.argmin(seen))
+    name = names[int(seen.min())]
+    raise ConfigError(
+        f"process {process} of {jax.process_count()} was started with another {name} than "
+        f"process 0" + (f" (this process's: {settings[name]})" if differs else "")
+        + ": start every process with the same --config, overrides and --workdir.")

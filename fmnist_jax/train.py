@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gc
+import os
 import pathlib
 from typing import Any
 
@@ -22,7 +23,7 @@ from absl import logging
 
 from fmnist_jax import checkpointing, evaluate, hardware, initializers, input_pipeline, models
 from fmnist_jax import population, profiling, state as state_lib, steps, workdir as workdir_lib
-from fmnist_jax import configuration
+from fmnist_jax import config_file, configuration
 from fmnist_jax.errors import ConfigError, DiskFullError, is_disk_full
 from fmnist_jax.parallel import Parallelism
 from fmnist_jax.preemption import Preempted, PreemptionWatch
@@ -55,6 +56,9 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   """Checks everything that can fail on bad input, reads the data, prepares the workdir.
   Raises ConfigError/DataError/OSError before anything is compiled."""
   configuration.validate_config(config)
+  shared = {path: value for path, value in workdir_lib.by_path(config).items()
+            if path not in config_file.HOST_PATHS}
+  hardware.check_processes_agree({**shared, "--workdir": os.path.abspath(workdir)})
   for line in configuration.warnings(config):
     logging.warning("%s", line)
   members = population.check(config)

@@ -232,7 +232,7 @@ def layered(recorded: dict, where="a recorded config") -> ml_collections.ConfigD
   return config
 
 
-def _by_path(config) -> dict:
+def by_path(config) -> dict:
   return {path: value for section, fields in json.loads(config.to_json_best_effort()).items()
           for path, value in ((f"{section}.{f}", v) for f, v in fields.items())}
 
@@ -247,8 +247,8 @@ def config_changes(workdir, config) -> dict[str, tuple]:
   path = recorded[-1] if recorded else workdir / CONFIG_FILE
   if not path.exists():
     return {}
-  old = _by_path(layered(json.loads(_read_config_text(path)), path))
-  new = _by_path(config)
+  old = by_path(layered(json.loads(_read_config_text(path)), path))
+  new = by_path(config)
   return {field: (old.get(field), new.get(field)) for field in sorted(set(old) | set(new))
           if old.get(field) != new.get(field)}
 
@@ -392,7 +392,7 @@ class MetricsWriter:
     """The config's fields as TensorBoard hyperparameters, by path (tuples as text)."""
     from tensorboard.plugins.hparams import summary_v2
     hparams = {k: v if isinstance(v, (bool, int, float, str)) else str(v)
-               for k, v in _by_path(config).items()}
+               for k, v in by_path(config).items()}
     self._add(0, summary_v2.hparams_pb(hparams))
 
   def _add_scalars(self, step: int, scalars: dict, flush: bool = True) -> None:

@@ -151,3 +151,31 @@ def test_two_processes_train_and_the_checkpoint_restores_on_one_device(
   step, params = _final_params(tmp_path, tiny_config())
   assert step == 6 and len(jax.devices()) == 1
   assert all(np.all(np.isfinite(np.asarray(p))) for p in jax.tree.leaves(params))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("differs,named", [
+    (["--config.run.batch_size=32"], "another run.batch_size than process 0"),
+    (["--workdir", "OTHER"], "another --workdir than process 0"),
+])
+def test_processes_started_differently_stop_in_one_line_before_training(
+    synthetic_tfds, tmp_path, differs, named):
+  """Process 1 with another batch size (both "completed", its loss above ln 10) or another
+  workdir (both hung at the first save): every process says which setting differs, and
+  nothing trains."""
+  port = _free_port()
+  common = [sys.executable, "-m", "fmnist_jax.main", "--config", "configs/tiny.py",
+            f"--config.data.tfds_dir={synthetic_tfds['data_dir']}",
+            f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+            "--config.run.num_train_steps=4"]
+  own = [["--workdir", str(tmp_path / "run")],
+         [a.replace("OTHER", str(tmp_path / "other")) for a in differs]
+         + (["--workdir", str(tmp_path / "run")] if "--workdir" not in differs else [])]
+  procs = [subprocess.Popen(common + own[i] + [f"--process_id={i}"], cwd=ROOT,
+                            env=_devices_env(1), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  logs = [p.communicate(timeout=300)[1] for p in procs]
+  for p, log in zip(procs, logs):
+    assert p.returncode == 1 and named in log, log[-3000:]
+    assert "Traceback" not in log and "train program ready" not in log
+  assert not (tmp_path / "run" / "checkpoints").exists()
