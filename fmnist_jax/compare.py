@@ -41,7 +41,8 @@ def _pct(value, unit: str = "%") -> str:
 
 
 def _num(value) -> str:
-  return "–" if value is None else f"{value:.4f}"
+  """A loss: 4 decimals, or 4 significant digits where it is huge (a diverged one)."""
+  return "–" if value is None else f"{value:.4f}" if abs(value) < 1e6 else f"{value:.4g}"
 
 
 def labels(workdirs: list[str]) -> list[str]:
@@ -53,10 +54,10 @@ def labels(workdirs: list[str]) -> list[str]:
     for n in range(1, len(p) + 1):
       tail = p[-n:]
       if all(q[-n:] != tail for j, q in enumerate(parts) if j != i):
-        names.append("/".join(tail))
+        names.append(str(pathlib.PurePath(*tail)))
         break
     else:
-      names.append(f"{'/'.join(p)} ({i + 1})")
+      names.append(f"{pathlib.PurePath(*p)} ({i + 1})")
   return names
 
 
@@ -65,6 +66,8 @@ def _runs_of(name: str, workdir: pathlib.Path) -> dict[str, tuple[list[dict], fl
   it)}: one entry for a run, one per member for a population (NAME/mN, with the values it
   varies: "NAME/m1 (learning_rate=0.003 seed=1)")."""
   rows = workdir_lib.read_metrics(workdir, required=True)
+  if (workdir_lib.read_result(workdir) or {}).get("step") != rows[-1]["step"]:
+    name += f" (unfinished at step {rows[-1]['step']})"  # (training, or stopped short)
   report = workdir / workdir_lib.REPORT / "metrics.json"
   try:
     numbers = json.loads(report.read_text()) if report.exists() else {}
@@ -93,6 +96,10 @@ def compare(workdirs: list[str], out: str) -> pathlib.Path:
     raise ReportError(f"{', '.join(missing)}: no such run folder (pass the --workdir of runs).")
   if out_path.exists() and not out_path.is_dir():
     raise ReportError(f"--out {out} is a file: pass a folder for compare.png, .md and .json.")
+  resolved = [str(pathlib.Path(w).resolve()) for w in workdirs]
+  for twice in sorted({w for w in resolved if resolved.count(w) > 1}):
+    logging.warning("%s is given more than once: compared once", twice)
+  workdirs = list(dict.fromkeys(resolved))
   runs, eces = {}, {}
   for name, w in zip(labels(workdirs), workdirs):
     for run_name, (rows, ece) in _runs_of(name, pathlib.Path(w)).items():

@@ -17,7 +17,9 @@ class _QuietLibraries(std_logging.Filter):
   less those that describe normal use (a periodic save without metrics, a report opening
   checkpoints read-only). --verbose shows everything."""
   BENIGN = ("Requested `tracked_metric`", "Given directory is read only",
-            "setting save_interval_steps=0", "has no dataset_info.json")
+            "setting save_interval_steps=0", "has no dataset_info.json",
+            # Orbax's notes on what a kill left (a save cut short: never taken for a checkpoint)
+            "Attempted to create temporary directory", "Metadata file does not exist")
 
   # A full disk: the run stops with one line of its own (errors.DiskFullError), not Orbax's
   # tracebacks from each of its writer threads.

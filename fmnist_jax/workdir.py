@@ -308,7 +308,8 @@ def read_metrics(workdir, required: bool = False) -> list[dict]:
       rows.append(row)
   if required and not rows:
     raise ReportError(f"{workdir} has no metrics.jsonl (or it is empty): the run recorded no "
-                      "evaluation yet. Train at least one epoch first.")
+                      "evaluation yet (it is still in its first epoch, or stopped before its "
+                      "end). Train at least one epoch first.")
   return rows
 
 

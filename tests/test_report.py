@@ -88,6 +88,20 @@ def test_compare_labels_runs_by_their_distinct_path_parts():
   assert len(set(twice)) == 2  # the same run twice is never merged into one
 
 
+def test_compare_lists_a_run_given_twice_once_and_marks_one_unfinished(trained_workdir,
+                                                                      tmp_path, caplog):
+  """A workdir given twice (once with a trailing slash) is compared once, with a warning, and
+  labelled without a doubled slash; a run whose result.json does not describe its last row
+  (still training, or stopped short) says so; a huge loss prints in 4 significant digits."""
+  (trained_workdir / "result.json").unlink()
+  out = compare.compare([str(trained_workdir), str(trained_workdir) + "/"], str(tmp_path / "c"))
+  (name,) = json.loads((out / "compare.json").read_text())
+  assert name == "run (unfinished at step 24)" and "//" not in name
+  assert "is given more than once: compared once" in caplog.text
+  assert compare.labels(["/tmp/x", "/tmp/x"])[0] == "/tmp/x (1)"
+  assert compare._num(1.18e34) == "1.18e+34" and compare._num(0.25) == "0.2500"
+
+
 def test_compare_draws_validation_and_handles_a_single_evaluation(small_splits, tmp_path):
   train.train_and_evaluate(tiny_config(run=dict(num_train_steps=6)), str(tmp_path / "short"))
   out = compare.compare([str(tmp_path / "short")], str(tmp_path / "cmp"))
@@ -188,6 +202,10 @@ def test_the_console_keeps_the_projects_lines_not_a_checkouts_libraries():
                          "site-packages", "orbax", "checkpoint_manager.py")
   assert not quiet.filter(record(library))
   assert quiet.filter(record(library, logging.WARNING))
+  for note in ("Attempted to create temporary directory /w/checkpoints/10.orbax-checkpoint-tmp "
+               "which already exists", "Metadata file does not exist: /w/checkpoints/10"):
+    kept = logging.LogRecord("x", logging.WARNING, library, 1, note, None, None)
+    assert not quiet.filter(kept)  # (Orbax's notes on what a kill left)
 
 
 @pytest.mark.slow
