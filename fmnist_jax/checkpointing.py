@@ -7,7 +7,8 @@ other way round.
 
 Damage: Orbax writes each checkpoint to a temporary directory and renames it when complete, so
 a save cut short by a kill never looks like a checkpoint. A checkpoint damaged afterwards
-(truncated or corrupted files) fails to restore: `restore_latest` falls back to the next newest
+(truncated or corrupted files, or array data changed but still readable, which the checksums
+saved with every checkpoint reveal) fails to restore: `restore_latest` falls back to the next newest
 and moves the damaged one, with a warning, to WORKDIR/checkpoints_damaged/ (nothing is deleted);
 if none restores, it stops with an error and moves nothing.
 A checkpoint whose parameter shapes differ from the config's is not damage but a config
@@ -25,6 +26,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
@@ -73,6 +75,28 @@ def _restored_hparams(state, restored: dict):
   return hparams
 
 
+@jax.jit
+def _checksums(tree):
+  """One uint32 per array of `tree`: its elements' bits, each weighted by its position, summed
+  (wrapping). Any changed byte changes it (almost surely): the check that a restored
+  checkpoint holds what was saved (Orbax checks the structure, not the data)."""
+  def one(x):
+    if x.dtype.itemsize == 4:
+      bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    elif x.dtype.itemsize == 2:
+      bits = jax.lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
+    else:
+      bits = x.astype(jnp.uint32)
+    weights = jnp.arange(bits.size, dtype=jnp.uint32) % 65521 + 1
+    return jnp.sum(bits.reshape(-1) * weights, dtype=jnp.uint32) + jnp.uint32(bits.size)
+  return jnp.stack([one(x) for x in jax.tree.leaves(tree)])
+
+
+def _host(x) -> np.ndarray:
+  """A replicated global array's value on this process."""
+  return np.asarray(x.addressable_data(0) if isinstance(x, jax.Array) else x)
+
+
 _squeeze = jax.jit(lambda tree: jax.tree.map(lambda x: x[0], tree))  # one program per tree
 _unsqueeze = jax.jit(lambda tree: jax.tree.map(lambda x: x[None], tree))
 
@@ -82,6 +106,11 @@ def _target(state):
   drop = int(_one_member(state))  # (the member axis)
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(
       np.shape(x)[drop:], x.dtype, sharding=getattr(x, "sharding", None)), _saved_tree(state))
+
+
+class DamagedError(CheckpointError):
+  """A checkpoint whose data is not what was saved: damage (moved aside, the previous one
+  used), not a config mismatch."""
 
 
 def complete_steps(directory: pathlib.Path) -> list[int]:
@@ -137,6 +166,7 @@ class Checkpointer:
       return
     self._saved.add(step)
     tree = _squeeze(_saved_tree(state)) if _one_member(state) else _saved_tree(state)
+    tree["checksums"] = _host(_checksums(tree))
     if epoch_sums is not None:  # (as many values as the tree has members)
       tree["epoch_sums"] = {key: np.reshape(value, np.shape(tree["step"]))
                             for key, value in epoch_sums.items()}
@@ -199,8 +229,14 @@ class Checkpointer:
     if "epoch_sums" in saved:  # restored as numpy, in their saved shapes and dtypes
       target["epoch_sums"] = {key: np.zeros(meta.shape, meta.dtype)
                               for key, meta in dict(saved["epoch_sums"]).items()}
+    if "checksums" in saved:  # (saved since they were)
+      target["checksums"] = np.zeros(saved["checksums"].shape, np.uint32)
     restored = self.manager.restore(step, args=ocp.args.StandardRestore(target))
     extras = {"epoch_sums": restored.pop("epoch_sums")} if "epoch_sums" in restored else {}
+    expected = restored.pop("checksums", None)
+    if expected is not None and not np.array_equal(_host(_checksums(restored)), expected):
+      raise DamagedError(f"checkpoint {self.directory / str(step)}: its arrays differ from "
+                         "the checksums saved with them (its data is damaged)")
     if _one_member(state):
       restored = _unsqueeze(restored)
       extras = {key: {k: np.reshape(v, (1,)) for k, v in value.items()}
@@ -216,8 +252,11 @@ class Checkpointer:
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         restored = self.restore(step, state)
-      except CheckpointError:
-        raise
+      except CheckpointError as e:
+        if not isinstance(e, DamagedError):
+          raise
+        failures.append((step, e))
+        continue
       except Exception as e:  # pylint: disable=broad-except  (any failure to read = damage)
         failures.append((step, e))
         continue

@@ -162,6 +162,29 @@ def test_damaged_latest_checkpoint_falls_back_and_is_moved_aside(small_splits, t
   _assert_identical(_restore(tmp_path / "straight", config), _restore(tmp_path / "run", config))
 
 
+def test_array_data_damaged_but_readable_is_caught_by_its_checksum(small_splits, tmp_path,
+                                                                  caplog):
+  """16 bytes overwritten in the middle of a checkpoint's array data: Orbax restores them
+  without a word (the run went on from NaN/garbage parameters, and pruned the good
+  checkpoints). The checksums saved with the arrays tell: the checkpoint is moved aside as
+  damaged, the previous one used, and the run ends as an uninterrupted one."""
+  config = tiny_config(run=dict(num_train_steps=20), checkpoints=dict(every_steps=5))
+  train.train_and_evaluate(config, str(tmp_path / "straight"))
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  data = max((p for p in (tmp_path / "run" / "checkpoints" / "20").rglob("*")
+              if p.is_file() and p.parent.name == "d"), key=lambda p: p.stat().st_size)
+  raw = bytearray(data.read_bytes())
+  middle = len(raw) // 2
+  raw[middle:middle + 16] = bytes(255 - b for b in raw[middle:middle + 16])
+  data.write_bytes(bytes(raw))
+  caplog.set_level("WARNING")
+  train.train_and_evaluate(config, str(tmp_path / "run"))  # falls back, trains on to 20
+  assert "differ from the checksums saved with them" in caplog.text
+  assert [p.name.split("-")[0] for p in (tmp_path / "run" / "checkpoints_damaged").iterdir()] \
+      == ["20"]
+  _assert_identical(_restore(tmp_path / "straight", config), _restore(tmp_path / "run", config))
+
+
 @pytest.mark.parametrize("metadata,message", [(True, "have damaged metadata"),
                                               (False, "none of the checkpoints")])
 def test_no_restorable_checkpoint_stops_and_changes_nothing(small_splits, tmp_path, metadata,
