@@ -101,6 +101,11 @@ _squeeze = jax.jit(lambda tree: jax.tree.map(lambda x: x[0], tree))  # one progr
 _unsqueeze = jax.jit(lambda tree: jax.tree.map(lambda x: x[None], tree))
 
 
+def _on_disk(state) -> dict:
+  """`state`'s saved tree as it is written: one member's without the member axis."""
+  return _squeeze(_saved_tree(state)) if _one_member(state) else _saved_tree(state)
+
+
 def _target(state):
   """The restore target: `state`'s saved tree as shapes, dtypes and shardings."""
   drop = int(_one_member(state))  # (the member axis)
@@ -165,7 +170,7 @@ class Checkpointer:
     if step in self._saved:
       return
     self._saved.add(step)
-    tree = _squeeze(_saved_tree(state)) if _one_member(state) else _saved_tree(state)
+    tree = _on_disk(state)
     tree["checksums"] = _host(_checksums(tree))
     if epoch_sums is not None:  # (as many values as the tree has members)
       tree["epoch_sums"] = {key: np.reshape(value, np.shape(tree["step"]))
@@ -174,6 +179,11 @@ class Checkpointer:
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
+
+  @staticmethod
+  def prepare(state) -> None:
+    """Compiles the saves' checksum program now, before the training clock starts."""
+    _checksums(_on_disk(state))
 
   def reached_preemption(self, call: int) -> bool:
     """Several processes: whether all agreed to stop at `call` (JAX's preemption sync service,

@@ -150,6 +150,7 @@ def _restore(run: Run):
   ckpt = checkpointing.Checkpointer(run.workdir / workdir_lib.CHECKPOINTS, run.config)
   try:
     state, extras = ckpt.restore_latest(state)
+    ckpt.prepare(state)
   except BaseException:
     ckpt.close()  # no async machinery left behind by a refused restore
     raise
