@@ -37,6 +37,9 @@ def define_flags(values: flags.FlagValues = FLAGS, sys_argv=None) -> None:
                        flag_values=values)
   flags.DEFINE_integer("process_id", None, "This process's index (multi-process).",
                        flag_values=values)
+  flags.DEFINE_integer("distributed_timeout", 300, "Seconds a process waits for the others "
+                       "to connect (multi-process) before it gives up in one line.",
+                       flag_values=values)
   flags.DEFINE_bool("verbose", False, "Also show the libraries' INFO logs (JAX, TensorFlow, "
                     "tfds, Orbax); by default only their warnings and errors.",
                     flag_values=values)
@@ -50,15 +53,38 @@ def _flag_names() -> frozenset:
 
 
 def initialize_distributed():
+  """jax.distributed, when asked for: says whom a process waits for, and gives up in one line
+  after --distributed_timeout seconds (a process that never came, or came with other flags)."""
   explicit = FLAGS.coordinator_address is not None
   if not (explicit or FLAGS.distributed):
     return
+  import threading
   import jax
-  if explicit:
-    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
-  else:
-    jax.distributed.initialize()
+  timeout = FLAGS.distributed_timeout
+  where = (f"process {FLAGS.process_id} of {FLAGS.num_processes}, coordinator "
+           f"{FLAGS.coordinator_address}" if explicit else "auto-detected processes")
+  advice = ("Start every process with the same --coordinator_address and --num_processes and "
+            "its own --process_id.")
+  logging.info("%s: waiting up to %d s for every process to connect", where, timeout)
+  connected = threading.Event()
+
+  def give_up():  # (before jax's own deadline, which aborts with a C++ stack dump)
+    if not connected.wait(timeout):
+      sys.stderr.write(f"error: {where}: not every process connected within {timeout} s. "
+                       f"{advice}\n")
+      sys.stderr.flush()
+      os._exit(1)
+  threading.Thread(target=give_up, daemon=True).start()
+  try:
+    if explicit:
+      jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                                 num_processes=FLAGS.num_processes,
+                                 process_id=FLAGS.process_id, initialization_timeout=timeout + 60)
+    else:
+      jax.distributed.initialize(initialization_timeout=timeout + 60)
+  except Exception as e:  # pylint: disable=broad-except  (jax's own, with a C++ status)
+    sys.exit(f"error: {where}: {type(e).__name__}: {str(e).splitlines()[0][:200]}. {advice}")
+  connected.set()
 
 
 def configure_compilation_cache(cache_dir: str) -> str:
@@ -154,6 +180,24 @@ def _overrides(argv) -> list[str]:
   return found
 
 
+def _check_processes(argv) -> str | None:
+  """The multi-process flags, before jax.distributed waits on them: one line, or None."""
+  address, count, index = (_flag_values(argv, name) for name in
+                           ("coordinator_address", "num_processes", "process_id"))
+  if not address:
+    return ("error: --num_processes and --process_id need --coordinator_address=HOST:PORT "
+            "(process 0's), or use --distributed" if count or index else None)
+  try:
+    count, index = int(count[-1]), int(index[-1])
+  except (IndexError, ValueError):
+    return ("error: --coordinator_address needs --num_processes=N and --process_id=I (0 to "
+            "N-1, its own on each process), as integers")
+  if count < 1 or not 0 <= index < count:
+    return (f"error: --process_id={index} must be in 0..{count - 1} (--num_processes={count}): "
+            "give each process its own index, process 0 the coordinator")
+  return None
+
+
 def check_command_line(argv) -> str | None:
   """A one-paragraph error for what absl would answer with a traceback, or None: a --config
   file that is missing, not valid Python or without get_config(), or whose fields are not
@@ -167,6 +211,8 @@ def check_command_line(argv) -> str | None:
     argv = flags.FlagValues().read_flags_from_files(list(argv), force_gnu=False)
   except flags.Error as e:
     return f"error: --flagfile: {str(e).removeprefix('ERROR:: ')}"
+  if (problem := _check_processes(argv)):
+    return problem
   for workdir in _flag_values(argv, "workdir"):
     try:
       workdir_lib.check(workdir)

@@ -162,21 +162,36 @@ def test_damaged_latest_checkpoint_falls_back_and_is_moved_aside(small_splits, t
   _assert_identical(_restore(tmp_path / "straight", config), _restore(tmp_path / "run", config))
 
 
+def _rewrite_with_other_values(directory: pathlib.Path, step: int) -> None:
+  """Checkpoint `step` rewritten, readable, with one parameter changed and everything else as
+  saved (its checksums too): array data damaged in a way Orbax's reads cannot see (a flipped
+  byte usually breaks the compressed chunk instead, which was caught before)."""
+  import shutil
+  import orbax.checkpoint as ocp
+  original = directory.parent / "original"
+  manager = ocp.CheckpointManager(directory, item_handlers=ocp.StandardCheckpointHandler())
+  tree = manager.restore(step)
+  tree["params"]["conv1"]["bias"] = tree["params"]["conv1"]["bias"] + 1.0
+  shutil.move(str(directory / str(step)), str(original))
+  manager.reload()
+  manager.save(step, args=ocp.args.StandardSave(tree), force=True)
+  manager.wait_until_finished()
+  manager.close()
+  shutil.rmtree(directory / str(step) / "metrics", ignore_errors=True)
+  shutil.copytree(original / "metrics", directory / str(step) / "metrics")
+  shutil.rmtree(original)
+
+
 def test_array_data_damaged_but_readable_is_caught_by_its_checksum(small_splits, tmp_path,
                                                                   caplog):
-  """16 bytes overwritten in the middle of a checkpoint's array data: Orbax restores them
-  without a word (the run went on from NaN/garbage parameters, and pruned the good
-  checkpoints). The checksums saved with the arrays tell: the checkpoint is moved aside as
-  damaged, the previous one used, and the run ends as an uninterrupted one."""
+  """A checkpoint whose array data changed but still reads: Orbax restored it without a word
+  (the run went on from damaged parameters, and pruned the good checkpoints). The checksums
+  saved with the arrays tell: it is moved aside as damaged, the previous one used, and the run
+  ends as an uninterrupted one."""
   config = tiny_config(run=dict(num_train_steps=20), checkpoints=dict(every_steps=5))
   train.train_and_evaluate(config, str(tmp_path / "straight"))
   train.train_and_evaluate(config, str(tmp_path / "run"))
-  data = max((p for p in (tmp_path / "run" / "checkpoints" / "20").rglob("*")
-              if p.is_file() and p.parent.name == "d"), key=lambda p: p.stat().st_size)
-  raw = bytearray(data.read_bytes())
-  middle = len(raw) // 2
-  raw[middle:middle + 16] = bytes(255 - b for b in raw[middle:middle + 16])
-  data.write_bytes(bytes(raw))
+  _rewrite_with_other_values(tmp_path / "run" / "checkpoints", 20)
   caplog.set_level("WARNING")
   train.train_and_evaluate(config, str(tmp_path / "run"))  # falls back, trains on to 20
   assert "differ from the checksums saved with them" in caplog.text
@@ -328,6 +343,11 @@ def test_a_damaged_config_json_stops_before_training_and_is_kept(small_splits, t
     (["--config.augment_flip=True"], "--config.augment_flip is now --config.augment.flip (one "
                                      "mode now: True is 'random'"),
     (["--config.augment_flip_alternate=True"], "is now --config.augment.flip='alternate'"),
+    (["--coordinator_address=127.0.0.1:1", "--num_processes=2", "--process_id=2"],
+     "--process_id=2 must be in 0..1 (--num_processes=2)"),
+    (["--coordinator_address=127.0.0.1:1", "--num_processes=2"],
+     "--coordinator_address needs --num_processes=N and --process_id=I"),
+    (["--num_processes=2", "--process_id=0"], "need --coordinator_address=HOST:PORT"),
 ])
 def test_user_mistakes_get_one_line_and_no_workdir(tmp_path, args, message):
   workdir = tmp_path / "w"
@@ -386,6 +406,24 @@ def test_a_workdir_after_an_equals_sign_is_expanded_once_for_the_run_and_its_rep
   assert result.returncode == 0, result.stderr[-2000:]
   assert (tmp_path / "runs" / "t1" / "report" / "report.md").is_file()
   assert not (ROOT / "~").exists()
+
+
+@pytest.mark.slow
+def test_a_process_whose_peers_never_connect_gives_up_in_one_line(tmp_path):
+  """Process 0 of 2 alone (its peer failed on its flags, or was never started): it said
+  nothing for 150 s and more; it says whom it waits for, then gives up in one line."""
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  start = time.time()
+  result = _main("--config", "configs/tiny.py", "--workdir", str(tmp_path / "w"),
+                 f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                 "--process_id=0", "--distributed_timeout=5")
+  assert result.returncode == 1 and time.time() - start < 120, result.stderr[-2000:]
+  assert f"process 0 of 2, coordinator 127.0.0.1:{port}: waiting up to 5 s" in result.stderr
+  assert "not every process connected within 5 s" in result.stderr.splitlines()[-1]
+  assert not (tmp_path / "w").exists()
 
 
 def test_a_workdir_holding_a_source_tree_is_refused(small_splits, tmp_path):
