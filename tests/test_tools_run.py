@@ -1,6 +1,7 @@
 """Every benchmark and tool module runs end to end once, on a tiny config and the synthetic data
-(a module whose flags parse can still be broken: benchmarks/end_to_end.py was, unseen). The
-others run in tests/test_benchmark.py, test_report.py, test_profiling.py and test_dataset.py."""
+(a module whose flags parse can still be broken: benchmarks/end_to_end.py was, unseen): here
+benchmarks.end_to_end, benchmarks.population_agreement and benchmarks.startup; the others in
+tests/test_benchmark.py, test_report.py, test_profiling.py and test_dataset.py."""
 
 import json
 
