@@ -68,9 +68,9 @@ def _restored_hparams(state, restored: dict):
   hparams = {**state.hparams, **{k: v for k, v in saved.items() if k in state.hparams}}
   if "active" in saved and "status" not in saved:
     active = saved["active"]
-    hparams["status"] = jax.numpy.where(active, steps_lib.TRAINING, steps_lib.REACHED).astype(
+    hparams["status"] = jnp.where(active, steps_lib.TRAINING, steps_lib.REACHED).astype(
         state.hparams["status"].dtype)
-    hparams["status_step"] = jax.numpy.where(active, 0, restored["step"]).astype(
+    hparams["status_step"] = jnp.where(active, 0, restored["step"]).astype(
         state.hparams["status_step"].dtype)
   return hparams
 
