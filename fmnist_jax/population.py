@@ -395,9 +395,9 @@ def reopen(config, status, rows: list[dict]):
   the statuses)."""
   codes, at = (np.array(np.atleast_1d(x)) for x in status)
   target, metric = config.eval.stop_at_accuracy, config.eval.stop_metric
+  by_member = workdir_lib.by_member(rows)
   for index in np.flatnonzero(codes == steps.REACHED):
-    row = next((r for r in rows if r.get("step") == at[index]
-                and r.get("member", 0) == index), None)
+    row = next((r for r in by_member.get(index, []) if r["step"] == at[index]), None)
     if row and row.get("diverged"):
       codes[index] = steps.DIVERGED
     elif not target or not row or row.get(metric, -1.0) < target:

@@ -104,8 +104,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   run = setup(config, workdir)
   startup.mark("data")
   try:
-    state, step, extras, ckpt = _restore(run)
-    codes = run.par.to_host(state.hparams["status"])
+    state, step, extras, ckpt, (codes, _) = _restore(run)
     stopped, last_eval = population.none_training(codes), {}
     if workdir_lib.finished(step, run.total_steps, stopped):
       ckpt.close()
@@ -144,7 +143,8 @@ def write_result(run: Run, step: int, stop_reason: str, **extra) -> dict:
 
 
 def _restore(run: Run):
-  """The initial state, or the latest checkpoint's: (state, step, extras, checkpointer)."""
+  """The initial state, or the latest checkpoint's: (state, step, extras, checkpointer, the
+  members' statuses as host values)."""
   state = run.par.place_state(population.initial_state(
       run.config, run.members, run.steps_per_epoch, run.total_steps, adjust=run.adjust))
   ckpt = checkpointing.Checkpointer(run.workdir / workdir_lib.CHECKPOINTS, run.config)
@@ -170,7 +170,7 @@ def _restore(run: Run):
                run.total_steps, where)
   for line in population.console_lines(run.members, status):
     logging.info("%s", line)
-  return state, step, extras, ckpt
+  return state, step, extras, ckpt, status
 
 
 class TargetReached(Exception):
