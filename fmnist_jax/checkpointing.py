@@ -30,31 +30,52 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.sharding import NamedSharding, PartitionSpec as P
 from orbax.checkpoint import checkpoint_managers as policies
 
 from fmnist_jax import steps as steps_lib
 from fmnist_jax.errors import CheckpointError, DiskFullError, NonFiniteError
 
 
-def _one_member(state) -> bool:
-  """Whether `state` is a run of one member ([1] leading axis). Its checkpoints are a single
-  run's as they always were: no member axis (the seed's shapes, which plain Orbax readers and
-  older workdirs have) and, of its hparams (the config's values), only its status."""
-  return np.shape(state.step) == (1,)
-
-
 STATUS_KEYS = ("status", "status_step")
 
+_squeeze = jax.jit(lambda tree: jax.tree.map(lambda x: x[0], tree))  # one program per tree
+_unsqueeze = jax.jit(lambda tree: jax.tree.map(lambda x: x[None], tree))
 
-def _saved_tree(state):
+
+def _as_is(tree):
+  return tree
+
+
+@dataclasses.dataclass(frozen=True)
+class _Form:
+  """How a state is written: `drop` leading (member) axes left out (`write` and `read`
+  convert), its hparams under `key`, those in `kept` only (None: all)."""
+  drop: int
+  key: str
+  kept: tuple | None
+  write: Any = _as_is
+  read: Any = _as_is
+
+
+def _form(state) -> _Form:
+  """A run of one member ([1] leading axis) is written as a single run's checkpoints always
+  were: without the member axis (the seed's shapes, which plain Orbax readers and older
+  workdirs have) and, of its hparams (the config's values), only its status. Several members:
+  as they are, with every hparam."""
+  if np.shape(state.step) == (1,):
+    return _Form(1, "status", STATUS_KEYS, _squeeze, _unsqueeze)
+  return _Form(0, "hparams", None)
+
+
+def _saved_tree(state, form: _Form):
   tree = {"step": state.step, "params": state.params, "opt_state": state.opt_state,
           "dropout_key": state.dropout_key}
   if state.ema_params is not None:
     tree["ema_params"] = state.ema_params
-  if state.hparams is not None:  # values and statuses; one member's values are the config's
-    tree["status" if _one_member(state) else "hparams"] = {
-        key: value for key, value in state.hparams.items()
-        if key in STATUS_KEYS or not _one_member(state)}
+  if state.hparams is not None:  # values and statuses
+    tree[form.key] = {key: value for key, value in state.hparams.items()
+                      if form.kept is None or key in form.kept}
   return tree
 
 
@@ -97,20 +118,23 @@ def _host(x) -> np.ndarray:
   return np.asarray(x.addressable_data(0) if isinstance(x, jax.Array) else x)
 
 
-_squeeze = jax.jit(lambda tree: jax.tree.map(lambda x: x[0], tree))  # one program per tree
-_unsqueeze = jax.jit(lambda tree: jax.tree.map(lambda x: x[None], tree))
-
-
 def _on_disk(state) -> dict:
-  """`state`'s saved tree as it is written: one member's without the member axis."""
-  return _squeeze(_saved_tree(state)) if _one_member(state) else _saved_tree(state)
+  """`state`'s saved tree as it is written (in its form's shapes)."""
+  form = _form(state)
+  return form.write(_saved_tree(state, form))
 
 
 def _target(state):
-  """The restore target: `state`'s saved tree as shapes, dtypes and shardings."""
-  drop = int(_one_member(state))  # (the member axis)
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-      np.shape(x)[drop:], x.dtype, sharding=getattr(x, "sharding", None)), _saved_tree(state))
+  """The restore target: `state`'s saved tree as shapes, dtypes and shardings (those of the
+  axes written)."""
+  form = _form(state)
+
+  def written(x):
+    sharding = getattr(x, "sharding", None)
+    if isinstance(sharding, NamedSharding):
+      sharding = NamedSharding(sharding.mesh, P(*sharding.spec[form.drop:]))
+    return jax.ShapeDtypeStruct(np.shape(x)[form.drop:], x.dtype, sharding=sharding)
+  return jax.tree.map(written, _saved_tree(state, form))
 
 
 class DamagedError(CheckpointError):
@@ -247,10 +271,9 @@ class Checkpointer:
     if expected is not None and not np.array_equal(_host(_checksums(restored)), expected):
       raise DamagedError(f"checkpoint {self.directory / str(step)}: its arrays differ from "
                          "the checksums saved with them (its data is damaged)")
-    if _one_member(state):
-      restored = _unsqueeze(restored)
-      extras = {key: {k: np.reshape(v, (1,)) for k, v in value.items()}
-                for key, value in extras.items()}
+    restored = _form(state).read(restored)
+    extras = {key: {k: np.reshape(v, np.shape(state.step)) for k, v in value.items()}
+              for key, value in extras.items()}  # (in the state's shapes)
     hparams = _restored_hparams(state, restored)
     return state.replace(**restored, hparams=hparams), extras
 

@@ -16,11 +16,11 @@ over a device axis, `lax.pmean` of gradients and `lax.psum` of metrics inside th
 gets `axis_name`), and a per-device dropout key.
 
 Every run is a population (fmnist_jax.population; a single run has one member): a leading
-member axis on every state leaf, train batches (steps, members, batch, ...). jit: with
-`member_shards` > 1 the devices form
-a (members, data) mesh, the member axis is split over the first (each device group trains its
-own members: no gradient all-reduce between groups) and each member's batch over the second.
-pmap: every device holds every member and a part of each member's batch.
+member axis on every state leaf, train batches (steps, members, batch, ...). The devices form a
+(members, data) mesh of `member_shards` device groups: jit splits the member axis over the first
+(each group trains its own members: no gradient all-reduce between groups; one group, the
+single run's case, holds every member) and each member's batch over the second. pmap: one
+group, every device holds every member and a part of each member's batch.
 """
 
 from __future__ import annotations
@@ -47,17 +47,15 @@ class Parallelism:
       raise ValueError(f"parallelism={mode!r} is not one of {MODES}.")
     self.mode, self.member_shards = mode, member_shards
     self.devices = list(devices if devices is not None else jax.devices())
-    self.split_members = member_shards > 1
-    self.mesh = Mesh(np.array(self.devices).reshape(member_shards, -1), (MEMBERS, AXIS)) \
-        if self.split_members else Mesh(np.array(self.devices), (AXIS,))
+    self.mesh = Mesh(np.array(self.devices).reshape(member_shards, -1), (MEMBERS, AXIS))
     self.num_devices = len(self.devices)
     self.local_devices = [d for d in self.devices if d.process_index == jax.process_index()]
     self.num_local_devices = len(self.local_devices)
     self.num_processes = len({d.process_index for d in self.devices})
     self.replicated = NamedSharding(self.mesh, P())
-    # The train state's (and its metric sums') placement: a population's by member.
-    self.state_sharding = NamedSharding(self.mesh, P(MEMBERS)) if self.split_members \
-        else self.replicated
+    # The train state's (and its metric sums') placement: by member over the device groups
+    # (one group: replicated).
+    self.state_sharding = NamedSharding(self.mesh, P(MEMBERS))
     # XLA's CPU runtime can deadlock (all-reduce rendezvous timeouts) when several programs with
     # cross-device collectives are in flight at once on a few cores: there, compiled steps
     # complete before they return. Accelerators queue them safely and keep async dispatch.
@@ -84,28 +82,25 @@ class Parallelism:
 
   def replicate(self, tree):
     """Host values (the same on every process) -> global arrays replicated on every device."""
-    def put(x):
-      x = np.asarray(x)
-      return jax.make_array_from_callback(x.shape, self.replicated, lambda index: x[index])
-    return jax.tree.map(put, tree)
+    return self._place(tree, self.replicated)
 
   def place_state(self, tree):
-    """Host values of the train state (or its metric sums) -> global arrays: replicated, or a
-    population's split by member."""
-    if not self.split_members:
-      return self.replicate(tree)
+    """Host values of the train state (or its metric sums) -> global arrays split by member
+    over the device groups."""
+    return self._place(tree, self.state_sharding)
 
+  @staticmethod
+  def _place(tree, sharding):
     def put(x):
       x = np.asarray(x)
-      return jax.make_array_from_callback(x.shape, self.state_sharding, lambda index: x[index])
+      return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
     return jax.tree.map(put, tree)
 
   def _batch_spec(self, batch_axis: int) -> P:
-    # jit: the batch axis is sharded; pmap: the device axis, inserted at the batch axis. A
-    # population's train batches (batch_axis >= 2) have the member axis just before.
-    if self.split_members and batch_axis >= 2:
-      return P(*([None] * (batch_axis - 1)), MEMBERS, AXIS)
-    return P(*([None] * batch_axis), AXIS)
+    # jit: the batch axis is sharded; pmap: the device axis, inserted at the batch axis. Train
+    # batches (batch_axis >= 2) have the member axis just before, split over the groups.
+    members = (MEMBERS,) if batch_axis >= 2 else ()
+    return P(*([None] * (batch_axis - len(members))), *members, AXIS)
 
   def _global_replica(self, x):
     """pmap's unmapped outputs are process-local arrays: view them as one global array."""
@@ -120,7 +115,7 @@ class Parallelism:
     jit: the batch axis is sharded over the devices. pmap: the batch axis is split into
     (devices, per-device batch) and the new device axis is sharded.
     """
-    sharding = NamedSharding(self.mesh, self._batch_spec(batch_axis))
+    sharding = self._batch_sharding(batch_axis)
 
     def put(x):
       x = np.asarray(x)
@@ -135,8 +130,7 @@ class Parallelism:
     if self.mode == "pmap":
       shape = x.shape
       x = x.reshape(shape[:batch_axis] + (self.num_devices, -1) + shape[batch_axis + 1:])
-    return jax.lax.with_sharding_constraint(
-        x, NamedSharding(self.mesh, self._batch_spec(batch_axis)))
+    return jax.lax.with_sharding_constraint(x, self._batch_sharding(batch_axis))
 
   def to_host(self, tree):
     """Replicated (or fully addressable) global arrays -> numpy, on every process."""
@@ -169,19 +163,13 @@ class Parallelism:
       def global_step(*args):
         return jax.tree.map(self._global_replica, step(*args))
       return self._dispatch(global_step)
-    batch_sharding = NamedSharding(self.mesh, self._batch_spec(batch_axis))
-    if self.split_members:  # inputs as placed; outputs (state, sums) stay split by member
-      return self._dispatch(jax.jit(
-          self._by_member(functools.partial(step_fn, axis_name=None)), donate_argnums=0))
-    return self._dispatch(jax.jit(
-        functools.partial(step_fn, axis_name=None),
-        in_shardings=(self.replicated, batch_sharding) + (self.replicated,) * num_extra,
-        out_shardings=self.replicated, donate_argnums=0))
+    return self._dispatch(jax.jit(  # outputs (state, sums) stay split by member
+        functools.partial(step_fn, axis_name=None), in_shardings=(
+            self.state_sharding, self._batch_sharding(batch_axis)) + (None,) * num_extra,
+        out_shardings=self.state_sharding, donate_argnums=0))
 
-  def _by_member(self, fn):
-    def constrained(*args):
-      return jax.lax.with_sharding_constraint(fn(*args), self.state_sharding)
-    return constrained
+  def _batch_sharding(self, batch_axis: int) -> NamedSharding:
+    return NamedSharding(self.mesh, self._batch_spec(batch_axis))
 
   def compile_eval(self, eval_fn: Callable[..., Any], batch_axis: int = 0):
     """eval_fn(params, batch, *, axis_name) -> summed metrics."""
@@ -189,9 +177,7 @@ class Parallelism:
       return self._dispatch(jax.pmap(functools.partial(eval_fn, axis_name=AXIS),
                                      axis_name=AXIS, in_axes=(None, batch_axis), out_axes=None,
                                      devices=self.devices))
-    batch_sharding = NamedSharding(self.mesh, self._batch_spec(batch_axis))
-    if self.split_members:
-      return self._dispatch(jax.jit(self._by_member(functools.partial(eval_fn, axis_name=None))))
     return self._dispatch(jax.jit(functools.partial(eval_fn, axis_name=None),
-                                  in_shardings=(self.replicated, batch_sharding),
-                                  out_shardings=self.replicated))
+                                  in_shardings=(self.state_sharding,
+                                                self._batch_sharding(batch_axis)),
+                                  out_shardings=self.state_sharding))

@@ -47,8 +47,9 @@ def eval_metrics(mode, devices, count=75, batch_size=16):
   state = state_lib.initial_state(config)
   images, labels = synthetic_arrays(count, seed=4)
   batches = input_pipeline.eval_batches(images, labels, par, batch_size)
-  eval_fn = par.compile_eval(functools.partial(steps.eval_step, apply_fn=model.apply))
-  dispatched = evaluate.dispatch(eval_fn, par.replicate(state.params), {"x": batches})
+  eval_fn = par.compile_eval(functools.partial(population.eval_step, apply_fn=model.apply))
+  stacked = jax.tree.map(lambda x: x[None], state.params)  # (a population of one)
+  dispatched = evaluate.dispatch(eval_fn, par.place_state(stacked), {"x": batches})
   return evaluate.summarize(par.to_host(dispatched))["x"]
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from configs import default
 from conftest import ROOT, synthetic_arrays, tiny_config
-from fmnist_jax import evaluate, input_pipeline, models, state as state_lib, steps
+from fmnist_jax import evaluate, input_pipeline, models, population, state as state_lib, steps
 from fmnist_jax.parallel import Parallelism
 
 
@@ -129,8 +129,10 @@ def test_eval_counts_every_example_exactly_once(count, batch_size):
   images, labels = synthetic_arrays(count, seed=4)
   par = Parallelism("jit")
   batches = input_pipeline.eval_batches(images, labels, par, batch_size)
-  eval_fn = par.compile_eval(functools.partial(steps.eval_step, apply_fn=model.apply))
-  dispatched = evaluate.dispatch(eval_fn, state.params, {"test": batches})
+  # (the training loop's program: a population's evaluation, here of one member)
+  eval_fn = par.compile_eval(functools.partial(population.eval_step, apply_fn=model.apply))
+  stacked = jax.tree.map(lambda x: x[None], state.params)
+  dispatched = evaluate.dispatch(eval_fn, par.place_state(stacked), {"test": batches})
   result = evaluate.summarize(par.to_host(dispatched))["test"]
   assert result["count"] == count
   logits = model.apply({"params": state.params}, models.normalize(images), train=False)
