@@ -73,9 +73,8 @@ def _saved_tree(state, form: _Form):
           "dropout_key": state.dropout_key}
   if state.ema_params is not None:
     tree["ema_params"] = state.ema_params
-  if state.hparams is not None:  # values and statuses
-    tree[form.key] = {key: value for key, value in state.hparams.items()
-                      if form.kept is None or key in form.kept}
+  tree[form.key] = {key: value for key, value in state.hparams.items()  # statuses, values
+                    if form.kept is None or key in form.kept}
   return tree
 
 
@@ -84,8 +83,6 @@ def _restored_hparams(state, restored: dict):
   held `active` (training or not): a member that was not is REACHED at the checkpoint's step
   (population.reopen then checks it against its row)."""
   saved = {**(restored.pop("hparams", None) or {}), **(restored.pop("status", None) or {})}
-  if state.hparams is None:
-    return None
   hparams = {**state.hparams, **{k: v for k, v in saved.items() if k in state.hparams}}
   if "active" in saved and "status" not in saved:
     active = saved["active"]

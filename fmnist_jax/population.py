@@ -252,7 +252,6 @@ def initial_state(config, found: list[dict], steps_per_epoch: int, total_steps: 
   ema = any(values(config, found, "optimizer.ema_decay"))
   column = {key: _column([steps.step_value(field, v) for v in values(config, found, field)])
             for key, field in steps.STEP_FIELDS.items()}
-  column.update(status_columns(len(found)))
   optimizer = {config_file.field_name(path): np.array(values(config, found, path), np.float32)
                for path in IN_OPTIMIZER}
   seeds = np.array(values(config, found, "run.seed"), np.int32)
@@ -265,12 +264,6 @@ def initial_state(config, found: list[dict], steps_per_epoch: int, total_steps: 
         field: jnp.asarray(value) for field, value in optimizer.items()}))
   return jax.device_get(jax.jit(lambda *args: over_members(init, 0, *args))(
       seeds, column, optimizer))
-
-
-def status_columns(count: int) -> dict:
-  """Every member TRAINING since step 0: the status columns of a new state."""
-  return {"status": np.full(count, steps.TRAINING, np.int32),
-          "status_step": np.zeros(count, np.int32)}
 
 
 def _column(member_values: list):
@@ -511,3 +504,28 @@ def mean_std(values) -> list[float] | None:
   if not len(values):
     return None
   return [float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0]
+
+
+def ensembles(found: list[dict], rows: list[dict]) -> dict[str, list[int]]:
+  """The ensembles a report analyses ({name: member indices}): of every member that did not
+  diverge (a single run: its one member), then, where the members differ in more than their
+  seed, each setting's."""
+  last = last_rows(rows)
+  healthy = [m for m in range(len(found)) if not last.get(m, {}).get("diverged")] or [0]
+  groups = {"run" if len(found) == 1 else "ensemble of the members": healthy}
+  settings = {}
+  for m in healthy:
+    settings.setdefault(setting({"member": m}, found), []).append(m)
+  if len(settings) > 1:
+    groups.update({f"ensemble of {name}": members for name, members in settings.items()})
+  return groups
+
+
+def curve_runs(rows: list[dict], found: list[dict]):
+  """plots.curves' runs and groups of a report: the run's rows, or each member's by its
+  setting."""
+  if len(found) == 1:
+    return {"run": rows}, None
+  runs = {f"m{m}": mine for m, mine in workdir_lib.by_member(rows).items()}
+  return runs, {label: setting(mine[0], found) or "every member"
+                for label, mine in runs.items()}

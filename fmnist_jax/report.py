@@ -202,7 +202,7 @@ def _write_report(workdir: pathlib.Path, splits: dict | None) -> pathlib.Path:
   by_steps = {steps: evaluate.member_predictions(workdir, config, list(steps), images)
               for steps in by_steps}
   predicted = {which: by_steps[tuple(steps)] for which, steps in chosen.items()}
-  runs, groups = _curves(rows, found)
+  runs, groups = population.curve_runs(rows, found)
   figures = {
       "class_distribution": plot_class_distribution(splits, out / "class_distribution.png"),
       "samples_train": plot_samples_per_class(*splits["train"], "Training images per class",
@@ -214,7 +214,7 @@ def _write_report(workdir: pathlib.Path, splits: dict | None) -> pathlib.Path:
   numbers = {"workdir": str(workdir), "final_metrics": summary["final"],
              "class_balance": _class_balance(splits), "result": summary}
   numbers["groups"] = {}
-  for i, (name, indices) in enumerate(_groups(found, rows).items()):
+  for i, (name, indices) in enumerate(population.ensembles(found, rows).items()):
     suffix = "_" + "".join(c if c.isalnum() else "_" for c in name.removeprefix("ensemble of "))
     numbers["groups"][name] = _analyse_group(indices, chosen, predicted, splits["test"], name,
                                              suffix if i else "", figures, out)
@@ -224,29 +224,6 @@ def _write_report(workdir: pathlib.Path, splits: dict | None) -> pathlib.Path:
   (out / "metrics.json").write_text(workdir_lib.dumps(numbers, indent=2))
   (out / "report.md").write_text("\n".join(_markdown(workdir, config, rows, numbers, figures)))
   return workdir_lib.swap_in(out, workdir / workdir_lib.REPORT)
-
-
-def _groups(found: list[dict], rows: list[dict]) -> dict[str, list[int]]:
-  """The ensembles analysed: of every member that did not diverge (a single run: its one
-  member), then, where the members differ in more than their seed, each setting's."""
-  last = population.last_rows(rows)
-  healthy = [m for m in range(len(found)) if not last.get(m, {}).get("diverged")] or [0]
-  groups = {"run" if len(found) == 1 else "ensemble of the members": healthy}
-  settings = {}
-  for m in healthy:
-    settings.setdefault(population.setting({"member": m}, found), []).append(m)
-  if len(settings) > 1:
-    groups.update({f"ensemble of {name}": members for name, members in settings.items()})
-  return groups
-
-
-def _curves(rows: list[dict], found: list[dict]):
-  """plots.curves' runs and groups: the run's rows, or each member's by its setting."""
-  if len(found) == 1:
-    return {"run": rows}, None
-  runs = {f"m{m}": mine for m, mine in workdir_lib.by_member(rows).items()}
-  return runs, {label: population.setting(mine[0], found) or "every member"
-                for label, mine in runs.items()}
 
 
 def _analyse_group(indices, chosen, predicted, test, name, suffix, figures, out) -> dict:

@@ -96,13 +96,20 @@ def lookahead(inner: optax.GradientTransformation, every: int,
   return optax.GradientTransformation(init, update)
 
 
+# What a member is doing: its one status, TrainState.hparams["status"], with the step it took
+# it in hparams["status_step"] (checkpointed; the stop rule, the rows, the messages and
+# result.json read them).
+TRAINING, REACHED, DIVERGED = 0, 1, 2
+STATUS_NAMES = ("training", "reached", "diverged")
+
+
 class TrainState(train_state.TrainState):
   """Flax TrainState plus the base dropout key (step keys are fold_in(dropout_key, step)),
   when config.optimizer.ema_decay > 0, an exponential moving average of the parameters, and in a
   population (fmnist_jax.population) each member's values of the fields it varies."""
   dropout_key: jax.Array
   ema_params: Any = None
-  hparams: Any = None
+  hparams: Any = None  # its status, and a population member's values (init_state)
 
   @property
   def eval_params(self):
@@ -121,12 +128,15 @@ def create_train_state(config, model, tx, image_shape=(28, 28, 1), adjust=None) 
 def init_state(model, tx, seed, ema: bool, image_shape=(28, 28, 1), hparams=None,
                adjust=None) -> TrainState:
   """A state from `seed` (a traced value under vmap: a population's members); `adjust`
-  (fmnist_jax.initializers.recipe) changes the drawn parameters before anything copies them."""
+  (fmnist_jax.initializers.recipe) changes the drawn parameters before anything copies them.
+  Its hparams: `hparams` and a status of TRAINING since step 0."""
   params_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
   params = model.init(params_key, jnp.zeros((1,) + image_shape), train=False)["params"]
   params = adjust(params) if adjust else params
   return TrainState.create(apply_fn=model.apply, params=params, tx=tx, dropout_key=dropout_key,
-                           ema_params=params if ema else None, hparams=hparams)
+                           ema_params=params if ema else None, hparams={
+                               "status": jnp.int32(TRAINING), "status_step": jnp.int32(0),
+                               **(hparams or {})})
 
 
 def initial_state(config, steps_per_epoch: int = 1, total_steps: int = 1, *,

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fmnist_jax import augment, config_file, models
+from fmnist_jax import augment, config_file, models, state as state_lib
 from fmnist_jax.errors import ConfigError
 
 AUGMENT_STREAM = 1  # fold_in(step_key, AUGMENT_STREAM): augmentation draws, apart from dropout's
@@ -30,11 +30,10 @@ STEP_FIELDS = {"label_smoothing": "optimizer.label_smoothing", "ema_decay": "opt
                "flip": "augment.flip", "erase_size": "augment.erase_size",
                "erase_prob": "augment.erase_prob"}
 
-# What a member is doing: its one status, TrainState.hparams["status"], with the step it took
-# it in hparams["status_step"] (checkpointed; the stop rule, the rows, the messages and
-# result.json read them). The step sets DIVERGED; population.stop_reached sets REACHED.
-TRAINING, REACHED, DIVERGED = 0, 1, 2
-STATUS_NAMES = ("training", "reached", "diverged")
+# What a member is doing (fmnist_jax.state): the step sets DIVERGED; population.stop_reached
+# sets REACHED.
+TRAINING, REACHED, DIVERGED, STATUS_NAMES = (state_lib.TRAINING, state_lib.REACHED,
+                                             state_lib.DIVERGED, state_lib.STATUS_NAMES)
 
 
 def step_value(path: str, value):
@@ -174,8 +173,6 @@ def train_step(state, batch, *, axis_name=None, options=StepOptions()):
     decay = jnp.minimum(hyper["ema_decay"], (1.0 + state.step) / (10.0 + state.step))
     new_state = new_state.replace(ema_params=optax.incremental_update(
         new_state.params, state.ema_params, 1.0 - decay))
-  if state.hparams is None:  # (a bare state.initial_state: no member columns, no status)
-    return new_state, metrics
   return _update_status(state, new_state, metrics, finite, options)
 
 

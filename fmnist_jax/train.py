@@ -197,7 +197,7 @@ class Loop:
     self.eval_fn = par.compile_eval(functools.partial(
         population.eval_step, apply_fn=eval_model.apply, **models.tta_options(config),
         per_pass=per_pass))
-    self.stop_members = population.stop_reached(config, run.eval_sets)
+    self.mark_reached = population.stop_reached(config, run.eval_sets)
     # One program copies the whole state (a copy per leaf would compile one per shape).
     self.copy_state = jax.jit(lambda state: jax.tree.map(jax.numpy.copy, state))
     self.learning_rate = state_lib.create_learning_rate_fn(config, run.steps_per_epoch,
@@ -265,8 +265,8 @@ class Loop:
         # The epoch's end: its evaluation and its state are fetched once later calls queue.
         with progress.timed("evaluation"):
           evaluation = evaluate.dispatch(self.eval_fn, state.eval_params, run.eval_sets)
-          if self.stop_members:  # (members that reached stop_at_accuracy keep their state)
-            state = self.stop_members(state, evaluation)
+          if self.mark_reached:  # (members that reached stop_at_accuracy keep their state)
+            state = self.mark_reached(state, evaluation)
           end = functools.partial(self.end_epoch, step, self.copy_state(state), sums,
                                   evaluation, next_end)
         self.deferred.add(min(step + LEAD_CALLS * config.parallelism.steps_per_call, next_end), end)

@@ -348,6 +348,13 @@ def dumps(obj, **kwargs) -> str:
   return json.dumps(strict(obj), allow_nan=False, **kwargs)
 
 
+ROW_KEY = ("step", "member")  # what names a row (a single run's rows have no member)
+
+
+def _row_key(row: dict) -> tuple[int, int]:
+  return row.get("step", 0), row.get("member", 0)
+
+
 class MetricsWriter:
   """Each evaluation's scalars: a row of metrics.jsonl and TensorBoard events; each progress
   line's scalars and the config's hyperparameters: TensorBoard only (no TensorFlow:
@@ -369,19 +376,18 @@ class MetricsWriter:
     row = {"step": int(step), **{k: v if isinstance(v, (list, tuple)) else _py(v)
                                  for k, v in scalars.items()}}
     path = self.workdir / METRICS_FILE
-    key = (row["step"], row.get("member"))
+    key = _row_key(row)
     if self._recorded is None:  # a resumed run: the file may already hold this step
-      self._recorded = {(r.get("step"), r.get("member")) for r in _read_jsonl(path)}
+      self._recorded = {_row_key(r) for r in _read_jsonl(path)}
     if key in self._recorded:
       # Written again after a resume (killed between this row and its checkpoint): the new
       # row replaces the old one, atomically.
-      rows = [r for r in _read_jsonl(path) if (r.get("step"), r.get("member")) != key] + [row]
-      rows.sort(key=lambda r: (r.get("step", 0), r.get("member") or 0))
+      rows = sorted([r for r in _read_jsonl(path) if _row_key(r) != key] + [row], key=_row_key)
       write_atomically(path, "".join(dumps(r) + "\n" for r in rows))
     else:
       _append_jsonl(path, row)
       self._recorded.add(key)
-    self._add_scalars(step, {tag + k: v for k, v in row.items() if k not in ("step", "member")
+    self._add_scalars(step, {tag + k: v for k, v in row.items() if k not in ROW_KEY
                              and isinstance(v, (int, float))})
 
   def write_progress(self, step: int, scalars: dict) -> None:
