@@ -8,6 +8,7 @@ Trains (fmnist_jax.train), then writes the report (fmnist_jax.report) into WORKD
 """
 
 import os
+import pathlib
 import sys
 
 from absl import app, flags, logging
@@ -39,6 +40,9 @@ def define_flags(values: flags.FlagValues = FLAGS, sys_argv=None) -> None:
                        flag_values=values)
   flags.DEFINE_integer("distributed_timeout", 300, "Seconds a process waits for the others "
                        "to connect (multi-process) before it gives up in one line.",
+                       flag_values=values)
+  flags.DEFINE_integer("peer_timeout", 60, "Seconds a process may stop answering (killed, "
+                       "its host lost) before the others stop in one line (multi-process).",
                        flag_values=values)
   flags.DEFINE_bool("verbose", False, "Also show the libraries' INFO logs (JAX, TensorFlow, "
                     "tfds, Orbax); by default only their warnings and errors.",
@@ -76,15 +80,23 @@ def initialize_distributed():
       os._exit(1)
   threading.Thread(target=give_up, daemon=True).start()
   try:
+    # (jax's own deadlines come after this module's, which end in one line, not an abort)
+    deadlines = dict(initialization_timeout=timeout + 60,
+                     heartbeat_timeout_seconds=max(100, FLAGS.peer_timeout + 60))
     if explicit:
       jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                  num_processes=FLAGS.num_processes,
-                                 process_id=FLAGS.process_id, initialization_timeout=timeout + 60)
+                                 process_id=FLAGS.process_id, **deadlines)
     else:
-      jax.distributed.initialize(initialization_timeout=timeout + 60)
+      jax.distributed.initialize(**deadlines)
   except Exception as e:  # pylint: disable=broad-except  (jax's own, with a C++ status)
     sys.exit(f"error: {where}: {type(e).__name__}: {str(e).splitlines()[0][:200]}. {advice}")
   connected.set()
+  from jax._src import distributed  # (its client: the coordination service's key-values)
+  from fmnist_jax import checkpointing, preemption, workdir as workdir_lib
+  checkpoints = pathlib.Path(os.path.expanduser(FLAGS.workdir)) / workdir_lib.CHECKPOINTS
+  preemption.watch_processes(distributed.global_state.client, FLAGS.peer_timeout,
+                             lambda: (checkpointing.complete_steps(checkpoints) or [None])[-1])
 
 
 def configure_compilation_cache(cache_dir: str) -> str:
@@ -184,6 +196,9 @@ def _check_processes(argv) -> str | None:
   """The multi-process flags, before jax.distributed waits on them: one line, or None."""
   address, count, index = (_flag_values(argv, name) for name in
                            ("coordinator_address", "num_processes", "process_id"))
+  for name in ("distributed_timeout", "peer_timeout"):
+    if any(not value.isdigit() or int(value) < 1 for value in _flag_values(argv, name)):
+      return f"error: --{name} must be a whole number of seconds, at least 1"
   if not address:
     return ("error: --num_processes and --process_id need --coordinator_address=HOST:PORT "
             "(process 0's), or use --distributed" if count or index else None)

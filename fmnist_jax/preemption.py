@@ -1,5 +1,6 @@
 """Stopping for a preemption notice (SIGTERM, a first Ctrl-C, or JAX's preemption sync service
-on several processes) at the same step on every process, after saving."""
+on several processes) at the same step on every process, after saving; and, on several
+processes, stopping in one line when a process stops answering (`watch_processes`)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,68 @@ def _abort(signum, frame):
   os._exit(1)
 
 
+# The key under which JAX's preemption sync service records a notice (SIGTERM) to any process.
+NOTICE_KEY = "RECEIVED_PREEMPTION_NOTICE"
+
+
+def watch_processes(client, timeout: float, last_checkpoint) -> threading.Thread:
+  """Several processes: a thread that says every few seconds that this process is alive (a key
+  in jax's coordination service) and reads whether the others do. A process silent for
+  `timeout` seconds (killed, its host lost) cannot take part in the collective the others wait
+  in: they end in one line (and their workdir lock with them) instead of XLA's abort. A
+  preemption notice to any process also bounds this one's wait by the SIGTERM grace, as
+  signals are not seen while a collective waits. `last_checkpoint()`: the newest step on
+  disk."""
+  me, count = jax.process_index(), jax.process_count()
+  interval = min(5.0, timeout / 4)
+
+  def silent_for(peer: int, seen: dict, now: float) -> float:
+    try:
+      value = client.key_value_try_get(f"fmnist_jax/alive/{peer}")
+    except Exception:  # pylint: disable=broad-except  (not yet set, or the coordinator gone)
+      value = None
+    if value is not None and value != seen.get(peer, (None,))[0]:
+      seen[peer] = (value, now)
+    return now - seen.setdefault(peer, (value, now))[1]
+
+  def watch():
+    seen, noticed = {}, False
+    for beat in range(1 << 62):
+      now = time.monotonic()
+      try:
+        client.key_value_set(f"fmnist_jax/alive/{me}", str(beat), allow_overwrite=True)
+        if not noticed and client.key_value_try_get(NOTICE_KEY) is not None:
+          noticed = True
+          _grace_timer()
+      except Exception:  # pylint: disable=broad-except  (process 0, the coordinator, is gone)
+        pass
+      for peer in (p for p in range(count) if p != me):
+        if silent_for(peer, seen, now) > timeout:
+          step = last_checkpoint()
+          os.write(2, f"error: process {peer} of {count} stopped answering for {timeout:g} s "
+                      f"(killed, or its host lost); the last checkpoint is "
+                      f"{'step ' + str(step) if step is not None else 'none yet'}. Start "
+                      "every process again with the same command to resume.\n".encode())
+          os._exit(1)
+      time.sleep(interval)
+  thread = threading.Thread(target=watch, daemon=True, name="watch_processes")
+  thread.start()
+  return thread
+
+
+_DEADLINES: list[threading.Timer] = []
+
+
+def _grace_timer() -> None:
+  """Exits in one line if the process is still running after the SIGTERM grace (cancelled
+  when the run saved: PreemptionWatch.close)."""
+  grace = float(os.environ.get(GRACE_VARIABLE) or GRACE_SECONDS)
+  timer = threading.Timer(grace, _out_of_time, (grace,))
+  timer.daemon = True
+  timer.start()
+  _DEADLINES.append(timer)
+
+
 class PreemptionWatch:
   """Whether to stop for a preemption notice, at the same step on every process.
 
@@ -62,7 +125,6 @@ class PreemptionWatch:
   def __init__(self, reached_preemption):
     self.reached_preemption = reached_preemption
     self.calls, self.requested, self.reason = 0, False, "SIGTERM"
-    self._deadline = None
     self.pause_seconds = float(os.environ.get(PAUSE_VARIABLE) or 0.0)
     self._previous = {}
     if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
@@ -76,12 +138,10 @@ class PreemptionWatch:
       logging.warning("Ctrl-C: saving a checkpoint after the current step (Ctrl-C again to "
                       "abort at once; the checkpoints already written stay intact)")
     else:
-      grace = float(os.environ.get(GRACE_VARIABLE) or GRACE_SECONDS)
       logging.warning("SIGTERM received: saving a checkpoint after the current step (or "
-                      "exiting without one if that takes over %g s)", grace)
-      self._deadline = threading.Timer(grace, _out_of_time, (grace,))
-      self._deadline.daemon = True
-      self._deadline.start()
+                      "exiting without one if that takes over %g s)",
+                      float(os.environ.get(GRACE_VARIABLE) or GRACE_SECONDS))
+      _grace_timer()
     self.requested = True
 
   def after_saves(self, written: int) -> None:
@@ -104,7 +164,7 @@ class PreemptionWatch:
     return self.requested
 
   def close(self):
-    if self._deadline:  # (the run saved and is exiting by its own path)
-      self._deadline.cancel()
+    while _DEADLINES:  # (the run saved and is exiting by its own path)
+      _DEADLINES.pop().cancel()
     for sig, previous in self._previous.items():
       signal.signal(sig, previous)

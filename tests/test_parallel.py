@@ -1,5 +1,6 @@
 """Multi-device (8 simulated CPU devices) and multi-process (2 local processes) training."""
 
+import fcntl
 import json
 import os
 import re
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, tiny_config
-from fmnist_jax import preemption
+from fmnist_jax import checkpointing, preemption
 from test_main import _final_params, _metrics
 
 TESTS = os.path.dirname(__file__)
@@ -109,13 +110,7 @@ def test_sigterm_to_one_of_two_processes_saves_both_at_the_same_step(synthetic_t
   # Both processes wait 10 s after their first checkpoint: the notice lands mid-run.
   procs = _start_two_processes(tmp_path, synthetic_tfds["data_dir"], *overrides,
                                env={preemption.PAUSE_VARIABLE: "10"})
-  checkpoints = tmp_path / "checkpoints"
-  deadline = time.time() + 600
-  while time.time() < deadline and all(p.poll() is None for p in procs):
-    if checkpoints.is_dir() and any(d.name.isdigit() for d in checkpoints.iterdir()):
-      break
-    time.sleep(0.05)
-  assert all(p.poll() is None for p in procs), "the run ended before it could be interrupted"
+  _after_first_checkpoint(procs, tmp_path)
   procs[1].send_signal(signal.SIGTERM)
   logs = [p.communicate(timeout=600)[1] for p in procs]
   assert [p.returncode for p in procs] == [preemption.Preempted.exit_code] * 2, logs[0][-3000:]
@@ -130,6 +125,64 @@ def test_sigterm_to_one_of_two_processes_saves_both_at_the_same_step(synthetic_t
             for line in (tmp_path / "run_info.jsonl").read_text().splitlines()]
   assert starts == [0, steps[0]]
   assert _metrics(tmp_path)[-1]["step"] == 40
+
+
+def _after_first_checkpoint(procs, workdir):
+  checkpoints = workdir / "checkpoints"
+  deadline = time.time() + 600
+  while time.time() < deadline and all(p.poll() is None for p in procs):
+    if checkpoints.is_dir() and any(d.name.isdigit() for d in checkpoints.iterdir()):
+      return
+    time.sleep(0.05)
+  raise AssertionError("the run ended before it could be interrupted")
+
+
+@pytest.mark.slow
+def test_a_killed_process_stops_the_other_in_one_line_within_its_timeout(synthetic_tfds,
+                                                                         tmp_path):
+  """kill -9 of process 1: process 0 ends within --peer_timeout with one line naming it and
+  the last checkpoint (not a Gloo traceback and an abort 90 s later), its lock released."""
+  procs = _start_two_processes(tmp_path, synthetic_tfds["data_dir"],
+                               "--config.run.num_train_steps=40", "--peer_timeout=8",
+                               "--config.checkpoints.every_steps=10",
+                               env={preemption.PAUSE_VARIABLE: "3"})
+  _after_first_checkpoint(procs, tmp_path)
+  procs[1].kill()
+  start = time.time()
+  _, err = procs[0].communicate(timeout=120)
+  seconds = time.time() - start
+  step = checkpointing.complete_steps(tmp_path / "checkpoints")[-1]
+  assert procs[0].returncode == 1 and seconds < 60, (seconds, err[-3000:])
+  assert (f"process 1 of 2 stopped answering for 8 s (killed, or its host lost); the last "
+          f"checkpoint is step {step}") in err, err[-3000:]
+  assert "Traceback" not in err and "Check failure" not in err, err[-3000:]
+  with open(tmp_path / ".lock", "w") as f:  # (released: taken here at once)
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+@pytest.mark.slow
+def test_sigterm_ends_a_process_waiting_in_a_collective_within_its_grace(synthetic_tfds,
+                                                                         tmp_path):
+  """Process 1 frozen (SIGSTOP): process 0 waits in a collective, where no signal is seen; a
+  SIGTERM still ends it within the grace, in one line."""
+  procs = _start_two_processes(tmp_path, synthetic_tfds["data_dir"],
+                               "--config.run.num_train_steps=40", "--peer_timeout=600",
+                               "--config.checkpoints.every_steps=10",
+                               env={preemption.PAUSE_VARIABLE: "3",
+                                    preemption.GRACE_VARIABLE: "4"})
+  try:
+    _after_first_checkpoint(procs, tmp_path)
+    procs[1].send_signal(signal.SIGSTOP)
+    time.sleep(5)  # (process 0 past its pause, in the next step's collective)
+    procs[0].send_signal(signal.SIGTERM)
+    start = time.time()
+    _, err = procs[0].communicate(timeout=120)
+    seconds = time.time() - start
+  finally:
+    procs[1].kill()
+    procs[1].communicate()
+  assert procs[0].returncode == preemption.Preempted.exit_code and seconds < 30, err[-3000:]
+  assert "did not end within 4 s" in err and "Traceback" not in err, err[-3000:]
 
 
 @pytest.mark.slow
