@@ -90,6 +90,19 @@ def get_config():
   # another (lax.map). 0: auto (1 on CPU, where that is the faster; all at once on GPU/TPU).
   population.per_pass = 0
 
+  # Population-based training (fmnist_jax/pbt.py): after every `every_epochs`-th epoch (0: off)
+  # the bottom `fraction` of the members, ranked by validation accuracy, take the state of the
+  # top fraction's and perturb the values they explore (the fields the population varies, but
+  # run.seed and augment.flip) by one of `factors`, or draw them afresh from the population's
+  # first values with `resample_probability`. `replay` ("WORKDIR:MEMBER"): a single run that
+  # trains from scratch with a finished PBT member's schedule.
+  config.pbt = pbt = ml_collections.ConfigDict()
+  pbt.every_epochs = 0
+  pbt.fraction = 0.25
+  pbt.factors = (0.8, 1.25)
+  pbt.resample_probability = 0.0
+  pbt.replay = ""
+
   config.parallelism = par = ml_collections.ConfigDict()
   par.mode = "jit"            # jit (jit over a device Mesh, NamedSharding) | pmap
   par.steps_per_call = 10     # train steps fused into one compiled call (lax.scan)

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fmnist_jax import augment, config_file, dataset, hardware, models
+from fmnist_jax import augment, config_file, dataset, hardware, models, pbt
 from fmnist_jax import state as state_lib, steps, workdir as workdir_lib
 from fmnist_jax.configuration import INERT, SEED_LIMIT, validate_config
 from fmnist_jax.errors import ConfigError
@@ -252,6 +252,7 @@ def initial_state(config, found: list[dict], steps_per_epoch: int, total_steps: 
   ema = any(values(config, found, "optimizer.ema_decay"))
   column = {key: _column([steps.step_value(field, v) for v in values(config, found, field)])
             for key, field in steps.STEP_FIELDS.items()}
+  column.update(pbt.columns(config, len(found)))
   optimizer = {config_file.field_name(path): np.array(values(config, found, path), np.float32)
                for path in IN_OPTIMIZER}
   seeds = np.array(values(config, found, "run.seed"), np.int32)
@@ -343,13 +344,14 @@ def stop_reached(config, eval_sets: dict):
 
 
 def member_rows(found: list[dict], scalars: dict, train_sums, fetched: dict, status,
-                last_rows: dict) -> list[dict]:
+                last_rows: dict, lineage: dict | None = None) -> list[dict]:
   """One metrics row per member from an evaluation's fetched per-member sums and statuses;
   `scalars` gives the fields all share (epoch, elapsed_seconds). A member that is not training
   says so (`status`, `status_step`; one that diverged also `"diverged": true`), and one that
   did not train this epoch carries its train values from `last_rows` (its previous row). One
   member's row is `scalars` itself, without a member column: a single run's rows read as they
-  always did."""
+  always did. With PBT (`lineage`, pbt.row_fields), a row holds its member's values now and
+  the member it copied at the start of the epoch."""
   if len(found) == 1:
     return [dict(scalars)]
   rows = []
@@ -367,6 +369,7 @@ def member_rows(found: list[dict], scalars: dict, train_sums, fetched: dict, sta
       row[f"{name}_loss"], row[f"{name}_accuracy"] = steps.summarize(sums)
       row[f"{name}_count"] = int(sums["count"])
     row.update(status_fields(status, index))
+    row.update(pbt.row_fields(lineage, index))
     row["elapsed_seconds"] = scalars["elapsed_seconds"]
     rows.append(row)
   return rows
@@ -470,9 +473,10 @@ def result(found: list[dict], rows: list[dict], step: int) -> dict:
     final = next((r for r in reversed(rows) if r["step"] == step), rows[-1] if rows else {})
     return {"final": {k: v for k, v in final.items() if k != "step"},
             "best_by_val": workdir_lib.best_by_val(rows)}
+  by_member = workdir_lib.by_member(rows)
   per_member = [{"member": index, **plain(found[index]), "final": mine[-1],
                  "best": workdir_lib.best_by_val(mine)}
-                for index, mine in sorted(workdir_lib.by_member(rows).items())]
+                for index, mine in sorted(by_member.items())]
   counted = [entry for entry in per_member if not entry["final"].get("diverged")]
   settings = {}
   for entry in counted:  # (a member that diverged is listed, not summed)
@@ -484,13 +488,16 @@ def result(found: list[dict], rows: list[dict], step: int) -> dict:
   bests = [entry["best"] for entry in counted if entry["best"]]
   return {"final": _mean_row([e["final"] for e in counted], diverged),
           "best_by_val": _mean_row(bests, diverged) if bests else None,
-          "population": {"members": per_member, "settings": summary}}
+          "population": {"members": per_member, "settings": summary,
+                         "best_member": pbt.best_schedule(found, [
+                             {**e, "rows": by_member[e["member"]]} for e in counted])}}
 
 
 def _mean_row(rows: list[dict], diverged: int) -> dict:
   """The members' mean of each number their rows share (a field they vary, and `member`,
   left out), with how many members it counts and how many diverged."""
-  skip = {"member", "step", "status_step", *(config_file.field_name(p) for p in VARYING)}
+  skip = {"member", "step", "status_step", "parent", "parent_step",
+          *(config_file.field_name(p) for p in VARYING)}
   keys = [k for k, v in rows[0].items() if k not in skip and isinstance(v, (int, float))
           and not isinstance(v, bool) and all(isinstance(r.get(k), (int, float)) for r in rows)]
   return {key: float(np.mean([r[key] for r in rows])) for key in keys} | {

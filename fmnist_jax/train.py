@@ -23,7 +23,7 @@ from absl import logging
 
 from fmnist_jax import checkpointing, evaluate, hardware, initializers, input_pipeline, models
 from fmnist_jax import population, profiling, state as state_lib, steps, workdir as workdir_lib
-from fmnist_jax import config_file, configuration
+from fmnist_jax import config_file, configuration, pbt
 from fmnist_jax.errors import ConfigError, DiskFullError, is_disk_full
 from fmnist_jax.parallel import Parallelism
 from fmnist_jax.preemption import Preempted, PreemptionWatch
@@ -62,6 +62,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   for line in configuration.warnings(config):
     logging.warning("%s", line)
   members = population.check(config)
+  for line in pbt.check(config, members):
+    logging.warning("%s", line)
   input_pipeline.check_input_mode(config)
   par = population.parallelism(config, members)
   par.check_batch_size(config.run.batch_size, "run.batch_size")
@@ -198,6 +200,8 @@ class Loop:
         population.eval_step, apply_fn=eval_model.apply, **models.tta_options(config),
         per_pass=per_pass))
     self.mark_reached = population.stop_reached(config, run.eval_sets)
+    self.score = pbt.scorer(config, run.eval_sets)  # (PBT's; None without it)
+    self.exploit = pbt.exploiter(config, run.members)
     # One program copies the whole state (a copy per leaf would compile one per shape).
     self.copy_state = jax.jit(lambda state: jax.tree.map(jax.numpy.copy, state))
     self.learning_rate = state_lib.create_learning_rate_fn(config, run.steps_per_epoch,
@@ -241,6 +245,8 @@ class Loop:
         epoch_end = min((epoch + 1) * run.steps_per_epoch, run.total_steps)
         next_end = min(epoch_end + run.steps_per_epoch, run.total_steps)
         preempt = False
+        if self.exploit and pbt.due(config, step, run.steps_per_epoch):
+          state = self.exploit(state)  # (from the scores of the evaluation before)
         for batches, num in run.train_data.batches(epoch, first, config.parallelism.steps_per_call):
           num = min(num, epoch_end - step)
           with progress.timed("train calls"):  # input batches, dispatch (and compilation)
@@ -267,6 +273,8 @@ class Loop:
           evaluation = evaluate.dispatch(self.eval_fn, state.eval_params, run.eval_sets)
           if self.mark_reached:  # (members that reached stop_at_accuracy keep their state)
             state = self.mark_reached(state, evaluation)
+          if self.score:
+            state = self.score(state, evaluation)
           end = functools.partial(self.end_epoch, step, self.copy_state(state), sums,
                                   evaluation, next_end)
         self.deferred.add(min(step + LEAD_CALLS * config.parallelism.steps_per_call, next_end), end)
@@ -309,13 +317,15 @@ class Loop:
     stop_at_accuracy."""
     config = self.run.config
     with self.progress.timed("evaluation"):
-      train_sums, fetched, status = self.progress.fetch(
-          (sums, evaluation, checkpointing.status_of(state)))
+      train_sums, fetched, status, lineage = self.progress.fetch(
+          (sums, evaluation, checkpointing.status_of(state),
+           pbt.current(state, self.run.members) if self.exploit else {}))
     counted = steps.healthy(status[0])  # (the means are those of the members that did not diverge)
     scalars = self.epoch_scalars(step, {k: v[counted] for k, v in train_sums.items()},
                                  evaluate.summarize(fetched, counted))
+    lineage = lineage and {**lineage, "since": step - self.run.steps_per_epoch}
     scalars["members"] = population.member_rows(self.run.members, scalars, train_sums, fetched,
-                                                status, self.last_rows)
+                                                status, self.last_rows, lineage)
     self.last_rows = population.last_rows(scalars["members"])
     self.saver.check_finite(train_sums, status, scalars)
     self.last_eval = scalars
