@@ -1,7 +1,7 @@
 """Every benchmark and tool module runs end to end once, on a tiny config and the synthetic data
 (a module whose flags parse can still be broken: benchmarks/end_to_end.py was, unseen): here
-benchmarks.end_to_end, benchmarks.population_agreement and benchmarks.startup; the others in
-tests/test_benchmark.py, test_report.py, test_profiling.py and test_dataset.py."""
+benchmarks.end_to_end, benchmarks.population_agreement, benchmarks.startup and benchmarks.pbt;
+the others in tests/test_benchmark.py, test_report.py, test_profiling.py and test_dataset.py."""
 
 import json
 
@@ -44,3 +44,15 @@ def test_startup_times_a_cold_and_a_warm_start_and_the_refusals(synthetic_tfds, 
   report = json.loads((tmp_path / "startup.json").read_text())
   assert report["cold"]["total"] > 0 and len(report["warm"]) == 1
   assert set(report["refusals"]) >= {"rerun of a finished run", "workdir is a file"}
+
+
+def test_pbt_benchmark_runs_both_arms_and_times_the_exploit(synthetic_tfds, tmp_path):
+  from benchmarks import pbt
+  report = pbt.main(["--config", "configs/tiny.py", "--json", str(tmp_path / "pbt.json"),
+                     "--workdir-root", str(tmp_path / "runs"), "--epochs", "2", "--every", "1",
+                     "--seeds", "0", *_data(synthetic_tfds)])
+  arms = {arm["arm"]: arm for arm in report["arms"]}
+  assert set(arms) == {"pbt_s0", "sweep_s0"} and arms["sweep_s0"]["exploits"] == 0
+  assert arms["pbt_s0"]["exploits"] == 2  # (8 members: the bottom quarter, once)
+  assert 0 < report["exploit_cost"]["exploit_seconds"] < report["exploit_cost"][
+      "train_call_seconds"]
