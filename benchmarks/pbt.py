@@ -59,7 +59,7 @@ def _exploit_cost(config_path: str, overrides, every: int, repeats: int = 10) ->
   found = population.members(config)
   par = Parallelism("jit", member_shards=1)
   state = par.place_state(population.initial_state(config, found, 100, 1000))
-  exploit = pbt.exploiter(config, found)
+  exploit = pbt.exploiter(config, found, 100)
   images = np.random.default_rng(0).integers(0, 256, (4096, 28, 28, 1), np.uint8)
   labels = np.random.default_rng(1).integers(0, 10, 4096).astype(np.int32)
   data = input_pipeline.DeviceTrainData(images, labels, par, config.run.batch_size,

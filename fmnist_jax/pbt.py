@@ -11,19 +11,23 @@ key and its own seed's data order. Every draw comes from config.run.seed and the
 scores are in the checkpoints: the same run makes the same exploits, also when resumed.
 
 PBT explores the fields the population varies but the seed and the flip mode (a mode, not a
-number). A single run replays a member's schedule with `pbt.replay` (fmnist_jax.replay).
+number). `pbt.replay` ("WORKDIR:MEMBER") trains a single run from scratch with a finished PBT
+member's schedule (Ray Tune's PopulationBasedTrainingReplay): the values it trained each epoch
+with, written at each epoch's start; whether the schedule or the inherited weights made the
+member good.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fmnist_jax import config_file, steps
-from fmnist_jax.errors import ConfigError
+from fmnist_jax import config_file, steps, workdir as workdir_lib
+from fmnist_jax.errors import ConfigError, ReportError
 
 # The fields PBT explores and their valid ranges (None: the population's largest value, what
 # the program was compiled for).
@@ -82,7 +86,7 @@ def check(config, found: list[dict]) -> list[str]:
 def columns(config, count: int) -> dict:
   """The hparams PBT adds to a new state: each member's score (its last validation accuracy),
   the member it copied at its last exploit (-1: none) and that step."""
-  if not config.pbt.every_epochs:
+  if not (config.pbt.every_epochs or config.pbt.replay):
     return {}
   return {"score": np.zeros(count, np.float32), "parent": np.full(count, -1, np.int32),
           "parent_step": np.zeros(count, np.int32)}
@@ -103,14 +107,19 @@ def scorer(config, eval_sets: dict):
 
 
 def due(config, step: int, steps_per_epoch: int) -> bool:
-  """Whether the epoch that begins at `step` begins with an exploit."""
+  """Whether the epoch that begins at `step` begins with an exploit (a replay: with its
+  values)."""
   epoch, within = divmod(step, steps_per_epoch)
   every = config.pbt.every_epochs
-  return bool(every) and within == 0 and epoch > 0 and epoch % every == 0
+  return within == 0 and (bool(config.pbt.replay) or (
+      bool(every) and epoch > 0 and epoch % every == 0))
 
 
-def exploiter(config, found: list[dict]):
-  """state -> state after an exploit and explore (at the state's step). None without PBT."""
+def exploiter(config, found: list[dict], steps_per_epoch: int):
+  """state -> state after an exploit and explore (at the state's step); of a replay, the
+  state with the values of its epoch. None without PBT."""
+  if config.pbt.replay:
+    return _replayer(config, steps_per_epoch)
   if not config.pbt.every_epochs:
     return None
   pbt, count = config.pbt, len(found)
@@ -214,3 +223,62 @@ def best_schedule(found: list[dict], members: list[dict]) -> dict | None:
           "schedule": [{"epoch": row["epoch"], **{n: row[n] for n in names if n in row},
                         **({"parent": row["parent"]} if "parent" in row else {})}
                        for row in best["rows"]]}
+
+
+def _replay_source(config) -> tuple[str, int, list[dict], list[dict]]:
+  """(workdir, member, the PBT run's members, that member's rows) of `pbt.replay`, or one
+  ConfigError line."""
+  workdir, _, member = config.pbt.replay.rpartition(":")
+  if not workdir or not member.isdigit():
+    raise ConfigError(f"pbt.replay={config.pbt.replay!r} must be WORKDIR:MEMBER, e.g. "
+                      "runs/pbt:3.")
+  try:
+    recorded = workdir_lib.read_config(workdir)
+    rows = workdir_lib.read_metrics(workdir, required=True)
+  except (ReportError, OSError) as e:
+    raise ConfigError(f"pbt.replay: {e}") from None
+  found = [dict(zip([p for p, _ in recorded.population.members], combo)) for combo in
+           itertools.product(*[v for _, v in recorded.population.members])]
+  result = workdir_lib.read_result(workdir) or {}
+  if not recorded.pbt.every_epochs or result.get("step") != rows[-1]["step"]:
+    raise ConfigError(f"pbt.replay: {workdir} is not a finished PBT run (its result.json and "
+                      "config.json say so when it is): replay a finished one.")
+  if int(member) >= len(found):
+    raise ConfigError(f"pbt.replay: {workdir} has members 0 to {len(found) - 1}, not "
+                      f"{member}.")
+  return workdir, int(member), found, workdir_lib.by_member(rows)[int(member)]
+
+
+def replayed(config):
+  """The config a replay trains: one member that varies the PBT run's explored fields (so
+  that the program reads them from its state), starting from the member's first values; the
+  config itself without `pbt.replay`. One ConfigError line for a replay that cannot be."""
+  if not config.pbt.replay:
+    return config
+  if config.population.members or config.pbt.every_epochs:
+    raise ConfigError("pbt.replay trains a single run: leave population.members empty and "
+                      "pbt.every_epochs 0.")
+  _, _, found, rows = _replay_source(config)
+  single = config.copy_and_resolve_references()
+  single.population.members = tuple(
+      (path, (_first(rows, path),)) for path in explored(found))
+  return single
+
+
+def _first(rows, path):
+  value = rows[0][config_file.field_name(path)]
+  return tuple(value) if isinstance(value, list) else value
+
+
+def _replayer(config, steps_per_epoch: int):
+  """state -> the state with the replayed member's values of the epoch it is at (its last
+  row's after the schedule ends)."""
+  _, _, found, rows = _replay_source(config)
+  table = {path: jnp.asarray(np.array([row[config_file.field_name(path)] for row in rows],
+                                      np.float32)) for path in explored(found)}
+
+  def replay(state):
+    epoch = jnp.minimum(state.step[0] // steps_per_epoch, len(rows) - 1)
+    return write(state, {path: values[epoch][None].astype(read(state, path).dtype)
+                         for path, values in table.items()})
+  return jax.jit(replay, donate_argnums=0)

@@ -353,7 +353,7 @@ def member_rows(found: list[dict], scalars: dict, train_sums, fetched: dict, sta
   always did. With PBT (`lineage`, pbt.row_fields), a row holds its member's values now and
   the member it copied at the start of the epoch."""
   if len(found) == 1:
-    return [dict(scalars)]
+    return [dict(scalars, **pbt.row_fields(lineage, 0))]
   rows = []
   for index, member in enumerate(found):
     row = {"member": index, **plain(member), "epoch": scalars["epoch"]}

@@ -61,6 +61,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   hardware.check_processes_agree({**shared, "--workdir": os.path.abspath(workdir)})
   for line in configuration.warnings(config):
     logging.warning("%s", line)
+  config = pbt.replayed(config)  # (a replay: one member whose values its schedule sets)
   members = population.check(config)
   for line in pbt.check(config, members):
     logging.warning("%s", line)
@@ -201,7 +202,7 @@ class Loop:
         per_pass=per_pass))
     self.mark_reached = population.stop_reached(config, run.eval_sets)
     self.score = pbt.scorer(config, run.eval_sets)  # (PBT's; None without it)
-    self.exploit = pbt.exploiter(config, run.members)
+    self.exploit = pbt.exploiter(config, run.members, run.steps_per_epoch)
     # One program copies the whole state (a copy per leaf would compile one per shape).
     self.copy_state = jax.jit(lambda state: jax.tree.map(jax.numpy.copy, state))
     self.learning_rate = state_lib.create_learning_rate_fn(config, run.steps_per_epoch,

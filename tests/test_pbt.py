@@ -36,7 +36,7 @@ def test_an_exploit_copies_a_top_members_whole_state_but_its_keys_and_explored_v
   config = _config()
   found, state = _state(config, [0.5, 0.9, 0.1, 0.7])  # ranks: 1, 3 | 0, 2 (bottom)
   before = jax.device_get(state)
-  after = jax.device_get(pbt.exploiter(config, found)(state))
+  after = jax.device_get(pbt.exploiter(config, found, 12)(state))
   parents = after.hparams["parent"]
   assert list(parents[[1, 3]]) == [-1, -1] and set(parents[[0, 2]]) <= {1, 3}
   assert list(after.hparams["parent_step"][[0, 2]]) == [24, 24]
@@ -60,7 +60,7 @@ def test_explored_values_stay_in_their_range_and_the_compiled_largest():
                                                 ("optimizer.label_smoothing", (0.1, 0.5)))),
                        pbt=dict(every_epochs=1, fraction=0.5, factors=(100.0,)))
   found, state = _state(config, [0.1, 0.2, 0.3, 0.4])
-  after = jax.device_get(pbt.exploiter(config, found)(state))
+  after = jax.device_get(pbt.exploiter(config, found, 12)(state))
   assert list(after.hparams["translate"][:2]) == [2, 2]  # (copies of 2 or 0 x 100, at most 2)
   assert np.all(after.hparams["label_smoothing"][:2] == np.float32(0.99))
 
@@ -68,7 +68,7 @@ def test_explored_values_stay_in_their_range_and_the_compiled_largest():
 def test_a_resample_draws_from_the_populations_first_values():
   config = _config(resample_probability=1.0)
   found, state = _state(config, [0.1, 0.2, 0.3, 0.4])
-  after = jax.device_get(pbt.exploiter(config, found)(state))
+  after = jax.device_get(pbt.exploiter(config, found, 12)(state))
   assert set(after.opt_state.hyperparams["learning_rate"][:2]) <= {np.float32(1e-2),
                                                                      np.float32(3e-3)}
 
@@ -128,3 +128,37 @@ def test_pbt_settings_that_cannot_work_are_refused_in_one_line(change, named):
 def test_pbt_that_never_exploits_is_a_warning():
   config = _config(every_epochs=3)
   assert "no member is ever replaced" in pbt.check(config, population.members(config))[0]
+
+
+def test_a_replay_trains_one_model_with_a_members_schedule(small_splits, tmp_path):
+  """Replay (Ray Tune's PopulationBasedTrainingReplay): a single run from scratch whose
+  learning rate and dropout at every epoch are those the PBT member trained with."""
+  train.train_and_evaluate(_config(), str(tmp_path / "pbt"))
+  rows = _rows(tmp_path / "pbt")
+  member = next(r["member"] for r in rows if "parent" in r)  # (one that was replaced)
+  replay = tiny_config(run=dict(num_epochs=3), pbt=dict(replay=f"{tmp_path / 'pbt'}:{member}"))
+  train.train_and_evaluate(replay, str(tmp_path / "replay"))
+  mine = [r for r in rows if r["member"] == member]
+  replayed = _rows(tmp_path / "replay")
+  assert "member" not in replayed[0] and len(replayed) == len(mine) == 3
+  for a, b in zip(replayed, mine):
+    assert (a["learning_rate"], a["dropout_rates"]) == (b["learning_rate"], b["dropout_rates"])
+  assert len({r["learning_rate"] for r in replayed}) > 1  # (the schedule changed it)
+
+
+@pytest.mark.parametrize("replay,named", [
+    ("nowhere", "must be WORKDIR:MEMBER"),
+    ("{missing}:0", "has no config.json"),
+    ("{sweep}:0", "is not a finished PBT run"),
+    ("{pbt}:9", "has members 0 to 3, not 9"),
+])
+def test_a_replay_that_cannot_be_is_refused_in_one_line(small_splits, tmp_path, replay, named):
+  folders = {"missing": tmp_path / "missing", "sweep": tmp_path / "sweep",
+             "pbt": tmp_path / "pbt"}
+  if "sweep" in replay:
+    train.train_and_evaluate(_config(every_epochs=0), str(folders["sweep"]))
+  if "pbt" in replay:
+    train.train_and_evaluate(_config(), str(folders["pbt"]))
+  config = tiny_config(pbt=dict(replay=replay.format(**folders)))
+  with pytest.raises(ConfigError, match=named):
+    pbt.replayed(config)
