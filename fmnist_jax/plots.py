@@ -46,3 +46,48 @@ def curves(runs: dict[str, list[dict]], path: pathlib.Path, title: str,
   fig.savefig(path, dpi=110, bbox_inches="tight")
   plt.close(fig)
   return pathlib.Path(path).name
+
+
+def schedules(by_member: dict[int, list[dict]], fields: list[str], path: pathlib.Path) -> str:
+  """PBT's schedules and lineage: one panel per explored field (each member's value by epoch,
+  a dashed jump from its parent's value where it was replaced; a vector field's mean), and
+  the lineage (an arrow from the parent to the member at each replacement). Returns the file
+  name."""
+  fig, axes = plt.subplots(1, len(fields) + 1, figsize=(4.5 * (len(fields) + 1), 4),
+                           squeeze=False)
+  def value(row, field):
+    v = row[field]
+    return sum(v) / len(v) if isinstance(v, list) else v
+  lineage = axes[0, -1]
+  for member, rows in by_member.items():
+    colour = f"C{member % 10}"
+    epochs = [r["epoch"] for r in rows]
+    starts = [0] + [i for i, r in enumerate(rows) if "parent" in r] + [len(rows)]
+    for ax, field in zip(axes[0], fields):  # (a line of its own between replacements)
+      for a, b in zip(starts, starts[1:]):
+        ax.plot(epochs[a:b], [value(r, field) for r in rows[a:b]], "-o", color=colour, ms=3,
+                lw=1, label=f"m{member}" if a == 0 else None)
+    lineage.plot(epochs, [member] * len(epochs), "-", color=colour, lw=0.8, alpha=0.4)
+    for previous, row in zip(rows, rows[1:]):
+      if "parent" not in row:
+        continue
+      parent_row = next((r for r in by_member[row["parent"]] if r["epoch"] == previous["epoch"]),
+                        previous)
+      for ax, field in zip(axes[0], fields):
+        ax.plot([previous["epoch"], row["epoch"]], [value(parent_row, field), value(row, field)],
+                "--", color=colour, lw=1)
+      lineage.annotate("", (row["epoch"], member), (previous["epoch"], row["parent"]),
+                       arrowprops={"arrowstyle": "->", "color": colour})
+  for ax, field in zip(axes[0], fields):
+    ax.set(xlabel="epoch", title=field + (" (mean)" if field == "dropout_rates" else ""))
+    if field in ("learning_rate", "weight_decay"):
+      ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+  axes[0, 0].legend(fontsize=7, ncol=2)
+  lineage.set(xlabel="epoch", ylabel="member", title="Lineage (parent -> member)",
+              yticks=sorted(by_member))
+  lineage.grid(alpha=0.3)
+  fig.suptitle("Population-based training: each member's values, and whom it copied")
+  fig.savefig(path, dpi=110, bbox_inches="tight")
+  plt.close(fig)
+  return pathlib.Path(path).name

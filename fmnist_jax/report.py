@@ -26,7 +26,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fmnist_jax import dataset, evaluate, input_pipeline, models, plots  # noqa: E402
-from fmnist_jax import population  # noqa: E402
+from fmnist_jax import config_file, pbt, population  # noqa: E402
 from fmnist_jax import workdir as workdir_lib  # noqa: E402
 from fmnist_jax.dataset import CLASS_NAMES  # noqa: E402
 from fmnist_jax.errors import DiskFullError, FmnistError, ReportError  # noqa: E402
@@ -210,6 +210,10 @@ def _write_report(workdir: pathlib.Path, splits: dict | None) -> pathlib.Path:
       "samples_test": plot_samples_per_class(*splits["test"], "Test images per class",
                                              out / "samples_test.png"),
       "curves": plots.curves(runs, out / "curves.png", "Training curves", groups=groups)}
+  if config.pbt.every_epochs:
+    figures["schedules"] = plots.schedules(
+        workdir_lib.by_member(rows), [config_file.field_name(path) for path
+                                      in pbt.explored(found)], out / "schedules.png")
   summary = population.result(found, rows, rows[-1]["step"])
   numbers = {"workdir": str(workdir), "final_metrics": summary["final"],
              "class_balance": _class_balance(splits), "result": summary}
@@ -356,6 +360,14 @@ def _markdown(workdir, config, rows, numbers, figures) -> list[str]:
          f"![wrong]({figures['wrong']})", "", "Misclassified test images.", "",
          f"![confidently wrong]({figures['confidently_wrong']})", "",
          "The most confidently wrong test predictions.", ""]
+  if "schedules" in figures:
+    best = numbers["result"]["population"]["best_member"]
+    md += ["## Population-based training", "", f"![schedules]({figures['schedules']})", "",
+           f"Every {config.pbt.every_epochs} epoch(s) the bottom {config.pbt.fraction:g} of the "
+           "members by validation accuracy took the state of a top member and perturbed its "
+           f"values. The best member by validation: {best['member']} "
+           f"({_pct(best['val_accuracy'])}); its schedule (result.json) replays with "
+           f"`--config.pbt.replay={workdir}:{best['member']}`.", ""]
   return md + (_members_markdown(numbers) if "members" in numbers else [])
 
 

@@ -162,3 +162,12 @@ def test_a_replay_that_cannot_be_is_refused_in_one_line(small_splits, tmp_path, 
   config = tiny_config(pbt=dict(replay=replay.format(**folders)))
   with pytest.raises(ConfigError, match=named):
     pbt.replayed(config)
+
+
+def test_the_report_of_a_pbt_run_shows_the_schedules_and_the_lineage(small_splits, tmp_path):
+  from fmnist_jax import report
+  train.train_and_evaluate(_config(), str(tmp_path))
+  report.write_report(str(tmp_path))
+  md = (tmp_path / "report" / "report.md").read_text()
+  assert "![schedules](schedules.png)" in md and "--config.pbt.replay=" in md
+  assert (tmp_path / "report" / "schedules.png").stat().st_size > 10_000
