@@ -228,8 +228,8 @@ def best_schedule(found: list[dict], members: list[dict]) -> dict | None:
 def _replay_source(config) -> tuple[str, int, list[dict], list[dict]]:
   """(workdir, member, the PBT run's members, that member's rows) of `pbt.replay`, or one
   ConfigError line."""
-  workdir, _, member = config.pbt.replay.rpartition(":")
-  if not workdir or not member.isdigit():
+  workdir, _, index = config.pbt.replay.rpartition(":")
+  if not workdir or not index.isdigit():
     raise ConfigError(f"pbt.replay={config.pbt.replay!r} must be WORKDIR:MEMBER, e.g. "
                       "runs/pbt:3.")
   try:
@@ -243,10 +243,10 @@ def _replay_source(config) -> tuple[str, int, list[dict], list[dict]]:
   if not recorded.pbt.every_epochs or result.get("step") != rows[-1]["step"]:
     raise ConfigError(f"pbt.replay: {workdir} is not a finished PBT run (its result.json and "
                       "config.json say so when it is): replay a finished one.")
-  if int(member) >= len(found):
+  if int(index) >= len(found):
     raise ConfigError(f"pbt.replay: {workdir} has members 0 to {len(found) - 1}, not "
-                      f"{member}.")
-  return workdir, int(member), found, workdir_lib.by_member(rows)[int(member)]
+                      f"{index}.")
+  return workdir, int(index), found, workdir_lib.by_member(rows)[int(index)]
 
 
 def replayed(config):

@@ -183,6 +183,20 @@ class TargetReached(Exception):
     self.step, self.state = step, state
 
 
+def epoch_row(run: Run, step: int, train_sums, results: dict, elapsed: float) -> dict:
+  """An evaluation's row (the members' means): train and eval metrics."""
+  train_loss, train_accuracy = steps.summarize(train_sums)
+  scalars = {"epoch": step / run.steps_per_epoch, "train_loss": train_loss,
+             "train_accuracy": train_accuracy}
+  for name, result in results.items():
+    scalars[f"{name}_loss"], scalars[f"{name}_accuracy"] = result["loss"], result["accuracy"]
+    scalars[f"{name}_count"] = result["count"]
+  scalars["elapsed_seconds"] = elapsed
+  if run.config.optimizer.skip_nonfinite_updates and np.sum(train_sums["nonfinite"]):
+    scalars["skipped_updates"] = int(np.sum(train_sums["nonfinite"]))
+  return scalars
+
+
 class Loop:
   """One run's compiled functions, its clock, its saver and the loop over its train calls."""
 
@@ -200,8 +214,11 @@ class Loop:
     self.eval_fn = par.compile_eval(functools.partial(
         population.eval_step, apply_fn=eval_model.apply, **models.tta_options(config),
         per_pass=per_pass))
-    self.mark_reached = population.stop_reached(config, run.eval_sets)
-    self.score = pbt.scorer(config, run.eval_sets)  # (PBT's; None without it)
+    # What each evaluation changes in the state, on the device: members that reached
+    # stop_at_accuracy (they keep their state from then on), and PBT's scores.
+    self.after_evaluation = [program for program in (
+        population.stop_reached(config, run.eval_sets), pbt.scorer(config, run.eval_sets))
+        if program]
     self.exploit = pbt.exploiter(config, run.members, run.steps_per_epoch)
     # One program copies the whole state (a copy per leaf would compile one per shape).
     self.copy_state = jax.jit(lambda state: jax.tree.map(jax.numpy.copy, state))
@@ -272,10 +289,8 @@ class Loop:
         # The epoch's end: its evaluation and its state are fetched once later calls queue.
         with progress.timed("evaluation"):
           evaluation = evaluate.dispatch(self.eval_fn, state.eval_params, run.eval_sets)
-          if self.mark_reached:  # (members that reached stop_at_accuracy keep their state)
-            state = self.mark_reached(state, evaluation)
-          if self.score:
-            state = self.score(state, evaluation)
+          for program in self.after_evaluation:
+            state = program(state, evaluation)
           end = functools.partial(self.end_epoch, step, self.copy_state(state), sums,
                                   evaluation, next_end)
         self.deferred.add(min(step + LEAD_CALLS * config.parallelism.steps_per_call, next_end), end)
@@ -322,8 +337,9 @@ class Loop:
           (sums, evaluation, checkpointing.status_of(state),
            pbt.current(state, self.run.members) if self.exploit else {}))
     counted = steps.healthy(status[0])  # (the means are those of the members that did not diverge)
-    scalars = self.epoch_scalars(step, {k: v[counted] for k, v in train_sums.items()},
-                                 evaluate.summarize(fetched, counted))
+    scalars = epoch_row(self.run, step, {k: v[counted] for k, v in train_sums.items()},
+                        evaluate.summarize(fetched, counted), self.progress.elapsed())
+    self.progress.evaluation_line(step, scalars)
     lineage = lineage and {**lineage, "since": step - self.run.steps_per_epoch}
     scalars["members"] = population.member_rows(self.run.members, scalars, train_sums, fetched,
                                                 status, self.last_rows, lineage)
@@ -337,20 +353,6 @@ class Loop:
     if reached:
       logging.info("%s: stopping at step %d", population.stop_line(config, status[0]), step)
       raise TargetReached(step, state)
-
-  def epoch_scalars(self, step: int, train_sums, results: dict) -> dict:
-    """An evaluation's row: train and eval metrics, logged."""
-    train_loss, train_accuracy = steps.summarize(train_sums)
-    scalars = {"epoch": step / self.run.steps_per_epoch, "train_loss": train_loss,
-               "train_accuracy": train_accuracy}
-    for name, result in results.items():
-      scalars[f"{name}_loss"], scalars[f"{name}_accuracy"] = result["loss"], result["accuracy"]
-      scalars[f"{name}_count"] = result["count"]
-    scalars["elapsed_seconds"] = self.progress.elapsed()
-    if self.run.config.optimizer.skip_nonfinite_updates and np.sum(train_sums["nonfinite"]):
-      scalars["skipped_updates"] = int(np.sum(train_sums["nonfinite"]))
-    self.progress.evaluation_line(step, scalars)
-    return scalars
 
   def write_row(self, step: int, scalars: dict) -> None:
     with self.progress.timed("metrics files"):

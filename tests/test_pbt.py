@@ -171,3 +171,86 @@ def test_the_report_of_a_pbt_run_shows_the_schedules_and_the_lineage(small_split
   md = (tmp_path / "report" / "report.md").read_text()
   assert "![schedules](schedules.png)" in md and "--config.pbt.replay=" in md
   assert (tmp_path / "report" / "schedules.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_pmap_and_jit_on_8_devices_make_the_same_exploits_as_one_device(synthetic_tfds,
+                                                                        tmp_path):
+  """The exploit is one program on the member-stacked state however it is placed: jit on 8
+  devices (members split over 4 device groups), pmap on 8 (without dropout, whose masks pmap
+  draws per device) and jit on 1 give the same lineage and, to float rounding, the same
+  rows."""
+  import subprocess
+  import sys
+  from conftest import ROOT
+  from test_parallel import _devices_env
+  runs = {}
+  for name, count, mode in (("jit1", 1, "jit"), ("jit8", 8, "jit"), ("pmap8", 8, "pmap")):
+    members = repr((MEMBERS[0], ("optimizer.label_smoothing", (0.0, 0.2))))
+    command = [sys.executable, "-m", "fmnist_jax.main", "--config", "configs/tiny.py",
+               "--workdir", str(tmp_path / name), f"--config.data.tfds_dir="
+               f"{synthetic_tfds['data_dir']}", f"--config.population.members={members}",
+               "--config.pbt.every_epochs=1", "--config.pbt.fraction=0.5",
+               "--config.run.num_epochs=3", "--config.run.batch_size=32",
+               "--config.model.dropout_rates=(0.0, 0.0, 0.0)",
+               f"--config.parallelism.mode={mode}"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env=_devices_env(count))
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs[name] = _rows(tmp_path / name)
+  lineage = {name: [(r["member"], r.get("parent")) for r in rows] for name, rows in runs.items()}
+  assert lineage["jit1"] == lineage["jit8"] == lineage["pmap8"]
+  assert any(parent is not None for _, parent in lineage["jit1"])
+  for name in ("jit8", "pmap8"):
+    for a, b in zip(runs[name], runs["jit1"]):
+      assert a["learning_rate"] == b["learning_rate"]
+      assert a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=0.03)
+
+
+@pytest.mark.slow
+def test_a_pbt_run_killed_and_rerun_ends_as_one_never_killed(synthetic_tfds, tmp_path):
+  """kill -9 after the first epoch's checkpoint (its scores saved, the exploit that begins the
+  next epoch not yet made), then the same command: the same rows and parameters, bit for
+  bit."""
+  import os
+  import signal
+  import subprocess
+  import sys
+  import time
+  from conftest import ROOT
+  from fmnist_jax import checkpointing
+  command = [sys.executable, "-m", "fmnist_jax.main", "--config", "configs/tiny.py",
+             f"--config.data.tfds_dir={synthetic_tfds['data_dir']}",
+             f"--config.population.members={MEMBERS!r}", "--config.pbt.every_epochs=1",
+             "--config.pbt.fraction=0.5", "--config.run.num_epochs=3",
+             "--config.checkpoints.every_steps=0"]
+  straight = subprocess.run([*command, "--workdir", str(tmp_path / "straight")], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+  assert straight.returncode == 0, straight.stderr[-3000:]
+  process = subprocess.Popen([*command, "--workdir", str(tmp_path / "killed")], cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env={**os.environ, preemption.PAUSE_VARIABLE: "300"})
+  checkpoints = tmp_path / "killed" / "checkpoints"
+  deadline = time.time() + 300
+  while time.time() < deadline and process.poll() is None and not (
+      checkpoints.is_dir() and checkpointing.complete_steps(checkpoints)):
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  process.wait(timeout=60)
+  assert checkpointing.complete_steps(checkpoints) == [27]  # (epoch 1 of 27 steps)
+  rerun = subprocess.run([*command, "--workdir", str(tmp_path / "killed")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert _rows(tmp_path / "killed") == _rows(tmp_path / "straight")
+  assert any("parent" in row for row in _rows(tmp_path / "straight"))
+  config = tiny_config(population=dict(members=MEMBERS), pbt=dict(every_epochs=1))
+  found = population.members(config)
+  states = []
+  for run in ("straight", "killed"):
+    ckpt = checkpointing.Checkpointer(tmp_path / run / "checkpoints", config, read_only=True)
+    target = Parallelism("jit", member_shards=1).place_state(
+        population.initial_state(config, found, 27, 81))
+    states.append(ckpt.restore(81, target)[0])
+    ckpt.close()
+  for x, y in zip(*(jax.tree.leaves(s) for s in states)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
