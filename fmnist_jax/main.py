@@ -29,7 +29,8 @@ def define_flags(values: flags.FlagValues = FLAGS, sys_argv=None) -> None:
   config_flags.DEFINE_config_file(
       "config", None, "Training config file: FILE or FILE:VARIANT, e.g. configs/default.py, "
       "configs/best.py, configs/speedrun.py:b1024_e30; override fields by path with "
-      "--config.SECTION.FIELD=VALUE (e.g. --config.optimizer.learning_rate=3e-3).", flag_values=values, lock_config=True, sys_argv=sys_argv)
+      "--config.SECTION.FIELD=VALUE (e.g. --config.optimizer.learning_rate=3e-3).",
+      flag_values=values, lock_config=True, sys_argv=sys_argv)
   flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with "
                     "auto-detection (TPU pod, SLURM, ...).", flag_values=values)
   flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).",

@@ -323,9 +323,9 @@ def _where(which: str, n: dict) -> str:
   """Which checkpoint a figure uses: "best checkpoint (step 20)", or of several members each
   one's best by validation (their steps)."""
   step = n["step"]
+  each = "best by validation" if which == "best" else "last"
   return (f"{which} checkpoint (step {step})" if isinstance(step, int) else
-          f"{which} checkpoints (each member's {'best by validation' if which == 'best' else 'last'}"
-          f": steps {', '.join(map(str, step))})")
+          f"{which} checkpoints (each member's {each}: steps {', '.join(map(str, step))})")
 
 
 def _markdown(workdir, config, rows, numbers, figures) -> list[str]:

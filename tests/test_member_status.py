@@ -24,7 +24,8 @@ def _result(workdir):
 
 def _target(value, members, epochs=4):
   return tiny_config(run=dict(num_epochs=epochs), model=NO_DROPOUT,
-                     optimizer=dict(learning_rate=1e-2), eval=dict(stop_at_accuracy=value, stop_metric="test_accuracy"),
+                     optimizer=dict(learning_rate=1e-2),
+                     eval=dict(stop_at_accuracy=value, stop_metric="test_accuracy"),
                      population=dict(members=members))
 
 
@@ -110,7 +111,8 @@ def test_a_single_run_killed_before_its_result_at_the_target_does_not_train_on(s
   """Item 6: the checkpoint at the target says the run reached it: the rerun trains nothing
   and writes result.json for that step (it trained another epoch before)."""
   config = tiny_config(run=dict(num_epochs=6), model=NO_DROPOUT,
-                       optimizer=dict(learning_rate=1e-2), eval=dict(stop_at_accuracy=0.3, stop_metric="test_accuracy"))
+                       optimizer=dict(learning_rate=1e-2),
+                       eval=dict(stop_at_accuracy=0.3, stop_metric="test_accuracy"))
   train.train_and_evaluate(config, str(tmp_path / "run"))
   stopped = _result(tmp_path / "run")
   assert stopped["stop_reason"] == "target_reached" and stopped["step"] < 72

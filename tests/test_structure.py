@@ -117,9 +117,9 @@ def _without_tensorflow(synthetic_tfds, *args):
 
 
 # Outside population.py and pbt.py (the members, and their population-based training), the only
-# places that ask whether a run has one member or several, and why. The count is the conditions (if, conditional expressions, while, and
-# comprehension filters) whose test mentions a member, a population or a state's hparams being
-# None: at most 6 in all, none in a module not listed.
+# places that ask whether a run has one member or several, and why. The count is the conditions
+# (if, conditional expressions, while, and comprehension filters) whose test mentions a member,
+# a population or a state's hparams being None: at most 6 in all, none in a module not listed.
 MEMBER_QUESTIONS = ("compare",   # a workdir of several members compares as one run per member
                     "report",    # several members add their tables; the headline says a mean
                     "workdir")   # a resume that changes the population is refused (not a count)
