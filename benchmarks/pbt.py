@@ -6,7 +6,9 @@ For each population seed (run.seed), two runs of the same members (default: lear
 93%): one with `pbt.every_epochs=EVERY`, one without. Each arm's best member by validation
 and its test accuracy there (single view and flip-averaged, as the config evaluates), the
 ensemble of its members at the last epoch, its training seconds, and the exploit's own cost:
-the exploit program timed alone on the population's state against a train call.
+the exploit program timed alone on the population's state, and train calls on a state exploited
+before each call against calls on one never exploited, interleaved in one process (the runs'
+own seconds come from separate processes, one after another).
 
   python -m benchmarks.pbt --json benchmarks/results/pbt_cpu_epyc.json \
       --workdir-root runs/pbt --epochs 15 --seeds 0 1
@@ -71,24 +73,31 @@ def _exploit_cost(config_path: str, overrides, every: int, repeats: int = 10) ->
   batch = data.gather(data.data, data.epoch_order(0, 10), 0, 10)
   sums = par.place_state(steps.zero_metrics(len(found)))
 
-  def timed(fn):
-    seconds = []
-    for _ in range(repeats + 1):  # (the first: compilation)
-      start = time.perf_counter()
-      jax.block_until_ready(fn())
-      seconds.append(time.perf_counter() - start)
-    return float(np.median(seconds[1:]))
-  holder = {"state": state}
+  def seconds(fn):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - start
+  # Two states, one never exploited (a sweep's) and one exploited before each of its calls:
+  # their train calls alternate, so that both see the same machine.
+  holder = {"sweep": state, "pbt": jax.tree.map(lambda x: x.copy(), state)}
 
-  def one_exploit():
-    holder["state"] = exploit(holder["state"])
-    return holder["state"].step
-
-  def one_call():
-    holder["state"], out = train_fn(holder["state"], batch, sums, np.int32(10))
+  def call(name):
+    holder[name], out = train_fn(holder[name], batch, sums, np.int32(10))
     return out
-  return {"exploit_seconds": timed(one_exploit), "train_call_seconds": timed(one_call),
-          "steps_per_call": 10}
+
+  def exploit_now():
+    holder["pbt"] = exploit(holder["pbt"])
+    return holder["pbt"].step
+  times = {"exploit": [], "sweep": [], "pbt": []}
+  for _ in range(repeats + 1):  # (the first: compilation)
+    times["exploit"].append(seconds(exploit_now))
+    for name in ("sweep", "pbt"):
+      times[name].append(seconds(lambda name=name: call(name)))
+  median = {name: float(np.median(values[1:])) for name, values in times.items()}
+  return {"exploit_seconds": median["exploit"], "train_call_seconds": median["sweep"],
+          "train_call_seconds_after_exploits": median["pbt"],
+          "step_rate_pbt_over_sweep": median["sweep"] / median["pbt"], "steps_per_call": 10,
+          "repeats": repeats}
 
 
 def _markdown(report: dict) -> str:
@@ -101,7 +110,9 @@ def _markdown(report: dict) -> str:
       "", *common.table(["arm", "best member", "its val", "its test", "ensemble test",
                          "members replaced", "training s"], rows), "",
       f"one exploit {1e3 * cost['exploit_seconds']:.1f} ms vs a train call of "
-      f"{cost['steps_per_call']} steps {1e3 * cost['train_call_seconds']:.1f} ms"])
+      f"{cost['steps_per_call']} steps {1e3 * cost['train_call_seconds']:.1f} ms; train calls "
+      f"on an exploited state, interleaved: {cost['step_rate_pbt_over_sweep']:.3f}x the "
+      "step rate"])
 
 
 def main(argv=None):
