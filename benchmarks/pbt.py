@@ -4,7 +4,7 @@
 For each population seed (run.seed), two runs of the same members (default: learning rates
 3e-4..1e-2 x two dropout settings, 8 members, configs/speedrun.py's recipe without its stop at
 93%): one with `pbt.every_epochs=EVERY`, one without. Each arm's best member by validation
-and its test accuracy there (single view and flip-averaged, as the config evaluates), the
+and its test accuracy there (as the config evaluates: the speedrun's flip-averaged), the
 ensemble of its members at the last epoch, its training seconds, and the exploit's own cost:
 the exploit program timed alone on the population's state, and train calls on a state exploited
 before each call against calls on one never exploited, interleaved in one process (the runs'

@@ -93,6 +93,15 @@ def figure(d: dict) -> str:
             f"{d['microbenchmark_images_per_second']:,.0f} images/s: {d['ratio']:.0%}")
   if "busy_percent" in d:
     return f"device busy {d['busy_percent']}% of {d['window_ms']:,.0f} ms"
+  if "exploit_cost" in d:
+    s, cost = d["summary"], d["exploit_cost"]
+    seeds = len(d["arms"]) // 2
+    return (f"PBT vs sweep, {seeds} seed{'s' * (seeds > 1)}, {d['epochs']} epochs: best member's "
+            f"test {_pm(s['pbt']['best_test_accuracy'], 100)}% vs "
+            f"{_pm(s['sweep']['best_test_accuracy'], 100)}%, ensemble "
+            f"{_pm(s['pbt']['ensemble_test_accuracy'], 100)}% vs "
+            f"{_pm(s['sweep']['ensemble_test_accuracy'], 100)}%; an exploit "
+            f"{1e3 * cost['exploit_seconds']:.1f} ms")
   if "rule" in d:
     return _search(d)
   if "rows" in d and "epochs" in d:
