@@ -513,17 +513,17 @@ def mean_std(values) -> list[float] | None:
   return [float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0]
 
 
-def ensembles(found: list[dict], rows: list[dict]) -> dict[str, list[int]]:
+def ensembles(config, found: list[dict], rows: list[dict]) -> dict[str, list[int]]:
   """The ensembles a report analyses ({name: member indices}): of every member that did not
   diverge (a single run: its one member), then, where the members differ in more than their
-  seed, each setting's."""
+  seed, each setting's (not under PBT, whose members leave their first settings)."""
   last = last_rows(rows)
   healthy = [m for m in range(len(found)) if not last.get(m, {}).get("diverged")] or [0]
   groups = {"run" if len(found) == 1 else "ensemble of the members": healthy}
   settings = {}
   for m in healthy:
     settings.setdefault(setting({"member": m}, found), []).append(m)
-  if len(settings) > 1:
+  if len(settings) > 1 and not config.pbt.every_epochs:
     groups.update({f"ensemble of {name}": members for name, members in settings.items()})
   return groups
 

@@ -218,7 +218,7 @@ def _write_report(workdir: pathlib.Path, splits: dict | None) -> pathlib.Path:
   numbers = {"workdir": str(workdir), "final_metrics": summary["final"],
              "class_balance": _class_balance(splits), "result": summary}
   numbers["groups"] = {}
-  for i, (name, indices) in enumerate(population.ensembles(found, rows).items()):
+  for i, (name, indices) in enumerate(population.ensembles(config, found, rows).items()):
     suffix = "_" + "".join(c if c.isalnum() else "_" for c in name.removeprefix("ensemble of "))
     numbers["groups"][name] = _analyse_group(indices, chosen, predicted, splits["test"], name,
                                              suffix if i else "", figures, out)
