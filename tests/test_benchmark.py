@@ -237,8 +237,9 @@ def test_step_profile_traces_the_loop_s_train_call(tmp_path):
   result = json.loads(out.read_text())["results"][0]
   parts = {p["part"]: p for p in result["parts"]}
   assert result["steps_traced"] == 10 and result["images_per_second"] > 0
+  # (each part and the total rounded to 3 decimals: the sum is within their rounding)
   assert sum(p["ms_per_step"] for p in parts.values()) == pytest.approx(
-      result["op_ms_per_step"], rel=1e-3)
+      result["op_ms_per_step"], abs=0.0005 * (len(parts) + 1))
   for part in ("convolutions: forward matmuls", "convolutions: gradient matmuls",
                "dropout: random bits and masks", "max-pool, bias, ReLU (forward and gradient)"):
     assert parts[part]["ms_per_step"] > 0, part
