@@ -212,13 +212,11 @@ def test_a_pbt_run_killed_and_rerun_ends_as_one_never_killed(synthetic_tfds, tmp
   """kill -9 after the first epoch's checkpoint (its scores saved, the exploit that begins the
   next epoch not yet made), then the same command: the same rows and parameters, bit for
   bit."""
-  import os
-  import signal
   import subprocess
   import sys
-  import time
   from conftest import ROOT
   from fmnist_jax import checkpointing
+  from test_population import kill_after_first_checkpoint
   command = [sys.executable, "-m", "fmnist_jax.main", "--config", "configs/tiny.py",
              f"--config.data.tfds_dir={synthetic_tfds['data_dir']}",
              f"--config.population.members={MEMBERS!r}", "--config.pbt.every_epochs=1",
@@ -227,16 +225,8 @@ def test_a_pbt_run_killed_and_rerun_ends_as_one_never_killed(synthetic_tfds, tmp
   straight = subprocess.run([*command, "--workdir", str(tmp_path / "straight")], cwd=ROOT,
                             capture_output=True, text=True, timeout=600)
   assert straight.returncode == 0, straight.stderr[-3000:]
-  process = subprocess.Popen([*command, "--workdir", str(tmp_path / "killed")], cwd=ROOT,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             env={**os.environ, preemption.PAUSE_VARIABLE: "300"})
+  kill_after_first_checkpoint(command, tmp_path / "killed")
   checkpoints = tmp_path / "killed" / "checkpoints"
-  deadline = time.time() + 300
-  while time.time() < deadline and process.poll() is None and not (
-      checkpoints.is_dir() and checkpointing.complete_steps(checkpoints)):
-    time.sleep(0.05)
-  process.send_signal(signal.SIGKILL)
-  process.wait(timeout=60)
   assert checkpointing.complete_steps(checkpoints) == [27]  # (epoch 1 of 27 steps)
   rerun = subprocess.run([*command, "--workdir", str(tmp_path / "killed")], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)

@@ -183,6 +183,21 @@ def test_sigkill_of_a_population_then_rerun_is_bit_identical(synthetic_tfds, tmp
       for row, s in zip(_rows(tmp_path / "killed")[-4:], _rows(tmp_path / "straight")[-4:])]
 
 
+def kill_after_first_checkpoint(command: list[str], workdir) -> None:
+  """Runs `command --workdir WORKDIR`, paused after its first checkpoint, and kills it (-9)
+  there."""
+  process = subprocess.Popen([*command, "--workdir", str(workdir)], cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env={**os.environ, preemption.PAUSE_VARIABLE: "300"})
+  checkpoints = pathlib.Path(workdir) / "checkpoints"
+  deadline = time.time() + 300
+  while time.time() < deadline and process.poll() is None and not (
+      checkpoints.is_dir() and checkpointing.complete_steps(checkpoints)):
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  process.wait(timeout=60)
+
+
 @pytest.mark.slow
 def test_a_member_stopped_before_a_kill_stays_stopped_after_the_rerun(synthetic_tfds, tmp_path):
   """stop_at_accuracy per member is in the checkpoint: member 0 reaches it at epoch 1 and the
@@ -201,16 +216,7 @@ def test_a_member_stopped_before_a_kill_stays_stopped_after_the_rerun(synthetic_
   assert straight.returncode == 0, straight.stderr[-3000:]
   first = {r["member"]: r["val_accuracy"] for r in _rows(tmp_path / "straight")[:2]}
   assert first[0] >= 0.2 > first[1]  # member 0 stopped at epoch 1, member 1 trains on
-  process = subprocess.Popen([*command, "--workdir", str(tmp_path / "killed")], cwd=ROOT,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             env={**os.environ, preemption.PAUSE_VARIABLE: "300"})
-  checkpoints = tmp_path / "killed" / "checkpoints"
-  deadline = time.time() + 300
-  while time.time() < deadline and process.poll() is None and not (
-      checkpoints.is_dir() and checkpointing.complete_steps(checkpoints)):
-    time.sleep(0.05)
-  process.send_signal(signal.SIGKILL)
-  process.wait(timeout=60)
+  kill_after_first_checkpoint(command, tmp_path / "killed")
   killed = _stacked(tmp_path / "killed", config)
   assert int(np.ravel(killed.step)[0]) == 27  # the end of epoch 1: 27 steps of 16
   assert list(np.asarray(killed.hparams["status"])) == [steps.REACHED, steps.TRAINING]
