@@ -19,7 +19,6 @@ member good.
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import jax
@@ -39,9 +38,9 @@ IN_OPTIMIZER = ("optimizer.learning_rate", "optimizer.weight_decay")
 _STEP_KEYS = {path: key for key, path in steps.STEP_FIELDS.items()}
 
 
-def explored(found: list[dict]) -> list[str]:
-  """The paths PBT explores in this population."""
-  return [path for path in found[0] if path in RANGES]
+def explored(paths) -> list[str]:
+  """The paths PBT explores of those a population varies (e.g. a member's keys)."""
+  return [path for path in paths if path in RANGES]
 
 
 def check(config, found: list[dict]) -> list[str]:
@@ -67,7 +66,7 @@ def check(config, found: list[dict]) -> list[str]:
   if config.data.input_mode == "tfds":
     problems.append("pbt needs data.input_mode=device (the exploit runs between compiled "
                     "calls on device-resident data).")
-  if not explored(found):
+  if not explored(found[0]):
     problems.append("pbt has nothing to explore: the population varies "
                     f"{', '.join(found[0]) or 'nothing'}; vary one of {', '.join(RANGES)}.")
   elif 0 < pbt.fraction <= 0.5 and int(len(found) * pbt.fraction) < 1:
@@ -125,7 +124,7 @@ def exploiter(config, found: list[dict], steps_per_epoch: int):
   pbt, count = config.pbt, len(found)
   replaced = int(count * pbt.fraction)
   first = {path: np.array([member[path] for member in found], np.float32)
-           for path in explored(found)}
+           for path in explored(found[0])}
   factors = jnp.asarray(tuple(pbt.factors), jnp.float32)
 
   def exploit(state):
@@ -185,7 +184,7 @@ def write(state, values: dict):
 
 def current(state, found: list[dict]) -> dict:
   """The values to fetch with an evaluation: each explored field's, and the lineage."""
-  return {"values": {path: read(state, path) for path in explored(found)},
+  return {"values": {path: read(state, path) for path in explored(found[0])},
           "parent": state.hparams["parent"], "parent_step": state.hparams["parent_step"]}
 
 
@@ -218,15 +217,15 @@ def best_schedule(found: list[dict], members: list[dict]) -> dict | None:
   if not ranked:
     return None
   best = max(ranked, key=lambda entry: entry["best"]["val_accuracy"])
-  names = [config_file.field_name(path) for path in explored(found)]
+  names = [config_file.field_name(path) for path in explored(found[0])]
   return {"member": best["member"], "val_accuracy": best["best"]["val_accuracy"],
           "schedule": [{"epoch": row["epoch"], **{n: row[n] for n in names if n in row},
                         **({"parent": row["parent"]} if "parent" in row else {})}
                        for row in best["rows"]]}
 
 
-def _replay_source(config) -> tuple[str, int, list[dict], list[dict]]:
-  """(workdir, member, the PBT run's members, that member's rows) of `pbt.replay`, or one
+def _replay_source(config) -> tuple[list[str], list[dict]]:
+  """(the paths the PBT run explored, the replayed member's rows) of `pbt.replay`, or one
   ConfigError line."""
   workdir, _, index = config.pbt.replay.rpartition(":")
   if not workdir or not index.isdigit():
@@ -234,19 +233,18 @@ def _replay_source(config) -> tuple[str, int, list[dict], list[dict]]:
                       "runs/pbt:3.")
   try:
     recorded = workdir_lib.read_config(workdir)
-    rows = workdir_lib.read_metrics(workdir, required=True)
+    rows = workdir_lib.by_member(workdir_lib.read_metrics(workdir, required=True))
   except (ReportError, OSError) as e:
     raise ConfigError(f"pbt.replay: {e}") from None
-  found = [dict(zip([p for p, _ in recorded.population.members], combo)) for combo in
-           itertools.product(*[v for _, v in recorded.population.members])]
   result = workdir_lib.read_result(workdir) or {}
-  if not recorded.pbt.every_epochs or result.get("step") != rows[-1]["step"]:
+  if not recorded.pbt.every_epochs or result.get("step") != max(
+      mine[-1]["step"] for mine in rows.values()):
     raise ConfigError(f"pbt.replay: {workdir} is not a finished PBT run (its result.json and "
                       "config.json say so when it is): replay a finished one.")
-  if int(index) >= len(found):
-    raise ConfigError(f"pbt.replay: {workdir} has members 0 to {len(found) - 1}, not "
+  if int(index) not in rows:  # (every member has rows)
+    raise ConfigError(f"pbt.replay: {workdir} has members 0 to {len(rows) - 1}, not "
                       f"{index}.")
-  return workdir, int(index), found, workdir_lib.by_member(rows)[int(index)]
+  return explored(path for path, _ in recorded.population.members), rows[int(index)]
 
 
 def replayed(config):
@@ -258,10 +256,9 @@ def replayed(config):
   if config.population.members or config.pbt.every_epochs:
     raise ConfigError("pbt.replay trains a single run: leave population.members empty and "
                       "pbt.every_epochs 0.")
-  _, _, found, rows = _replay_source(config)
+  paths, rows = _replay_source(config)
   single = config.copy_and_resolve_references()
-  single.population.members = tuple(
-      (path, (_first(rows, path),)) for path in explored(found))
+  single.population.members = tuple((path, (_first(rows, path),)) for path in paths)
   return single
 
 
@@ -273,9 +270,9 @@ def _first(rows, path):
 def _replayer(config, steps_per_epoch: int):
   """state -> the state with the replayed member's values of the epoch it is at (its last
   row's after the schedule ends)."""
-  _, _, found, rows = _replay_source(config)
+  paths, rows = _replay_source(config)
   table = {path: jnp.asarray(np.array([row[config_file.field_name(path)] for row in rows],
-                                      np.float32)) for path in explored(found)}
+                                      np.float32)) for path in paths}
 
   def replay(state):
     epoch = jnp.minimum(state.step[0] // steps_per_epoch, len(rows) - 1)

@@ -4,6 +4,7 @@ processes, stopping in one line when a process stops answering (`watch_processes
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import threading
@@ -78,7 +79,7 @@ def watch_processes(client, timeout: float, last_checkpoint) -> threading.Thread
 
   def watch():
     seen, noticed = {}, False
-    for beat in range(1 << 62):
+    for beat in itertools.count():
       now = time.monotonic()
       try:
         client.key_value_set(f"fmnist_jax/alive/{me}", str(beat), allow_overwrite=True)

@@ -213,7 +213,7 @@ def _write_report(workdir: pathlib.Path, splits: dict | None) -> pathlib.Path:
   if config.pbt.every_epochs:
     figures["schedules"] = plots.schedules(
         workdir_lib.by_member(rows), [config_file.field_name(path) for path
-                                      in pbt.explored(found)], out / "schedules.png")
+                                      in pbt.explored(found[0])], out / "schedules.png")
   summary = population.result(found, rows, rows[-1]["step"])
   numbers = {"workdir": str(workdir), "final_metrics": summary["final"],
              "class_balance": _class_balance(splits), "result": summary}
