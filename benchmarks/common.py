@@ -171,13 +171,14 @@ def checked_overrides(parser, config: str, extra: list[str]) -> list[str]:
 def check_arm(parser, config: str, overrides: list[str]) -> None:
   """The parser's error, before anything trains, unless the config with these overrides is
   one `python -m fmnist_jax.main` would train: parsed as it parses them, then its checks
-  (fields, population). A benchmark with several arms checks each."""
-  from fmnist_jax import config_file, configuration, population
+  (fields, population, a distillation's teacher). A benchmark with several arms checks each."""
+  from fmnist_jax import config_file, configuration, distill, population
   from fmnist_jax.errors import ConfigError
   try:
     asked = config_file.load_with_overrides(config, overrides)
     configuration.validate_config(asked)
     population.check(asked)
+    distill.check(asked)
   except ConfigError as e:
     parser.error(str(e).replace("\n", " "))
 

@@ -103,6 +103,19 @@ def get_config():
   pbt.resample_probability = 0.0
   pbt.replay = ""
 
+  # Distillation (fmnist_jax/distill.py): train toward a finished run's ensemble. `teacher`: its
+  # workdir (a single run or a population: its members that did not diverge, each at its best
+  # checkpoint by validation); "" is off. The loss is (1 - weight) * cross-entropy(labels) +
+  # weight * temperature**2 * KL(teacher || student), both softened by `temperature`.
+  # `teacher_sees`: "precomputed" (its predictions on the training images, computed once at
+  # start; they do not follow the student's augmentation) | "on_the_fly" (its forward passes on
+  # each augmented batch inside the step). Their speed: docs/performance.md.
+  config.distill = distill = ml_collections.ConfigDict()
+  distill.teacher = ""
+  distill.temperature = 4.0
+  distill.weight = 0.9
+  distill.teacher_sees = "precomputed"
+
   config.parallelism = par = ml_collections.ConfigDict()
   par.mode = "jit"            # jit (jit over a device Mesh, NamedSharding) | pmap
   par.steps_per_call = 10     # train steps fused into one compiled call (lax.scan)

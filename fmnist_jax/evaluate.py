@@ -74,21 +74,28 @@ def predict(model, params, images: np.ndarray, batch_size: int = 1000, *,
                          for i in range(0, len(images), batch_size)], axis=1)
 
 
-def member_predictions(workdir: pathlib.Path, config, member_steps: list[int],
-                       images: np.ndarray) -> np.ndarray:
-  """Log-probabilities [members, N, 10] of each member at its own checkpoint (`member_steps`:
-  a step per member, e.g. each one's best by validation), with the config's test-time
-  augmentation; each checkpoint restored once."""
-  per_pass = population.resolve_per_pass(config, jax.devices()[0].platform)
-  out = None
+def member_params(workdir: pathlib.Path, config, member_steps: list[int]):
+  """(model, parameters stacked [members, ...]) of each member at its own checkpoint
+  (`member_steps`: a step per member, e.g. each one's best by validation); each checkpoint
+  restored once."""
+  model, out = None, None
   for step in dict.fromkeys(member_steps):
     model, params, _ = restore_params(workdir, config, step=step)
     mine = np.flatnonzero(np.asarray(member_steps) == step)
-    predicted = predict(model, jax.tree.map(lambda x: x[mine], params), images,
-                        per_pass=per_pass, **models.tta_options(config))
-    out = np.zeros((len(member_steps), *predicted.shape[1:]), np.float32) if out is None else out
-    out[mine] = predicted
-  return out
+    out = jax.tree.map(lambda x: np.zeros((len(member_steps), *x.shape[1:]), x.dtype),
+                       params) if out is None else out
+    for leaf, restored in zip(jax.tree.leaves(out), jax.tree.leaves(params)):
+      leaf[mine] = np.asarray(restored)[mine]
+  return model, out
+
+
+def member_predictions(workdir: pathlib.Path, config, member_steps: list[int],
+                       images: np.ndarray) -> np.ndarray:
+  """Log-probabilities [members, N, 10] of each member at its own checkpoint
+  (`member_params`), with the config's test-time augmentation."""
+  model, params = member_params(workdir, config, member_steps)
+  return predict(model, params, images, **models.tta_options(config),
+                 per_pass=population.resolve_per_pass(config, jax.devices()[0].platform))
 
 
 def member_steps(workdir: pathlib.Path, rows: list[dict], members: int, which: str):

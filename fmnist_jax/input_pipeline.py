@@ -69,14 +69,15 @@ class DeviceTrainData:
   once; each call is one gather of its steps' batches, on device. Each member has its own
   order, drawn from its seed: batches (steps, members, batch, ...), member m's those of a
   single run with seeds[m]. With `flips` (alternating flips), each batch also has 'flip':
-  which of its images to mirror (sent as 2 * index + flip, one array)."""
+  which of its images to mirror (sent as 2 * index + flip, one array). `extra`: more arrays
+  per image, gathered with them (a distillation teacher's predictions)."""
 
   def __init__(self, images: np.ndarray, labels: np.ndarray, par: Parallelism,
-               batch_size: int, seeds: tuple, flips: bool = False):
+               batch_size: int, seeds: tuple, flips: bool = False, extra=None):
     self.par, self.batch_size, self.seeds = par, batch_size, tuple(seeds)
     self.num_examples, self.flips = len(images), flips
     self.steps_per_epoch = self.num_examples // batch_size
-    self.data = par.replicate({"image": images, "label": labels})
+    self.data = par.replicate({"image": images, "label": labels, **(extra or {})})
 
     def gather(data, order, start, steps: int):
       index = jax.lax.dynamic_slice_in_dim(order, start, steps)
@@ -184,13 +185,15 @@ def check_input_mode(config) -> None:
                       "default).")
 
 
-def create_train_data(config, par: Parallelism, splits, seeds: tuple, alternate: bool = False):
+def create_train_data(config, par: Parallelism, splits, seeds: tuple, alternate: bool = False,
+                      extra=None):
   """The config's training batches; `seeds`: the members' data orders (tfds: one member);
-  `alternate`: each batch says which images to flip (augment.flip="alternate")."""
+  `alternate`: each batch says which images to flip (augment.flip="alternate"); `extra`: more
+  arrays per training image for the batches (input_mode=device)."""
   if config.data.input_mode == "device":
     images, labels = splits["train"]
     return DeviceTrainData(images, labels, par, config.run.batch_size, seeds,
-                           flips=alternate)
+                           flips=alternate, extra=extra)
   data_dir = dataset.default_data_dir(config.data.tfds_dir)
   return TfdsTrainData(data_dir, split_names(config.data.validation_size)["train"], par,
                        config.run.batch_size, config.run.seed)

@@ -296,11 +296,12 @@ def resolve_per_pass(config, platform: str) -> int:
   return config.population.per_pass or (1 if platform == "cpu" and im2col else 0)
 
 
-def train_call(state, batches, sums, steps_taken, *, axis_name=None, options=steps.StepOptions(),
-               per_pass: int = 0):
-  """steps.train_call for every member: batches (steps, members, batch, ...)."""
+def train_call(state, batches, sums, steps_taken, teacher=None, *, axis_name=None,
+               options=steps.StepOptions(), per_pass: int = 0):
+  """steps.train_call for every member: batches (steps, members, batch, ...); the members share
+  the `teacher` (fmnist_jax.distill)."""
   def member(state, batches, sums):
-    return steps.train_call(state, batches, sums, steps_taken, axis_name=axis_name,
+    return steps.train_call(state, batches, sums, steps_taken, teacher, axis_name=axis_name,
                             options=options)
   batches = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), batches)  # (members, steps, ...)
   return over_members(member, per_pass, state, batches, sums)

@@ -63,6 +63,12 @@ class StepOptions:
   varying: tuple = ()            # hparams keys read from the member's state (population.py)
   keep_stopped: bool = False     # a member that is not TRAINING keeps its state (others go on)
   stop_nonfinite: bool = True    # a NaN/inf loss or gradient diverges a member (else: skipped)
+  # Distillation (fmnist_jax.distill): the loss also follows a teacher's log-probabilities,
+  # batch["teacher"] (precomputed), or `teacher(teacher_params, images)` of each augmented batch.
+  distill: bool = False
+  distill_weight: float = 0.0
+  temperature: float = 1.0
+  teacher: Any = None
 
   @classmethod
   def from_config(cls, config, num_devices: int = 1, platform: str = "cpu") -> "StepOptions":
@@ -97,6 +103,16 @@ def check_microbatches(config, microbatches: int, num_devices: int) -> None:
         f"{config.parallelism.microbatches * num_devices}, lower microbatches, or use 0 (auto).")
 
 
+def distillation_loss(logits, cross_entropy_loss, teacher_log_probs, weight, temperature):
+  """Per example: (1 - weight) * the labels' cross-entropy + weight * T^2 * KL(teacher_T ||
+  student_T), each softened by T (Hinton et al., 2015: T^2 keeps the soft targets' gradients
+  at the scale of the hard ones')."""
+  soft = optax.losses.kl_divergence_with_log_targets(
+      jax.nn.log_softmax(logits / temperature),
+      jax.nn.log_softmax(teacher_log_probs / temperature))
+  return (1.0 - weight) * cross_entropy_loss + weight * temperature ** 2 * soft
+
+
 def accumulate_gradient(grad_fn, params, images, labels, key, microbatches: int):
   """grad_fn(params, images, labels, key) -> ((loss, correct), grads) over the whole batch, as
   the mean of `microbatches` interleaved chunks (example i in chunk i mod m, so every chunk is
@@ -109,18 +125,18 @@ def accumulate_gradient(grad_fn, params, images, labels, key, microbatches: int)
   def chunked(x):  # [B, ...] -> [m, B/m, ...]: chunk c holds examples c, c+m, c+2m, ...
     return jnp.swapaxes(x.reshape((x.shape[0] // m, m) + x.shape[1:]), 0, 1)
 
-  def body(carry, chunk):
+  def body(carry, chunk):  # (labels: an array, or a tree of per-example targets)
     chunk_images, chunk_labels, index = chunk
     (loss, correct), grads = grad_fn(params, chunk_images, chunk_labels,
                                      jax.random.fold_in(key, index))
     return jax.tree.map(jnp.add, carry, (loss, correct, grads)), None
   zeros = (jnp.zeros(()), jnp.zeros((), jnp.int32), jax.tree.map(jnp.zeros_like, params))
   (loss, correct, grads), _ = jax.lax.scan(
-      body, zeros, (chunked(images), chunked(labels), jnp.arange(m)))
+      body, zeros, (chunked(images), jax.tree.map(chunked, labels), jnp.arange(m)))
   return (loss / m, correct), jax.tree.map(lambda g: g / m, grads)
 
 
-def train_step(state, batch, *, axis_name=None, options=StepOptions()):
+def train_step(state, batch, teacher=None, *, axis_name=None, options=StepOptions()):
   """One optimizer step on `batch` {'image': uint8 [B,28,28,1], 'label': int [B]}.
 
   Under pmap (axis_name given) the batch is this device's shard: gradients are averaged and
@@ -129,6 +145,7 @@ def train_step(state, batch, *, axis_name=None, options=StepOptions()):
   that leaves its parameters NaN/inf (or, with options.stop_nonfinite, has a NaN/inf loss or
   gradient) sets its status DIVERGED, and with options.keep_stopped a member that is not
   TRAINING keeps its state (the step that diverged it too: its state from before).
+  `teacher`: the teacher's parameters when options.teacher computes its predictions here.
   Returns the new state and summed metrics {'loss', 'correct', 'count', 'nonfinite',
   'diverged'}.
   """
@@ -145,14 +162,15 @@ def train_step(state, batch, *, axis_name=None, options=StepOptions()):
   images = models.normalize(images)
   rates = {"dropout_rates": hyper["dropout_rates"]} if "dropout_rates" in hyper else {}
 
-  def loss_fn(params, images, labels, key):
+  def loss_fn(params, images, targets, key):
     logits = state.apply_fn({"params": params}, images, train=True, rngs={"dropout": key},
                             **rates)
-    loss = cross_entropy(logits, labels, hyper["label_smoothing"]).mean()
-    return loss, jnp.sum(jnp.argmax(logits, -1) == labels)
+    return (_loss(logits, targets, hyper["label_smoothing"], options).mean(),
+            jnp.sum(jnp.argmax(logits, -1) == targets["label"]))
   (loss, correct), grads = accumulate_gradient(jax.value_and_grad(loss_fn, has_aux=True),
-                                               state.params, images, labels, step_key,
-                                               options.microbatches)
+                                               state.params, images,
+                                               _targets(batch, images, teacher, options),
+                                               step_key, options.microbatches)
   if axis_name is not None:
     grads = jax.lax.pmean(grads, axis_name)
   # A step with a NaN/inf loss or gradient is counted apart (the loop stops on it, or, with
@@ -174,6 +192,27 @@ def train_step(state, batch, *, axis_name=None, options=StepOptions()):
     new_state = new_state.replace(ema_params=optax.incremental_update(
         new_state.params, state.ema_params, 1.0 - decay))
   return _update_status(state, new_state, metrics, finite, options)
+
+
+def _targets(batch, images, teacher, options: StepOptions) -> dict:
+  """What the loss compares each example's logits with: its label, and with distillation the
+  teacher's log-probabilities (the batch's precomputed ones, or its forward passes here on the
+  augmented, normalized `images`)."""
+  targets = {"label": batch["label"]}
+  if options.distill:
+    targets["teacher"] = batch["teacher"] if options.teacher is None else jax.lax.stop_gradient(
+        options.teacher(teacher, images))
+  return targets
+
+
+def _loss(logits, targets: dict, label_smoothing, options: StepOptions):
+  """The per-example training loss: cross-entropy, or with distillation its mix with the
+  teacher's softened predictions."""
+  loss = cross_entropy(logits, targets["label"], label_smoothing)
+  if not options.distill:
+    return loss
+  return distillation_loss(logits, loss, targets["teacher"], options.distill_weight,
+                           options.temperature)
 
 
 def _update_status(state, new_state, metrics, finite, options: StepOptions):
@@ -214,7 +253,8 @@ def _keep_if_stopped(keep, training, state, new_state, metrics):
   return new_state, jax.tree.map(lambda m: jnp.where(training, m, jnp.zeros_like(m)), metrics)
 
 
-def train_steps(state, batches, *, axis_name=None, options=StepOptions(), steps_taken=None):
+def train_steps(state, batches, teacher=None, *, axis_name=None, options=StepOptions(),
+                steps_taken=None):
   """Several train steps in one call: `batches` has a leading steps axis. Metrics are summed.
 
   `steps_taken` (an int array, or None for all): only the first `steps_taken` steps count; the
@@ -223,12 +263,12 @@ def train_steps(state, batches, *, axis_name=None, options=StepOptions(), steps_
   """
   num_steps = jax.tree.leaves(batches)[0].shape[0]
   if num_steps == 1:  # No scan: XLA's CPU convolutions are much slower inside a loop.
-    return train_step(state, jax.tree.map(lambda x: x[0], batches), axis_name=axis_name,
-                      options=options)
+    return train_step(state, jax.tree.map(lambda x: x[0], batches), teacher,
+                      axis_name=axis_name, options=options)
 
   def body(state, batch_and_index):
     batch, index = batch_and_index
-    new_state, metrics = train_step(state, batch, axis_name=axis_name, options=options)
+    new_state, metrics = train_step(state, batch, teacher, axis_name=axis_name, options=options)
     if steps_taken is not None:  # a select, not a branch: no host round trip on GPU
       keep = index < steps_taken
       new_state = jax.tree.map(lambda new, old: jnp.where(keep, new, old), new_state, state)
@@ -257,10 +297,11 @@ def zero_metrics(members: int = 1) -> dict[str, Any]:
           "diverged": np.zeros(shape, np.int32)}
 
 
-def train_call(state, batches, sums, steps_taken, *, axis_name=None, options=StepOptions()):
+def train_call(state, batches, sums, steps_taken, teacher=None, *, axis_name=None,
+               options=StepOptions()):
   """The training loop's compiled call: `steps_taken` steps of `batches`, their metrics added to
   the running `sums` on device (nothing leaves the device between log points)."""
-  state, metrics = train_steps(state, batches, axis_name=axis_name, options=options,
+  state, metrics = train_steps(state, batches, teacher, axis_name=axis_name, options=options,
                                steps_taken=steps_taken)
   return state, add_metrics(sums, metrics)
 

@@ -23,7 +23,7 @@ from absl import logging
 
 from fmnist_jax import checkpointing, evaluate, hardware, initializers, input_pipeline, models
 from fmnist_jax import population, profiling, state as state_lib, steps, workdir as workdir_lib
-from fmnist_jax import config_file, configuration, pbt
+from fmnist_jax import config_file, configuration, distill, pbt
 from fmnist_jax.errors import ConfigError, DiskFullError, is_disk_full
 from fmnist_jax.parallel import Parallelism
 from fmnist_jax.preemption import Preempted, PreemptionWatch
@@ -46,6 +46,7 @@ class Run:
   lock: Any = None  # workdir.Lock, held by process 0 while the run trains
   members: list = dataclasses.field(default_factory=lambda: [{}])  # fmnist_jax.population's
   adjust: Any = None  # the recipe's initialisation (fmnist_jax.initializers.recipe)
+  teacher: Any = None  # fmnist_jax.distill's
 
   @property
   def is_chief(self) -> bool:
@@ -72,6 +73,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   options = steps.StepOptions.from_config(config, par.num_devices, par.devices[0].platform)
   steps.check_microbatches(config, options.microbatches, par.num_devices)
   options = population.step_options(config, members, options)
+  teacher = distill.check(config)  # (restored before the data is read)
+  options = distill.step_options(config, teacher, options)
   workdir_lib.check(workdir)
   splits = input_pipeline.load_splits(config)  # (a data error leaves no workdir behind)
   path = workdir_lib.prepare(workdir)
@@ -80,7 +83,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     workdir_lib.check_resume(path, config)
     train_data = input_pipeline.create_train_data(
         config, par, splits, tuple(population.values(config, members, "run.seed")),
-        alternate="alternate" in population.values(config, members, "augment.flip"))
+        alternate="alternate" in population.values(config, members, "augment.flip"),
+        extra=distill.train_targets(config, teacher, splits["train"][0]))
     if train_data.steps_per_epoch == 0:
       raise ConfigError(f"run.batch_size {config.run.batch_size} is larger than the training "
                         f"split ({len(splits['train'][0])} examples).")
@@ -89,12 +93,14 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     total_steps = (config.run.num_train_steps if config.run.num_train_steps > 0
                    else config.run.num_epochs * train_data.steps_per_epoch)
     profiling.check_window(config.logging.profile_steps, total_steps)
+    if teacher:
+      distill.describe(config, teacher, splits["test"])
   except BaseException:
     if lock:
       lock.release()
     raise
   return Run(config, par, path, train_data, eval_sets, train_data.steps_per_epoch, total_steps,
-             options, lock, members, initializers.recipe(config, splits["train"][0]))
+             options, lock, members, initializers.recipe(config, splits["train"][0]), teacher)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -209,10 +215,11 @@ class Loop:
     per_pass = population.resolve_per_pass(config, par.devices[0].platform)
     self.train_fn = par.compile_train(functools.partial(
         population.train_call, options=run.options, per_pass=per_pass), batch_axis=2,
-        num_extra=2)
-    eval_model = models.create_model(config, conv_impl="xla")  # same parameters, faster
+        num_extra=3)
+    self.teacher = par.replicate(run.teacher.params) if run.options.teacher else None
+    self.eval_model = models.create_model(config, conv_impl="xla")  # same parameters, faster
     self.eval_fn = par.compile_eval(functools.partial(
-        population.eval_step, apply_fn=eval_model.apply, **models.tta_options(config),
+        population.eval_step, apply_fn=self.eval_model.apply, **models.tta_options(config),
         per_pass=per_pass))
     # What each evaluation changes in the state, on the device: members that reached
     # stop_at_accuracy (they keep their state from then on), and PBT's scores.
@@ -268,7 +275,7 @@ class Loop:
         for batches, num in run.train_data.batches(epoch, first, config.parallelism.steps_per_call):
           num = min(num, epoch_end - step)
           with progress.timed("train calls"):  # input batches, dispatch (and compilation)
-            state, sums = self.train_fn(state, batches, sums, np.int32(num))
+            state, sums = self.train_fn(state, batches, sums, np.int32(num), self.teacher)
           step += num
           self.profiler.after_call(step, sums)
           progress.program_ready()  # (said once: the first call compiled or loaded it)
@@ -385,5 +392,7 @@ class Loop:
       summary = write_result(run, step, self.stop_reason,
                              resumed_from_step=self.progress.start_step,
                              flops_per_image=self.progress.flops_per_image,
+                             **distill.result(run.config, run.teacher, self.eval_model,
+                                              run.par.to_host(state.eval_params)),
                              **self.progress.record(step, run.steps_per_epoch))
       self.progress.summary(self.stop_reason, step, summary["final"], run.workdir)

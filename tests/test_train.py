@@ -38,11 +38,13 @@ EXACT_STEP = {
 }
 
 
-def exact_step_numbers():
+def exact_step_numbers(options=steps.StepOptions(), extra=None):
+  """The stored numbers' step, with `options` and `extra` batch arrays (a distillation's)."""
   config = default.get_config()
   config.model.conv_impl = "xla"  # the stored numbers are lax.conv's (im2col agrees to ~1e-6)
   _, state = _state(config)
-  new_state, metrics = jax.jit(steps.train_step)(state, _batch(8, seed=5))
+  step = jax.jit(functools.partial(steps.train_step, options=options))
+  new_state, metrics = step(state, {**_batch(8, seed=5), **(extra or {})})
   params = new_state.params
   return {
       "loss": float(metrics["loss"]) / 8,
