@@ -3,7 +3,8 @@
 Overlays the curves of several workdirs and tabulates final test accuracy, the test accuracy at
 the best validation accuracy (chosen on validation, never on test), test loss, and the train -
 test accuracy gap. E.g. configs/default.py vs configs/no_dropout.py is the dropout
-study. A population's workdir (configs/dropout_study.py) counts as one run per member.
+study. A population's workdir (configs/dropout_study.py) counts as one run per member; a
+distilled run's teacher (distill.teacher) is compared with it.
 """
 
 from __future__ import annotations
@@ -89,6 +90,14 @@ def _runs_of(name: str, workdir: pathlib.Path) -> dict[str, tuple[list[dict], fl
   return runs
 
 
+def _teacher_of(workdir: str) -> str | None:
+  """A distilled run's teacher workdir (resolved), which compare lines up beside it."""
+  recorded = pathlib.Path(workdir) / workdir_lib.CONFIG_FILE
+  teacher = workdir_lib.read_config(workdir).distill.teacher if recorded.exists() else ""
+  path = pathlib.Path(teacher).expanduser().resolve()
+  return str(path) if teacher and path.is_dir() else None
+
+
 def compare(workdirs: list[str], out: str) -> pathlib.Path:
   out_path = pathlib.Path(out)
   missing = [w for w in workdirs if not pathlib.Path(w).is_dir()]
@@ -100,6 +109,8 @@ def compare(workdirs: list[str], out: str) -> pathlib.Path:
   for twice in sorted({w for w in resolved if resolved.count(w) > 1}):
     logging.warning("%s is given more than once: compared once", twice)
   workdirs = list(dict.fromkeys(resolved))
+  taught = {w: _teacher_of(w) for w in workdirs}
+  workdirs += [t for t in dict.fromkeys(taught.values()) if t and t not in workdirs]
   runs, eces = {}, {}
   for name, w in zip(labels(workdirs), workdirs):
     for run_name, (rows, ece) in _runs_of(name, pathlib.Path(w)).items():
@@ -124,6 +135,9 @@ def compare(workdirs: list[str], out: str) -> pathlib.Path:
         f"{_num(s['lowest_test_loss'])} ({s['lowest_test_loss_epoch']:.2f}) | "
         f"{_pct(s['final_train_accuracy'])} | {_pct(s['train_test_gap'], ' pts')} | "
         f"{_pct(s.get('last_checkpoint_test_ece'))} |")
+  names = dict(zip(workdirs, labels(workdirs)))
+  lines += ["", *(f"{names[w]} learned from {names[t]} (distill.teacher), compared with it."
+                  for w, t in taught.items() if t)]
   (out_path / "compare.md").write_text("\n".join(
       ["# Runs compared", "", "![curves](compare.png)", ""] + lines) + "\n")
   print("\n".join(lines))

@@ -308,7 +308,21 @@ def _headline(workdir, config, rows, numbers) -> list[str]:
                                 " (each member at its best)")
                              + f" (test {_pct(best['test_accuracy'])})"
        if best else "no validation split: the last checkpoint is reported")]
+  if "distill" in result:
+    lines.append(("teacher", _teacher(result["distill"])))
   return ["| | |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in lines] + [""]
+
+
+def _teacher(d: dict) -> str:
+  """The headline's teacher: what taught this run (result.json's `distill`), how well it does
+  alone, and how often the run agrees with it."""
+  each = d["teacher_test_accuracy"]
+  return (f"`{d['teacher']}`: the ensemble of {len(d['members'])} member(s) at their best "
+          f"checkpoints (test {_pct(each[0])} ± {100 * each[1]:.2f} each, "
+          f"{_pct(d['teacher_ensemble_test_accuracy'])} together), temperature "
+          f"{d['temperature']:g}, weight {d['weight']:g}, {d['teacher_sees']}; the final test "
+          f"predictions agree with the teacher's on {_pct(d['test_agreement'][0])} of the images "
+          "(the training loss is the distillation loss)")
 
 
 def _pct(value) -> str:

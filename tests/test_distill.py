@@ -75,6 +75,17 @@ def test_the_teacher_is_never_updated(trained_workdir, tmp_path):
   assert 0 <= written["test_agreement"][0] <= 1 and result["test_count"] > 0
 
 
+def test_the_report_and_compare_name_the_teacher(trained_workdir, tmp_path):
+  from fmnist_jax import compare, report
+  train.train_and_evaluate(_student(trained_workdir), str(tmp_path / "student"))
+  report.write_report(str(tmp_path / "student"))
+  headline = (tmp_path / "student" / "report" / "report.md").read_text()
+  assert f"| teacher | `{trained_workdir}`: the ensemble of 1 member(s)" in headline
+  compare.compare([str(tmp_path / "student")], str(tmp_path / "compare"))
+  lined_up = json.loads((tmp_path / "compare" / "compare.json").read_text())
+  assert set(lined_up) == {"student", "run"}  # (the teacher, added)
+
+
 def test_precomputed_and_on_the_fly_agree_without_augmentation(trained_workdir, tmp_path):
   """Without augmentation the teacher sees the same images either way: the same student."""
   checksums = []

@@ -1,6 +1,7 @@
 """Every benchmark and tool module runs end to end once, on a tiny config and the synthetic data
 (a module whose flags parse can still be broken: benchmarks/end_to_end.py was, unseen): here
-benchmarks.end_to_end, benchmarks.population_agreement, benchmarks.startup and benchmarks.pbt;
+benchmarks.end_to_end, benchmarks.population_agreement, benchmarks.startup, benchmarks.pbt and
+benchmarks.distill;
 the others in tests/test_benchmark.py, test_report.py, test_profiling.py and test_dataset.py."""
 
 import json
@@ -56,3 +57,17 @@ def test_pbt_benchmark_runs_both_arms_and_times_the_exploit(synthetic_tfds, tmp_
   assert arms["pbt_s0"]["exploits"] == 2  # (8 members: the bottom quarter, once)
   assert 0 < report["exploit_cost"]["exploit_seconds"] < report["exploit_cost"][
       "train_call_seconds"]
+
+
+def test_distill_benchmark_trains_both_arms_and_times_the_teacher(synthetic_tfds, tmp_path):
+  from benchmarks import common, distill
+  teacher = tmp_path / "teacher"
+  common.run("configs/tiny.py", teacher, ["--config.run.num_train_steps=6", *_data(synthetic_tfds)])
+  report = distill.main(["--config", "configs/tiny.py", "--json", str(tmp_path / "d.json"),
+                         "--workdir-root", str(tmp_path / "runs"), "--teacher", str(teacher),
+                         "--seeds", "0", "1", "--config.run.num_train_steps=4",
+                         *_data(synthetic_tfds)])
+  arms = {arm["arm"]: arm for arm in report["arms"]}
+  assert len(arms["distilled"]["test_accuracy_flip"]) == len(arms["plain"]["test_accuracy"]) == 2
+  assert arms["distilled"]["distill"]["teacher"] == str(teacher)
+  assert set(report["step_cost"]["call_seconds"]) == {"plain", "precomputed", "on_the_fly"}
