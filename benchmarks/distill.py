@@ -2,7 +2,7 @@
 
 Two arms of the same recipe, epochs and seeds, each one population of students (the seeds its
 members, in one program): "distilled" learns from `--teacher` (a finished workdir: its members'
-ensemble, fmnist_jax.distill), "plain" does not. Each member's test accuracy at the end, single
+ensemble, fmnist_jax.distill) with the config's distill settings, "plain" has no teacher. Each member's test accuracy at the end, single
 view and flip-averaged (the image and its mirror image), the arm's mean ± std, and the
 students' agreement with the teacher. Then the step's cost, timed alone in this process on
 the same batches, the three interleaved: plain, the teacher's predictions precomputed, and its
@@ -22,12 +22,13 @@ import time
 from benchmarks import common
 
 
-def _flip_accuracies(workdir: pathlib.Path) -> list[float]:
-  """Each member's test accuracy at its last checkpoint with the flip-averaged evaluation."""
+def _accuracies(workdir: pathlib.Path, flip: bool) -> list[float]:
+  """Each member's test accuracy at its last checkpoint, single view or flip-averaged (the
+  image and its mirror image), whatever the run's own evaluation was."""
   import numpy as np
   from fmnist_jax import evaluate, input_pipeline, population, workdir as workdir_lib
   config = workdir_lib.read_config(workdir)
-  config.eval.tta_flip = True
+  config.eval.tta_flip, config.eval.tta_translate = flip, 0
   found = population.members(config)
   images, labels = input_pipeline.load_splits(config)["test"]
   chosen = evaluate.member_steps(workdir, workdir_lib.read_metrics(workdir), len(found), "last")
@@ -38,9 +39,7 @@ def _flip_accuracies(workdir: pathlib.Path) -> list[float]:
 def _arm(args, name: str, overrides: list[str]) -> dict:
   workdir = pathlib.Path(args.workdir_root) / name
   run = common.run(args.config, workdir, overrides)
-  members = run.get("population", {}).get("members") or [{"final": run["final"]}]
-  single = [m["final"]["test_accuracy"] for m in members]
-  flipped = _flip_accuracies(workdir)
+  single, flipped = _accuracies(workdir, flip=False), _accuracies(workdir, flip=True)
   return {"arm": name, "workdir": str(workdir), "test_accuracy": single,
           "test_accuracy_flip": flipped, "summary": {
               "test_accuracy": common.mean_std(single),
@@ -113,14 +112,18 @@ def main(argv=None):
   parser = common.parser(__doc__, "configs/best.py", seeds=(0, 1, 2), workdir_root=True)
   parser.add_argument("--teacher", required=True, type=os.path.expanduser,
                       help="a finished run's workdir (fmnist_jax.distill)")
-  args, extra = common.parse(parser, argv)
+  args, extra = parser.parse_known_args(argv)
+  common.checked_json(parser, args.json)
+  teacher = f"--config.distill.teacher={args.teacher}"  # (the config's own may not exist yet)
+  extra = common.checked_overrides(parser, args.config, [*extra, teacher])[:-1]
   overrides = [f"--config.population.members={(('run.seed', tuple(args.seeds)),)!r}", *extra]
-  taught = [*overrides, f"--config.distill.teacher={args.teacher}"]
+  taught = [*overrides, teacher]
   common.check_arm(parser, args.config, taught)
   report = {**common.machine(), "config": args.config, "overrides": overrides,
             "teacher": args.teacher, "seeds": args.seeds}
   report["step_cost"] = _step_cost(args.config, taught)
-  report["arms"] = [_arm(args, "distilled", taught), _arm(args, "plain", overrides)]
+  report["arms"] = [_arm(args, "distilled", taught),
+                    _arm(args, "plain", [*overrides, "--config.distill.teacher="])]
   common.write(args.json, report, _markdown(report))
   return report
 

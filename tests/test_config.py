@@ -73,7 +73,7 @@ def test_every_problem_is_reported_at_once():
   assert "batch_size=0" in str(error.value) and "optimizer.name='nope'" in str(error.value)
 
 
-@pytest.mark.parametrize("path", ["configs/speedrun.py", "configs/best.py"])
+@pytest.mark.parametrize("path", ["configs/speedrun.py", "configs/best.py", "configs/distill.py"])
 def test_every_variant_is_a_valid_config_of_the_seed_network(path):
   """Variants change the recipe, never the network: 241,546 parameters each."""
   import jax
