@@ -1,14 +1,15 @@
 """Distilled students against plain runs, and the teacher's cost: `python -m benchmarks.distill`.
 
-Two arms of the same recipe, epochs and seeds, each one population of students (the seeds its
-members, in one program): "distilled" learns from `--teacher` (a finished workdir: its members'
-ensemble, fmnist_jax.distill) with the config's distill settings, "plain" has no teacher. Each member's test accuracy at the end, single
-view and flip-averaged (the image and its mirror image), the arm's mean ± std, and the
-students' agreement with the teacher. Then the step's cost, timed alone in this process on
-the same batches, the three interleaved: plain, the teacher's predictions precomputed, and its
-forward passes on the fly (every teacher member on each augmented batch).
+First the step's cost, timed alone in this process on the same batches, three ways
+interleaved: plain, with the teacher's predictions precomputed, and with its forward passes on
+the fly (every teacher member on each augmented batch). Then two arms of the same recipe,
+epochs and seeds, each one population of students (the seeds its members, in one program):
+"distilled" learns from `--teacher` (a finished workdir: its members' ensemble,
+fmnist_jax.distill) with the config's distill settings, "plain" has no teacher. Each member's
+test accuracy at the end, single view and flip-averaged (the image and its mirror image), the
+arm's mean ± std, and the students' agreement with the teacher.
 
-  python -m benchmarks.distill --config configs/best.py --teacher runs/distill/teacher \
+  python -m benchmarks.distill --config configs/distill.py --teacher runs/distill/teacher \
       --json benchmarks/results/distill_cpu_epyc.json --workdir-root runs/distill --seeds 0 1 2
 """
 
@@ -109,7 +110,7 @@ def _markdown(report: dict) -> str:
 
 
 def main(argv=None):
-  parser = common.parser(__doc__, "configs/best.py", seeds=(0, 1, 2), workdir_root=True)
+  parser = common.parser(__doc__, "configs/distill.py", seeds=(0, 1, 2), workdir_root=True)
   parser.add_argument("--teacher", required=True, type=os.path.expanduser,
                       help="a finished run's workdir (fmnist_jax.distill)")
   args, extra = parser.parse_known_args(argv)

@@ -36,15 +36,21 @@ class Teacher:
   steps: list[int]
   model: Any
   params: Any  # host arrays, stacked on a leading member axis
-  test: Any = None  # the test split's (images, labels), and the ensemble's log-probabilities
-  test_log_probs: Any = None  # of them, and result.json's `distill` (`describe`)
-  summary: Any = None
+  # Set by `describe`: the test split's (images, labels), the ensemble's log-probabilities of
+  # them, and result.json's `distill`.
+  test: Any = None
+  test_log_probs: Any = None
+  summary: dict | None = None
 
   def predict(self, images: np.ndarray) -> np.ndarray:
     """Each member's log-probabilities [members, N, 10], with the teacher's test-time
     augmentation."""
     return evaluate.predict(self.model, self.params, images, **models.tta_options(self.config),
-                            per_pass=population.resolve_per_pass(self.config, jax.devices()[0].platform))
+                            per_pass=_per_pass(self.config))
+
+
+def _per_pass(config) -> int:
+  return population.resolve_per_pass(config, jax.devices()[0].platform)
 
 
 def _refuse(message: str):
@@ -110,7 +116,8 @@ def _restore(path: pathlib.Path, recorded, rows: list[dict]) -> Teacher:
   except (TypeError, ValueError) as e:
     _refuse(f"{path}'s parameters do not take 28x28x1 images ({_one_line(e)}).")
   if shape != (1, recorded.model.num_classes):
-    _refuse(f"{path}'s model gives outputs of shape {shape}, not (1, 10).")
+    _refuse(f"{path}'s model gives outputs of shape {shape}, not "
+            f"(1, {recorded.model.num_classes}).")
   return Teacher(str(path), recorded, healthy, [chosen[m] for m in healthy], model, params)
 
 
@@ -129,7 +136,7 @@ def ensemble_fn(teacher: Teacher):
   """(stacked parameters, normalized images) -> the members' ensemble log-probabilities, as
   `Teacher.predict` and `evaluate.ensemble` compute them, on the device."""
   tta = models.tta_options(teacher.config)
-  per_pass = population.resolve_per_pass(teacher.config, jax.devices()[0].platform)
+  per_pass = _per_pass(teacher.config)
 
   def log_probabilities(params, images):
     def one(params):
@@ -158,7 +165,8 @@ def describe(config, teacher: Teacher, test: tuple[np.ndarray, np.ndarray]) -> N
       **config.distill.to_dict(), "members": teacher.members, "steps": teacher.steps,
       "teacher_test_accuracy": population.mean_std([np.mean(m.argmax(-1) == labels)
                                                     for m in members]),
-      "teacher_ensemble_test_accuracy": float(np.mean(teacher.test_log_probs.argmax(-1) == labels))}
+      "teacher_ensemble_test_accuracy": float(np.mean(
+          teacher.test_log_probs.argmax(-1) == labels))}
 
 
 def result(config, teacher: Teacher | None, model, params) -> dict:
@@ -167,7 +175,7 @@ def result(config, teacher: Teacher | None, model, params) -> dict:
   if teacher is None:
     return {}
   students = evaluate.predict(model, params, teacher.test[0], **models.tta_options(config),
-                              per_pass=population.resolve_per_pass(config, jax.devices()[0].platform))
+                              per_pass=_per_pass(config))
   chosen = teacher.test_log_probs.argmax(-1)
   return {"distill": {**teacher.summary, "test_agreement": population.mean_std(
       [np.mean(m.argmax(-1) == chosen) for m in students])}}
