@@ -4,8 +4,9 @@ First the step's cost, timed alone in this process on the same batches, three wa
 interleaved: plain, with the teacher's predictions precomputed, and with its forward passes on
 the fly (every teacher member on each augmented batch). Then two arms of the same recipe,
 epochs and seeds, each one population of students (the seeds its members, in one program):
-"distilled" learns from `--teacher` (a finished workdir: its members' ensemble,
-fmnist_jax.distill) with the config's distill settings, "plain" has no teacher. Each member's
+"distilled_MODE" learns from `--teacher` (a finished workdir: its members' ensemble,
+fmnist_jax.distill) with the config's distill settings (MODE: distill.teacher_sees, so that
+both ways share one --workdir-root and its plain arm), "plain" has no teacher. Each member's
 test accuracy at the end, single view and flip-averaged (the image and its mirror image), the
 arm's mean ± std, and the students' agreement with the teacher.
 
@@ -110,6 +111,7 @@ def _markdown(report: dict) -> str:
 
 
 def main(argv=None):
+  from fmnist_jax import config_file
   parser = common.parser(__doc__, "configs/distill.py", seeds=(0, 1, 2), workdir_root=True)
   parser.add_argument("--teacher", required=True, type=os.path.expanduser,
                       help="a finished run's workdir (fmnist_jax.distill)")
@@ -123,7 +125,8 @@ def main(argv=None):
   report = {**common.machine(), "config": args.config, "overrides": overrides,
             "teacher": args.teacher, "seeds": args.seeds}
   report["step_cost"] = _step_cost(args.config, taught)
-  report["arms"] = [_arm(args, "distilled", taught),
+  sees = config_file.load_with_overrides(args.config, taught).distill.teacher_sees
+  report["arms"] = [_arm(args, f"distilled_{sees}", taught),
                     _arm(args, "plain", [*overrides, "--config.distill.teacher="])]
   common.write(args.json, report, _markdown(report))
   return report

@@ -68,6 +68,7 @@ def test_distill_benchmark_trains_both_arms_and_times_the_teacher(synthetic_tfds
                          "--seeds", "0", "1", "--config.run.num_train_steps=4",
                          *_data(synthetic_tfds)])
   arms = {arm["arm"]: arm for arm in report["arms"]}
-  assert len(arms["distilled"]["test_accuracy_flip"]) == len(arms["plain"]["test_accuracy"]) == 2
-  assert arms["distilled"]["distill"]["teacher"] == str(teacher)
+  taught = arms["distilled_precomputed"]
+  assert len(taught["test_accuracy_flip"]) == len(arms["plain"]["test_accuracy"]) == 2
+  assert taught["distill"]["teacher"] == str(teacher)
   assert set(report["step_cost"]["call_seconds"]) == {"plain", "precomputed", "on_the_fly"}
