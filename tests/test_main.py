@@ -209,9 +209,9 @@ def test_saves_are_written_while_later_calls_are_queued(small_splits, tmp_path, 
   def counting_compile_train(self, *args, **kwargs):
     train_fn = compile_train(self, *args, **kwargs)
 
-    def call(state, batch, sums, num):
+    def call(state, batch, sums, num, *teacher):
       dispatched[0] += int(num)
-      return train_fn(state, batch, sums, num)
+      return train_fn(state, batch, sums, num, *teacher)
     return call
 
   def recording_save(self, step, *args, **kwargs):

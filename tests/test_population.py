@@ -408,10 +408,12 @@ def test_the_report_of_a_population_gives_members_settings_and_ensembles_apart(s
 
 def test_the_fields_a_population_may_vary_are_declared_once():
   # steps.STEP_FIELDS is the one list: every step option a member may vary is declared there,
-  # each names a config field, and population.VARYING is built from it.
+  # each names a config field, and population.VARYING is built from it. (A distillation's
+  # options are the run's: its students share one teacher.)
   config = tiny_config()
   options = {f.name for f in dataclasses.fields(steps.StepOptions)} - {
-      "microbatches", "varying", "keep_stopped", "stop_nonfinite"}
+      "microbatches", "varying", "keep_stopped", "stop_nonfinite", "distill", "distill_weight",
+      "temperature", "teacher"}
   assert options <= set(steps.STEP_FIELDS)
   assert all(path in config_file.paths(config) for path in steps.STEP_FIELDS.values())
   assert set(population.VARYING) == {"run.seed", *population.IN_OPTIMIZER,
