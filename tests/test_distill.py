@@ -60,10 +60,10 @@ def _student(teacher, sees="on_the_fly", **sections):
 
 
 def test_the_teacher_is_never_updated(trained_workdir, tmp_path):
-  """A student trains on the fly (the teacher's parameters an argument of every call): the
-  teacher's files are byte for byte as they were, and what it predicts too."""
+  """A wider student trains on the fly (the teacher's parameters an argument of every call):
+  the teacher's files are byte for byte as they were, and what it predicts too."""
   before = _tree_digest(trained_workdir)
-  config = _student(trained_workdir)
+  config = _student(trained_workdir, model=dict(conv_features=(8, 16, 16)))
   teacher = distill.check(config)
   result = train.train_and_evaluate(config, str(tmp_path / "student"))
   assert _tree_digest(trained_workdir) == before
