@@ -102,6 +102,13 @@ def figure(d: dict) -> str:
             f"{_pm(s['pbt']['ensemble_test_accuracy'], 100)}% vs "
             f"{_pm(s['sweep']['ensemble_test_accuracy'], 100)}%; an exploit "
             f"{1e3 * cost['exploit_seconds']:.1f} ms")
+  if "step_cost" in d:
+    arms, speed = {a["arm"]: a["summary"] for a in d["arms"]}, d["step_cost"]["images_per_second"]
+    return ("students, single view (flip-averaged): " + "; ".join(
+        f"{name} {_pm(s['test_accuracy'], 100)}% ({_pm(s['test_accuracy_flip'], 100)}%)"
+        for name, s in arms.items()) + f"; the step with the teacher on the fly "
+        f"{speed['plain'] / speed['on_the_fly']:.1f}x a plain one's, precomputed "
+        f"{speed['plain'] / speed['precomputed']:.2f}x")
   if "rule" in d:
     return _search(d)
   if "rows" in d and "epochs" in d:
