@@ -341,9 +341,12 @@ class Checkpointer:
       self._saved = set(self.manager.all_steps())
 
   def close(self) -> None:
-    """Waits for every save to be complete on disk."""
-    self.manager.wait_until_finished()
-    self.manager.close()
+    """Waits for every save to be complete on disk; closes the manager also when a save
+    failed (a full disk), so that no Orbax thread is left to run at interpreter shutdown."""
+    try:
+      self.manager.wait_until_finished()
+    finally:
+      self.manager.close()
 
 
 def status_of(state):
