@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # Distillation toward 94% on an accelerator, in one go: the teacher (5 seeds of
 # configs/best.py:b512_e150 as one population), then benchmarks/distill.py: 3 students of the
-# same recipe and epochs distilled (configs/distill.py:b512_e150, the teacher's predictions
-# precomputed) against 3 plain ones, and the step's cost with the teacher precomputed or on the
-# fly; last, the students with the teacher on the fly (its forward passes on each augmented
-# batch).
+# same recipe and epochs distilled (configs/distill.py:b512_e150, the teacher's forward passes
+# on each augmented batch) against 3 plain ones, and the step's cost with the teacher
+# precomputed or on the fly; last, the students with the teacher's predictions precomputed.
 #
 #   bash benchmarks/distill_accelerator.sh OUT_DIR [NAME]     # NAME: e.g. h200
 #   SCALE=tiny bash benchmarks/distill_accelerator.sh /tmp/x  # a short dry run (a CPU too)
@@ -27,15 +26,17 @@ step teacher "$PY" -m fmnist_jax.main --config "$TEACHER_CONFIG" --workdir "$WOR
   --config.logging.write_report=False "--config.population.members=((\"run.seed\", $SEEDS),)" \
   "${TINY[@]}"
 
-# 2. Students, 3 seeds as one population: distilled (precomputed) vs plain; the step's cost.
+# 2. Students, 3 seeds as one population: distilled (the teacher on the fly) vs plain; the
+# step's cost.
 step distill "$PY" -m benchmarks.distill --config "$STUDENT_CONFIG" --teacher "$WORK/teacher" \
-  --json "$WORK/distill_$NAME.json" --workdir-root "$WORK/students" --seeds 0 1 2 "${TINY[@]}"
-
-# 3. The same students with the teacher on the fly.
-step distill_on_the_fly "$PY" -m benchmarks.distill --config "$STUDENT_CONFIG" \
-  --teacher "$WORK/teacher" --json "$WORK/distill_on_the_fly_$NAME.json" \
-  --workdir-root "$WORK/students_on_the_fly" --seeds 0 1 2 \
+  --json "$WORK/distill_on_the_fly_$NAME.json" --workdir-root "$WORK/students" --seeds 0 1 2 \
   --config.distill.teacher_sees=on_the_fly "${TINY[@]}"
+
+# 3. The same students with the teacher's predictions precomputed (the plain arm reused).
+step distill_precomputed "$PY" -m benchmarks.distill --config "$STUDENT_CONFIG" \
+  --teacher "$WORK/teacher" --json "$WORK/distill_precomputed_$NAME.json" \
+  --workdir-root "$WORK/students" --seeds 0 1 2 --config.distill.teacher_sees=precomputed \
+  "${TINY[@]}"
 
 tar -czf "$OUT/distill_logs.tar.gz" -C "$WORK" --exclude='*.json' --exclude='checkpoints' .
 ls -la "$OUT"
