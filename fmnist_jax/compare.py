@@ -67,7 +67,7 @@ def _runs_of(name: str, workdir: pathlib.Path) -> dict[str, tuple[list[dict], fl
   it)}: one entry for a run, one per member for a population (NAME/mN, with the values it
   varies: "NAME/m1 (learning_rate=0.003 seed=1)")."""
   rows = workdir_lib.read_metrics(workdir, required=True)
-  if (workdir_lib.read_result(workdir) or {}).get("step") != rows[-1]["step"]:
+  if not workdir_lib.result_is_current(workdir, rows[-1]["step"]):
     name += f" (unfinished at step {rows[-1]['step']})"  # (training, or stopped short)
   report = workdir / workdir_lib.REPORT / "metrics.json"
   try:

@@ -88,7 +88,7 @@ def check(config) -> Teacher | None:
     rows = workdir_lib.read_metrics(path, required=True)
   except (FmnistError, OSError) as e:
     _refuse(str(e))
-  if (workdir_lib.read_result(path) or {}).get("step") != max(r["step"] for r in rows):
+  if not workdir_lib.result_is_current(path, max(r["step"] for r in rows)):
     _refuse(f"{d.teacher} is not a finished run (its result.json names its last step when it "
             "is): finish it first (run its command again to resume it).")
   if recorded.data.validation_size != config.data.validation_size:

@@ -236,9 +236,8 @@ def _replay_source(config) -> tuple[list[str], list[dict]]:
     rows = workdir_lib.by_member(workdir_lib.read_metrics(workdir, required=True))
   except (ReportError, OSError) as e:
     raise ConfigError(f"pbt.replay: {e}") from None
-  result = workdir_lib.read_result(workdir) or {}
-  if not recorded.pbt.every_epochs or result.get("step") != max(
-      mine[-1]["step"] for mine in rows.values()):
+  if not recorded.pbt.every_epochs or not workdir_lib.result_is_current(
+      workdir, max(mine[-1]["step"] for mine in rows.values())):
     raise ConfigError(f"pbt.replay: {workdir} is not a finished PBT run (its result.json and "
                       "config.json say so when it is): replay a finished one.")
   if int(index) not in rows:  # (every member has rows)
