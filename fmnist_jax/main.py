@@ -10,6 +10,7 @@ Trains (fmnist_jax.train), then writes the report (fmnist_jax.report) into WORKD
 import os
 import pathlib
 import sys
+import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -176,6 +177,13 @@ def main(argv):
     os._exit(1)
   except (FmnistError, OSError) as e:
     sys.exit(f"error: {e}")
+  except jax.errors.JaxRuntimeError:
+    if jax.process_count() > 1:
+      # A collective fails at once when a peer dies (Gloo: "connection reset by peer"); the
+      # peer watch names the process that stopped answering within --peer_timeout and exits
+      # with that one line: give it the time, rather than print the library's traceback.
+      time.sleep(FLAGS.peer_timeout + 10)
+    raise
 
 
 def _flag_values(argv, name: str) -> list[str]:
