@@ -3,10 +3,10 @@
 The teacher is 5 seeds of the same recipe trained as one population, the ensemble of their
 best checkpoints by validation; the student is the same CNN (241,546 parameters) whose loss is
 0.1 x cross-entropy(labels) + 0.9 x 4^2 x KL(teacher || student) at temperature 4, with the
-teacher's forward passes on each augmented batch (`on_the_fly`: the better students, 93.15% vs
-93.06% for `precomputed` at 60 epochs, at 3.2x the step's time on a CPU; docs/recipe.md,
-"Distillation"). Train the teacher first, then the student (its seeds: one population, or one
-run each):
+teacher's forward passes on each augmented batch (`on_the_fly`: the better students than
+`precomputed`'s, at several times a plain step's cost on a CPU; measured in docs/recipe.md and
+docs/performance.md, "Distillation"). Train the teacher first, then the student (its seeds:
+one population, or one run each):
 
   python -m fmnist_jax.main --config configs/best.py --workdir runs/distill/teacher \\
       --config.population.members='(("run.seed", (0, 1, 2, 3, 4)),)'
